@@ -1,0 +1,1 @@
+"""Long Range Arena harness for mra_jax: data, models, training, evaluation."""
