@@ -64,7 +64,7 @@ def selection_scores(logits_BxHxNqxNk: jax.Array, row_max_BxHxNq: jax.Array, *,
     # The first n block rows and the first n block columns (the corner gets both).
     prior_NqxNk = prior_NqxNk + PRIOR_BOOST * (rows_Nqx1 < prior_first_n_blocks)
     prior_NqxNk = prior_NqxNk + PRIOR_BOOST * (cols_1xNk < prior_first_n_blocks)
-  return scores + prior_NqxNk
+  return scores + prior_NqxNk[None, None]
 
 
 def select_blocks(scores_BxHxNqxNk: jax.Array,

@@ -21,7 +21,7 @@ def _mra(q, k, v, mask):
   return mra_jax.mra_attention(q, k, v, mask, **_KNOBS)
 
 
-def test_jit_equals_eager():  # eager dispatch is slow-ish, keep shapes tiny
+def test_jit_equals_eager():
   args = _inputs()
   np.testing.assert_allclose(jax.jit(_mra)(*args), _mra(*args), atol=1e-6)
 
