@@ -1,0 +1,94 @@
+"""TFDS builders that store every LRA task as array_record files.
+
+array_record output and reading through `as_data_source` need no TensorFlow (checked by
+tests). The builders take their examples from callables handed in by `prepare_lib`, so
+the same builder serves generated data, the official release files and raw downloads.
+Stored features (`ZLIB` = zlib-compressed tensor):
+
+  listops        tokens uint8 [n] (fixed-vocabulary ids, see listops.VOCAB), label 0..9
+  text           tokens uint8 [n] ZLIB (raw UTF-8 bytes), label 0..1
+  retrieval      tokens1, tokens2 uint8 [n] ZLIB (raw bytes), label 0..1
+  image          image uint8 [32, 32] (grayscale), label 0..9
+  pathfinderS    image uint8 [S, S] ZLIB, label 0..1
+"""
+
+import os
+from collections.abc import Callable, Iterable
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lra.data import tasks
+
+VERSION = "1.0.0"
+_ZLIB = tfds.features.Encoding.ZLIB
+
+
+def _features(task: tasks.TaskSpec) -> tfds.features.FeaturesDict:
+  label = tfds.features.ClassLabel(num_classes=task.num_classes)
+  if task.name == "listops":
+    return tfds.features.FeaturesDict({
+        "tokens": tfds.features.Tensor(shape=(None,), dtype=np.uint8), "label": label})
+  if task.name == "text":
+    return tfds.features.FeaturesDict({
+        "tokens": tfds.features.Tensor(shape=(None,), dtype=np.uint8, encoding=_ZLIB),
+        "label": label})
+  if task.name == "retrieval":
+    doc = lambda: tfds.features.Tensor(shape=(None,), dtype=np.uint8, encoding=_ZLIB)
+    return tfds.features.FeaturesDict({"tokens1": doc(), "tokens2": doc(), "label": label})
+  encoding = _ZLIB if task.name.startswith("pathfinder") else tfds.features.Encoding.NONE
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=task.image_shape, dtype=np.uint8, encoding=encoding),
+      "label": label})
+
+
+class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Writes the splits given as {split: callable returning an iterable of examples}."""
+
+  VERSION = tfds.core.Version(VERSION)
+  TASK: tasks.TaskSpec
+
+  def __init__(self, *, split_examples: dict[str, Callable[[], Iterable[dict]]] | None = None,
+               **kwargs):
+    self._split_examples = split_examples or {}
+    super().__init__(**kwargs)
+
+  # TFDS's default resolves the package through `importlib_resources`, which is not a
+  # dependency here; the builders live in this file anyway.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(__file__)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=f"Long Range Arena task {self.TASK.name!r} (lra.data).",
+        features=_features(self.TASK), supervised_keys=None)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(fn) for split, fn in self._split_examples.items()}
+
+  def _generate_examples(self, fn):
+    for index, example in enumerate(fn()):
+      yield index, example
+
+
+def _make_builder_class(task: tasks.TaskSpec) -> type[_LraBuilder]:
+  name = "Lra" + "".join(p.capitalize() for p in task.name.split("_"))
+  return type(name, (_LraBuilder,), {"TASK": task, "__module__": __name__},
+              skip_registration=True)
+
+
+BUILDERS: dict[str, type[_LraBuilder]] = {
+    name: _make_builder_class(spec) for name, spec in tasks.TASKS.items()}
+
+
+def dataset_name(task: str) -> str:
+  """Folder name of the task's dataset under the data dir, e.g. "lra_listops"."""
+  return BUILDERS[task].name
+
+
+def version_dir(task: str, data_dir: str) -> str:
+  return os.path.join(data_dir, dataset_name(task), VERSION)
