@@ -1,0 +1,212 @@
+"""Reformer LSH attention (Kitaev et al., ICLR 2020).
+
+Per hash round: angular LSH (random rotation R, bucket = argmax([xR, -xR])) puts
+each position in a bucket; positions are sorted by (bucket, position) and cut into
+chunks of `chunk_length`; each query chunk attends to its own and the previous
+key chunk (HF `lsh_num_chunks_before=1, after=0`). Rounds are combined with weights
+softmax(logsumexp of each round), as in the paper; a key found in several rounds
+counts once per round (HF does not de-duplicate either). Cost O(L * rounds *
+chunk) after an O(L log L) sort; no L x L matrix.
+
+Shared QK and separate q/k inputs:
+- `shared_qk=True` (default, what Reformer and the MRA paper's harness do): the keys
+  are the queries normalised to unit length, the `key` argument is not read, the
+  logits are q_i . q_j / |q_j| (no 1/sqrt(D); Reformer's length-normalised keys),
+  and a query does not attend to its own position (logit -1e5, as HF) unless nothing
+  else is in reach.
+- `shared_qk=False`: queries are hashed on q and keys on k with the same rotations
+  and sorted separately; chunk n of the sorted queries meets chunks n and n-1 of the
+  sorted keys; logits q . k / sqrt(D); no self-position rule. Where q = k this is the
+  shared bucketing without the normalisation.
+`attend_across_buckets=False` additionally masks pairs whose buckets differ (the
+paper's "attend within a bucket"); the default True attends to the whole chunk
+window as HF does.
+
+Rotations are drawn with `jax.random` from a fixed key (the module's), per head and
+round, for the runtime number of buckets: fixed for a given length (HF redraws each
+call unless `hash_seed` is set; pass a fresh `random_key` to redraw).
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import math
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from mra_jax.attentions import local
+
+_SELF_LOGIT = -1e5  # HF's self-attention mask value for float32.
+
+
+def default_num_buckets(padded_length: int, chunk_length: int) -> int:
+  """HF's rule: the power of two nearest below 2 * L / chunk_length, at least 2."""
+  target = max(2 * padded_length // chunk_length, 2)
+  return 1 << (target.bit_length() - 1)
+
+
+def lsh_buckets(x_BxHxLxD: jax.Array, rotations_HxDxRxK: jax.Array, mask_BxL: jax.Array,
+                num_buckets: int) -> jax.Array:
+  """Angular LSH buckets: argmax over [x R, -x R] per round.
+
+  Args:
+    x_BxHxLxD: vectors to hash (float).
+    rotations_HxDxRxK: random rotations, K = num_buckets // 2 (ignored when
+      num_buckets == 1).
+    mask_BxL: True = real token; padded positions get bucket `num_buckets` so they
+      sort after every real token.
+    num_buckets: 1 or an even number.
+
+  Returns:
+    buckets_BxHxRxL int32 in [0, num_buckets].
+  """
+  b, h, length, _ = x_BxHxLxD.shape
+  rounds = rotations_HxDxRxK.shape[2]
+  if num_buckets == 1:
+    buckets = jnp.zeros((b, h, rounds, length), jnp.int32)
+  else:
+    rot = jnp.einsum("bhld,hdrk->bhrlk", x_BxHxLxD, rotations_HxDxRxK)
+    buckets = jnp.argmax(jnp.concatenate([rot, -rot], axis=-1), axis=-1).astype(jnp.int32)
+  return jnp.where(mask_BxL[:, None, None, :], buckets, num_buckets)
+
+
+def sort_by_bucket(buckets_BxHxRxL: jax.Array) -> jax.Array:
+  """Permutation sorting positions by (bucket, position): perm_BxHxRxL int32."""
+  length = buckets_BxHxRxL.shape[-1]
+  order_key = buckets_BxHxRxL * length + jnp.arange(length, dtype=jnp.int32)
+  return jnp.argsort(order_key, axis=-1).astype(jnp.int32)
+
+
+def _with_previous_chunk(x, num_chunks, axis):
+  """[..., Nc, C, ...] -> [..., Nc, 2C, ...]: each chunk followed by its predecessor
+  (chunk 0 wraps to the last, as Reformer); a single chunk is not doubled."""
+  if num_chunks == 1:
+    return x
+  return jnp.concatenate([x, jnp.roll(x, 1, axis=axis)], axis=axis + 1)
+
+
+def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                       mask: jax.Array | None = None, *, num_hashes: int = 2,
+                       chunk_length: int = 64, num_buckets: int | None = None,
+                       shared_qk: bool = True, attend_across_buckets: bool = True,
+                       random_key: jax.Array | None = None) -> jax.Array:
+  """LSH attention; see the module docstring for the exact rules.
+
+  Args:
+    query: [B, L, H, D] float32 / bfloat16 / float16.
+    key: [B, L, H, D], same shape as query (not read when shared_qk).
+    value: [B, L, H, Dv].
+    mask: optional [B, L] bool or 0/1, True = real token.
+    num_hashes: int >= 1, hash rounds (the MRA paper's LRA config: 2).
+    chunk_length: int >= 1, chunk of the sorted sequence (HF default 64); clipped to
+      L, and L is padded internally to a multiple of it.
+    num_buckets: 1 or an even int; None = `default_num_buckets` of the padded length.
+    shared_qk: Reformer's shared query/key (see module docstring).
+    attend_across_buckets: False masks pairs in different buckets.
+    random_key: jax.random key of the rotations (default `jax.random.key(0)`).
+
+  Returns:
+    [B, L, H, Dv] in query's dtype; padded query positions are 0.
+
+  Raises:
+    ValueError: bad shapes or knobs.
+  """
+  local.check_int("num_hashes", num_hashes, minimum=1)
+  local.check_int("chunk_length", chunk_length, minimum=1)
+  if num_buckets is not None:
+    local.check_int("num_buckets", num_buckets, minimum=1)
+    if num_buckets > 1 and num_buckets % 2:
+      raise ValueError(f"num_buckets must be 1 or even; got num_buckets={num_buckets}")
+  if random_key is None:
+    random_key = jax.random.key(0)
+  elif not jnp.issubdtype(random_key.dtype, jax.dtypes.prng_key):
+    random_key = jax.random.wrap_key_data(random_key)
+  q, k, v, m_BxL = local.prepare(query, key, value, mask)
+  b, h, length, d = q.shape
+  dv = v.shape[-1]
+  c = min(chunk_length, length)
+  q, k, v = (local.pad_axis(x, c, axis=2) for x in (q, k, v))
+  m = local.pad_axis(m_BxL, c, axis=1)
+  lp = q.shape[2]
+  nc = lp // c
+  nb = default_num_buckets(lp, c) if num_buckets is None else num_buckets
+  rotations = jax.random.normal(random_key, (h, d, num_hashes, max(nb // 2, 1)))
+
+  if shared_qk:
+    # Safe at q = 0 (padding): sqrt's gradient there would be inf * 0 = NaN.
+    sq = jnp.sum(jnp.square(q), axis=-1, keepdims=True)
+    k = jnp.where(sq > 0, q * jax.lax.rsqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+    scale = 1.0
+  else:
+    scale = 1.0 / math.sqrt(d)
+  bucket_q = lsh_buckets(q, rotations, m, nb)
+  bucket_k = bucket_q if shared_qk else lsh_buckets(k, rotations, m, nb)
+  perm_q = sort_by_bucket(bucket_q)
+  perm_k = perm_q if shared_qk else sort_by_bucket(bucket_k)
+
+  def gather(x_BxHxLxF, perm):  # -> [B, H, R, Nc, C, F] in sorted order.
+    x = jnp.take_along_axis(x_BxHxLxF[:, :, None], perm[..., None], axis=3)
+    return x.reshape(b, h, num_hashes, nc, c, x.shape[-1])
+
+  pos = jnp.broadcast_to(jnp.arange(lp)[None, None, :, None], (b, h, lp, 1))
+  ok = jnp.broadcast_to(m[:, None, :, None], (b, h, lp, 1))
+  q_s, qpos = gather(q, perm_q), gather(pos, perm_q)[..., 0]
+  qbuck = jnp.take_along_axis(bucket_q, perm_q, axis=-1).reshape(b, h, num_hashes, nc, c)
+  k_s, v_s = (_with_previous_chunk(gather(x, perm_k), nc, axis=3) for x in (k, v))
+  kpos, kok = (_with_previous_chunk(gather(x, perm_k)[..., 0], nc, axis=3)
+               for x in (pos, ok))
+  kbuck = _with_previous_chunk(
+      jnp.take_along_axis(bucket_k, perm_k, axis=-1).reshape(b, h, num_hashes, nc, c),
+      nc, axis=3)
+
+  logits = jnp.einsum("bhrnqd,bhrnkd->bhrnqk", q_s, k_s) * scale
+  valid = jnp.broadcast_to(kok[..., None, :], logits.shape)
+  if shared_qk:
+    logits = jnp.where(qpos[..., :, None] == kpos[..., None, :], _SELF_LOGIT, logits)
+  if not attend_across_buckets:
+    valid = valid & (qbuck[..., :, None] == kbuck[..., None, :])
+  p, lse = local.masked_softmax(logits, valid)
+  o_s = jnp.einsum("bhrnqk,bhrnkd->bhrnqd", p, v_s).reshape(b, h, num_hashes, lp, dv)
+  lse = lse.reshape(b, h, num_hashes, lp)
+
+  # Undo the sort, then weight each round by its share of the total softmax mass.
+  inverse = jnp.argsort(perm_q, axis=-1)
+  o_r = jnp.take_along_axis(o_s, inverse[..., None], axis=3)
+  lse = jnp.take_along_axis(lse, inverse, axis=-1)
+  w_r, _ = local.masked_softmax(lse, jnp.isfinite(lse), axis=2)
+  o = jnp.sum(o_r * w_r[..., None], axis=2)
+  return local.finish(o, m_BxL, query.dtype)
+
+
+class ReformerAttention(nnx.Module):
+  """Registry module for `reformer_attention`; owns the fixed key of its rotations.
+
+  Defaults: the MRA paper's LRA config (HF LSHSelfAttention, num_hashes=2, other
+  settings HF defaults: chunk 64, automatic bucket count, shared QK).
+  """
+
+  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
+               num_hashes: int = 2, chunk_length: int = 64, num_buckets: int | None = None,
+               shared_qk: bool = True, attend_across_buckets: bool = True):
+    del num_heads, head_dim, max_length  # Rotations are drawn for the runtime length.
+    local.check_int("num_hashes", num_hashes, minimum=1)
+    local.check_int("chunk_length", chunk_length, minimum=1)
+    if num_buckets is not None:
+      local.check_int("num_buckets", num_buckets, minimum=1)
+      if num_buckets > 1 and num_buckets % 2:
+        raise ValueError(f"num_buckets must be 1 or even; got num_buckets={num_buckets}")
+    self.num_hashes = num_hashes
+    self.chunk_length = chunk_length
+    self.num_buckets = num_buckets
+    self.shared_qk = shared_qk
+    self.attend_across_buckets = attend_across_buckets
+    self.random_key = local.FixedRandom(jax.random.key_data(rngs.params()))
+
+  def __call__(self, query, key, value, mask=None) -> jax.Array:
+    return reformer_attention(
+        query, key, value, mask, num_hashes=self.num_hashes, chunk_length=self.chunk_length,
+        num_buckets=self.num_buckets, shared_qk=self.shared_qk,
+        attend_across_buckets=self.attend_across_buckets,
+        random_key=self.random_key.value)
