@@ -1,0 +1,185 @@
+"""Batches for training and evaluation: grain over the TFDS array_record files.
+
+Each batch is a dict of numpy arrays:
+  inputs  int32 [batch, max_length]    ([batch, 2, max_length] for retrieval)
+  mask    bool, same shape as inputs   (True = real token)
+  label   int32 [batch]
+
+Token ids: ListOps its fixed vocabulary (pad 0), text/retrieval byte + 1 (pad 0), pixel
+tasks the pixel value 0..255. Pixel 0 is a real token: the mask, not the id, marks padding.
+`legacy_pixel_padding=True` reproduces the old harnesses (LRA, mlpen), whose mask is
+`inputs != 0`, so black pixels were treated as padding.
+"""
+
+import json
+import math
+import os
+
+import grain.python as grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lra.data import builders
+from lra.data import errors
+from lra.data import prepare_lib
+from lra.data import tasks
+from lra.data.errors import DataNotFoundError  # pylint: disable=unused-import  (public name)
+
+
+def _stored_split(task: str, split: str) -> str:
+  tasks.check_split(split)
+  return prepare_lib.SPLIT_ALIASES.get(task, {}).get(split, split)
+
+
+def _data_source(task: str, split: str, data_dir: str):
+  tasks.get_task(task)
+  stored = _stored_split(task, split)
+  if not prepare_lib.is_prepared(task, data_dir):
+    raise errors.DataNotFoundError(
+        f"No prepared {task!r} data in {builders.version_dir(task, data_dir)}; run "
+        f"{errors.prepare_command(task, data_dir)}")
+  builder = tfds.builder_from_directory(builders.version_dir(task, data_dir))
+  return builder.as_data_source(split=stored)
+
+
+def num_examples(task: str, split: str, data_dir: str) -> int:
+  """Number of examples of `split` ("train", "validation", "test") of a prepared task."""
+  return len(_data_source(task, split, data_dir))
+
+
+class _Encode(grain.MapTransform):
+  """Stored example -> padded int32 ids, bool mask and int32 label."""
+
+  def __init__(self, task: tasks.TaskSpec, max_length: int, legacy_pixel_padding: bool):
+    self._task = task
+    self._max_length = max_length
+    self._legacy = legacy_pixel_padding
+
+  def _pad(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = ids[:self._max_length]
+    inputs = np.zeros((self._max_length,), np.int32)
+    mask = np.zeros((self._max_length,), bool)
+    inputs[:ids.size] = ids
+    mask[:ids.size] = True
+    return inputs, mask
+
+  def map(self, element):
+    name = self._task.name
+    if name == "retrieval":
+      pairs = [self._pad(element[k].astype(np.int32) + 1) for k in ("tokens1", "tokens2")]
+      inputs = np.stack([p[0] for p in pairs])
+      mask = np.stack([p[1] for p in pairs])
+    elif name == "text":
+      inputs, mask = self._pad(element["tokens"].astype(np.int32) + 1)
+    elif name == "listops":
+      inputs, mask = self._pad(element["tokens"].astype(np.int32))
+    else:
+      inputs, mask = self._pad(element["image"].reshape(-1).astype(np.int32))  # row-major
+      if self._legacy:
+        mask = inputs != 0
+    return {"inputs": inputs, "mask": mask, "label": np.int32(element["label"])}
+
+
+class Loader:
+  """An iterable of batches whose position can be saved and restored.
+
+  Iterating starts a new pass (from the start, or from a state given to `set_state`
+  before iterating). `get_state`/`set_state` act on the most recent pass.
+  """
+
+  def __init__(self, data_loader: grain.DataLoader, batches_per_epoch: int):
+    self._data_loader = data_loader
+    self._batches_per_epoch = batches_per_epoch
+    self._iterator = None
+    self._pending_state = None
+
+  def __iter__(self):
+    self._iterator = iter(self._data_loader)
+    if self._pending_state is not None:
+      self._iterator.set_state(self._pending_state)
+      self._pending_state = None
+    return self._iterator
+
+  def __len__(self) -> int:
+    """Batches per epoch (of this shard)."""
+    return self._batches_per_epoch
+
+  def get_state(self) -> dict:
+    """JSON-serialisable position of the current pass (the start if none began)."""
+    if self._iterator is None:
+      if self._pending_state is not None:
+        return json.loads(self._pending_state.decode())
+      self._iterator = iter(self._data_loader)
+    return json.loads(self._iterator.get_state().decode())
+
+  def set_state(self, state: dict) -> None:
+    """Resumes exactly after the batch at which `state` was taken."""
+    raw = json.dumps(state).encode()
+    if self._iterator is None:
+      self._pending_state = raw
+    else:
+      self._iterator.set_state(raw)
+
+
+def make_loader(task: str, split: str, data_dir: str, *, batch_size: int, seed: int,
+                shuffle: bool, num_epochs: int | None = None, max_length: int | None = None,
+                drop_remainder: bool = True, shard_index: int = 0, num_shards: int = 1,
+                legacy_pixel_padding: bool = False) -> Loader:
+  """Builds the batch iterator of one split of a prepared task.
+
+  Args:
+    task: task name (see `tasks.TASKS`).
+    split: "train", "validation" or "test".
+    data_dir: the folder given to `prepare`.
+    batch_size: examples per batch (per shard).
+    seed: shuffling seed; the same seed gives the same batches.
+    shuffle: reshuffle every epoch (a fresh permutation per epoch).
+    num_epochs: passes over the data; None repeats forever.
+    max_length: sequence length; default the task's; shorter truncates, longer pads.
+    drop_remainder: drop the last incomplete batch, and the examples that do not divide
+      evenly over shards (so every shard yields the same number of batches).
+    shard_index: this process's shard (e.g. `jax.process_index()`).
+    num_shards: number of shards (e.g. `jax.process_count()`).
+    legacy_pixel_padding: pixel tasks only; mask = inputs != 0 as in the old harness.
+
+  Returns:
+    A `Loader`.
+
+  Raises:
+    DataNotFoundError: the task is not prepared in `data_dir`.
+    ValueError: a bad argument (named in the message).
+  """
+  spec = tasks.get_task(task)
+  max_length = spec.max_length if max_length is None else max_length
+  if max_length < 1:
+    raise ValueError(f"{max_length=} must be >= 1")
+  if batch_size < 1:
+    raise ValueError(f"{batch_size=} must be >= 1")
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f"{num_epochs=} must be >= 1 or None")
+  if num_shards < 1 or not 0 <= shard_index < num_shards:
+    raise ValueError(f"Need 0 <= shard_index < num_shards, got {shard_index=} {num_shards=}")
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"{seed=} must be in [0, 2**32)")
+  if legacy_pixel_padding and not spec.is_image:
+    raise ValueError(f"{legacy_pixel_padding=} only applies to pixel tasks, not {task=}")
+  source = _data_source(task, split, data_dir)
+  num_records = len(source)
+  per_shard = num_records // num_shards
+  if not drop_remainder and shard_index < num_records % num_shards:
+    per_shard += 1
+  if per_shard == 0 or (drop_remainder and per_shard < batch_size):
+    raise ValueError(f"{task} {split} has {num_records} examples: too few for {batch_size=} "
+                     f"over {num_shards=} with {drop_remainder=}")
+  batches = per_shard // batch_size if drop_remainder else math.ceil(per_shard / batch_size)
+  sampler = grain.IndexSampler(
+      num_records=num_records,
+      shard_options=grain.ShardOptions(shard_index=shard_index, shard_count=num_shards,
+                                       drop_remainder=drop_remainder),
+      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  data_loader = grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=[_Encode(spec, max_length, legacy_pixel_padding),
+                  grain.Batch(batch_size=batch_size, drop_remainder=drop_remainder)],
+      worker_count=0)
+  return Loader(data_loader, batches)

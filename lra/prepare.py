@@ -1,0 +1,41 @@
+r"""Generates or converts the data of one LRA task.
+
+  python -m lra.prepare --task=listops --data_dir=DIR [--source=PATH] [--seed=S] \
+      [--num_train=N --num_val=N --num_test=N]
+
+See docs/data.md for each task's sources and layouts.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from lra.data import pipeline
+from lra.data import prepare_lib
+from lra.data import tasks
+
+_TASK = flags.DEFINE_enum("task", None, list(tasks.TASKS), "LRA task to prepare.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Output folder (shared by all tasks).")
+_SOURCE = flags.DEFINE_string(
+    "source", None, "Official release files or downloads to convert; unset generates "
+    "listops/pathfinder* and looks for text/image/retrieval downloads in data_dir/downloads.")
+_SEED = flags.DEFINE_integer("seed", 0, "Generator and subset seed.")
+_NUM_TRAIN = flags.DEFINE_integer("num_train", None, "Train examples (default: official).")
+_NUM_VAL = flags.DEFINE_integer("num_val", None, "Validation examples (default: official).")
+_NUM_TEST = flags.DEFINE_integer("num_test", None, "Test examples (default: official).")
+flags.mark_flags_as_required(["task", "data_dir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  prepare_lib.prepare(_TASK.value, _DATA_DIR.value, source=_SOURCE.value, seed=_SEED.value,
+                      num_train=_NUM_TRAIN.value, num_val=_NUM_VAL.value,
+                      num_test=_NUM_TEST.value)
+  for split in tasks.SPLITS:
+    logging.info("%s %s: %d examples", _TASK.value, split,
+                 pipeline.num_examples(_TASK.value, split, _DATA_DIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)
