@@ -1,0 +1,133 @@
+"""Tests of local (sliding-window / block-local) attention."""
+# pylint: disable=invalid-name
+
+import functools
+
+from absl.testing import parameterized
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mra_jax.attentions import local
+
+B, L, H, D = 2, 45, 2, 8
+
+
+def _local(*args, **knobs):
+  """Jitted call: one compilation per case instead of one per eager op (CPU time)."""
+  return jax.jit(functools.partial(local.local_attention, **knobs))(*args)
+
+
+def _qkv(length=L, seed=0, dtype=jnp.float32):
+  ks = jax.random.split(jax.random.key(seed), 3)
+  return tuple(jax.random.normal(k, (B, length, H, D), dtype) for k in ks)
+
+
+def _mask(length=L):
+  return jnp.arange(length)[None, :] < jnp.array([[length], [length - 12]])
+
+
+def _dense(q, k, v, allowed_LxL, mask):
+  """Oracle: softmax over `allowed` real keys, built densely (small L only)."""
+  s = jnp.einsum("blhd,bmhd->bhlm", q, k) / np.sqrt(q.shape[-1])
+  ok = allowed_LxL[None, None] & mask[:, None, None, :]
+  p = jnp.where(ok, jax.nn.softmax(jnp.where(ok, s, -jnp.inf), -1), 0.0)
+  o = jnp.einsum("bhlm,bmhd->blhd", p, v)
+  return jnp.where(mask[:, :, None, None], o, 0.0)
+
+
+class LocalAttentionTest(parameterized.TestCase):
+
+  @parameterized.parameters((100, False), (2 * L, False), (L, True), (1000, True))
+  def test_window_covering_sequence_is_softmax(self, window_size, block_local):
+    q, k, v = _qkv()
+    want = jax.nn.dot_product_attention(q, k, v)
+    got = _local(q, k, v, window_size=window_size, block_local=block_local)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+  @parameterized.parameters(1, 2, 7, 16, 33)
+  def test_sliding_equals_dense_band(self, window_size):
+    q, k, v = _qkv()
+    mask = _mask()
+    i = np.arange(L)
+    allowed = np.abs(i[:, None] - i[None, :]) <= window_size // 2
+    got = _local(q, k, v, mask, window_size=window_size)
+    np.testing.assert_allclose(got, _dense(q, k, v, jnp.array(allowed), mask), atol=1e-5)
+
+  @parameterized.parameters(4, 10)
+  def test_block_local_equals_dense_blocks(self, window_size):
+    q, k, v = _qkv()
+    mask = _mask()
+    i = np.arange(L) // window_size
+    got = _local(q, k, v, mask, window_size=window_size, block_local=True)
+    want = _dense(q, k, v, jnp.array(i[:, None] == i[None, :]), mask)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+  @parameterized.parameters(False, True)
+  def test_padding(self, block_local):
+    q, k, v = _qkv()
+    mask = _mask().at[0, 3].set(False)
+    f = jax.jit(lambda q, k, v: local.local_attention(q, k, v, mask, window_size=8,
+                                                      block_local=block_local))
+    out = f(q, k, v)
+    garbage = lambda x: jnp.where(mask[:, :, None, None], x, 1e4 * jnp.ones_like(x))
+    np.testing.assert_array_equal(out, f(garbage(q), garbage(k), garbage(v)))
+    self.assertTrue(np.all(np.asarray(out)[~np.asarray(mask)] == 0))
+    all_pad = _local(q, k, v, jnp.zeros((B, L), bool), window_size=8)
+    np.testing.assert_array_equal(all_pad, 0.0)
+
+  def test_bfloat16_finite_and_close(self):
+    q, k, v = _qkv()
+    mask = _mask()
+    got = _local(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask, window_size=8)
+    self.assertEqual(got.dtype, jnp.bfloat16)
+    self.assertTrue(jnp.all(jnp.isfinite(got)))
+    np.testing.assert_allclose(got.astype(jnp.float32),
+                               _local(q, k, v, mask, window_size=8),
+                               atol=5e-2)
+
+  def test_grad_matches_dense_oracle_under_jit(self):
+    q, k, v = _qkv()
+    mask = _mask()
+    ct = jax.random.normal(jax.random.key(9), q.shape)
+    i = np.arange(L)
+    allowed = jnp.array(np.abs(i[:, None] - i[None, :]) <= 3)
+    loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
+    got = jax.jit(jax.grad(loss(lambda q, k, v: local.local_attention(
+        q, k, v, mask, window_size=6)), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.jit(jax.grad(loss(lambda q, k, v: _dense(q, k, v, allowed, mask)),
+                            argnums=(0, 1, 2)))(q, k, v)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, atol=1e-5)
+
+  def test_module_under_nnx_jit(self):
+    layer = local.LocalAttention(num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0),
+                                 window_size=8)
+    q, k, v = _qkv()
+    out = nnx.jit(lambda m, q, k, v: m(q, k, v))(layer, q, k, v)
+    np.testing.assert_allclose(out, _local(q, k, v, window_size=8), atol=1e-6)
+    self.assertEqual(nnx.state(layer, nnx.Param), nnx.State({}))
+
+  def test_rejects_bad_input(self):
+    q, k, v = _qkv()
+    with self.assertRaisesRegex(ValueError, "window_size=0"):
+      local.local_attention(q, k, v, window_size=0)
+    with self.assertRaisesRegex(ValueError, "mask.shape="):
+      local.local_attention(q, k, v, jnp.ones((B, L + 1), bool))
+    with self.assertRaisesRegex(ValueError, "key.shape="):
+      local.local_attention(q, k[:, :-1], v[:, :-1])
+    with self.assertRaisesRegex(ValueError, "window_size=-1"):
+      local.LocalAttention(num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0),
+                           window_size=-1)
+
+  def test_memory_far_below_dense_at_4096(self):
+    x = jax.ShapeDtypeStruct((1, 4096, 1, 32), jnp.float32)
+    compiled = jax.jit(local.local_attention).lower(x, x, x).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    self.assertLess(temp, 4096 * 4096 * 4 // 8)
+
+
+if __name__ == "__main__":
+  pytest.main([__file__])
