@@ -1,0 +1,120 @@
+"""Tests of Longformer attention against a dense oracle on the same pattern."""
+# pylint: disable=invalid-name
+
+import functools
+
+from absl.testing import parameterized
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mra_jax.attentions import longformer
+
+B, L, H, D = 2, 45, 2, 8
+
+
+def _longformer(*args, **knobs):
+  return jax.jit(functools.partial(longformer.longformer_attention, **knobs))(*args)
+
+
+def _qkv(length=L, seed=0):
+  ks = jax.random.split(jax.random.key(seed), 3)
+  return tuple(jax.random.normal(k, (B, length, H, D)) for k in ks)
+
+
+def _mask(length=L):
+  return jnp.arange(length)[None, :] < jnp.array([[length], [length - 12]])
+
+
+def _pattern(window_size, num_global):
+  i = np.arange(L)
+  return jnp.array((np.abs(i[:, None] - i[None, :]) <= window_size // 2)
+                   | (i[:, None] < num_global) | (i[None, :] < num_global))
+
+
+def _dense(q, k, v, allowed_LxL, mask):
+  """Oracle: softmax over `allowed` real keys, built densely (small L only)."""
+  s = jnp.einsum("blhd,bmhd->bhlm", q, k) / np.sqrt(q.shape[-1])
+  ok = allowed_LxL[None, None] & mask[:, None, None, :]
+  p = jnp.where(ok, jax.nn.softmax(jnp.where(ok, s, -jnp.inf), -1), 0.0)
+  o = jnp.einsum("bhlm,bmhd->blhd", p, v)
+  return jnp.where(mask[:, :, None, None], o, 0.0)
+
+
+class LongformerAttentionTest(parameterized.TestCase):
+
+  @parameterized.parameters((2 * L, 1), (1000, 0), (2 * L, 3))
+  def test_window_covering_sequence_is_softmax(self, window_size, num_global):
+    q, k, v = _qkv()
+    got = _longformer(q, k, v, window_size=window_size, num_global_tokens=num_global)
+    np.testing.assert_allclose(got, jax.nn.dot_product_attention(q, k, v), atol=1e-5)
+
+  @parameterized.parameters((8, 1), (6, 3), (2, 0), (17, 2), (9, 100))
+  def test_equals_dense_masked_softmax_on_same_pattern(self, window_size, num_global):
+    q, k, v = _qkv()
+    mask = _mask()
+    got = _longformer(q, k, v, mask, window_size=window_size, num_global_tokens=num_global)
+    want = _dense(q, k, v, _pattern(window_size, num_global), mask)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+  def test_padding(self):
+    q, k, v = _qkv()
+    mask = _mask().at[0, 0].set(False).at[1, 5].set(False)  # A padded global token too.
+    f = jax.jit(lambda q, k, v: longformer.longformer_attention(
+        q, k, v, mask, window_size=8, num_global_tokens=2))
+    out = f(q, k, v)
+    garbage = lambda x: jnp.where(mask[:, :, None, None], x, 1e4 * jnp.ones_like(x))
+    np.testing.assert_array_equal(out, f(garbage(q), garbage(k), garbage(v)))
+    self.assertTrue(np.all(np.asarray(out)[~np.asarray(mask)] == 0))
+    np.testing.assert_allclose(out, _dense(q, k, v, _pattern(8, 2), mask), atol=1e-5)
+    all_pad = _longformer(q, k, v, jnp.zeros((B, L), bool), window_size=8)
+    np.testing.assert_array_equal(all_pad, 0.0)
+
+  def test_bfloat16_finite_and_close(self):
+    q, k, v = _qkv()
+    mask = _mask()
+    got = _longformer(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask, window_size=8)
+    self.assertEqual(got.dtype, jnp.bfloat16)
+    self.assertTrue(jnp.all(jnp.isfinite(got)))
+    np.testing.assert_allclose(got.astype(jnp.float32),
+                               _longformer(q, k, v, mask, window_size=8), atol=5e-2)
+
+  def test_grad_matches_dense_oracle_under_jit(self):
+    q, k, v = _qkv()
+    mask = _mask()
+    ct = jax.random.normal(jax.random.key(9), q.shape)
+    loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
+    got = jax.jit(jax.grad(loss(lambda q, k, v: longformer.longformer_attention(
+        q, k, v, mask, window_size=6, num_global_tokens=2)), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.jit(jax.grad(loss(lambda q, k, v: _dense(q, k, v, _pattern(6, 2), mask)),
+                            argnums=(0, 1, 2)))(q, k, v)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, atol=1e-5)
+
+  def test_module_split_merge_under_jit(self):
+    layer = longformer.LongformerAttention(num_heads=H, head_dim=D, max_length=64,
+                                           rngs=nnx.Rngs(0), window_size=8)
+    graphdef, state = nnx.split(layer)
+    q, k, v = _qkv()
+    out = jax.jit(lambda s, q, k, v: nnx.merge(graphdef, s)(q, k, v))(state, q, k, v)
+    np.testing.assert_allclose(out, _longformer(q, k, v, window_size=8), atol=1e-6)
+
+  def test_rejects_bad_knobs(self):
+    q, k, v = _qkv()
+    with self.assertRaisesRegex(ValueError, "num_global_tokens=-1"):
+      longformer.longformer_attention(q, k, v, num_global_tokens=-1)
+    with self.assertRaisesRegex(ValueError, "window_size=0"):
+      longformer.LongformerAttention(num_heads=H, head_dim=D, max_length=8,
+                                     rngs=nnx.Rngs(0), window_size=0)
+
+  def test_memory_far_below_dense_at_4096(self):
+    x = jax.ShapeDtypeStruct((1, 4096, 1, 32), jnp.float32)
+    compiled = jax.jit(longformer.longformer_attention).lower(x, x, x).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    self.assertLess(temp, 4096 * 4096 * 4 // 8)
+
+
+if __name__ == "__main__":
+  pytest.main([__file__])
