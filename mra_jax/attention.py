@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
+from mra_jax import chunked
 from mra_jax import pooling
 from mra_jax import selection
 
@@ -204,7 +205,9 @@ def _mra_heads_first(q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, q_valid_BxLq, k_valid_B
   if impl == "auto":
     impl = "reference" if jax.default_backend() == "cpu" else "pallas"
   if impl == "reference":
-    out, _ = pallas_kernels.block_sparse_attention_reference(*args, block_size=bs, scale=scale)
+    f32 = lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    out, _ = chunked.chunked_block_sparse_attention(
+        *map(f32, args), bs, scale, pallas_kernels.DEFAULT_EPS)
   else:
     out, _ = pallas_kernels.block_sparse_attention(
         *args, block_size=bs, scale=scale, backend=_PALLAS_BACKENDS[impl])

@@ -1,0 +1,161 @@
+"""The reference path's block-sparse attention: chunked, flash-style, pure `jnp`.
+
+Computes exactly `pallas_kernels.block_sparse_attention_reference` (same contract,
+tested against it), but organised for CPUs and for long sequences:
+
+- one (batch, head) at a time (`lax.map`), and within a head the sorted tile list in
+  chunks of about 2 MiB of gathered keys, so every intermediate stays in cache and no
+  buffer grows with L (large fresh buffers cost page faults on every call: at
+  L=16384 this alone made a one-shot version 6x slower than at L=4096);
+- two passes over the chunks in the forward (the exact per-query maximum, then the
+  sums), so the result equals the one-shot reference to float32 round-off;
+- a hand-written VJP that saves only `out` and the log-sum-exp and recomputes the
+  tiles chunk by chunk (FlashAttention's backward), so memory is O(L D) per head.
+
+The backward is also an executable statement of the algebra the Pallas kernels'
+backward implements: with P = exp(s - lse) and delta = rowsum(dO * out),
+dS = P (dO v^T - delta), dq = scale dS k, dk = scale dS^T q, dv = P^T dO,
+dacc0 = dO exp(m0 - lse), dl0 = -delta exp(m0 - lse).
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+_CHUNK_BYTES = 2 * 2**20
+
+
+def _chunk_plan(tile_ids_K, num_key_blocks, block_size, head_dim):
+  """Splits the sorted tile list into equal chunks; padding tiles are flagged off."""
+  K = tile_ids_K.shape[0]
+  T = max(1, min(K, _CHUNK_BYTES // (block_size * head_dim * 4)))
+  C = -(-K // T)
+  pad = C * T - K
+  ids = jnp.concatenate([tile_ids_K, jnp.broadcast_to(tile_ids_K[-1:], (pad,))])
+  live = jnp.arange(C * T) < K
+  return (ids // num_key_blocks).reshape(C, T), (ids % num_key_blocks).reshape(C, T), \
+      live.reshape(C, T)
+
+
+def _chunk_scores(q_NqxBsxD, k_NkxBsxD, valid_NkxBs, rows_T, cols_T, live_T, scale):
+  """Scores of one chunk of tiles, -inf where the key is padding or the tile is filler."""
+  s = jnp.einsum("tid,tjd->tij", q_NqxBsxD[rows_T], k_NkxBsxD[cols_T]) * scale
+  keep = valid_NkxBs[cols_T] & live_T[:, None]
+  return jnp.where(keep[:, None, :], s, -jnp.inf)
+
+
+def _one_head_forward(q, k, v, ids, valid, m0, l0, acc0, *, block_size, scale, eps):
+  Lq, D = q.shape
+  Lk = k.shape[0]
+  bs = block_size
+  Nq, Nk = Lq // bs, Lk // bs
+  qb, kb, vb = q.reshape(Nq, bs, D), k.reshape(Nk, bs, D), v.reshape(Nk, bs, D)
+  validb = valid.reshape(Nk, bs)
+  rows, cols, live = _chunk_plan(ids, Nk, bs, D)
+
+  def max_step(m_NqxBs, chunk):
+    r, c, ok = chunk
+    s = _chunk_scores(qb, kb, validb, r, c, ok, scale)
+    return m_NqxBs.at[r].max(jnp.max(s, axis=-1), indices_are_sorted=True), None
+
+  m, _ = jax.lax.scan(max_step, m0.reshape(Nq, bs), (rows, cols, live))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+
+  def sum_step(carry, chunk):
+    l, acc = carry
+    r, c, ok = chunk
+    p = jnp.exp(_chunk_scores(qb, kb, validb, r, c, ok, scale) - m[r][:, :, None])
+    l = l.at[r].add(jnp.sum(p, axis=-1), indices_are_sorted=True)
+    acc = acc.at[r].add(jnp.einsum("tij,tjd->tid", p, vb[c]), indices_are_sorted=True)
+    return (l, acc), None
+
+  zeros = (jnp.zeros((Nq, bs), jnp.float32), jnp.zeros((Nq, bs, D), jnp.float32))
+  (l, acc), _ = jax.lax.scan(sum_step, zeros, (rows, cols, live))
+  m = m.reshape(Lq)
+  init_scale = jnp.exp(m0 - m)
+  l = l0 * init_scale + l.reshape(Lq)
+  acc = acc0 * init_scale[:, None] + acc.reshape(Lq, D)
+  out = acc / (l + eps)[:, None]
+  return out, m + jnp.log(l + eps)
+
+
+def _one_head_backward(q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, block_size,
+                       scale):
+  Lq, D = q.shape
+  Lk = k.shape[0]
+  bs = block_size
+  Nq, Nk = Lq // bs, Lk // bs
+  qb, kb, vb = q.reshape(Nq, bs, D), k.reshape(Nk, bs, D), v.reshape(Nk, bs, D)
+  dob = d_out.reshape(Nq, bs, D)
+  validb = valid.reshape(Nk, bs)
+  lseb = lse.reshape(Nq, bs)
+  # d lse / d s_j = P_j, so a cotangent on lse enters exactly like -delta.
+  delta = jnp.sum(d_out * out, axis=-1) - d_lse
+  deltab = delta.reshape(Nq, bs)
+  rows, cols, live = _chunk_plan(ids, Nk, bs, D)
+
+  def step(carry, chunk):
+    dq, dk, dv = carry
+    r, c, ok = chunk
+    p = jnp.exp(_chunk_scores(qb, kb, validb, r, c, ok, scale) - lseb[r][:, :, None])
+    do = dob[r]
+    dp = jnp.einsum("tid,tjd->tij", do, vb[c])
+    ds = p * (dp - deltab[r][:, :, None]) * scale
+    dq = dq.at[r].add(jnp.einsum("tij,tjd->tid", ds, kb[c]), indices_are_sorted=True)
+    dk = dk.at[c].add(jnp.einsum("tij,tid->tjd", ds, qb[r]))
+    dv = dv.at[c].add(jnp.einsum("tij,tid->tjd", p, do))
+    return (dq, dk, dv), None
+
+  zeros = (jnp.zeros((Nq, bs, D), jnp.float32), jnp.zeros((Nk, bs, D), jnp.float32),
+           jnp.zeros((Nk, bs, D), jnp.float32))
+  (dq, dk, dv), _ = jax.lax.scan(step, zeros, (rows, cols, live))
+  init_weight = jnp.exp(m0 - lse)
+  return (dq.reshape(Lq, D), dk.reshape(Lk, D), dv.reshape(Lk, D),
+          -delta * init_weight, d_out * init_weight[:, None])
+
+
+def _flatten_heads(q, k, v, ids, valid, *rest):
+  """[B, H, ...] operands -> [B*H, ...]; the key mask is shared by a batch's heads."""
+  B, H = q.shape[:2]
+  flat = lambda x: x.reshape(B * H, *x.shape[2:])
+  valid = jnp.broadcast_to(valid[:, None], (B, H, valid.shape[-1]))
+  return tuple(map(flat, (q, k, v, ids, valid) + rest))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
+def chunked_block_sparse_attention(q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, tile_ids_BxHxK,
+                                   key_valid_BxLk, m0_BxHxLq, l0_BxHxLq, acc0_BxHxLqxD,
+                                   block_size, scale, eps):
+  """Same contract as `pallas_kernels.block_sparse_attention_reference`; float32 inputs.
+
+  Returns `(out_BxHxLqxD, lse_BxHxLq)`, float32, both differentiable in q, k, v, l0
+  and acc0 (m0 is a reference point and gets no gradient, as in the reference).
+  """
+  return _forward(q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, tile_ids_BxHxK, key_valid_BxLk,
+                  m0_BxHxLq, l0_BxHxLq, acc0_BxHxLqxD, block_size, scale, eps)[0]
+
+
+def _forward(q, k, v, ids, valid, m0, l0, acc0, block_size, scale, eps):
+  B, H = q.shape[:2]
+  one = lambda ops: _one_head_forward(*ops, block_size=block_size, scale=scale, eps=eps)
+  out, lse = jax.lax.map(one, _flatten_heads(q, k, v, ids, valid, m0, l0, acc0))
+  out, lse = out.reshape(q.shape), lse.reshape(B, H, -1)
+  return (out, lse), (q, k, v, ids, valid, m0, out, lse)
+
+
+def _backward(block_size, scale, eps, residuals, cotangents):
+  del eps
+  q, k, v, ids, valid, m0, out, lse = residuals
+  d_out, d_lse = cotangents
+  one = lambda ops: _one_head_backward(*ops, block_size=block_size, scale=scale)
+  dq, dk, dv, dl0, dacc0 = jax.lax.map(
+      one, _flatten_heads(q, k, v, ids, valid, m0, out, lse, d_out, d_lse))
+  return (dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None, None, None,
+          dl0.reshape(m0.shape), dacc0.reshape(out.shape))
+
+
+chunked_block_sparse_attention.defvjp(_forward, _backward)
