@@ -119,11 +119,17 @@ class _Canvas:
 
   def segment_pixels(self, tail, head, offsets):
     """Pixels within the offset disk of the segment, or None if it leaves the image."""
-    pts = np.rint(tail + self.steps * (head - tail)).astype(np.int32)
-    if pts.min() < 0 or pts.max() >= self.size:
+    # Bounds from the end points in plain Python: numpy reductions on a handful of
+    # points cost more than the rest of this function.
+    t0, t1 = float(tail[0]), float(tail[1])
+    h0, h1 = float(head[0]), float(head[1])
+    lo, hi = min(t0, t1, h0, h1), max(t0, t1, h0, h1)
+    if lo < -0.5 or hi >= self.size - 0.5:
       return None
+    pts = np.rint(tail + self.steps * (head - tail)).astype(np.int32)
     pix = (pts[:, None, :] + offsets[None, :, :]).reshape(-1, 2)
-    if pix.min() < 0 or pix.max() >= self.size:
+    reach = len(offsets) and int(np.abs(offsets).max())
+    if lo - reach < 0.5 or hi + reach >= self.size - 1.5:
       pix = np.clip(pix, 0, self.size - 1)
     return pix[:, 0], pix[:, 1]
 
@@ -181,11 +187,17 @@ class _Snake:
     phis = theta + canvas.turns
     dirs = np.stack([np.sin(phis), np.cos(phis)], axis=1)
     heads = np.rint(pivot + radius * dirs).astype(np.int32)
-    inside = ((heads >= 0) & (heads < canvas.size)).all(axis=1)
-    hr, hc = heads[inside, 0], heads[inside, 1]
-    free = (canvas.count[hr, hc] - self.last_grid[hr, hc]) <= 0
-    weights = np.zeros_like(canvas.turn_weights)
-    weights[inside] = np.where(free, canvas.turn_weights[inside], 0.0)
+    p0, p1 = float(pivot[0]), float(pivot[1])
+    if min(p0, p1) - radius >= 0.5 and max(p0, p1) + radius < canvas.size - 1.5:
+      hr, hc = heads[:, 0], heads[:, 1]
+      free = (canvas.count[hr, hc] - self.last_grid[hr, hc]) <= 0
+      weights = np.where(free, canvas.turn_weights, 0.0)
+    else:
+      inside = ((heads >= 0) & (heads < canvas.size)).all(axis=1)
+      hr, hc = heads[inside, 0], heads[inside, 1]
+      free = (canvas.count[hr, hc] - self.last_grid[hr, hc]) <= 0
+      weights = np.zeros_like(canvas.turn_weights)
+      weights[inside] = np.where(free, canvas.turn_weights[inside], 0.0)
     total = weights.sum()
     if total <= 0:
       return False
