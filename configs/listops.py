@@ -1,0 +1,52 @@
+r"""ListOps (10 classes, up to 2000 tokens).
+
+  python -m lra.prepare --task=listops --data_dir=~/lra_data
+  python -m lra.main --config=configs/listops.py --workdir=/tmp/listops_mra2
+  python -m lra.main --config=configs/listops.py:attention=softmax --workdir=/tmp/listops_sm
+  python -m lra.main --config=configs/listops.py:smoke --workdir=/tmp/lra_smoke   # CPU
+  python -m lra.main --config=configs/listops.py:cpu --workdir=/tmp/listops_cpu   # CPU
+
+Variants (after the colon, comma-separated):
+  (default)     MRA-paper protocol (mra.md §7): 2 layers x 64, 2 heads, 5000 steps, batch 32,
+                OneCycle peak 1e-4, warmup 1000, length 2048. Expected test accuracy: the
+                MRA/Nystromformer papers report about 37-38 % for softmax and MRA-2 (not yet
+                measured with this code). Runtime: not yet measured.
+  protocol=lra  Original LRA config (lra.md §3.1.1): 4 layers x 512, 8 heads, CLS, sinusoidal
+                positions, LR 0.05 rsqrt, length 2000. LRA leaderboard: Transformer 36.37 %.
+                Not yet measured with this code.
+  smoke         Generates 640/160/160 short expressions (<= 300 tokens) into <workdir>/data,
+                trains 40 steps at batch 16, length 320. Minutes on 2 CPU cores; accuracy is
+                near chance by design (it checks that everything runs).
+  cpu           The CPU accuracy setting (docs/lra.md): short ListOps generated into
+                <workdir>/data. Figures: see docs/lra.md (not yet measured).
+"""
+
+from configs import common
+
+MRA = common.Protocol(
+    max_length=2048, batch_size=32, learning_rate=1e-4, warmup_steps=1000,
+    num_train_steps=5000, eval_every_steps=50, num_eval_batches=62, schedule="one_cycle")
+LRA = common.Protocol(
+    max_length=2000, batch_size=32, learning_rate=0.05, warmup_steps=1000,
+    num_train_steps=5000, eval_every_steps=50, num_eval_batches=-1, schedule="rsqrt",
+    num_layers=4, embed_dim=512, qkv_dim=512, num_heads=8, mlp_dim=1024,
+    classifier_hidden=(1024,), pooling="cls", positions="sinusoidal", embed_init_std=1.0,
+    weight_decay=0.1, b2=0.98, eps=1e-9, cycle_momentum=False)
+# MRA paper LRA configs (baselines.md §2.0, lra.md §3.2).
+ATTENTION = {
+    "mra2": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
+    "mra2_s": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
+    "yoso": {"hash_code_len": 11},
+}
+SMOKE = common.smoke(data_dir="", generate_data=True, generate_sizes=(640, 160, 160),
+                     generate_max_tokens=300, max_length=320)
+CPU = {"data_dir": "", "generate_data": True, "generate_sizes": (20_000, 1_000, 1_000),
+       "generate_max_tokens": 200, "max_length": 256, "batch_size": 32,
+       "eval_batch_size": 100, "num_train_steps": 2000, "eval_every_steps": 200,
+       "num_eval_batches": -1, "checkpoint_every_steps": 200, "learning_rate": 1e-3,
+       "optimizer.warmup_steps": 200, "log_every_steps": 20}
+
+
+def get_config(arg: str | None = None):
+  return common.make_config("listops", arg, mra=MRA, lra=LRA, attention_overrides=ATTENTION,
+                            smoke_overrides=SMOKE, cpu_overrides=CPU)

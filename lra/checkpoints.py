@@ -1,0 +1,120 @@
+"""Orbax checkpoints of a run, and the config stamp that ties a workdir to one config.
+
+Layout of a workdir:
+  config.json          the config that made it; another config is refused
+  checkpoints/<step>/  resumable state: parameters, optimizer state, and `meta` (JSON: data
+                       loader position, best dev accuracy so far, train-metric window)
+  best/<step>/         parameters of the best validation accuracy so far
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir was made by a different config."""
+
+
+def _jsonable(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(json.dumps(config.to_dict(), default=list))
+
+
+def _diff(old, new, prefix=""):
+  if isinstance(old, dict) and isinstance(new, dict):
+    for key in sorted(set(old) | set(new)):
+      yield from _diff(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+  elif old != new:
+    yield f"{prefix[:-1]}: stored {old!r}, now {new!r}"
+
+
+def check_or_store_config(workdir: str, config: ml_collections.ConfigDict,
+                          write: bool = True) -> None:
+  """Stores `config` in a new workdir; in an existing one, refuses any other config.
+
+  Raises:
+    ConfigMismatchError: listing every differing key.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  current = _jsonable(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    differences = list(_diff(stored, current))
+    if differences:
+      raise ConfigMismatchError(
+          f"workdir={workdir!r} was made by a different config ({path}), so it cannot be "
+          f"resumed with this one. Differences: " + "; ".join(differences) +
+          ". Use a new --workdir, or rerun with the stored config.")
+    return
+  if write:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(current, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+  """The resumable checkpoints and the best-validation parameters of one workdir."""
+
+  def __init__(self, workdir: str, keep: int = 2):
+    options = lambda n: ocp.CheckpointManagerOptions(
+        max_to_keep=n, create=True, enable_async_checkpointing=False)
+    self._latest = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                         options=options(keep), item_names=("state", "meta"))
+    self._best = ocp.CheckpointManager(os.path.join(workdir, "best"), options=options(1),
+                                       item_names=("params", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self._latest.latest_step()
+
+  def save(self, step: int, state, meta: dict) -> None:
+    if step in self._latest.all_steps():
+      return
+    self._latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self._latest.wait_until_finished()
+
+  def restore_latest(self, state_like) -> tuple[int, object, dict] | None:
+    """(step, state, meta) of the newest checkpoint, shaped and sharded like `state_like`."""
+    step = self._latest.latest_step()
+    if step is None:
+      return None
+    out = self._latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore()))
+    return step, out.state, out.meta
+
+  def save_best(self, step: int, params, meta: dict) -> None:
+    for old in self._best.all_steps():
+      if old >= step:
+        self._best.delete(old)
+    self._best.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+    self._best.wait_until_finished()
+
+  def drop_best_after(self, step: int) -> None:
+    """Forgets best checkpoints newer than `step` (a resumed run makes them again)."""
+    for old in self._best.all_steps():
+      if old > step:
+        self._best.delete(old)
+
+  def restore_best(self, params_like) -> tuple[object, dict] | None:
+    step = self._best.latest_step()
+    if step is None:
+      return None
+    out = self._best.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(params_like)), meta=ocp.args.JsonRestore()))
+    return out.params, out.meta
+
+  def close(self) -> None:
+    self._latest.close()
+    self._best.close()

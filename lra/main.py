@@ -1,0 +1,36 @@
+r"""Trains and evaluates one LRA run.
+
+  python -m lra.main --config=configs/listops.py:smoke --workdir=/tmp/lra_smoke
+  python -m lra.main --config=configs/listops.py --workdir=DIR --config.attention=softmax
+
+Rerunning the same command on the same workdir resumes it. See docs/lra.md.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from lra import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A configs/<task>.py file, optionally with :args (e.g. :smoke).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  message = (f"{results['task']} / {results['attention']}: test accuracy "
+             f"{results['test_accuracy']:.4f} on {results['num_test_examples']} examples "
+             f"(best validation {results['best_validation_accuracy']:.4f} at step "
+             f"{results['best_step']}); results in {_WORKDIR.value}/results.json")
+  logging.info(message)
+  print(message, flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,269 @@
+"""LRA models in Flax NNX: a Transformer encoder classifier and the two-tower retrieval model.
+
+The attention core of every block comes from the `mra_jax.attentions` registry, so any
+registered method drops into the same encoder. The encoder follows the MRA paper's LRA model
+(mra.md §7): token + position embeddings, pre-LN blocks, a final LN multiplied by the mask,
+pooling, an MLP head. The original LRA model (lra.md §3.1.3) differs only in settings (CLS
+pooling, sinusoidal positions, sizes), which `ModelConfig` carries.
+
+Dropout keys are passed explicitly (`dropout_key`), so a training step is a pure function of
+(parameters, batch, key) and a resumed run replays the same masks.
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from mra_jax import attentions
+from mra_jax import layout
+
+POOLINGS = ("mean", "cls")
+POSITIONS = ("learned", "sinusoidal")
+INTERACTIONS = ("nli", "concat")
+TOKEN_ORDERS = ("row_major", "patch")
+# Attentions whose blocks are 1-D token runs that the published image setting fills with
+# 2-D patches (mra.md §2.7, `input_shape=[32, 32]`).
+PATCH_ORDER_ATTENTIONS = ("mra2", "mra2_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that fixes the model's shape and behaviour (validated on construction)."""
+  vocab_size: int
+  num_classes: int
+  max_length: int
+  attention: str
+  attention_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  num_layers: int = 2
+  embed_dim: int = 64
+  qkv_dim: int = 64
+  num_heads: int = 2
+  mlp_dim: int = 128
+  classifier_hidden: tuple[int, ...] = (128,)
+  dropout_rate: float = 0.1
+  pooling: str = "mean"
+  positions: str = "learned"
+  embed_init_std: float = 0.02
+  qkv_bias: bool = True
+  dual_input: bool = False
+  retrieval_interaction: str = "nli"
+  token_order: str = "row_major"
+  image_shape: tuple[int, int] | None = None
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    for name in ("vocab_size", "num_classes", "max_length", "num_layers", "embed_dim",
+                 "qkv_dim", "num_heads", "mlp_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {name}={value!r}")
+    if self.qkv_dim % self.num_heads:
+      raise ValueError(f"qkv_dim must be divisible by num_heads; got qkv_dim={self.qkv_dim}, "
+                       f"num_heads={self.num_heads}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"dropout_rate must be in [0, 1); got dropout_rate={self.dropout_rate}")
+    for name, allowed in (("pooling", POOLINGS), ("positions", POSITIONS),
+                          ("retrieval_interaction", INTERACTIONS),
+                          ("token_order", TOKEN_ORDERS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}; got {name}={getattr(self, name)!r}")
+    if self.token_order == "patch":
+      if self.pooling == "cls":
+        raise ValueError("token_order='patch' needs pooling='mean' (a CLS token has no pixel); "
+                         f"got pooling={self.pooling!r}")
+      if self.image_shape is None or math.prod(self.image_shape) != self.max_length:
+        raise ValueError(f"token_order='patch' needs an image task whose image covers "
+                         f"max_length; got image_shape={self.image_shape}, "
+                         f"max_length={self.max_length}")
+
+  @property
+  def sequence_length(self) -> int:
+    """Tokens the attention sees: max_length, +1 for the CLS token."""
+    return self.max_length + (self.pooling == "cls")
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout; identity when `key` is None (evaluation) or rate is 0."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def sinusoidal_positions(length: int, dim: int) -> jax.Array:
+  """Fixed [length, dim] sin/cos table (Vaswani et al.; LRA's `learn_pos_emb=False`)."""
+  pos_Lx1 = jnp.arange(length, dtype=jnp.float32)[:, None]
+  freq_1xF = jnp.exp(-math.log(10_000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+  angle_LxF = pos_Lx1 * freq_1xF[None, :]
+  table = jnp.zeros((length, dim), jnp.float32)
+  table = table.at[:, 0::2].set(jnp.sin(angle_LxF))
+  return table.at[:, 1::2].set(jnp.cos(angle_LxF)[:, :dim // 2])
+
+
+def _fold(key: jax.Array | None, *data: int) -> jax.Array | None:
+  if key is None:
+    return None
+  for d in data:
+    key = jax.random.fold_in(key, d)
+  return key
+
+
+class SelfAttention(nnx.Module):
+  """q/k/v/out projections around a registry attention core."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.num_heads = cfg.num_heads
+    self.head_dim = cfg.qkv_dim // cfg.num_heads
+    dense = lambda fin, fout: nnx.Linear(fin, fout, use_bias=cfg.qkv_bias, dtype=cfg.dtype,
+                                         rngs=rngs)
+    self.query = dense(cfg.embed_dim, cfg.qkv_dim)
+    self.key = dense(cfg.embed_dim, cfg.qkv_dim)
+    self.value = dense(cfg.embed_dim, cfg.qkv_dim)
+    self.out = dense(cfg.qkv_dim, cfg.embed_dim)
+    self.core = attentions.build(cfg.attention, num_heads=cfg.num_heads,
+                                 head_dim=self.head_dim, max_length=cfg.sequence_length,
+                                 rngs=rngs, **cfg.attention_kwargs)
+
+  def __call__(self, x_BxLxE: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+    B, L, _ = x_BxLxE.shape
+    heads = lambda y: y.reshape(B, L, self.num_heads, self.head_dim)
+    o_BxLxHxD = self.core(heads(self.query(x_BxLxE)), heads(self.key(x_BxLxE)),
+                          heads(self.value(x_BxLxE)), mask=mask_BxL)
+    return self.out(o_BxLxHxD.reshape(B, L, -1).astype(x_BxLxE.dtype))
+
+
+class EncoderBlock(nnx.Module):
+  """Pre-LN block: x + Drop(Attn(LN(x))), then x + Drop(W2 Drop(GELU(W1 LN(x))))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.rate = cfg.dropout_rate
+    self.ln_attention = nnx.LayerNorm(cfg.embed_dim, dtype=cfg.dtype, rngs=rngs)
+    self.attention = SelfAttention(cfg, rngs=rngs)
+    self.ln_mlp = nnx.LayerNorm(cfg.embed_dim, dtype=cfg.dtype, rngs=rngs)
+    self.mlp_in = nnx.Linear(cfg.embed_dim, cfg.mlp_dim, dtype=cfg.dtype, rngs=rngs)
+    self.mlp_out = nnx.Linear(cfg.mlp_dim, cfg.embed_dim, dtype=cfg.dtype, rngs=rngs)
+
+  def __call__(self, x_BxLxE, mask_BxL, dropout_key):
+    y = self.attention(self.ln_attention(x_BxLxE), mask_BxL)
+    x_BxLxE = x_BxLxE + dropout(y, self.rate, _fold(dropout_key, 0))
+    h = dropout(jax.nn.gelu(self.mlp_in(self.ln_mlp(x_BxLxE)), approximate=False), self.rate,
+                _fold(dropout_key, 1))
+    return x_BxLxE + dropout(self.mlp_out(h), self.rate, _fold(dropout_key, 2))
+
+
+class Encoder(nnx.Module):
+  """Token ids [B, L] and mask [B, L] -> pooled features [B, E]."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.max_length = cfg.max_length
+    self.embed_dim = cfg.embed_dim
+    self.pooling = cfg.pooling
+    self.token_order = cfg.token_order
+    self.image_shape = cfg.image_shape
+    self.rate = cfg.dropout_rate
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype,
+                           embedding_init=nnx.initializers.normal(cfg.embed_init_std),
+                           rngs=rngs)
+    length = cfg.sequence_length
+    if cfg.positions == "learned":
+      self.position_LxE = nnx.Param(nnx.initializers.normal(0.02)(
+          rngs.params(), (length, cfg.embed_dim)))
+    else:
+      self.position_LxE = nnx.Variable(sinusoidal_positions(length, cfg.embed_dim))
+    if cfg.pooling == "cls":
+      self.cls_E = nnx.Param(jnp.zeros((cfg.embed_dim,), jnp.float32))
+    self.blocks = nnx.List([EncoderBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.ln_final = nnx.LayerNorm(cfg.embed_dim, dtype=cfg.dtype, rngs=rngs)
+
+  def __call__(self, inputs_BxL: jax.Array, mask_BxL: jax.Array,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    B, L = inputs_BxL.shape
+    if L != self.max_length:
+      raise ValueError(f"inputs must have length max_length={self.max_length}; got "
+                       f"inputs.shape={inputs_BxL.shape}")
+    mask_BxL = mask_BxL.astype(bool)
+    x_BxLxE = self.embed(inputs_BxL)
+    if self.pooling == "cls":
+      cls_Bx1xE = jnp.broadcast_to(self.cls_E[...].astype(x_BxLxE.dtype)[None, None, :],
+                                   (B, 1, self.embed_dim))
+      x_BxLxE = jnp.concatenate([cls_Bx1xE, x_BxLxE], axis=1)
+      mask_BxL = jnp.concatenate([jnp.ones((B, 1), bool), mask_BxL], axis=1)
+    x_BxLxE = x_BxLxE + self.position_LxE[...].astype(x_BxLxE.dtype)[None, :, :]
+    if self.token_order == "patch":
+      # Every other layer is per token and mean pooling is order-free, so one reordering
+      # here equals reordering around each attention (positions are already added).
+      x_BxLxE = layout.to_patch_order(x_BxLxE, self.image_shape)
+      mask_BxL = layout.to_patch_order(mask_BxL, self.image_shape)
+    x_BxLxE = dropout(x_BxLxE, self.rate, _fold(dropout_key, 0, 0))
+    for i, block in enumerate(self.blocks):
+      x_BxLxE = block(x_BxLxE, mask_BxL, _fold(dropout_key, i + 1))
+    x_BxLxE = self.ln_final(x_BxLxE) * mask_BxL[:, :, None].astype(x_BxLxE.dtype)
+    if self.pooling == "cls":
+      return x_BxLxE[:, 0, :]
+    # As the MRA paper's model: padded tokens count as zeros, the divisor is the length.
+    return x_BxLxE.mean(axis=1)
+
+
+class MlpHead(nnx.Module):
+  """Dense -> ReLU (per hidden width) -> Dense(num_classes)."""
+
+  def __init__(self, in_features: int, hidden: tuple[int, ...], num_classes: int, dtype, *,
+               rngs: nnx.Rngs):
+    widths = (in_features, *hidden)
+    self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+                            for a, b in zip(widths[:-1], widths[1:])])
+    self.out = nnx.Linear(widths[-1], num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x_BxF: jax.Array) -> jax.Array:
+    for layer in self.hidden:
+      x_BxF = jax.nn.relu(layer(x_BxF))
+    return self.out(x_BxF)
+
+
+class Classifier(nnx.Module):
+  """Single-input classifier: ids [B, L], mask [B, L] -> float32 logits [B, classes]."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.encoder = Encoder(cfg, rngs=rngs)
+    self.head = MlpHead(cfg.embed_dim, cfg.classifier_hidden, cfg.num_classes, cfg.dtype,
+                        rngs=rngs)
+
+  def __call__(self, inputs, mask, dropout_key=None):
+    return self.head(self.encoder(inputs, mask, dropout_key)).astype(jnp.float32)
+
+
+class DualClassifier(nnx.Module):
+  """Two-tower matcher: ids [B, 2, L] -> logits [B, classes]; one encoder for both towers."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.interaction = cfg.retrieval_interaction
+    self.encoder = Encoder(cfg, rngs=rngs)
+    width = cfg.embed_dim * (4 if cfg.retrieval_interaction == "nli" else 2)
+    self.head = MlpHead(width, cfg.classifier_hidden, cfg.num_classes, cfg.dtype, rngs=rngs)
+
+  def __call__(self, inputs_Bx2xL, mask_Bx2xL, dropout_key=None):
+    if inputs_Bx2xL.ndim != 3 or inputs_Bx2xL.shape[1] != 2:
+      raise ValueError(f"retrieval inputs must be [B, 2, L]; got shape {inputs_Bx2xL.shape}")
+    B = inputs_Bx2xL.shape[0]
+    # Both documents in one encoder call: shared weights, one compiled pass; the towers get
+    # different dropout masks because they are different rows.
+    both_2BxE = self.encoder(inputs_Bx2xL.reshape(2 * B, -1), mask_Bx2xL.reshape(2 * B, -1),
+                             dropout_key)
+    u_BxE, v_BxE = both_2BxE.reshape(B, 2, -1)[:, 0], both_2BxE.reshape(B, 2, -1)[:, 1]
+    if self.interaction == "nli":
+      features = jnp.concatenate([u_BxE, v_BxE, u_BxE * v_BxE, u_BxE - v_BxE], axis=-1)
+    else:
+      features = jnp.concatenate([u_BxE, v_BxE], axis=-1)
+    return self.head(features).astype(jnp.float32)
+
+
+def build(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+  """The task's model: `DualClassifier` for pair inputs, `Classifier` otherwise."""
+  return (DualClassifier if cfg.dual_input else Classifier)(cfg, rngs=rngs)

@@ -1,0 +1,115 @@
+"""Learning-rate schedules and the AdamW optimizer of both LRA protocols.
+
+`one_cycle` reproduces PyTorch's `OneCycleLR(anneal_strategy="linear")` as the MRA paper's
+harness used it (mra.md §7): start at peak/25, rise linearly to the peak over the warmup,
+fall linearly to start/1e4 at the last step, and (`cycle_momentum`) move Adam's beta1
+inversely between 0.95 and 0.85. `rsqrt` and `cosine` are the original LRA factor products
+(lra.md §3.1).
+"""
+
+import math
+
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("one_cycle", "rsqrt", "cosine")
+# PyTorch OneCycleLR defaults.
+DIV_FACTOR = 25.0
+FINAL_DIV_FACTOR = 1e4
+BASE_MOMENTUM = 0.85
+MAX_MOMENTUM = 0.95
+
+
+def _one_cycle_fraction(step, warmup_steps: int, total_steps: int):
+  """0 -> 1 over the warmup (step 0 .. warmup-1), 1 -> 0 until the last step."""
+  step = jnp.asarray(step, jnp.float32)
+  up_end = max(float(warmup_steps) - 1.0, 1.0)
+  down_len = max(float(total_steps) - 1.0 - up_end, 1.0)
+  rising = jnp.clip(step / up_end, 0.0, 1.0)
+  falling = 1.0 - jnp.clip((step - up_end) / down_len, 0.0, 1.0)
+  return jnp.where(step <= up_end, rising, falling), step <= up_end
+
+
+def one_cycle_lr(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  """PyTorch `OneCycleLR` learning rate with linear annealing."""
+  start = peak / DIV_FACTOR
+  final = start / FINAL_DIV_FACTOR
+
+  def schedule(step):
+    frac, rising = _one_cycle_fraction(step, warmup_steps, total_steps)
+    return jnp.where(rising, start + (peak - start) * frac, final + (peak - final) * frac)
+
+  return schedule
+
+
+def one_cycle_b1(warmup_steps: int, total_steps: int) -> optax.Schedule:
+  """Beta1 moving opposite to the learning rate: 0.95 -> 0.85 -> 0.95."""
+
+  def schedule(step):
+    frac, _ = _one_cycle_fraction(step, warmup_steps, total_steps)
+    return MAX_MOMENTUM - (MAX_MOMENTUM - BASE_MOMENTUM) * frac
+
+  return schedule
+
+
+def rsqrt_lr(factor: float, warmup_steps: int) -> optax.Schedule:
+  """LRA's constant * linear_warmup * rsqrt_decay."""
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = jnp.minimum(1.0, step / max(warmup_steps, 1))
+    return factor * warm / jnp.sqrt(jnp.maximum(step, float(max(warmup_steps, 1))))
+
+  return schedule
+
+
+def cosine_lr(factor: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  """LRA's constant * linear_warmup * cosine_decay (one cycle of `total_steps`)."""
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = jnp.minimum(1.0, step / max(warmup_steps, 1))
+    progress = jnp.maximum(0.0, (step - warmup_steps) / float(total_steps))
+    return factor * warm * jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(math.pi * (progress % 1.0))))
+
+  return schedule
+
+
+def learning_rate_schedule(schedule: str, learning_rate: float, warmup_steps: int,
+                           total_steps: int) -> optax.Schedule:
+  """The schedule named `schedule` (one of `SCHEDULES`)."""
+  if schedule == "one_cycle":
+    if not 0 < warmup_steps < total_steps:
+      raise ValueError(f"one_cycle needs 0 < warmup_steps < num_train_steps; got "
+                       f"{warmup_steps=}, {total_steps=}")
+    return one_cycle_lr(learning_rate, warmup_steps, total_steps)
+  if schedule == "rsqrt":
+    return rsqrt_lr(learning_rate, warmup_steps)
+  if schedule == "cosine":
+    return cosine_lr(learning_rate, warmup_steps, total_steps)
+  raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule=}")
+
+
+def make_optimizer(opt_cfg, learning_rate: float, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW (decoupled weight decay on every parameter), optional global-norm clipping.
+
+  Args:
+    opt_cfg: the config's `optimizer` block (schedule, warmup_steps, weight_decay, b1, b2,
+      eps, cycle_momentum, grad_clip_norm).
+    learning_rate: peak (one_cycle) or constant factor (rsqrt, cosine).
+    total_steps: optimizer steps of the run.
+
+  Returns:
+    (optimizer, learning-rate schedule) — the schedule for logging.
+  """
+  lr = learning_rate_schedule(opt_cfg.schedule, learning_rate, opt_cfg.warmup_steps,
+                              total_steps)
+  b1 = (one_cycle_b1(opt_cfg.warmup_steps, total_steps) if opt_cfg.cycle_momentum
+        else opt_cfg.b1)
+  adamw = optax.inject_hyperparams(optax.adamw)(
+      learning_rate=lr, b1=b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+      weight_decay=opt_cfg.weight_decay)
+  if opt_cfg.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip_norm), adamw), lr
+  return adamw, lr

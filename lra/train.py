@@ -1,0 +1,328 @@
+"""Training and evaluation of one LRA run: `train_and_evaluate(config, workdir)`.
+
+Data parallel over every device of every process: parameters are replicated, each batch is
+sharded over a 1-D mesh axis "data", and `jax.jit` inserts the gradient all-reduce. A step is
+a pure function of (state, batch, step number): the dropout key is folded from the seed and
+the step, and the loader position is checkpointed, so a run killed at any moment and rerun
+replays the same steps and ends bit-identical (on CPU) to an uninterrupted one.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from lra import checkpoints
+from lra import inputs
+from lra import memory
+from lra import models
+from lra import optim
+from lra import reporting
+from lra.data import tasks
+
+RESULTS_FILE = "results.json"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or Inf; the run stopped."""
+
+
+def model_config(config) -> models.ModelConfig:
+  """The validated `ModelConfig` of a run config (resolves token_order="auto")."""
+  spec = tasks.get_task(config.task)
+  if config.compute_dtype not in DTYPES:
+    raise ValueError(f"compute_dtype must be one of {sorted(DTYPES)}; got "
+                     f"compute_dtype={config.compute_dtype!r}")
+  token_order = config.token_order
+  if token_order == "auto":
+    fits = (spec.image_shape is not None and config.model.pooling == "mean"
+            and math.prod(spec.image_shape) == config.max_length)
+    token_order = ("patch" if fits and config.attention in models.PATCH_ORDER_ATTENTIONS
+                   else "row_major")
+  if config.attention not in config.attention_kwargs:
+    raise ValueError(f"attention={config.attention!r} has no knob block in attention_kwargs "
+                     f"(known: {sorted(config.attention_kwargs)})")
+  m = config.model
+  return models.ModelConfig(
+      vocab_size=spec.vocab_size, num_classes=spec.num_classes, max_length=config.max_length,
+      attention=config.attention,
+      attention_kwargs=dict(config.attention_kwargs[config.attention].to_dict()),
+      num_layers=m.num_layers, embed_dim=m.embed_dim, qkv_dim=m.qkv_dim,
+      num_heads=m.num_heads, mlp_dim=m.mlp_dim, classifier_hidden=tuple(m.classifier_hidden),
+      dropout_rate=m.dropout_rate, pooling=m.pooling, positions=m.positions,
+      embed_init_std=m.embed_init_std, qkv_bias=m.qkv_bias, dual_input=spec.dual_input,
+      retrieval_interaction=m.retrieval_interaction, token_order=token_order,
+      image_shape=spec.image_shape, dtype=DTYPES[config.compute_dtype])
+
+
+def _check_sizes(config, num_devices: int) -> None:
+  for name in ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
+               "log_every_steps", "batch_size", "eval_batch_size", "grad_accum_steps"):
+    if getattr(config, name) < 1:
+      raise ValueError(f"{name} must be >= 1; got {name}={getattr(config, name)}")
+  micro, rem = divmod(config.batch_size, config.grad_accum_steps)
+  if rem or micro % num_devices:
+    raise ValueError(
+        f"batch_size / grad_accum_steps must be a whole multiple of the {num_devices} "
+        f"devices; got batch_size={config.batch_size}, "
+        f"grad_accum_steps={config.grad_accum_steps}")
+  if config.eval_batch_size % num_devices:
+    raise ValueError(f"eval_batch_size must be a multiple of the {num_devices} devices; got "
+                     f"eval_batch_size={config.eval_batch_size}")
+
+
+def _loss_and_accuracy(graphdef, params, rest, batch, dropout_key):
+  model = nnx.merge(graphdef, params, rest)
+  logits = model(batch["inputs"], batch["mask"], dropout_key)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  correct = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
+  return losses, correct
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum_steps: int):
+  """Returns jit(state, batch, dropout_key) -> (state, {"loss", "accuracy"})."""
+
+  def loss_fn(params, rest, batch, key):
+    losses, correct = _loss_and_accuracy(graphdef, params, rest, batch, key)
+    return losses.mean(), correct.mean()
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state, batch, dropout_key):
+    params, rest = state["params"], state["rest"]
+    if grad_accum_steps == 1:
+      (loss, accuracy), grads = grad_fn(params, rest, batch, dropout_key)
+    else:
+      # Micro-batch i takes rows i, i + A, i + 2A, ...: every device keeps an equal share
+      # of each micro-batch under the batch sharding.
+      micro = jax.tree.map(
+          lambda x: jnp.swapaxes(
+              x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]),
+              0, 1), batch)
+
+      def body(carry, xs):
+        i, mb = xs
+        (l, a), g = grad_fn(params, rest, mb, jax.random.fold_in(dropout_key, i))
+        return jax.tree.map(jnp.add, carry, (l, a, g)), None
+
+      zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+               jax.tree.map(jnp.zeros_like, params))
+      (loss, accuracy, grads), _ = jax.lax.scan(
+          body, zeros, (jnp.arange(grad_accum_steps), micro))
+      loss, accuracy, grads = jax.tree.map(lambda x: x / grad_accum_steps,
+                                           (loss, accuracy, grads))
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_state = {"params": optax.apply_updates(params, updates), "rest": rest,
+                 "opt_state": opt_state}
+    return new_state, {"loss": loss, "accuracy": accuracy}
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(graphdef):
+  """Returns jit(params, rest, batch) -> sums of (loss, correct, weight) over the batch."""
+
+  def step(params, rest, batch):
+    losses, correct = _loss_and_accuracy(graphdef, params, rest, batch, None)
+    w = batch["weight"]
+    return {"loss": (losses * w).sum(), "correct": (correct * w).sum(), "count": w.sum()}
+
+  return jax.jit(step)
+
+
+def evaluate(eval_step, params, rest, loader, *, batch_size: int, num_batches: int,
+             sharding) -> dict:
+  """Mean loss and accuracy over the first `num_batches` batches (-1: all) of `loader`."""
+  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+  for i, batch in enumerate(loader):
+    if 0 <= num_batches <= i:
+      break
+    local = batch_size // jax.process_count()
+    sums = eval_step(params, rest, inputs.to_global(inputs.pad_batch(batch, local), sharding))
+    for key, value in jax.device_get(sums).items():
+      totals[key] += float(value)
+  count = max(totals["count"], 1.0)
+  return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count,
+          "num_examples": int(totals["count"])}
+
+
+def _maybe_initialize_distributed() -> None:
+  """Joins a multi-host job when the environment describes one (JAX_COORDINATOR_ADDRESS)."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]))
+
+
+@dataclasses.dataclass
+class _Window:
+  """Train metrics averaged between two log events (checkpointed with the step)."""
+  loss: float = 0.0
+  accuracy: float = 0.0
+  count: int = 0
+  start_time: float = dataclasses.field(default_factory=time.time)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (or resumes) a run in `workdir`, evaluates the best-dev model on test.
+
+  Returns:
+    The results dict also written to `<workdir>/results.json`.
+
+  Raises:
+    checkpoints.ConfigMismatchError: `workdir` was made by another config.
+    lra.data.pipeline.DataNotFoundError: the data is missing (message: the prepare command).
+    NonFiniteLossError: the loss became NaN/Inf (metrics are written first).
+  """
+  _maybe_initialize_distributed()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  primary = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints.check_or_store_config(workdir, config, write=primary)
+  # Auto axes: jit places the gradient all-reduce itself (no explicit-sharding typing).
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = jax.NamedSharding(mesh, jax.P())
+  batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
+  _check_sizes(config, jax.device_count())
+  cfg = model_config(config)
+
+  data_dir = inputs.resolve_data_dir(config, workdir)
+  if primary:
+    inputs.ensure_data(config, data_dir)
+  if config.check_memory:
+    micro = config.batch_size // config.grad_accum_steps // jax.device_count()
+    towers = 2 if cfg.dual_input else 1
+    estimate = memory.activation_bytes(
+        micro_batch=micro * towers, length=cfg.sequence_length, num_layers=cfg.num_layers,
+        embed_dim=cfg.embed_dim, qkv_dim=cfg.qkv_dim, mlp_dim=cfg.mlp_dim,
+        num_heads=cfg.num_heads, attention=cfg.attention, knobs=cfg.attention_kwargs,
+        bytes_per_value=jnp.dtype(cfg.dtype).itemsize)
+    memory.warn_if_too_large(estimate, memory.available_bytes(),
+                             what=f"{config.task} with {config.attention} at batch {micro} "
+                             f"per device, length {cfg.sequence_length}")
+
+  model = models.build(cfg, rngs=nnx.Rngs(params=config.seed))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx, lr_schedule = optim.make_optimizer(config.optimizer, config.learning_rate,
+                                         config.num_train_steps)
+  state = jax.device_put({"params": params, "rest": rest, "opt_state": tx.init(params)},
+                         replicated)
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+  logging.info("%s / %s: %d parameters, %d devices, %d processes", config.task,
+               config.attention, num_params, jax.device_count(), jax.process_count())
+
+  train_loader = inputs.make_loader(config, data_dir, "train", batch_size=config.batch_size,
+                                    train=True)
+  ckpt = checkpoints.Checkpointer(workdir)
+  writer = reporting.MetricsWriter(workdir, enabled=primary)
+  start_step, best = 0, {"accuracy": -1.0, "step": 0}
+  window = _Window()
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    start_step, state, meta = restored
+    train_loader.set_state(meta["loader"])
+    best = meta["best"]
+    window = _Window(meta["window"]["loss"], meta["window"]["accuracy"],
+                     meta["window"]["count"])
+    if primary:
+      reporting.truncate_metrics(workdir, start_step)
+    ckpt.drop_best_after(start_step)
+    logging.info("Resumed from step %d", start_step)
+
+  train_step = make_train_step(graphdef, tx, config.grad_accum_steps)
+  eval_step = make_eval_step(graphdef)
+  dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+  def run_eval(split, params_, num_batches):
+    loader = inputs.make_loader(config, data_dir, split, batch_size=config.eval_batch_size,
+                                train=False)
+    return evaluate(eval_step, params_, state["rest"], loader,
+                    batch_size=config.eval_batch_size, num_batches=num_batches,
+                    sharding=batch_sharding)
+
+  bar = tqdm.tqdm(total=config.num_train_steps, initial=start_step, disable=not primary,
+                  desc=f"{config.task}/{config.attention}", unit="step", dynamic_ncols=True)
+  iterator = iter(train_loader)
+  train_start, timed_steps = time.time(), 0
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    batch = inputs.to_global(next(iterator), batch_sharding)
+    state, metrics = train_step(state, batch, jax.random.fold_in(dropout_root, step))
+    loss, accuracy = (float(x) for x in jax.device_get((metrics["loss"],
+                                                         metrics["accuracy"])))
+    timed_steps += 1
+    if not math.isfinite(loss):
+      writer.write(step, "train", loss=loss, accuracy=accuracy,
+                   learning_rate=float(lr_schedule(step - 1)))
+      writer.close()
+      bar.close()
+      raise NonFiniteLossError(
+          f"Training loss is {loss} at step {step}; stopped (metrics written to "
+          f"{os.path.join(workdir, reporting.METRICS_FILE)}). Try a lower learning_rate "
+          f"(now {config.learning_rate}), gradient clipping (--config.optimizer."
+          f"grad_clip_norm=1.0) or float32 compute. The last checkpoint is step "
+          f"{ckpt.latest_step()}.")
+    window.loss += loss
+    window.accuracy += accuracy
+    window.count += 1
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      elapsed = time.time() - window.start_time
+      writer.write(step, "train", loss=window.loss / window.count,
+                   accuracy=window.accuracy / window.count,
+                   learning_rate=float(lr_schedule(step - 1)),
+                   steps_per_sec=window.count / max(elapsed, 1e-9))
+      window = _Window()
+    if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+      val = run_eval("validation", state["params"], config.num_eval_batches)
+      writer.write(step, "validation", loss=val["loss"], accuracy=val["accuracy"],
+                   num_examples=val["num_examples"])
+      bar.write(f"step {step}: validation accuracy {val['accuracy']:.4f} "
+                f"loss {val['loss']:.4f}")
+      if val["accuracy"] > best["accuracy"]:
+        best = {"accuracy": val["accuracy"], "step": step}
+        ckpt.save_best(step, state["params"], dict(best))
+    if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+      meta = {"loader": train_loader.get_state(), "best": best,
+              "window": dataclasses.asdict(window)}
+      ckpt.save(step, state, meta)
+  bar.close()
+  train_seconds = time.time() - train_start
+
+  best_params = state["params"]
+  restored_best = ckpt.restore_best(state["params"])
+  if restored_best is not None:
+    best_params, best = restored_best
+  test = run_eval("test", best_params, -1)
+  writer.write(config.num_train_steps, "test", loss=test["loss"], accuracy=test["accuracy"],
+               num_examples=test["num_examples"], best_step=best["step"])
+  writer.close()
+  ckpt.close()
+  results = {
+      "task": config.task, "attention": config.attention, "protocol": config.protocol,
+      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+      "num_test_examples": test["num_examples"], "best_step": best["step"],
+      "best_validation_accuracy": best["accuracy"], "num_parameters": int(num_params),
+      "num_devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+      "train_seconds_this_session": round(train_seconds, 1),
+      "steps_this_session": timed_steps,
+      "config": json.loads(json.dumps(config.to_dict(), default=list)),
+  }
+  if primary:
+    with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+      json.dump(results, f, indent=2)
+    if config.plot:
+      reporting.plot_learning_curve(workdir)
+  return results
