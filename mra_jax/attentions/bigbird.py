@@ -8,7 +8,7 @@ The (padded) sequence is cut into N blocks of `block_size` tokens.
 A block that would appear twice in a row (n-1 == 0 near the start) is counted once.
 Key blocks are gathered, so memory is O(L * block_size * (5 + r)); no L x L matrix.
 
-Random blocks: drawn per head with `jax.random` from a fixed key, so for a given key
+Random blocks: drawn per head by a counter-based hash of a fixed key, so for a given key
 and length the pattern is fixed (the same in training and evaluation, reproducible
 under jit). HF redraws them with numpy at every training call; a per-call pattern
 is obtained here by passing a fresh `random_key` to `bigbird_attention`.
@@ -37,7 +37,8 @@ def bigbird_block_pattern(num_blocks: int, num_heads: int, num_random_blocks: in
     num_heads: H; each head draws its own random blocks.
     num_random_blocks: r, random key blocks per query block (fewer when too few
       blocks are left; the missing slots are marked invalid).
-    random_key: a jax.random key (typed or raw uint32).
+    random_key: a jax.random key (typed or raw uint32); the draw is
+      `local.hash_uniform` of it (cheap to compile, identical on every backend).
 
   Returns:
     (idx_HxMxS int32, valid_HxMxS bool) with M = max(N - 2, 0), S = 5 + min(r, N):
@@ -52,12 +53,10 @@ def bigbird_block_pattern(num_blocks: int, num_heads: int, num_random_blocks: in
   ok = jnp.ones(idx.shape, bool)
   r = min(num_random_blocks, n)
   if r > 0:
-    if not jnp.issubdtype(random_key.dtype, jax.dtypes.prng_key):
-      random_key = jax.random.wrap_key_data(random_key)
     cols_N = jnp.arange(n)
     excluded_MxN = ((cols_N[None, :] == 0) | (cols_N[None, :] == n - 1)
                     | (jnp.abs(cols_N[None, :] - rows_M[:, None]) <= 1))
-    scores = jax.random.uniform(random_key, (num_heads, m_rows, n))
+    scores = local.hash_uniform(random_key, (num_heads, m_rows, n))
     scores = jnp.where(excluded_MxN[None], -1.0, scores)
     top_s, top_i = jax.lax.top_k(scores, r)
     idx = jnp.concatenate([idx, top_i.astype(idx.dtype)], axis=-1)
@@ -81,7 +80,7 @@ def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     mask: optional [B, L] bool or 0/1, True = real token.
     block_size: int >= 1, tokens per block; L is padded to a multiple internally.
     num_random_blocks: int >= 0, random key blocks per query block.
-    random_key: jax.random key for the random blocks (default `jax.random.key(0)`).
+    random_key: jax.random key for the random blocks (default: all-zero key data).
 
   Returns:
     [B, L, H, Dv] in query's dtype; padded query positions are 0.
@@ -92,7 +91,7 @@ def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   local.check_int("block_size", block_size, minimum=1)
   local.check_int("num_random_blocks", num_random_blocks, minimum=0)
   if random_key is None:
-    random_key = jax.random.key(0)
+    random_key = jnp.zeros((2,), jnp.uint32)
   q, k, v, m = local.prepare(query, key, value, mask)
   b, h, length, d = q.shape
   dv = v.shape[-1]
@@ -148,4 +147,4 @@ class BigBirdAttention(nnx.Module):
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     return bigbird_attention(query, key, value, mask, block_size=self.block_size,
                              num_random_blocks=self.num_random_blocks,
-                             random_key=self.random_key.value)
+                             random_key=self.random_key[...])

@@ -28,6 +28,46 @@ class FixedRandom(nnx.Variable):
   """
 
 
+def _mix32(x):
+  """murmur3's 32-bit finaliser: a bijection that scrambles every input bit."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def hash_uniform(random_key: jax.Array, shape: tuple[int, ...], stream: int = 0):
+  """Uniform [0, 1) float32 numbers from a counter-based hash of (key, index).
+
+  Used for the patterns drawn inside jit (BigBird's random blocks, Reformer's
+  rotations): `jax.random`'s threefry costs seconds of CPU compile time per new
+  shape, this costs nothing, and it is bit-identical on every backend and version.
+  Statistical quality (murmur3 finaliser, two rounds) is ample for choosing blocks
+  and LSH projections; it is not a cryptographic generator.
+
+  Args:
+    random_key: a typed jax.random key or its raw uint32 key data.
+    shape: output shape.
+    stream: selects an independent stream for the same key.
+  """
+  if jnp.issubdtype(random_key.dtype, jax.dtypes.prng_key):
+    random_key = jax.random.key_data(random_key)
+  words = jnp.ravel(random_key).astype(jnp.uint32)
+  seed_a = _mix32(words[0] ^ jnp.uint32(0x9E3779B9 * (stream + 1) & 0xFFFFFFFF))
+  seed_b = _mix32(words[-1] + seed_a)
+  counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  bits = _mix32(_mix32(counter ^ seed_a) + seed_b)
+  return (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+
+
+def hash_normal(random_key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Standard normal float32 numbers (Box-Muller on two `hash_uniform` streams)."""
+  u1 = 1.0 - hash_uniform(random_key, shape, stream=1)  # (0, 1]: log is finite.
+  u2 = hash_uniform(random_key, shape, stream=2)
+  return jnp.sqrt(-2.0 * jnp.log(u1)) * jnp.cos(2.0 * jnp.pi * u2)
+
+
 def check_int(name: str, value, *, minimum: int) -> None:
   """Raises ValueError unless `value` is an int >= minimum (message names it)."""
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -22,7 +22,8 @@ Shared QK and separate q/k inputs:
 paper's "attend within a bucket"); the default True attends to the whole chunk
 window as HF does.
 
-Rotations are drawn with `jax.random` from a fixed key (the module's), per head and
+Rotations are Gaussian numbers hashed from a fixed key (the module's; see
+`local.hash_normal`: jax.random would cost seconds of compile time), per head and
 round, for the runtime number of buckets: fixed for a given length (HF redraws each
 call unless `hash_seed` is set; pass a fresh `random_key` to redraw).
 """
@@ -105,7 +106,7 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     num_buckets: 1 or an even int; None = `default_num_buckets` of the padded length.
     shared_qk: Reformer's shared query/key (see module docstring).
     attend_across_buckets: False masks pairs in different buckets.
-    random_key: jax.random key of the rotations (default `jax.random.key(0)`).
+    random_key: jax.random key of the rotations (default: all-zero key data).
 
   Returns:
     [B, L, H, Dv] in query's dtype; padded query positions are 0.
@@ -120,9 +121,7 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     if num_buckets > 1 and num_buckets % 2:
       raise ValueError(f"num_buckets must be 1 or even; got num_buckets={num_buckets}")
   if random_key is None:
-    random_key = jax.random.key(0)
-  elif not jnp.issubdtype(random_key.dtype, jax.dtypes.prng_key):
-    random_key = jax.random.wrap_key_data(random_key)
+    random_key = jnp.zeros((2,), jnp.uint32)
   q, k, v, m_BxL = local.prepare(query, key, value, mask)
   b, h, length, d = q.shape
   dv = v.shape[-1]
@@ -132,7 +131,7 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   lp = q.shape[2]
   nc = lp // c
   nb = default_num_buckets(lp, c) if num_buckets is None else num_buckets
-  rotations = jax.random.normal(random_key, (h, d, num_hashes, max(nb // 2, 1)))
+  rotations = local.hash_normal(random_key, (h, d, num_hashes, max(nb // 2, 1)))
 
   if shared_qk:
     # Safe at q = 0 (padding): sqrt's gradient there would be inf * 0 = NaN.
@@ -209,4 +208,4 @@ class ReformerAttention(nnx.Module):
         query, key, value, mask, num_hashes=self.num_hashes, chunk_length=self.chunk_length,
         num_buckets=self.num_buckets, shared_qk=self.shared_qk,
         attend_across_buckets=self.attend_across_buckets,
-        random_key=self.random_key.value)
+        random_key=self.random_key[...])

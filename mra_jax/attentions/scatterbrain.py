@@ -154,5 +154,5 @@ class ScatterbrainAttention(nnx.Module):
         orthogonal_random_features(rngs.params(), num_features, head_dim))
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    return scatterbrain_attention(query, key, value, mask, projection=self.projection.value,
+    return scatterbrain_attention(query, key, value, mask, projection=self.projection[...],
                                   window_size=self.window_size)
