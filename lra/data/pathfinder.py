@@ -293,7 +293,8 @@ def _distractors(canvas: _Canvas, rng) -> list[_Snake]:
       snake = None if tail is None else _try_seed(canvas, tail, _random_angle(rng))
       if snake is None:
         continue
-      if snake.grow_to(cfg.distractor_length, rng, [cfg.max_backtracks]):
+      # Short snakes: a couple of undos, then a fresh start is cheaper.
+      if snake.grow_to(cfg.distractor_length, rng, [min(2, cfg.max_backtracks)]):
         snakes.append(snake)
         break
       snake.remove()
