@@ -128,6 +128,7 @@ def _pathfinder_splits(task, data_dir, source, seed, counts):
     seconds = pathfinder_files.generate(pathfinder.CONFIGS[size], root, total, seed)
     logging.info("%s: %d images in %.1fs (%.1f images/s)", task, total, seconds,
                  total / max(seconds, 1e-9))
+    counts = (n_train, n_val, n_test)
   else:
     try:
       root = pathfinder_files.find_root(source, size)
@@ -140,14 +141,13 @@ def _pathfinder_splits(task, data_dir, source, seed, counts):
   if skipped:
     logging.warning("%s: skipped %d empty PNGs under %s", task, skipped, root)
   order = np.random.default_rng(seed).permutation(len(items))
-  if all(c is None for c in counts):
-    n_val = n_test = len(items) // 10
-    n_train = len(items) - n_val - n_test
-  else:
-    n_train, n_val, n_test = (c if c is not None else 0 for c in counts)
-    if n_train + n_val + n_test > len(items):
-      raise ValueError(f"{root}: holds {len(items)} images, "
-                       f"{n_train + n_val + n_test} requested")
+  # Unset sizes follow LRA's 80/10/10 split of what the folder holds.
+  n_val = len(items) // 10 if counts[1] is None else counts[1]
+  n_test = len(items) // 10 if counts[2] is None else counts[2]
+  n_train = len(items) - n_val - n_test if counts[0] is None else counts[0]
+  if n_train + n_val + n_test > len(items):
+    raise ValueError(f"{root}: holds {len(items)} images, "
+                     f"{n_train + n_val + n_test} requested")
   bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val),
             "test": (n_train + n_val, n_train + n_val + n_test)}
   out = {}

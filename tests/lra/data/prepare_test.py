@@ -116,6 +116,15 @@ def test_pathfinder_from_release_layout_skips_empty(tmp_path):
       assert np.all(row == row[0]) and label == row[0] % 2
       values.add(int(row[0]))
   assert values == set(range(11)) - {3}
+  out2 = str(tmp_path / "out2")
+  prepare_lib.prepare("pathfinder32", out2, source=str(root), num_train=5)
+  counts = [pipeline.num_examples("pathfinder32", s, out2) for s in prepare_lib.tasks.SPLITS]
+  assert counts == [5, 1, 1]
+  with pytest.raises(ValueError, match="holds 10 images, 12 requested"):
+    prepare_lib.prepare("pathfinder32", str(tmp_path / "o3"), source=str(root), num_train=8,
+                        num_test=3)
+  with pytest.raises(errors.DataNotFoundError, match="metadata"):
+    prepare_lib.prepare("pathfinder64", str(tmp_path / "o4"), source=str(tmp_path))
 
 
 @pytest.mark.parametrize("form", ["dir", "tar", "tfds_tfrecord", "tfds_array_record"])
