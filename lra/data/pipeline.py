@@ -75,8 +75,9 @@ class _Encode(grain.MapTransform):
       inputs, mask = self._pad(element["tokens"].astype(np.int32))
     else:
       inputs, mask = self._pad(element["image"].reshape(-1).astype(np.int32))  # row-major
-      if self._legacy:
-        mask = inputs != 0
+    if self._legacy:
+      # Old harnesses: mask = inputs != 0. Only pixel tasks differ (ids elsewhere are >= 1).
+      mask = inputs != 0
     return {"inputs": inputs, "mask": mask, "label": np.int32(element["label"])}
 
 
@@ -140,7 +141,8 @@ def make_loader(task: str, split: str, data_dir: str, *, batch_size: int, seed: 
       evenly over shards (so every shard yields the same number of batches).
     shard_index: this process's shard (e.g. `jax.process_index()`).
     num_shards: number of shards (e.g. `jax.process_count()`).
-    legacy_pixel_padding: pixel tasks only; mask = inputs != 0 as in the old harness.
+    legacy_pixel_padding: mask = inputs != 0 as in the old harnesses; this changes only
+      pixel tasks, where black pixels then count as padding.
 
   Returns:
     A `Loader`.
@@ -161,8 +163,6 @@ def make_loader(task: str, split: str, data_dir: str, *, batch_size: int, seed: 
     raise ValueError(f"Need 0 <= shard_index < num_shards, got {shard_index=} {num_shards=}")
   if not 0 <= seed < 2**32:
     raise ValueError(f"{seed=} must be in [0, 2**32)")
-  if legacy_pixel_padding and not spec.is_image:
-    raise ValueError(f"{legacy_pixel_padding=} only applies to pixel tasks, not {task=}")
   source = _data_source(task, split, data_dir)
   num_records = len(source)
   per_shard = num_records // num_shards

@@ -52,6 +52,13 @@ def test_batch_layout_and_mask(listops_dir):
     assert tuple(row[mask]) in stored
 
 
+def test_legacy_padding_changes_nothing_for_token_tasks(listops_dir):
+  make = lambda legacy: _batches(pipeline.make_loader(
+      "listops", "test", listops_dir, batch_size=4, seed=0, shuffle=False, num_epochs=1,
+      legacy_pixel_padding=legacy))[0]
+  np.testing.assert_array_equal(make(True)["mask"], make(False)["mask"])
+
+
 def test_max_length_truncates_and_pads(listops_dir):
   short = _batches(pipeline.make_loader("listops", "test", listops_dir, batch_size=4, seed=0,
                                         shuffle=False, num_epochs=1, max_length=64))[0]
@@ -114,7 +121,6 @@ def test_remainder_kept_when_asked(listops_dir):
     ({"max_length": 0}, "max_length=0"),
     ({"num_epochs": 0}, "num_epochs=0"),
     ({"shard_index": 2, "num_shards": 2}, "shard_index=2"),
-    ({"legacy_pixel_padding": True}, "legacy_pixel_padding=True"),
     ({"batch_size": 64}, "too few"),
 ])
 def test_bad_arguments(listops_dir, kwargs, message):
