@@ -84,11 +84,11 @@ def select_blocks(scores_BxHxNqxNk: jax.Array,
   """
   B, H, Nq, Nk = scores_BxHxNqxNk.shape
   scores = jax.lax.stop_gradient(scores_BxHxNqxNk)
+  top_values_BxHxK, top_ids_BxHxK = jax.lax.top_k(scores.reshape(B, H, Nq * Nk), num_blocks)
   # The barrier keeps XLA:CPU from merging top-k with the threshold test below into a
-  # full sort of the grid (20x slower at L=16384).
-  top_values_BxHxK, top_ids_BxHxK = jax.lax.optimization_barrier(
-      jax.lax.top_k(scores.reshape(B, H, Nq * Nk), num_blocks))
-  threshold_BxH = top_values_BxHxK[..., -1]
+  # full sort of the grid (20x slower at L=16384). It must wrap one output, not the
+  # pair: a barrier on top-k's whole tuple crashes XLA's TopkDecomposer under pmap.
+  threshold_BxH = jax.lax.optimization_barrier(top_values_BxHxK)[..., -1]
   high_res_BxHxNqxNk = scores >= threshold_BxH[..., None, None]
   tile_ids_BxHxK = jnp.sort(top_ids_BxHxK.astype(jnp.int32), axis=-1)
   return tile_ids_BxHxK, high_res_BxHxNqxNk
