@@ -242,6 +242,17 @@ def test_retrieval_bad_rows_name_file_and_line(tmp_path, line, message):
     prepare_lib.prepare("retrieval", str(tmp_path / "out"), source=str(tmp_path))
 
 
+def test_missing_split_names_the_file(tmp_path):
+  folder = fx.write_aan_dir(str(tmp_path))
+  os.remove(os.path.join(folder, "new_aan_pairs.eval.tsv"))
+  with pytest.raises(ValueError, match="new_aan_pairs.eval.tsv: missing split file"):
+    prepare_lib.prepare("retrieval", str(tmp_path / "out"), source=folder)
+  fx.write_tfds_dir(str(tmp_path / "tfds"), "imdb_reviews", "plain_text", "1.0.0",
+                    {"train": [{"text": b"a", "label": 1}]})
+  with pytest.raises(ValueError, match="dataset_info.json: no split 'test'"):
+    prepare_lib.prepare("text", str(tmp_path / "out"), source=str(tmp_path / "tfds"))
+
+
 def test_retrieval_missing_names_release(tmp_path):
   with pytest.raises(errors.DataNotFoundError, match="lra_release.gz"):
     prepare_lib.prepare("retrieval", str(tmp_path))
