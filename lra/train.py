@@ -8,11 +8,13 @@ replays the same steps and ends bit-identical (on CPU) to an uninterrupted one.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import time
+import types
 
 from flax import nnx
 import jax
@@ -63,6 +65,32 @@ def model_config(config) -> models.ModelConfig:
       embed_init_std=m.embed_init_std, qkv_bias=m.qkv_bias, dual_input=spec.dual_input,
       retrieval_interaction=m.retrieval_interaction, token_order=token_order,
       image_shape=spec.image_shape, dtype=DTYPES[config.compute_dtype])
+
+
+def init_state(cfg: models.ModelConfig, tx: optax.GradientTransformation, seed: int,
+               sharding) -> dict:
+  """{"params", "rest", "opt_state"} of a fresh model, placed by `sharding`.
+
+  Initialisation runs as one compiled program (eager init compiles every op on its own).
+  """
+
+  def init():
+    model = models.build(cfg, rngs=nnx.Rngs(params=seed))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    return {"params": params, "rest": rest, "opt_state": tx.init(params)}
+
+  return jax.jit(init, out_shardings=sharding)()
+
+
+@functools.lru_cache(maxsize=4)
+def _programs(graphdef, optimizer_items: tuple, learning_rate: float, total_steps: int,
+              grad_accum_steps: int):
+  """Optimizer and jitted steps, shared by runs of one process with the same settings
+  (a resumed or repeated run in the same process skips recompiling)."""
+  opt_cfg = types.SimpleNamespace(**dict(optimizer_items))
+  tx, lr_schedule = optim.make_optimizer(opt_cfg, learning_rate, total_steps)
+  return (tx, lr_schedule, make_train_step(graphdef, tx, grad_accum_steps),
+          make_eval_step(graphdef))
 
 
 def _check_sizes(config, num_devices: int) -> None:
@@ -213,12 +241,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                              what=f"{config.task} with {config.attention} at batch {micro} "
                              f"per device, length {cfg.sequence_length}")
 
-  model = models.build(cfg, rngs=nnx.Rngs(params=config.seed))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx, lr_schedule = optim.make_optimizer(config.optimizer, config.learning_rate,
-                                         config.num_train_steps)
-  state = jax.device_put({"params": params, "rest": rest, "opt_state": tx.init(params)},
-                         replicated)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0))))
+  tx, lr_schedule, train_step, eval_step = _programs(
+      graphdef, tuple(sorted(config.optimizer.to_dict().items())), config.learning_rate,
+      config.num_train_steps, config.grad_accum_steps)
+  state = init_state(cfg, tx, config.seed, replicated)
+  params = state["params"]
   num_params = sum(x.size for x in jax.tree.leaves(params))
   logging.info("%s / %s: %d parameters, %d devices, %d processes", config.task,
                config.attention, num_params, jax.device_count(), jax.process_count())
@@ -241,8 +269,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.drop_best_after(start_step)
     logging.info("Resumed from step %d", start_step)
 
-  train_step = make_train_step(graphdef, tx, config.grad_accum_steps)
-  eval_step = make_eval_step(graphdef)
   dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def run_eval(split, params_, num_batches):

@@ -1,0 +1,201 @@
+"""End-to-end harness runs on tiny data: every task, resume, NaN stop, data parallel."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import common
+from lra import checkpoints
+from lra import reporting
+from lra import train
+from lra.data import pipeline
+from lra.data import tasks
+
+NUM_TEST = 16  # Test examples of every tiny task (tests/lra/conftest.py).
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+  """Tiny programs: XLA's optimisation passes would cost more than they save."""
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", False)
+
+
+def tiny_config(task: str, data_dir: str, **overrides):
+  """A 1-layer, 16-wide model on 64 tokens, 4 steps of batch 8 (2 per simulated device)."""
+  module = __import__(f"configs.{task}", fromlist=["get_config"])
+  c = module.get_config("attention=softmax")
+  c.data_dir = data_dir
+  c.max_length = 64
+  c.token_order = "row_major"
+  c.batch_size = c.eval_batch_size = 8
+  c.num_train_steps = 4
+  c.eval_every_steps = c.checkpoint_every_steps = 2
+  c.log_every_steps = 1
+  c.num_eval_batches = 1
+  c.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 1
+  c.grad_accum_steps = 1
+  c.plot = False
+  c.check_memory = False
+  c.model.update(num_layers=1, embed_dim=16, qkv_dim=16, num_heads=2, mlp_dim=32,
+                 classifier_hidden=(16,))
+  if c.model.pooling == "cls":
+    c.model.classifier_hidden = (16, 8) if task == "retrieval" else (16,)
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize("task,protocol", [
+    ("listops", "mra"), ("text", "lra"), ("retrieval", "mra"),
+    ("image", "lra"), ("pathfinder32", "mra"), ("pathfinder64", "lra"),
+    ("pathfinder128", "mra"), ("pathfinder256", "lra")])
+def test_every_task_trains_evaluates_and_reports(task, protocol, prepared, tmp_path):
+  config = tiny_config(task, prepared(task), protocol=protocol)
+  if protocol == "lra":  # The LRA sizes, shrunk: CLS pooling, sinusoidal/learned, rsqrt/cos.
+    module = __import__(f"configs.{task}", fromlist=["get_config"])
+    lra_cfg = module.get_config("protocol=lra,attention=softmax")
+    config.model.pooling = lra_cfg.model.pooling
+    config.model.positions = lra_cfg.model.positions
+    config.model.retrieval_interaction = lra_cfg.model.retrieval_interaction
+    config.optimizer = lra_cfg.optimizer
+    config.optimizer.warmup_steps = 1
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert 0.0 <= results["test_accuracy"] <= 1.0
+  assert results["num_test_examples"] == (48 if task == "text" else NUM_TEST)
+  assert results["num_devices"] == 4
+  events = reporting.read_metrics(str(tmp_path))
+  splits = [e["split"] for e in events]
+  assert splits.count("train") == 4 and splits.count("validation") == 2
+  assert splits[-1] == "test"
+  assert all(np.isfinite(e["loss"]) and {"step", "accuracy"} <= set(e) for e in events)
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["config"]["task"] == task
+  assert os.listdir(tmp_path / "tensorboard")
+
+
+def _final_params(workdir):
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                               item_names=("state", "meta"))
+  step = mngr.latest_step()
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  mngr.close()
+  return step, state.state["params"]
+
+
+def _loss_events(workdir):
+  return [(e["step"], e["split"], e["loss"], e["accuracy"])
+          for e in reporting.read_metrics(workdir)]
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_resume_after_crash_is_bit_identical(prepared, tmp_path, monkeypatch):
+  config = tiny_config("listops", prepared("listops"), num_train_steps=7,
+                       checkpoint_every_steps=3, eval_every_steps=2, grad_accum_steps=2)
+  config.model.dropout_rate = 0.1
+  straight = str(tmp_path / "straight")
+  expected = train.train_and_evaluate(config, straight)
+
+  crashed = str(tmp_path / "crashed")
+  original_write = reporting.MetricsWriter.write
+
+  def write_then_crash(self, step, split, **values):
+    original_write(self, step, split, **values)
+    if step == 5 and split == "train":  # After checkpoint 3, the best model at 4, metrics.
+      raise _Crash()
+
+  monkeypatch.setattr(reporting.MetricsWriter, "write", write_then_crash)
+  with pytest.raises(_Crash):
+    train.train_and_evaluate(config, crashed)
+  monkeypatch.setattr(reporting.MetricsWriter, "write", original_write)
+  resumed = train.train_and_evaluate(config, crashed)
+
+  step_a, params_a = _final_params(straight)
+  step_b, params_b = _final_params(crashed)
+  assert step_a == step_b == 7
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               params_a, params_b)
+  assert _loss_events(straight) == _loss_events(crashed)
+  for key in ("test_accuracy", "test_loss", "best_step", "best_validation_accuracy"):
+    assert expected[key] == resumed[key]
+
+
+def test_other_config_is_refused(prepared, tmp_path):
+  config = tiny_config("listops", prepared("listops"))
+  checkpoints.check_or_store_config(str(tmp_path), config)
+  config.learning_rate = 0.5
+  with pytest.raises(checkpoints.ConfigMismatchError, match=r"learning_rate: stored 0.001"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_nan_loss_stops_after_writing_metrics(prepared, tmp_path):
+  # Step 1 is finite (the loss is taken before the update); the update then throws the
+  # weights to ~1e36 and the next logits overflow.
+  config = tiny_config("listops", prepared("listops"), learning_rate=1e38)
+  with pytest.raises(train.NonFiniteLossError, match=r"loss is (nan|inf) at step 2"):
+    train.train_and_evaluate(config, str(tmp_path))
+  events = reporting.read_metrics(str(tmp_path))
+  assert [e["step"] for e in events] == [1, 2]
+  assert np.isfinite(events[0]["loss"]) and not np.isfinite(events[-1]["loss"])
+
+
+def test_missing_data_names_the_prepare_command(tmp_path):
+  config = tiny_config("pathfinder32", str(tmp_path / "nothing_here"))
+  with pytest.raises(pipeline.DataNotFoundError,
+                     match=r"python -m lra.prepare --task=pathfinder32 --data_dir=.*nothing"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_listops_generates_its_data_when_allowed(tmp_path):
+  config = tiny_config("listops", "", generate_data=True, generate_sizes=(24, 8, 8),
+                       generate_max_tokens=60, num_train_steps=2)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["num_test_examples"] == 8
+  assert os.path.exists(tmp_path / "data" / "lra_generated_listops.json")
+
+
+def test_data_parallel_step_matches_one_device(prepared):
+  """The 4-device sharded step and gradient accumulation equal a plain step (round-off)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from lra import inputs, models, optim  # pylint: disable=g-import-not-at-top,g-multiple-import
+  config = tiny_config("listops", prepared("listops"))
+  config.model.dropout_rate = 0.0
+  cfg = train.model_config(config)
+  graphdef, params, rest = nnx.split(models.build(cfg, rngs=nnx.Rngs(params=0)), nnx.Param,
+                                     ...)
+  tx, _ = optim.make_optimizer(config.optimizer, 1e-3, 10)
+  rng = np.random.default_rng(0)
+  batch = {"inputs": rng.integers(1, 16, (8, 64)).astype(np.int32),
+           "mask": np.arange(64)[None, :] < rng.integers(10, 64, (8, 1)),
+           "label": rng.integers(0, 10, (8,)).astype(np.int32)}
+  key = jax.random.key(0)
+  results = []
+  for devices, accum in ((1, 1), (4, 1), (4, 2)):
+    mesh = jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:devices])
+    host = jax.device_get({"params": params, "rest": rest, "opt_state": tx.init(params)})
+    state = jax.device_put(host, jax.NamedSharding(mesh, jax.P()))  # (the step donates it)
+    step = train.make_train_step(graphdef, tx, accum)
+    new_state, metrics = step(state, inputs.to_global(batch, jax.NamedSharding(
+        mesh, jax.P("data"))), key)
+    assert len(new_state["params"]["head"]["out"]["kernel"].sharding.device_set) == devices
+    results.append((jax.device_get(new_state["params"]), float(metrics["loss"])))
+  for other, loss in results[1:]:
+    assert loss == pytest.approx(results[0][1], rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 results[0][0], other)
