@@ -23,12 +23,15 @@ _SEED = flags.DEFINE_integer("seed", 0, "Generator and subset seed.")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", None, "Train examples (default: official).")
 _NUM_VAL = flags.DEFINE_integer("num_val", None, "Validation examples (default: official).")
 _NUM_TEST = flags.DEFINE_integer("num_test", None, "Test examples (default: official).")
-flags.mark_flags_as_required(["task", "data_dir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Checked here rather than with mark_flags_as_required, which would bind every program
+  # that merely imports this module.
+  if not _TASK.value or not _DATA_DIR.value:
+    raise app.UsageError("--task and --data_dir are required")
   prepare_lib.prepare(_TASK.value, _DATA_DIR.value, source=_SOURCE.value, seed=_SEED.value,
                       num_train=_NUM_TRAIN.value, num_val=_NUM_VAL.value,
                       num_test=_NUM_TEST.value)

@@ -2,6 +2,8 @@
 
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -279,13 +281,14 @@ def test_bad_prepare_arguments(tmp_path):
 
 
 def test_entry_point(tmp_path):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from lra import prepare  # pylint: disable=g-import-not-at-top
-  flags.FLAGS([
-      "prepare", "--task=listops", f"--data_dir={tmp_path}", "--seed=2", "--num_train=3",
-      "--num_val=1", "--num_test=1"])
-  try:
-    prepare.main(["prepare"])
-  finally:
-    flags.FLAGS.unparse_flags()
+  # A subprocess: importing the absl entry point here would define its flags in the test
+  # process, next to other entry points' flags.
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  cmd = [sys.executable, "-m", "lra.prepare", "--task=listops", f"--data_dir={tmp_path}",
+         "--seed=2", "--num_train=3", "--num_val=1", "--num_test=1"]
+  done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
   assert pipeline.num_examples("listops", "test", str(tmp_path)) == 1
+  assert "listops train: 3 examples" in done.stderr
+  bad = subprocess.run(cmd[:3], cwd=root, capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and "--task and --data_dir are required" in bad.stderr
