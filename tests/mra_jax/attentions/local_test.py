@@ -1,8 +1,6 @@
 """Tests of local (sliding-window / block-local) attention."""
 # pylint: disable=invalid-name
 
-import functools
-
 from absl.testing import parameterized
 from flax import nnx
 import jax
@@ -15,9 +13,9 @@ from mra_jax.attentions import local
 B, L, H, D = 2, 45, 2, 8
 
 
-def _local(*args, **knobs):
-  """Jitted call: one compilation per case instead of one per eager op (CPU time)."""
-  return jax.jit(functools.partial(local.local_attention, **knobs))(*args)
+# One compilation per knob setting, shared by every test in this file.
+_local = jax.jit(local.local_attention,
+               static_argnames=("window_size", "block_local"))
 
 
 def _qkv(length=L, seed=0, dtype=jnp.float32):
@@ -70,8 +68,7 @@ class LocalAttentionTest(parameterized.TestCase):
   def test_padding(self, block_local):
     q, k, v = _qkv()
     mask = _mask().at[0, 3].set(False)
-    f = jax.jit(lambda q, k, v: local.local_attention(q, k, v, mask, window_size=8,
-                                                      block_local=block_local))
+    f = lambda q, k, v: _local(q, k, v, mask, window_size=8, block_local=block_local)
     out = f(q, k, v)
     garbage = lambda x: jnp.where(mask[:, :, None, None], x, 1e4 * jnp.ones_like(x))
     np.testing.assert_array_equal(out, f(garbage(q), garbage(k), garbage(v)))
@@ -107,8 +104,9 @@ class LocalAttentionTest(parameterized.TestCase):
     layer = local.LocalAttention(num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0),
                                  window_size=8)
     q, k, v = _qkv()
-    out = nnx.jit(lambda m, q, k, v: m(q, k, v))(layer, q, k, v)
-    np.testing.assert_allclose(out, _local(q, k, v, window_size=8), atol=1e-6)
+    mask = _mask()
+    out = nnx.jit(lambda m, q, k, v, mask: m(q, k, v, mask))(layer, q, k, v, mask)
+    np.testing.assert_allclose(out, _local(q, k, v, mask, window_size=8), atol=1e-6)
     self.assertEqual(nnx.state(layer, nnx.Param), nnx.State({}))
 
   def test_rejects_bad_input(self):

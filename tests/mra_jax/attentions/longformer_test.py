@@ -1,8 +1,6 @@
 """Tests of Longformer attention against a dense oracle on the same pattern."""
 # pylint: disable=invalid-name
 
-import functools
-
 from absl.testing import parameterized
 from flax import nnx
 import jax
@@ -15,8 +13,9 @@ from mra_jax.attentions import longformer
 B, L, H, D = 2, 45, 2, 8
 
 
-def _longformer(*args, **knobs):
-  return jax.jit(functools.partial(longformer.longformer_attention, **knobs))(*args)
+# One compilation per knob setting, shared by every test in this file.
+_longformer = jax.jit(longformer.longformer_attention,
+                    static_argnames=("window_size", "num_global_tokens"))
 
 
 def _qkv(length=L, seed=0):
@@ -63,8 +62,7 @@ class LongformerAttentionTest(parameterized.TestCase):
   def test_padding(self):
     q, k, v = _qkv()
     mask = _mask().at[0, 0].set(False).at[1, 5].set(False)  # A padded global token too.
-    f = jax.jit(lambda q, k, v: longformer.longformer_attention(
-        q, k, v, mask, window_size=8, num_global_tokens=2))
+    f = lambda q, k, v: _longformer(q, k, v, mask, window_size=8, num_global_tokens=2)
     out = f(q, k, v)
     garbage = lambda x: jnp.where(mask[:, :, None, None], x, 1e4 * jnp.ones_like(x))
     np.testing.assert_array_equal(out, f(garbage(q), garbage(k), garbage(v)))
@@ -99,8 +97,10 @@ class LongformerAttentionTest(parameterized.TestCase):
                                            rngs=nnx.Rngs(0), window_size=8)
     graphdef, state = nnx.split(layer)
     q, k, v = _qkv()
-    out = jax.jit(lambda s, q, k, v: nnx.merge(graphdef, s)(q, k, v))(state, q, k, v)
-    np.testing.assert_allclose(out, _longformer(q, k, v, window_size=8), atol=1e-6)
+    mask = _mask()
+    out = jax.jit(lambda s, q, k, v, mask: nnx.merge(graphdef, s)(q, k, v, mask))(
+        state, q, k, v, mask)
+    np.testing.assert_allclose(out, _longformer(q, k, v, mask, window_size=8), atol=1e-6)
 
   def test_rejects_bad_knobs(self):
     q, k, v = _qkv()
