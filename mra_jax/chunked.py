@@ -29,10 +29,14 @@ import jax.numpy as jnp
 _CHUNK_BYTES = 2 * 2**20
 
 
-def _chunk_plan(tile_ids_K, num_key_blocks, block_size, head_dim):
-  """Splits the sorted tile list into equal chunks; padding tiles are flagged off."""
+def _chunk_plan(tile_ids_K, num_key_blocks, block_size, head_dim, batch):
+  """Splits the sorted tile list into equal chunks; padding tiles are flagged off.
+
+  A chunk holds about `_CHUNK_BYTES` of gathered keys across the `batch` heads that
+  are processed together.
+  """
   K = tile_ids_K.shape[0]
-  T = max(1, min(K, _CHUNK_BYTES // (block_size * head_dim * 4)))
+  T = max(1, min(K, _CHUNK_BYTES // (batch * block_size * head_dim * 4)))
   C = -(-K // T)
   pad = C * T - K
   ids = jnp.concatenate([tile_ids_K, jnp.broadcast_to(tile_ids_K[-1:], (pad,))])
@@ -48,14 +52,14 @@ def _chunk_scores(q_NqxBsxD, k_NkxBsxD, valid_NkxBs, rows_T, cols_T, live_T, sca
   return jnp.where(keep[:, None, :], s, -jnp.inf)
 
 
-def _one_head_forward(q, k, v, ids, valid, m0, l0, acc0, *, block_size, scale, eps):
+def _one_head_forward(q, k, v, ids, valid, m0, l0, acc0, *, block_size, scale, eps, batch):
   Lq, D = q.shape
   Lk = k.shape[0]
   bs = block_size
   Nq, Nk = Lq // bs, Lk // bs
   qb, kb, vb = q.reshape(Nq, bs, D), k.reshape(Nk, bs, D), v.reshape(Nk, bs, D)
   validb = valid.reshape(Nk, bs)
-  rows, cols, live = _chunk_plan(ids, Nk, bs, D)
+  rows, cols, live = _chunk_plan(ids, Nk, bs, D, batch)
 
   def max_step(m_NqxBs, chunk):
     r, c, ok = chunk
@@ -73,7 +77,8 @@ def _one_head_forward(q, k, v, ids, valid, m0, l0, acc0, *, block_size, scale, e
     acc = acc.at[r].add(jnp.einsum("tij,tjd->tid", p, vb[c]), indices_are_sorted=True)
     return (l, acc), None
 
-  zeros = (jnp.zeros((Nq, bs), jnp.float32), jnp.zeros((Nq, bs, D), jnp.float32))
+  # Zeros made from the inputs carry their sharding (explicit-sharding meshes need it).
+  zeros = (jnp.zeros_like(m0).reshape(Nq, bs), jnp.zeros_like(qb))
   (l, acc), _ = jax.lax.scan(sum_step, zeros, (rows, cols, live))
   m = m.reshape(Lq)
   init_scale = jnp.exp(m0 - m)
@@ -84,7 +89,7 @@ def _one_head_forward(q, k, v, ids, valid, m0, l0, acc0, *, block_size, scale, e
 
 
 def _one_head_backward(q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, block_size,
-                       scale):
+                       scale, batch):
   Lq, D = q.shape
   Lk = k.shape[0]
   bs = block_size
@@ -96,7 +101,7 @@ def _one_head_backward(q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, block
   # d lse / d s_j = P_j, so a cotangent on lse enters exactly like -delta.
   delta = jnp.sum(d_out * out, axis=-1) - d_lse
   deltab = delta.reshape(Nq, bs)
-  rows, cols, live = _chunk_plan(ids, Nk, bs, D)
+  rows, cols, live = _chunk_plan(ids, Nk, bs, D, batch)
 
   def step(carry, chunk):
     dq, dk, dv = carry
@@ -110,20 +115,24 @@ def _one_head_backward(q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, block
     dv = dv.at[c].add(jnp.einsum("tij,tid->tjd", p, do))
     return (dq, dk, dv), None
 
-  zeros = (jnp.zeros((Nq, bs, D), jnp.float32), jnp.zeros((Nk, bs, D), jnp.float32),
-           jnp.zeros((Nk, bs, D), jnp.float32))
+  zeros = (jnp.zeros_like(qb), jnp.zeros_like(kb), jnp.zeros_like(vb))
   (dq, dk, dv), _ = jax.lax.scan(step, zeros, (rows, cols, live))
   init_weight = jnp.exp(m0 - lse)
   return (dq.reshape(Lq, D), dk.reshape(Lk, D), dv.reshape(Lk, D),
           -delta * init_weight, d_out * init_weight[:, None])
 
 
-def _flatten_heads(q, k, v, ids, valid, *rest):
-  """[B, H, ...] operands -> [B*H, ...]; the key mask is shared by a batch's heads."""
-  B, H = q.shape[:2]
-  flat = lambda x: x.reshape(B * H, *x.shape[2:])
-  valid = jnp.broadcast_to(valid[:, None], (B, H, valid.shape[-1]))
-  return tuple(map(flat, (q, k, v, ids, valid) + rest))
+def _over_heads(one_head, valid, *operands):
+  """Runs `one_head` for every (batch, head): heads in sequence, a batch at once.
+
+  Heads go through `lax.map` so one head's tiles are freed before the next; the batch
+  axis is vmapped, so a batch-sharded input stays sharded (a sequential loop over a
+  sharded axis is not allowed).
+  """
+  heads_first = [jnp.swapaxes(x, 0, 1) for x in operands]
+  per_batch = jax.vmap(lambda ops, valid: one_head(*ops[:3], ops[3], valid, *ops[4:]))
+  out = jax.lax.map(lambda ops: per_batch(ops, valid), heads_first)
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
@@ -140,10 +149,9 @@ def chunked_block_sparse_attention(q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, tile_ids_
 
 
 def _forward(q, k, v, ids, valid, m0, l0, acc0, block_size, scale, eps):
-  B, H = q.shape[:2]
-  one = lambda ops: _one_head_forward(*ops, block_size=block_size, scale=scale, eps=eps)
-  out, lse = jax.lax.map(one, _flatten_heads(q, k, v, ids, valid, m0, l0, acc0))
-  out, lse = out.reshape(q.shape), lse.reshape(B, H, -1)
+  one = functools.partial(_one_head_forward, block_size=block_size, scale=scale, eps=eps,
+                          batch=q.shape[0])
+  out, lse = _over_heads(one, valid, q, k, v, ids, m0, l0, acc0)
   return (out, lse), (q, k, v, ids, valid, m0, out, lse)
 
 
@@ -151,11 +159,10 @@ def _backward(block_size, scale, eps, residuals, cotangents):
   del eps
   q, k, v, ids, valid, m0, out, lse = residuals
   d_out, d_lse = cotangents
-  one = lambda ops: _one_head_backward(*ops, block_size=block_size, scale=scale)
-  dq, dk, dv, dl0, dacc0 = jax.lax.map(
-      one, _flatten_heads(q, k, v, ids, valid, m0, out, lse, d_out, d_lse))
-  return (dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None, None, None,
-          dl0.reshape(m0.shape), dacc0.reshape(out.shape))
+  one = functools.partial(_one_head_backward, block_size=block_size, scale=scale,
+                          batch=q.shape[0])
+  dq, dk, dv, dl0, dacc0 = _over_heads(one, valid, q, k, v, ids, m0, out, lse, d_out, d_lse)
+  return dq, dk, dv, None, None, None, dl0, dacc0
 
 
 chunked_block_sparse_attention.defvjp(_forward, _backward)

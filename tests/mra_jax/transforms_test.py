@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from jax.sharding import AxisType
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import mra_jax
@@ -50,8 +52,9 @@ def test_pmap_equals_single_device():
   np.testing.assert_allclose(out.reshape(q.shape), jax.jit(_mra)(q, k, v, mask), atol=1e-6)
 
 
-def test_batch_sharded_inputs_keep_their_sharding():
-  mesh = jax.make_mesh((4,), ("data",))
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+def test_batch_sharded_inputs_keep_their_sharding(axis_type):
+  mesh = jax.make_mesh((4,), ("data",), axis_types=(axis_type,))
   q, k, v, mask = _inputs()
   shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
   out = jax.jit(_mra)(*map(shard, (q, k, v, mask)))
