@@ -18,9 +18,9 @@ def _install_stand_in_registry():
   import jax  # pylint: disable=g-import-not-at-top
   import mra_jax  # pylint: disable=g-import-not-at-top
 
-  defaults = {"softmax": {}, "mra2": {"block_size": 32, "block_per_row": 8,
-                                      "initial_prior_first_n_blocks": 0,
-                                      "initial_prior_diagonal_n_blocks": 0}}
+  mra = {"block_size": 32, "block_per_row": 8, "initial_prior_first_n_blocks": 0,
+         "initial_prior_diagonal_n_blocks": 0}
+  defaults = {"softmax": {}, "mra2": mra, "mra2_s": {**mra, "approx_mode": "sparse"}}
 
   class _Layer(nnx.Module):
 
