@@ -6,6 +6,9 @@ r"""Trains and evaluates one LRA run.
 Rerunning the same command on the same workdir resumes it. See docs/lra.md.
 """
 
+import logging as std_logging
+import os
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -20,9 +23,19 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and result
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries:
+  """Keeps orbax's and TFDS's per-save INFO lines out of the user's console."""
+
+  def filter(self, record) -> bool:
+    noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname
+                for lib in ("orbax", "tensorflow_datasets", "grain"))
+    return record.levelno >= std_logging.WARNING or not noisy
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   message = (f"{results['task']} / {results['attention']}: test accuracy "
              f"{results['test_accuracy']:.4f} on {results['num_test_examples']} examples "
