@@ -1,0 +1,1 @@
+"""Benchmark scripts: they print and plot numbers; they are not tests."""
