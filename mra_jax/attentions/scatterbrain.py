@@ -112,8 +112,11 @@ def scatterbrain_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                                              chunk=chunk)
   valid_w = jnp.broadcast_to(valid_w, logits_w.shape)
   chunks = lambda x: x.reshape(b, h, n, chunk, x.shape[-1])
-  dots_w = jnp.einsum("bhncm,bhnkm->bhnck", chunks(phi_q),
-                      local.neighbour_chunks(phi_k, chunk, axis=2))
+  # Per neighbour chunk, so the [N, 3C, M] gathered features never exist.
+  phi_k_pad = jnp.pad(chunks(phi_k), ((0, 0), (0, 0), (1, 1), (0, 0), (0, 0)))
+  dots_w = jnp.concatenate(
+      [jnp.einsum("bhncm,bhnkm->bhnck", chunks(phi_q), phi_k_pad[:, :, s:s + n])
+       for s in range(3)], axis=-1)
   dots_w = jnp.where(valid_w, dots_w, 0.0)
 
   # Normaliser: exact window sum, plus the low-rank estimate of everything else.
