@@ -7,7 +7,10 @@ pipeline deletes the parentheses and turns `]` into `X`, leaving one token per s
 """
 
 import csv
+from collections.abc import Iterable, Iterator
 import dataclasses
+import hashlib
+import itertools
 import os
 import random
 
@@ -128,7 +131,7 @@ def encode(source: str) -> np.ndarray:
   return np.asarray(ids, dtype=np.int32)
 
 
-def write_tsv(path: str, examples: list[tuple[list[str], int]]) -> None:
+def write_tsv(path: str, examples: Iterable[tuple[list[str], int]]) -> None:
   """Writes examples in the official layout: header `Source\tTarget`, one row each."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = path + ".tmp"
@@ -168,17 +171,16 @@ def read_tsv(path: str):
       yield ids, label
 
 
-def generate(num_examples: int, seed: int, cfg: ListOpsConfig = ListOpsConfig()
-             ) -> list[tuple[list[str], int]]:
-  """Samples `num_examples` distinct accepted expressions as (bracket tokens, value).
+def generate_iter(seed: int, cfg: ListOpsConfig = ListOpsConfig()
+                  ) -> Iterator[tuple[list[str], int]]:
+  """Yields distinct accepted expressions as (bracket tokens, value), forever.
 
-  Same seed and config => identical list. Tokens use `]` for the closing bracket.
+  Same seed and config => the same sequence. Only a 16-byte digest per expression is kept
+  for de-duplication, so streaming 100k official-size examples stays small in memory.
   """
-  if num_examples < 0:
-    raise ValueError(f"{num_examples=} must be >= 0")
   rng = random.Random(seed)
-  seen, out = set(), []
-  while len(out) < num_examples:
+  seen = set()
+  while True:
     budget = [0]
     try:
       tokens, value = _sample(rng, cfg, 1, budget)
@@ -186,9 +188,19 @@ def generate(num_examples: int, seed: int, cfg: ListOpsConfig = ListOpsConfig()
       continue
     if not cfg.min_length < len(tokens) < cfg.max_length:
       continue
-    key = " ".join(tokens)
+    key = hashlib.blake2b(" ".join(tokens).encode(), digest_size=16).digest()
     if key in seen:
       continue
     seen.add(key)
-    out.append((tokens, value))
-  return out
+    yield tokens, value
+
+
+def generate(num_examples: int, seed: int, cfg: ListOpsConfig = ListOpsConfig()
+             ) -> list[tuple[list[str], int]]:
+  """The first `num_examples` of `generate_iter(seed, cfg)`.
+
+  Tokens use `]` for the closing bracket.
+  """
+  if num_examples < 0:
+    raise ValueError(f"{num_examples=} must be >= 0")
+  return list(itertools.islice(generate_iter(seed, cfg), num_examples))

@@ -6,6 +6,7 @@ under `<data_dir>/raw/` and then converted by the same code that reads the relea
 `sources`. Everything ends in `<data_dir>/lra_<task>/1.0.0/`.
 """
 
+import itertools
 import json
 import logging
 import os
@@ -79,13 +80,13 @@ def _listops_splits(data_dir, source, seed, counts):
                               for c, d in zip(counts, DEFAULT_SIZES["listops"]))
     folder = os.path.join(data_dir, "raw", "listops-1000")
     start = time.time()
-    examples = listops.generate(n_train + n_val + n_test, seed)
-    bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val),
-              "test": (n_train + n_val, n_train + n_val + n_test)}
-    for split, (lo, hi) in bounds.items():
-      listops.write_tsv(os.path.join(folder, listops.SPLIT_FILES[split]), examples[lo:hi])
+    # One stream for all splits, so no expression appears in two of them.
+    stream = listops.generate_iter(seed)
+    for split, n in zip(tasks.SPLITS, (n_train, n_val, n_test)):
+      listops.write_tsv(os.path.join(folder, listops.SPLIT_FILES[split]),
+                        itertools.islice(stream, n))
     logging.info("listops: generated %d examples in %.1fs into %s",
-                 len(examples), time.time() - start, folder)
+                 n_train + n_val + n_test, time.time() - start, folder)
     counts = (None, None, None)
   else:
     for folder in (source, os.path.join(source, "listops-1000"),

@@ -35,6 +35,9 @@ def test_listops_generation_is_seeded_and_official_layout(tmp_path):
     with open(f"{a}/raw/listops-1000/{name}") as fa, open(f"{b}/raw/listops-1000/{name}") as fb:
       assert fa.read() == fb.read()
   assert prepare_lib.is_prepared("listops", a)
+  expected = listops.generate(10, seed=7)
+  rows = list(listops.read_tsv(f"{a}/raw/listops-1000/basic_val.tsv"))
+  assert [label for _, label in rows] == [v for _, v in expected[6:8]]
   prepare_lib.prepare("listops", a, seed=7)  # already prepared: no-op
   assert pipeline.num_examples("listops", "train", a) == 6
 
