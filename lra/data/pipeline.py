@@ -13,7 +13,6 @@ tasks the pixel value 0..255. Pixel 0 is a real token: the mask, not the id, mar
 
 import json
 import math
-import os
 
 import grain.python as grain
 import numpy as np
@@ -23,7 +22,9 @@ from lra.data import builders
 from lra.data import errors
 from lra.data import prepare_lib
 from lra.data import tasks
-from lra.data.errors import DataNotFoundError  # pylint: disable=unused-import  (public name)
+
+# Raised when a task is not prepared; the message gives the `python -m lra.prepare` command.
+DataNotFoundError = errors.DataNotFoundError
 
 
 def _stored_split(task: str, split: str) -> str:
