@@ -76,7 +76,8 @@ def lsh_buckets(x_BxHxLxD: jax.Array, rotations_HxDxRxK: jax.Array, mask_BxL: ja
 def sort_by_bucket(buckets_BxHxRxL: jax.Array) -> jax.Array:
   """Permutation sorting positions by (bucket, position): perm_BxHxRxL int32."""
   length = buckets_BxHxRxL.shape[-1]
-  order_key = buckets_BxHxRxL * length + jnp.arange(length, dtype=jnp.int32)
+  pos = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), buckets_BxHxRxL.shape)
+  order_key = buckets_BxHxRxL * length + pos
   return jnp.argsort(order_key, axis=-1).astype(jnp.int32)
 
 
