@@ -72,6 +72,8 @@ def test_every_task_trains_evaluates_and_reports(task, protocol, prepared, tmp_p
     config.model.retrieval_interaction = lra_cfg.model.retrieval_interaction
     config.optimizer = lra_cfg.optimizer
     config.optimizer.warmup_steps = 1
+  if task == "pathfinder128":
+    config.compute_dtype = "bfloat16"
   results = train.train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= results["test_accuracy"] <= 1.0
   assert results["num_test_examples"] == (48 if task == "text" else NUM_TEST)
