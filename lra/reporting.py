@@ -15,11 +15,11 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
-  """Drops events after `last_step`: a resumed run rewrites them, identically."""
+  """Drops events after `last_step`, and test events: a resumed run rewrites them."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return
-  kept = [line for line in read_metrics(workdir) if line["step"] <= last_step]
+  kept = [e for e in read_metrics(workdir) if e["step"] <= last_step and e["split"] != "test"]
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     for event in kept:

@@ -18,6 +18,7 @@ import types
 
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -229,6 +230,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data_dir = inputs.resolve_data_dir(config, workdir)
   if primary:
     inputs.ensure_data(config, data_dir)
+  if jax.process_count() > 1:  # The other hosts read what process 0 may have generated.
+    multihost_utils.sync_global_devices("lra data ready")
   if config.check_memory:
     micro = config.batch_size // config.grad_accum_steps // jax.device_count()
     towers = 2 if cfg.dual_input else 1

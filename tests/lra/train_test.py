@@ -135,6 +135,10 @@ def test_resume_after_crash_is_bit_identical(prepared, tmp_path, monkeypatch):
   assert _loss_events(straight) == _loss_events(crashed)
   for key in ("test_accuracy", "test_loss", "best_step", "best_validation_accuracy"):
     assert expected[key] == resumed[key]
+  # Rerunning a finished run trains nothing and reports the same test result once.
+  again = train.train_and_evaluate(config, crashed)
+  assert again["steps_this_session"] == 0 and again["test_accuracy"] == expected["test_accuracy"]
+  assert _loss_events(straight) == _loss_events(crashed)
 
 
 def test_other_config_is_refused(prepared, tmp_path):
