@@ -78,19 +78,18 @@ def generate(cfg: pathfinder.PathfinderConfig, root: str, num_images: int, seed:
       batches.append(_Batch(cfg, root, seed, batch_id, first, count))
   num_workers = num_workers or os.cpu_count() or 1
   start = time.time()
-  done = num_images - sum(b.count for b in batches)
   if num_workers == 1 or len(batches) <= 1:
     for b in batches:
-      done += _write_batch(b)
+      _write_batch(b)
   else:
+    todo, done = sum(b.count for b in batches), 0
     # spawn, not fork: the caller may hold JAX's threads.
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(num_workers, len(batches))) as pool:
       for count in pool.imap_unordered(_write_batch, batches):
         done += count
-        logging.info("pathfinder: %d/%d images, %.1f images/s", done, num_images,
-                     (done - num_images + sum(b.count for b in batches)) /
-                     max(time.time() - start, 1e-9))
+        logging.info("pathfinder: %d/%d new images, %.1f images/s", done, todo,
+                     done / max(time.time() - start, 1e-9))
   return time.time() - start
 
 

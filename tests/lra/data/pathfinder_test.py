@@ -125,3 +125,18 @@ def test_bad_png_names_the_file(tmp_path):
     pathfinder_files.load_png(os.path.join(tmp_path, "imgs", "0", "a.png"), 32)
   with pytest.raises(ValueError, match=r"b.png: image shape \(16, 16\)"):
     pathfinder_files.load_png(os.path.join(tmp_path, "imgs", "0", "b.png"), 32)
+
+
+def test_interrupted_generation_resumes_missing_batches_only(tmp_path):
+  cfg = pathfinder.CONFIGS[32]
+  root = str(tmp_path)
+  pathfinder_files.generate(cfg, root, 4, seed=0, images_per_batch=2, num_workers=1)
+  kept = os.path.join(root, "imgs", "0", "sample_0.png")
+  Image.fromarray(np.full((32, 32), 7, np.uint8)).save(kept)  # marks batch 0 as old
+  redo = os.path.join(root, "imgs", "1", "sample_0.png")
+  os.remove(redo)
+  os.remove(os.path.join(root, "metadata", "1.npy"))  # batch 1 was interrupted
+  pathfinder_files.generate(cfg, root, 4, seed=0, images_per_batch=2, num_workers=1)
+  assert pathfinder_files.load_png(kept, 32).max() == 7
+  np.testing.assert_array_equal(pathfinder_files.load_png(redo, 32),
+                                pathfinder.generate_image(cfg, 0, 2)[0])
