@@ -32,7 +32,11 @@ from mra_jax import selection
 
 APPROX_MODES = ("full", "sparse")
 IMPLS = ("auto", "reference", "pallas", "pallas_gpu", "pallas_tpu")
-_PALLAS_BACKENDS = {"pallas": "auto", "pallas_gpu": "triton", "pallas_tpu": "mosaic_tpu"}
+# impl -> (Pallas backend, interpret). "pallas" is the platform's own backend (interpret
+# mode on CPU); the forced backends always compile, so they can be lowered for a GPU or
+# TPU from a CPU-only machine.
+_PALLAS_BACKENDS = {"pallas": ("auto", None), "pallas_gpu": ("triton", False),
+                    "pallas_tpu": ("mosaic_tpu", False)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,8 +213,9 @@ def _mra_heads_first(q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, q_valid_BxLq, k_valid_B
     out, _ = chunked.chunked_block_sparse_attention(
         *map(f32, args), bs, scale, pallas_kernels.DEFAULT_EPS)
   else:
+    backend, interpret = _PALLAS_BACKENDS[impl]
     out, _ = pallas_kernels.block_sparse_attention(
-        *args, block_size=bs, scale=scale, backend=_PALLAS_BACKENDS[impl])
+        *args, block_size=bs, scale=scale, backend=backend, interpret=interpret)
   return jnp.where(q_valid_BxLq[:, None, :, None], out.astype(jnp.float32), 0.0)
 
 
