@@ -194,6 +194,19 @@ def _maybe_initialize_distributed() -> None:
         process_id=int(os.environ["JAX_PROCESS_ID"]))
 
 
+def _warn_if_memory_is_short(config, cfg: models.ModelConfig) -> None:
+  micro = config.batch_size // config.grad_accum_steps // jax.device_count()
+  towers = 2 if cfg.dual_input else 1
+  estimate = memory.activation_bytes(
+      micro_batch=micro * towers, length=cfg.sequence_length, num_layers=cfg.num_layers,
+      embed_dim=cfg.embed_dim, qkv_dim=cfg.qkv_dim, mlp_dim=cfg.mlp_dim,
+      num_heads=cfg.num_heads, attention=cfg.attention, knobs=cfg.attention_kwargs,
+      bytes_per_value=jnp.dtype(cfg.dtype).itemsize)
+  memory.warn_if_too_large(estimate, memory.available_bytes(),
+                           what=f"{config.task} with {config.attention} at batch {micro} "
+                           f"per device, length {cfg.sequence_length}")
+
+
 @dataclasses.dataclass
 class _Window:
   """Train metrics averaged between two log events (checkpointed with the step)."""
@@ -233,16 +246,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_count() > 1:  # The other hosts read what process 0 may have generated.
     multihost_utils.sync_global_devices("lra data ready")
   if config.check_memory:
-    micro = config.batch_size // config.grad_accum_steps // jax.device_count()
-    towers = 2 if cfg.dual_input else 1
-    estimate = memory.activation_bytes(
-        micro_batch=micro * towers, length=cfg.sequence_length, num_layers=cfg.num_layers,
-        embed_dim=cfg.embed_dim, qkv_dim=cfg.qkv_dim, mlp_dim=cfg.mlp_dim,
-        num_heads=cfg.num_heads, attention=cfg.attention, knobs=cfg.attention_kwargs,
-        bytes_per_value=jnp.dtype(cfg.dtype).itemsize)
-    memory.warn_if_too_large(estimate, memory.available_bytes(),
-                             what=f"{config.task} with {config.attention} at batch {micro} "
-                             f"per device, length {cfg.sequence_length}")
+    _warn_if_memory_is_short(config, cfg)
 
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0))))
   tx, lr_schedule, train_step, eval_step = _programs(
