@@ -95,7 +95,13 @@ def plot_learning_curve(workdir: str) -> str:
     ax.set_ylabel(name)
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.suptitle(os.path.basename(os.path.normpath(workdir)))
+  title = os.path.basename(os.path.normpath(workdir))
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      c = json.load(f)
+    title = f"{c['task']} / {c['attention']} ({c['protocol']} protocol) — {title}"
+  fig.suptitle(title)
   fig.tight_layout()
   path = os.path.join(workdir, PLOT_FILE)
   fig.savefig(path, dpi=100)
