@@ -21,8 +21,9 @@ _h1d = jax.jit(h1d.h_transformer_1d_attention,
 
 
 def _qkv(length=L, seed=0):
-  ks = jax.random.split(jax.random.key(seed), 3)
-  return tuple(jax.random.normal(k, (B, length, H, D)) for k in ks)
+  rng = np.random.default_rng(seed)  # numpy: no threefry compilation per shape.
+  return tuple(jnp.asarray(rng.standard_normal((B, length, H, D)), jnp.float32)
+               for _ in range(3))
 
 
 def _mask(length=L):
@@ -65,7 +66,7 @@ def _dense_h_matrix(q, k, v, mask, *, block_size):
 
 class HTransformer1DTest(parameterized.TestCase):
 
-  @parameterized.parameters(23, 45, 64)
+  @parameterized.parameters(23, 64)
   def test_top_level_covering_everything_is_softmax(self, block_size):
     # L <= 2 * block_size: only level 0 (a block and its sibling) exists: exact.
     q, k, v = _qkv()
@@ -74,7 +75,7 @@ class HTransformer1DTest(parameterized.TestCase):
     want = jnp.where(mask[:, :, None, None], want, 0.0)
     np.testing.assert_allclose(_h1d(q, k, v, mask, block_size=block_size), want, atol=1e-5)
 
-  @parameterized.parameters(2, 3, 4)
+  @parameterized.parameters(2, 3)
   def test_equals_dense_h_matrix_oracle(self, block_size):
     q, k, v = _qkv()
     mask = _mask()
@@ -112,7 +113,7 @@ class HTransformer1DTest(parameterized.TestCase):
   def test_grad_matches_dense_oracle_under_jit(self):
     q, k, v = _qkv()
     mask = _mask()
-    ct = jax.random.normal(jax.random.key(9), q.shape)
+    ct = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape), jnp.float32)
     loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
     got = jax.jit(jax.grad(loss(lambda q, k, v: h1d.h_transformer_1d_attention(
         q, k, v, mask, block_size=4)), argnums=(0, 1, 2)))(q, k, v)

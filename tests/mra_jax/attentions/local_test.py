@@ -19,8 +19,8 @@ _local = jax.jit(local.local_attention,
 
 
 def _qkv(length=L, seed=0, dtype=jnp.float32):
-  ks = jax.random.split(jax.random.key(seed), 3)
-  return tuple(jax.random.normal(k, (B, length, H, D), dtype) for k in ks)
+  rng = np.random.default_rng(seed)  # numpy: no threefry compilation per shape.
+  return tuple(jnp.asarray(rng.standard_normal((B, length, H, D)), dtype) for _ in range(3))
 
 
 def _mask(length=L):
@@ -39,14 +39,14 @@ def _dense(q, k, v, allowed_LxL, mask):
 
 class LocalAttentionTest(parameterized.TestCase):
 
-  @parameterized.parameters((100, False), (2 * L, False), (L, True), (1000, True))
+  @parameterized.parameters((2 * L, False), (L, True))
   def test_window_covering_sequence_is_softmax(self, window_size, block_local):
     q, k, v = _qkv()
     want = jax.nn.dot_product_attention(q, k, v)
     got = _local(q, k, v, window_size=window_size, block_local=block_local)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
-  @parameterized.parameters(1, 2, 7, 16, 33)
+  @parameterized.parameters(1, 7, 16)
   def test_sliding_equals_dense_band(self, window_size):
     q, k, v = _qkv()
     mask = _mask()
@@ -55,8 +55,7 @@ class LocalAttentionTest(parameterized.TestCase):
     got = _local(q, k, v, mask, window_size=window_size)
     np.testing.assert_allclose(got, _dense(q, k, v, jnp.array(allowed), mask), atol=1e-5)
 
-  @parameterized.parameters(4, 10)
-  def test_block_local_equals_dense_blocks(self, window_size):
+  def test_block_local_equals_dense_blocks(self, window_size=10):
     q, k, v = _qkv()
     mask = _mask()
     i = np.arange(L) // window_size
@@ -89,7 +88,7 @@ class LocalAttentionTest(parameterized.TestCase):
   def test_grad_matches_dense_oracle_under_jit(self):
     q, k, v = _qkv()
     mask = _mask()
-    ct = jax.random.normal(jax.random.key(9), q.shape)
+    ct = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape), jnp.float32)
     i = np.arange(L)
     allowed = jnp.array(np.abs(i[:, None] - i[None, :]) <= 3)
     loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)

@@ -19,8 +19,9 @@ _longformer = jax.jit(longformer.longformer_attention,
 
 
 def _qkv(length=L, seed=0):
-  ks = jax.random.split(jax.random.key(seed), 3)
-  return tuple(jax.random.normal(k, (B, length, H, D)) for k in ks)
+  rng = np.random.default_rng(seed)  # numpy: no threefry compilation per shape.
+  return tuple(jnp.asarray(rng.standard_normal((B, length, H, D)), jnp.float32)
+               for _ in range(3))
 
 
 def _mask(length=L):
@@ -45,13 +46,13 @@ def _dense(q, k, v, allowed_LxL, mask):
 
 class LongformerAttentionTest(parameterized.TestCase):
 
-  @parameterized.parameters((2 * L, 1), (1000, 0), (2 * L, 3))
+  @parameterized.parameters((2 * L, 1), (1000, 3))
   def test_window_covering_sequence_is_softmax(self, window_size, num_global):
     q, k, v = _qkv()
     got = _longformer(q, k, v, window_size=window_size, num_global_tokens=num_global)
     np.testing.assert_allclose(got, jax.nn.dot_product_attention(q, k, v), atol=1e-5)
 
-  @parameterized.parameters((8, 1), (6, 3), (2, 0), (17, 2), (9, 100))
+  @parameterized.parameters((6, 3), (2, 0), (9, 100))
   def test_equals_dense_masked_softmax_on_same_pattern(self, window_size, num_global):
     q, k, v = _qkv()
     mask = _mask()
@@ -83,7 +84,7 @@ class LongformerAttentionTest(parameterized.TestCase):
   def test_grad_matches_dense_oracle_under_jit(self):
     q, k, v = _qkv()
     mask = _mask()
-    ct = jax.random.normal(jax.random.key(9), q.shape)
+    ct = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape), jnp.float32)
     loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
     got = jax.jit(jax.grad(loss(lambda q, k, v: longformer.longformer_attention(
         q, k, v, mask, window_size=6, num_global_tokens=2)), argnums=(0, 1, 2)))(q, k, v)

@@ -18,8 +18,9 @@ _sb = jax.jit(sb.scatterbrain_attention, static_argnames=("window_size",))
 
 
 def _qkv(length=L, seed=0):
-  ks = jax.random.split(jax.random.key(seed), 3)
-  return tuple(jax.random.normal(k, (B, length, H, D)) for k in ks)
+  rng = np.random.default_rng(seed)  # numpy: no threefry compilation per shape.
+  return tuple(jnp.asarray(rng.standard_normal((B, length, H, D)), jnp.float32)
+               for _ in range(3))
 
 
 def _mask(length=L):
@@ -63,7 +64,7 @@ class ScatterbrainTest(parameterized.TestCase):
     np.testing.assert_allclose(_sb(q, k, v, projection=_P, window_size=2 * L + 2),
                                jax.nn.dot_product_attention(q, k, v), atol=1e-5)
 
-  @parameterized.parameters(4, 7, 16)
+  @parameterized.parameters(4, 7)
   def test_equals_dense_sparse_plus_low_rank_oracle(self, window_size):
     # The window's low-rank estimate is replaced, not added: no double counting.
     q, k, v = _qkv()
@@ -80,10 +81,10 @@ class ScatterbrainTest(parameterized.TestCase):
     code = jnp.concatenate([jnp.cos(angle), jnp.sin(angle)], -1)[None, :, None, :]
     projection = sb.orthogonal_random_features(jax.random.key(10), 32, d)
     for seed in range(2):
-      ks = jax.random.split(jax.random.key(seed), 3)
-      noise = lambda key: 0.1 * jax.random.normal(key, (1, length, 2, d))
-      q, k = 2.0 * code + noise(ks[0]), 2.0 * code + noise(ks[1])
-      v = jax.random.normal(ks[2], (1, length, 2, d))
+      rng = np.random.default_rng(seed)
+      noise, q_noise, v = (jnp.asarray(rng.standard_normal((1, length, 2, d)), jnp.float32)
+                           for _ in range(3))
+      q, k = 2.0 * code + 0.1 * q_noise, 2.0 * code + 0.1 * noise
       want = jax.nn.dot_product_attention(q, k, v)
       err = lambda x: float(jnp.linalg.norm(x - want) / jnp.linalg.norm(want))
       e_sb = err(_sb(q, k, v, projection=projection, window_size=32))
@@ -114,7 +115,7 @@ class ScatterbrainTest(parameterized.TestCase):
   def test_grad_matches_dense_oracle_under_jit(self):
     q, k, v = _qkv()
     mask = _mask()
-    ct = jax.random.normal(jax.random.key(9), q.shape)
+    ct = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape), jnp.float32)
     loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
     got = jax.jit(jax.grad(loss(lambda q, k, v: sb.scatterbrain_attention(
         q, k, v, mask, projection=_P, window_size=7)), argnums=(0, 1, 2)))(q, k, v)
