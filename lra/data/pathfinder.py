@@ -35,7 +35,8 @@ class PathfinderConfig:
   paddle_contrast: float = 1.0
   max_paddle_retrial: int = 4
   max_distractor_contour_retrial: int = 4
-  max_backtracks: int = 20         # ours: undo budget per image attempt (0 = original)
+  max_backtracks: int = 20         # ours: dead-end undos per image attempt (0 = original)
+  backtrack_depth: int = 3         # ours: paddles removed per undo (3: fewest grow calls)
   max_image_restarts: int = 1000
 
   def __post_init__(self):
@@ -221,7 +222,9 @@ class _Snake:
       if budget[0] <= 0 or len(self.paddles) < 2:
         return False
       budget[0] -= 1
-      self.pop()
+      # Undoing one paddle often leads into the same dead end; a few give room to turn.
+      for _ in range(min(self.canvas.cfg.backtrack_depth, len(self.paddles) - 1)):
+        self.pop()
     return True
 
 
