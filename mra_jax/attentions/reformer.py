@@ -48,29 +48,48 @@ def default_num_buckets(padded_length: int, chunk_length: int) -> int:
   return 1 << (target.bit_length() - 1)
 
 
+def bucket_factors(num_buckets: int, padded_length: int, chunk_length: int) -> tuple[int, ...]:
+  """HF's factorisation: a large power-of-two bucket count becomes two hashes.
+
+  Past 2 * max(sqrt(L / chunk), chunk) buckets, HF hashes with n1 and n2 = nb / n1
+  buckets (bucket = b1 + n1 * b2), so the projections cost O(L * sqrt(nb)) rather than
+  O(L * nb): at L = 16384 and chunk 64 that is 2 x 16 instead of 256 columns per round.
+  """
+  limit = 2 * max(int(math.sqrt(padded_length // chunk_length)), chunk_length)
+  if num_buckets > limit and num_buckets >= 4 and not num_buckets & (num_buckets - 1):
+    p = num_buckets.bit_length() - 1
+    return (1 << (p // 2), 1 << (p - p // 2))
+  return (num_buckets,)
+
+
 def lsh_buckets(x_BxHxLxD: jax.Array, rotations_HxDxRxK: jax.Array, mask_BxL: jax.Array,
-                num_buckets: int) -> jax.Array:
-  """Angular LSH buckets: argmax over [x R, -x R] per round.
+                num_buckets: int | tuple[int, ...]) -> jax.Array:
+  """Angular LSH buckets: argmax over [x R, -x R] per round (per factor).
 
   Args:
     x_BxHxLxD: vectors to hash (float).
-    rotations_HxDxRxK: random rotations, K = num_buckets // 2 (ignored when
-      num_buckets == 1).
-    mask_BxL: True = real token; padded positions get bucket `num_buckets` so they
+    rotations_HxDxRxK: random rotations, K = sum(n // 2 for n in factors) (ignored
+      when num_buckets == 1).
+    mask_BxL: True = real token; padded positions get bucket prod(factors) so they
       sort after every real token.
-    num_buckets: 1 or an even number.
+    num_buckets: 1 or an even number, or a tuple of even factors (`bucket_factors`).
 
   Returns:
-    buckets_BxHxRxL int32 in [0, num_buckets].
+    buckets_BxHxRxL int32 in [0, prod(factors)].
   """
+  factors = tuple(num_buckets) if isinstance(num_buckets, tuple) else (num_buckets,)
   b, h, length, _ = x_BxHxLxD.shape
   rounds = rotations_HxDxRxK.shape[2]
-  if num_buckets == 1:
+  if factors == (1,):
     buckets = jnp.zeros((b, h, rounds, length), jnp.int32)
   else:
     rot = jnp.einsum("bhld,hdrk->bhrlk", x_BxHxLxD, rotations_HxDxRxK)
-    buckets = jnp.argmax(jnp.concatenate([rot, -rot], axis=-1), axis=-1).astype(jnp.int32)
-  return jnp.where(mask_BxL[:, None, None, :], buckets, num_buckets)
+    buckets, offset, stride = 0, 0, 1
+    for n in factors:
+      r = rot[..., offset:offset + n // 2]
+      digit = jnp.argmax(jnp.concatenate([r, -r], axis=-1), axis=-1).astype(jnp.int32)
+      buckets, offset, stride = buckets + stride * digit, offset + n // 2, stride * n
+  return jnp.where(mask_BxL[:, None, None, :], buckets, math.prod(factors))
 
 
 def sort_by_bucket(buckets_BxHxRxL: jax.Array) -> jax.Array:
@@ -105,6 +124,7 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     chunk_length: int >= 1, chunk of the sorted sequence (HF default 64); clipped to
       L, and L is padded internally to a multiple of it.
     num_buckets: 1 or an even int; None = `default_num_buckets` of the padded length.
+      A large power of two is hashed as two factors (`bucket_factors`, as HF).
     shared_qk: Reformer's shared query/key (see module docstring).
     attend_across_buckets: False masks pairs in different buckets.
     random_key: jax.random key of the rotations (default: all-zero key data).
@@ -132,7 +152,9 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   lp = q.shape[2]
   nc = lp // c
   nb = default_num_buckets(lp, c) if num_buckets is None else num_buckets
-  rotations = local.hash_normal(random_key, (h, d, num_hashes, max(nb // 2, 1)))
+  factors = bucket_factors(nb, lp, c)
+  rotations = local.hash_normal(random_key,
+                                (h, d, num_hashes, max(sum(n // 2 for n in factors), 1)))
 
   if shared_qk:
     # Safe at q = 0 (padding): sqrt's gradient there would be inf * 0 = NaN.
@@ -141,8 +163,8 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     scale = 1.0
   else:
     scale = 1.0 / math.sqrt(d)
-  bucket_q = lsh_buckets(q, rotations, m, nb)
-  bucket_k = bucket_q if shared_qk else lsh_buckets(k, rotations, m, nb)
+  bucket_q = lsh_buckets(q, rotations, m, factors)
+  bucket_k = bucket_q if shared_qk else lsh_buckets(k, rotations, m, factors)
   perm_q = sort_by_bucket(bucket_q)
   perm_k = perm_q if shared_qk else sort_by_bucket(bucket_k)
 

@@ -55,10 +55,11 @@ def _dense_weighted(q, k, v, mask, count_BxHxLxL, shared_qk):
 def _reach_counts(q, k, mask, *, num_hashes, chunk, num_buckets, shared_qk,
                   attend_across_buckets, random_key):
   """count_ij: rounds where key j sits in query i's sorted chunk or the one before."""
-  rotations = local.hash_normal(random_key, (H, D, num_hashes, num_buckets // 2))
+  factors = reformer.bucket_factors(num_buckets, L, chunk)
+  rotations = local.hash_normal(random_key, (H, D, num_hashes, sum(n // 2 for n in factors)))
   to_bhld = lambda x: jnp.transpose(x, (0, 2, 1, 3))
-  bq = _buckets(to_bhld(q), rotations, mask, num_buckets=num_buckets)
-  bk = bq if shared_qk else _buckets(to_bhld(k), rotations, mask, num_buckets=num_buckets)
+  bq = _buckets(to_bhld(q), rotations, mask, num_buckets=factors)
+  bk = bq if shared_qk else _buckets(to_bhld(k), rotations, mask, num_buckets=factors)
   rank = lambda b: np.argsort(np.asarray(reformer.sort_by_bucket(b)), axis=-1)
   cq, ck = rank(bq) // chunk, rank(bk) // chunk
   nc = L // chunk
@@ -88,6 +89,16 @@ class LshTest(parameterized.TestCase):
     self.assertTrue(np.all(buckets[:, 6] == buckets[:, 0]))  # 3x collides with x.
     self.assertEqual(freq[-1], 0.0)
     self.assertTrue(np.all(np.diff(freq[:4]) < 0) and np.all(np.diff(freq) <= 0), freq)
+
+  def test_large_bucket_counts_factorise(self):
+    self.assertEqual(reformer.bucket_factors(512, 16384, 64), (16, 32))
+    self.assertEqual(reformer.bucket_factors(64, 4096, 64), (64,))
+    q = _qkv()[0]
+    rotations = local.hash_normal(jax.random.key(3), (H, D, 2, 2 + 4))
+    buckets = np.asarray(_buckets(jnp.transpose(q, (0, 2, 1, 3)), rotations,
+                                  jnp.ones((B, L), bool), num_buckets=(4, 8)))
+    self.assertTrue(buckets.min() >= 0 and buckets.max() < 32)
+    self.assertGreater(len(np.unique(buckets)), 16)  # Both digits vary.
 
   def test_sort_is_a_valid_permutation_grouping_buckets(self):
     q = _qkv()[0]
@@ -126,11 +137,14 @@ class ReformerAttentionTest(parameterized.TestCase):
     np.testing.assert_array_equal(got, _reformer(q, 0 * k, v, mask, num_buckets=1,
                                                  chunk_length=64))
 
-  @parameterized.parameters((True, True), (False, True), (True, False), (False, False))
-  def test_equals_dense_oracle_on_lsh_reach(self, shared_qk, attend_across_buckets):
+  # 32 buckets at L = 48, chunk 8 are hashed as two factors (4, 8), as HF does.
+  @parameterized.parameters((True, True, 4), (False, True, 32), (True, False, 32),
+                            (False, False, 4))
+  def test_equals_dense_oracle_on_lsh_reach(self, shared_qk, attend_across_buckets,
+                                            num_buckets):
     q, k, v = _qkv()
     mask = jnp.ones((B, L), bool)
-    knobs = dict(num_hashes=2, chunk_length=8, num_buckets=4, shared_qk=shared_qk,
+    knobs = dict(num_hashes=2, chunk_length=8, num_buckets=num_buckets, shared_qk=shared_qk,
                  attend_across_buckets=attend_across_buckets)
     key = jax.random.key(11)
     counts = _reach_counts(q, k, mask, chunk=8, random_key=key,
