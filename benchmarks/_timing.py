@@ -24,6 +24,7 @@ class Measurement:
       call alone took longer than the time limit; its time is still reported), or
       "error" (build/compile/run raised; see `error`).
     seconds: median of the timed runs (the warm-up time for "too_slow"), else None.
+    min_seconds: fastest timed run (less sensitive to a shared, busy machine).
     all_seconds: every timed run.
     temp_bytes: XLA's compiled temporary buffer size, None if compilation failed.
     peak_bytes: the device allocator's peak after the runs where it reports one (GPU/TPU).
@@ -32,6 +33,7 @@ class Measurement:
   """
   status: str
   seconds: float | None = None
+  min_seconds: float | None = None
   all_seconds: list[float] = dataclasses.field(default_factory=list)
   temp_bytes: int | None = None
   peak_bytes: int | None = None
@@ -92,7 +94,8 @@ def measure(fn: Callable[..., object], args: tuple[jax.Array, ...], *, repeats: 
   except Exception as e:  # pylint: disable=broad-except
     return Measurement("error", temp_bytes=temp, compile_seconds=compile_seconds,
                        error=f"run: {type(e).__name__}: {e}"[:500])
-  return Measurement("ok", seconds=statistics.median(times), all_seconds=times,
+  return Measurement("ok", seconds=statistics.median(times), min_seconds=min(times),
+                     all_seconds=times,
                      temp_bytes=temp, peak_bytes=_peak_bytes(),
                      compile_seconds=compile_seconds)
 

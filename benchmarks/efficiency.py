@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -59,7 +60,17 @@ def hardware() -> dict[str, object]:
   return {"platform": dev.platform, "device_kind": dev.device_kind,
           "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
           "machine": platform.machine(), "python": platform.python_version(),
-          "jax": jax.__version__}
+          "jax": jax.__version__, "git": _git_describe()}
+
+
+def _git_describe() -> str | None:
+  """The checkout's commit (+ "-dirty" with local changes), None outside a checkout."""
+  try:
+    return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                          text=True, check=True, timeout=10,
+                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
 
 
 def run(*, lengths: list[int], names: list[str], budgets: dict[str, tuple[int, ...]] | None,
