@@ -11,6 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+_MARKERS = "osD^v<>pPX*h"
+
+
+def _style(i: int) -> dict[str, object]:
+  """Distinct colour and marker for line i (more lines than the default 10 colours)."""
+  return {"color": plt.get_cmap("tab20")(i % 20), "marker": _MARKERS[i % len(_MARKERS)]}
+
+
 def _grid(n: int):
   cols = min(n, 3)
   rows = math.ceil(n / cols)
@@ -38,14 +46,14 @@ def efficiency_grid(rows: list[dict[str, Any]], field: str, ylabel: str, title: 
   for ax, name in zip(axes, names or ["softmax"]):
     labels = sorted({r["label"] for r in ok if r["name"] == name},
                     key=lambda s: (len(s), s))
-    for label in labels:
+    for i, label in enumerate(labels):
       pts = sorted((r["length"], r[field]) for r in ok if r["label"] == label)
-      ax.plot(*zip(*pts), marker="o", ms=3, label=label.replace(name, "").strip("[]")
+      ax.plot(*zip(*pts), ms=3, **_style(i), label=label.replace(name, "").strip("[]")
               or name)
     if soft:
       ax.plot(*zip(*soft), "k--", marker="x", ms=4, label="softmax")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    ax.set_yscale("log", nonpositive="clip")
     ax.set_title(name, fontsize=10)
     ax.set_xlabel("sequence length L")
     ax.set_ylabel(ylabel)
@@ -66,17 +74,18 @@ def error_vs_runtime(rows: list[dict[str, Any]], title: str, path: str) -> None:
     title: figure title.
     path: where the PNG goes.
   """
-  fig, ax = plt.subplots(figsize=(6.4, 4.6))
-  for name in sorted({r["name"] for r in rows}):
+  fig, ax = plt.subplots(figsize=(7.2, 5.0))
+  for i, name in enumerate(sorted({r["name"] for r in rows})):
     pts = sorted((r["time_ratio_vs_softmax"], r["relative_error"]) for r in rows
                  if r["name"] == name and r["time_ratio_vs_softmax"] is not None
                  and r["relative_error"] is not None)
     if pts:
-      ax.plot(*zip(*pts), marker="o", ms=4, label=name)
+      ax.plot(*zip(*pts), ms=5, label=name, **_style(i))
   ax.set_xscale("log")
+  ax.set_yscale("log", nonpositive="clip")
   ax.set_xlabel("fwd+bwd time / softmax's (same run)")
   ax.set_ylabel("relative error ||Y - Yhat|| / ||Y||")
-  ax.set_title(title, fontsize=9)
+  ax.set_title(title, fontsize=8)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
@@ -93,15 +102,16 @@ def error_vs_entropy(rows: list[dict[str, Any]], title: str, path: str) -> None:
     title: figure title.
     path: where the PNG goes.
   """
-  fig, ax = plt.subplots(figsize=(6.4, 4.6))
-  for label in sorted({r["label"] for r in rows}):
+  fig, ax = plt.subplots(figsize=(7.2, 5.0))
+  for i, label in enumerate(sorted({r["label"] for r in rows})):
     pts = sorted((r["entropy"], r["relative_error"]) for r in rows
                  if r["label"] == label and r["relative_error"] is not None)
     if pts:
-      ax.plot(*zip(*pts), marker="o", ms=4, label=label)
+      ax.plot(*zip(*pts), ms=5, label=label, **_style(i))
+  ax.set_yscale("log", nonpositive="clip")
   ax.set_xlabel("mean entropy of exact softmax attention (nats)")
   ax.set_ylabel("relative error ||Y - Yhat|| / ||Y||")
-  ax.set_title(title, fontsize=9)
+  ax.set_title(title, fontsize=8)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
