@@ -34,6 +34,11 @@ def test_one_config_per_task():
        "pathfinder128", "pathfinder256"])
 
 
+def _abstract_model(config):
+  cfg = train.model_config(config)
+  return nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+
+
 @pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: os.path.basename(p))
 def test_config_builds_with_every_attention(path):
   module = _module(path)
@@ -43,14 +48,23 @@ def test_config_builds_with_every_attention(path):
     for key in REQUIRED_KEYS:
       assert key in config
     assert config.task == os.path.basename(path)[:-3]
+  config = module.get_config("protocol=lra")
+  config.max_length = 256  # Abstract build only: the length just has to be legal.
+  assert _abstract_model(config) is not None
   for name in attentions.names():
     for arg in (f"attention={name}", f"attention={name},protocol=lra"):
       config = module.get_config(arg)
-      config.max_length = 256  # Abstract build only: the length just has to be legal.
-      config.token_order = "row_major"
-      cfg = train.model_config(config)
-      model = nnx.eval_shape(lambda cfg=cfg: models.build(cfg, rngs=nnx.Rngs(0)))
-      assert model is not None
+      # Every knob of the config is one the registry knows (build() would reject others).
+      assert set(config.attention_kwargs[name]) <= set(attentions.knob_defaults(name))
+      assert train.model_config(config).attention == name
+
+
+@pytest.mark.parametrize("name", attentions.names())
+def test_every_attention_builds_into_the_encoder(name):
+  from configs import listops  # pylint: disable=g-import-not-at-top
+  config = listops.get_config(f"attention={name}")
+  config.max_length = 256
+  assert _abstract_model(config) is not None
 
 
 def test_mra_paper_defaults():
