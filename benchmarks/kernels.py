@@ -1,0 +1,166 @@
+r"""Benchmarks the Pallas block-sparse attention kernels against dense attention.
+
+For each sequence length and dtype: forward and forward+backward wall time, the achieved
+TFLOP/s of the high-resolution (block-sparse) part, XLA's compiled memory figures, and the
+same for `jax.nn.dot_product_attention` (cuDNN where available, XLA otherwise).
+
+FLOPs follow the flash-attention convention: forward `4 * bs^2 * D` per selected tile
+(QK^T and PV), backward 2.5x the forward (recomputation of QK^T not counted).
+
+On an accelerator:
+  python -m benchmarks.kernels --lengths 1024,4096,16384,65536 --dtypes bfloat16,float32
+On CPU (interpret mode, tiny sizes; checks the script runs, the times mean nothing):
+  python -m benchmarks.kernels --quick
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+import pallas_kernels
+
+
+def _parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768,65536",
+                 help="comma-separated sequence lengths")
+  p.add_argument("--dtypes", default="bfloat16,float32")
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--heads", type=int, default=8)
+  p.add_argument("--head_dim", type=int, default=64)
+  p.add_argument("--block_size", type=int, default=32)
+  p.add_argument("--block_per_row", type=int, default=8,
+                 help="MRA budget: tiles per head = block_per_row * (L / block_size)")
+  p.add_argument("--backend", default="auto", choices=("auto", "triton", "mosaic_tpu"))
+  p.add_argument("--iters", type=int, default=20)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--skip_dense", action="store_true", help="do not time dense attention")
+  p.add_argument("--json", default="", help="also write the rows to this file")
+  p.add_argument("--quick", action="store_true",
+                 help="tiny sizes (L=256, B=H=1, 1 iteration): a CPU smoke run")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.lengths, args.batch, args.heads, args.iters, args.warmup = "256", 1, 1, 1, 1
+  return args
+
+
+def _tile_ids(key, B, H, Nq, Nk, K):
+  """Random global top-K tile ids per head (uneven rows, as MRA's selection), sorted."""
+  scores = jax.random.uniform(key, (B, H, Nq * Nk))
+  _, ids = jax.lax.top_k(scores, K)
+  return jnp.sort(ids, axis=-1).astype(jnp.int32)
+
+
+def _time(fn: Callable[[], Any], iters: int, warmup: int) -> float:
+  """Median wall seconds of `fn()` (which must return arrays), after `warmup` calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def _memory(jitted, *args) -> dict[str, int] | None:
+  """XLA's compiled memory figures (bytes) of `jitted(*args)`, where the backend gives them."""
+  try:
+    m = jitted.lower(*args).compile().memory_analysis()
+  except Exception:  # pylint: disable=broad-exception-caught
+    return None
+  if m is None:
+    return None
+  return {"temp": int(m.temp_size_in_bytes), "args": int(m.argument_size_in_bytes),
+          "out": int(m.output_size_in_bytes)}
+
+
+def _fwd_and_fwdbwd(f):
+  """Jitted forward and forward+backward (VJP under a ones cotangent) of `f`."""
+  fwd = jax.jit(f)
+
+  def fwd_bwd(*xs):
+    out, pullback = jax.vjp(f, *xs)
+    return pullback(jax.tree.map(jnp.ones_like, out))
+
+  return fwd, jax.jit(fwd_bwd)
+
+
+def bench_one(args, L: int, dtype) -> dict[str, Any]:
+  """Times the kernels and dense attention at one length and dtype."""
+  B, H, D, bs = args.batch, args.heads, args.head_dim, args.block_size
+  Nq = Nk = L // bs
+  K = min(args.block_per_row * Nq, Nq * Nk)
+  keys = jax.random.split(jax.random.key(0), 4)
+  q, k, v = (jax.random.normal(kk, (B, H, L, D), dtype) for kk in keys[:3])
+  ids = _tile_ids(keys[3], B, H, Nq, Nk, K)
+  valid = jnp.ones((B, L), bool)
+  m0 = jnp.full((B, H, L), -jnp.inf, jnp.float32)
+  l0, acc0 = jnp.zeros((B, H, L), jnp.float32), jnp.zeros((B, H, L, D), jnp.float32)
+
+  def sparse(q, k, v):
+    return pallas_kernels.block_sparse_attention(
+        q, k, v, ids, valid, m0, l0, acc0, block_size=bs, backend=args.backend)
+
+  flops_fwd = 4.0 * bs * bs * D * K * B * H
+  row = {"L": L, "dtype": jnp.dtype(dtype).name, "B": B, "H": H, "D": D, "block_size": bs,
+         "tiles_per_head": K}
+  fwd, fwd_bwd = _fwd_and_fwdbwd(sparse)
+  t_f = _time(lambda: fwd(q, k, v), args.iters, args.warmup)
+  t_fb = _time(lambda: fwd_bwd(q, k, v), args.iters, args.warmup)
+  row.update(sparse_fwd_ms=1e3 * t_f, sparse_fwdbwd_ms=1e3 * t_fb,
+             sparse_fwd_tflops=flops_fwd / t_f / 1e12,
+             sparse_fwdbwd_tflops=3.5 * flops_fwd / t_fb / 1e12,
+             sparse_fwdbwd_memory=_memory(fwd_bwd, q, k, v))
+
+  if not args.skip_dense:
+    # dot_product_attention takes (B, L, H, D).
+    qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    dense_flops_fwd = 4.0 * L * L * D * B * H
+    for impl in ("cudnn", "xla"):
+      if impl == "cudnn" and (jax.default_backend() != "gpu" or dtype == jnp.float32):
+        continue  # cuDNN flash attention: GPU, half precision only
+      dense = lambda q, k, v, impl=impl: jax.nn.dot_product_attention(q, k, v,
+                                                                      implementation=impl)
+      try:
+        d_fwd, d_fwd_bwd = _fwd_and_fwdbwd(dense)
+        td_f = _time(lambda: d_fwd(qt, kt, vt), args.iters, args.warmup)
+        td_fb = _time(lambda: d_fwd_bwd(qt, kt, vt), args.iters, args.warmup)
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        row["dense_error"] = f"{impl}: {type(e).__name__}: {str(e)[:200]}"
+        continue
+      row.update(dense_impl=impl, dense_fwd_ms=1e3 * td_f, dense_fwdbwd_ms=1e3 * td_fb,
+                 dense_fwd_tflops=dense_flops_fwd / td_f / 1e12,
+                 dense_fwdbwd_tflops=3.5 * dense_flops_fwd / td_fb / 1e12,
+                 dense_fwdbwd_memory=_memory(d_fwd_bwd, qt, kt, vt),
+                 speedup_fwd=td_f / t_f, speedup_fwdbwd=td_fb / t_fb)
+      row.pop("dense_error", None)
+      break
+  return row
+
+
+def main(argv=None):
+  args = _parse_args(argv)
+  print(f"devices: {jax.devices()}  backend: {jax.default_backend()}  jax {jax.__version__}")
+  rows = []
+  for dtype_name in args.dtypes.split(","):
+    for L in (int(x) for x in args.lengths.split(",")):
+      row = bench_one(args, L, jnp.dtype(dtype_name))
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump(rows, f, indent=1)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
