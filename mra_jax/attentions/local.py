@@ -13,6 +13,7 @@ memory are O(L * window), never O(L^2).
 
 from __future__ import annotations
 
+import functools
 import math
 
 from flax import nnx
@@ -41,19 +42,34 @@ def hash_uniform(random_key: jax.Array, shape: tuple[int, ...], stream: int = 0)
   """Uniform [0, 1) float32 numbers from a counter-based hash of (key, index).
 
   Used for the patterns drawn inside jit (BigBird's random blocks, Reformer's
-  rotations): `jax.random`'s threefry costs seconds of CPU compile time per new
-  shape, this costs nothing, and it is bit-identical on every backend and version.
-  Statistical quality (murmur3 finaliser, two rounds) is ample for choosing blocks
-  and LSH projections; it is not a cryptographic generator.
+  rotations, Scatterbrain's features): `jax.random`'s threefry costs seconds of CPU
+  compile time per new shape, this costs almost nothing, and it is bit-identical on
+  every backend and version. Statistical quality (murmur3 finaliser, two rounds) is
+  ample for choosing blocks and random projections; it is not a cryptographic
+  generator.
 
   Args:
     random_key: a typed jax.random key or its raw uint32 key data.
     shape: output shape.
     stream: selects an independent stream for the same key.
   """
+  return _hash_uniform(_key_words(random_key), tuple(shape), stream)
+
+
+def hash_normal(random_key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Standard normal float32 numbers (Box-Muller on two `hash_uniform` streams)."""
+  return _hash_normal(_key_words(random_key), tuple(shape))
+
+
+def _key_words(random_key):
   if jnp.issubdtype(random_key.dtype, jax.dtypes.prng_key):
     random_key = jax.random.key_data(random_key)
-  words = jnp.ravel(random_key).astype(jnp.uint32)
+  return jnp.ravel(random_key).astype(jnp.uint32)
+
+
+# Jitted whole: run eagerly, each of the ~20 integer ops would compile on its own.
+@functools.partial(jax.jit, static_argnames=("shape", "stream"))
+def _hash_uniform(words, shape, stream):
   seed_a = _mix32(words[0] ^ jnp.uint32(0x9E3779B9 * (stream + 1) & 0xFFFFFFFF))
   seed_b = _mix32(words[-1] + seed_a)
   counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
@@ -61,10 +77,10 @@ def hash_uniform(random_key: jax.Array, shape: tuple[int, ...], stream: int = 0)
   return (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
 
 
-def hash_normal(random_key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Standard normal float32 numbers (Box-Muller on two `hash_uniform` streams)."""
-  u1 = 1.0 - hash_uniform(random_key, shape, stream=1)  # (0, 1]: log is finite.
-  u2 = hash_uniform(random_key, shape, stream=2)
+@functools.partial(jax.jit, static_argnames="shape")
+def _hash_normal(words, shape):
+  u1 = 1.0 - _hash_uniform(words, shape, 1)  # (0, 1]: log is finite.
+  u2 = _hash_uniform(words, shape, 2)
   return jnp.sqrt(-2.0 * jnp.log(u1)) * jnp.cos(2.0 * jnp.pi * u2)
 
 

@@ -31,14 +31,22 @@ def orthogonal_random_features(random_key: jax.Array, num_features: int,
                                head_dim: int) -> jax.Array:
   """FAVOR+ projection: blocks of orthogonal rows with chi-distributed norms.
 
+  Args:
+    random_key: a jax.random key or its raw uint32 key data.
+    num_features: M.
+    head_dim: D.
+
   Returns:
     [M, D] float32, M = num_features.
   """
-  k_blocks, k_norms = jax.random.split(random_key)
   num_blocks = -(-num_features // head_dim)
-  gauss = jax.random.normal(k_blocks, (num_blocks, head_dim, head_dim))
-  rows = jnp.concatenate([jnp.linalg.qr(g)[0].T for g in gauss], axis=0)[:num_features]
-  norms = jnp.linalg.norm(jax.random.normal(k_norms, (num_features, head_dim)), axis=-1)
+  # One hashed Gaussian draw (cheap to compile, see `local.hash_normal`), split into
+  # the square blocks to orthogonalise and the rows whose norms scale them.
+  gauss = local.hash_normal(random_key, (num_blocks * head_dim + num_features, head_dim))
+  blocks = gauss[:num_blocks * head_dim].reshape(num_blocks, head_dim, head_dim)
+  q_blocks = jnp.linalg.qr(blocks)[0]  # Batched: orthonormal columns per block.
+  rows = jnp.swapaxes(q_blocks, 1, 2).reshape(-1, head_dim)[:num_features]
+  norms = jnp.linalg.norm(gauss[num_blocks * head_dim:], axis=-1)
   return rows * norms[:, None]
 
 
