@@ -13,9 +13,7 @@ from typing import Any
 
 import ml_collections
 
-# Names of the registry (mra_jax.attentions); used only when the registry cannot be imported
-# (it is written in parallel), so that configs still build.
-_FALLBACK_ATTENTIONS = ("mra2", "mra2_s", "softmax")
+from mra_jax import attentions
 
 # Arguments accepted after the colon, with their types and defaults.
 ARG_DEFAULTS = {"smoke": False, "cpu": False, "protocol": "mra", "attention": "mra2"}
@@ -74,22 +72,6 @@ class Protocol:
   retrieval_interaction: str = "nli"  # "nli": [u, v, u*v, u-v]; "concat": [u, v]
 
 
-def _attention_names() -> tuple[str, ...]:
-  try:
-    from mra_jax import attentions  # pylint: disable=g-import-not-at-top
-    return tuple(attentions.names())
-  except (ImportError, AttributeError):
-    return _FALLBACK_ATTENTIONS
-
-
-def _knob_defaults(name: str) -> dict[str, Any]:
-  try:
-    from mra_jax import attentions  # pylint: disable=g-import-not-at-top
-    return dict(attentions.knob_defaults(name))
-  except (ImportError, AttributeError):
-    return {}
-
-
 def attention_kwargs(task_overrides: dict[str, dict[str, Any]]) -> ml_collections.ConfigDict:
   """One sub-dict of knobs per registered attention: registry defaults + this task's.
 
@@ -97,13 +79,14 @@ def attention_kwargs(task_overrides: dict[str, dict[str, Any]]) -> ml_collection
   they could not be overridden anyway); the registry's own default then applies.
   """
   out = {}
-  for name in _attention_names():
-    defaults = _knob_defaults(name)
-    knobs = {k: v for k, v in defaults.items() if v is not None}
-    for key, value in task_overrides.get(name, {}).items():
-      if defaults and key not in defaults:
-        continue  # The registry does not know this knob (e.g. a different name): skip it.
-      knobs[key] = value
+  for name in attentions.names():
+    defaults = attentions.knob_defaults(name)
+    unknown = set(task_overrides.get(name, {})) - set(defaults)
+    if unknown:
+      raise KeyError(f"task settings for attention {name!r} name unknown knobs "
+                     f"{sorted(unknown)}; known: {sorted(defaults)}")
+    knobs = {k: v for k, v in {**defaults, **task_overrides.get(name, {})}.items()
+             if v is not None}
     out[name] = ml_collections.ConfigDict(knobs)
   return ml_collections.ConfigDict(out)
 

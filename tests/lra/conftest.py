@@ -1,52 +1,10 @@
-"""Fixtures of the harness tests: tiny data for every task, in tmp dirs.
-
-Until `mra_jax.attentions` (written in parallel) exposes `build`, a stand-in registry with
-`softmax` and `mra2` lets these tests run; it is used only when the real one is missing.
-"""
+"""Fixtures of the harness tests: tiny data for every task, in tmp dirs."""
 
 import os
 import pickle
 
 import numpy as np
 import pytest
-
-from mra_jax import attentions
-
-
-def _install_stand_in_registry():
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import mra_jax  # pylint: disable=g-import-not-at-top
-
-  mra = {"block_size": 32, "block_per_row": 8, "initial_prior_first_n_blocks": 0,
-         "initial_prior_diagonal_n_blocks": 0}
-  defaults = {"softmax": {}, "mra2": mra, "mra2_s": {**mra, "approx_mode": "sparse"}}
-
-  class _Layer(nnx.Module):
-
-    def __init__(self, name, knobs):
-      self.name, self.knobs = name, tuple(sorted(knobs.items()))
-
-    def __call__(self, q, k, v, mask=None):
-      if self.name == "softmax":
-        m = None if mask is None else (mask[:, None, None, :] & mask[:, None, :, None])
-        return jax.nn.dot_product_attention(q, k, v, mask=m)
-      return mra_jax.mra_attention(q, k, v, mask, impl="reference", **dict(self.knobs))
-
-  def build(name, *, num_heads, head_dim, max_length, rngs, **knobs):
-    del num_heads, head_dim, max_length, rngs
-    unknown = set(knobs) - set(defaults[name])
-    if unknown:
-      raise ValueError(f"unknown knobs {unknown}")
-    return _Layer(name, {**defaults[name], **knobs})
-
-  attentions.names = lambda: sorted(defaults)
-  attentions.knob_defaults = lambda name: dict(defaults[name])
-  attentions.build = build
-
-
-if not hasattr(attentions, "build"):
-  _install_stand_in_registry()
 
 # Every tiny dataset: (train, validation, test) sizes.
 SIZES = (48, 16, 16)
