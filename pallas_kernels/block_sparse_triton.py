@@ -23,9 +23,13 @@ def _read_index(ref, g, i):
   return ref[i]
 
 
-def launch(kernel, call: launch_spec.CallSpec, *, interpret: Any, num_warps: int | None = None,
-           num_stages: int | None = None) -> Sequence[jax.Array]:
-  """Runs `kernel` on `call`'s grid; index arrays become per-program input rows."""
+def launch(kernel, call: launch_spec.CallSpec, *, interpret: Any, num_warps: int = 4,
+           num_stages: int = 2) -> Sequence[jax.Array]:
+  """Runs `kernel` on `call`'s grid; index arrays become per-program input rows.
+
+  `num_warps=4, num_stages=2` follow jax's own Triton flash-attention forward for small
+  tiles; they are not yet tuned on a device.
+  """
   if interpret is not None and not isinstance(interpret, bool):
     raise ValueError(
         f"the triton backend interprets with interpret=True only, got {interpret=}")

@@ -18,7 +18,7 @@ _BACKEND = {"cuda": "triton", "tpu": "mosaic_tpu"}
 _LAUNCHES = {"forward": 1, "vjp": 3}
 
 
-def _lower(platform, mode, *, dtype, block_size, D, L=512):
+def _lower(platform, mode, *, dtype, block_size, D, L):
   K = min(24, (L // block_size)**2)
   sds = jax.ShapeDtypeStruct
   B, H = 2, 2
@@ -39,14 +39,14 @@ def _lower(platform, mode, *, dtype, block_size, D, L=512):
 
 
 @pytest.mark.parametrize("mode", ["forward", "vjp"])
-@pytest.mark.parametrize("platform, dtype, block_size, D", [
-    ("cuda", jnp.bfloat16, 32, 64),
-    ("cuda", jnp.float32, 64, 128),
-    ("cuda", jnp.bfloat16, 64, 40),   # not a power of two: padded to 64
-    ("tpu", jnp.bfloat16, 32, 64),
-    ("tpu", jnp.float32, 64, 128),
-    ("tpu", jnp.bfloat16, 128, 64),
+@pytest.mark.parametrize("platform, dtype, block_size, D, L", [
+    ("cuda", jnp.bfloat16, 32, 64, 384),  # L, Nq + 1 not powers of two: only blocks, no loads
+    ("cuda", jnp.float32, 64, 128, 512),
+    ("cuda", jnp.bfloat16, 64, 40, 512),  # D not a power of two: padded to 64
+    ("tpu", jnp.bfloat16, 32, 64, 384),
+    ("tpu", jnp.float32, 64, 128, 512),
+    ("tpu", jnp.bfloat16, 128, 64, 512),
 ])
-def test_lowers_to_backend_custom_calls(platform, mode, dtype, block_size, D):
-  text = _lower(platform, mode, dtype=dtype, block_size=block_size, D=D)
+def test_lowers_to_backend_custom_calls(platform, mode, dtype, block_size, D, L):
+  text = _lower(platform, mode, dtype=dtype, block_size=block_size, D=D, L=L)
   assert text.count(_CUSTOM_CALL[platform]) == _LAUNCHES[mode], text[:2000]
