@@ -67,7 +67,7 @@ def iterative_pinv(a_BxHxMxM: jax.Array, iterations: int, *, order: int = 3) -> 
   scale = col * row
   scale = jnp.where(scale > 0, scale, 1.0)[..., None, None]
   z = jnp.swapaxes(a, -1, -2) / scale
-  eye = jnp.eye(a.shape[-1], dtype=jnp.float32)
+  eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=jnp.float32), a.shape)
   for _ in range(iterations):
     az = a @ z
     if order == 3:

@@ -10,6 +10,7 @@ trained) and can be redrawn with `PerformerAttention.redraw`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from flax import nnx
@@ -21,11 +22,13 @@ from mra_jax.attentions import base
 KERNEL_TYPES = ("exp", "relu")
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def orthogonal_features(random_key: jax.Array, num_features: int, head_dim: int,
                         orthogonal: bool = True) -> jax.Array:
   """Random projection [M, D] float32: rows orthogonal within blocks of D, chi norms.
 
-  With `orthogonal=False` the rows are plain iid Gaussian.
+  With `orthogonal=False` the rows are plain iid Gaussian. Jitted: one compile instead
+  of one per eager op at module construction.
   """
   k_rows, k_norms = jax.random.split(random_key)
   if not orthogonal:

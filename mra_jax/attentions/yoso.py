@@ -169,8 +169,9 @@ _sampled_expectation_grad.defvjp(_fwd_e, _bwd_e)
 
 
 def _unit(x_BxHxLxD):
-  norm = jnp.sqrt(jnp.sum(jnp.square(x_BxHxLxD), axis=-1, keepdims=True))
-  return x_BxHxLxD / jnp.where(norm > 0, norm, 1.0)
+  sq = jnp.sum(jnp.square(x_BxHxLxD), axis=-1, keepdims=True)
+  # sqrt's derivative is infinite at 0: keep zero rows (padding) off it, or grads are NaN.
+  return x_BxHxLxD * jnp.where(sq > 0, jax.lax.rsqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
 
 def yoso_attention(query: jax.Array, key: jax.Array, value: jax.Array,
@@ -205,6 +206,14 @@ def yoso_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   if normalize_output:
     o = _unit(o)
   return base.finish(o, m, query.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _draw(random_key, shape):
+  h, m, tau, d, r = shape
+  k_planes, k_signs = jax.random.split(random_key)
+  return (jax.random.normal(k_planes, (h, m, tau, d), jnp.float32),
+          jax.random.rademacher(k_signs, (h, m, r, d), jnp.float32))
 
 
 class YosoAttention(nnx.Module):
@@ -243,10 +252,7 @@ class YosoAttention(nnx.Module):
 
   def redraw(self, rngs: nnx.Rngs) -> None:
     """Draws new hash hyperplanes (YOSO samples new hashes for every batch)."""
-    h, m, tau, d, r = self.shape
-    k_planes, k_signs = jax.random.split(rngs.params())
-    self.planes[...] = jax.random.normal(k_planes, (h, m, tau, d), jnp.float32)
-    self.signs[...] = jax.random.rademacher(k_signs, (h, m, r, d), jnp.float32)
+    self.planes[...], self.signs[...] = _draw(rngs.params(), self.shape)
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     conv_out = None

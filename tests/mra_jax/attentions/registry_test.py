@@ -1,0 +1,184 @@
+"""The registry, and the contract every registered attention shares.
+
+The contract checks run for every name whose module exists (the sparse ones are written in
+parallel; a missing module is skipped with its name). Each method is built once and its
+checks run in one jitted program (eager op-by-op dispatch would dominate the test time).
+"""
+
+import functools
+import importlib
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mra_jax import attentions
+
+B, L, H, D = 2, 48, 2, 16
+ALL = ("adamra bigbird h_transformer_1d linformer local longformer mra2 mra2_s nystromformer "
+       "performer reformer scatterbrain soft softmax yoso").split()
+# The sparse ones' padding contract is tested next to them (local_test.py etc.); here they
+# only build, run and differentiate.
+SPARSE = ("bigbird", "h_transformer_1d", "local", "longformer", "reformer", "scatterbrain")
+DENSE_OR_LINEAR = tuple(n for n in ALL if n not in SPARSE)
+# Small settings so every method's own structure (not a degenerate limit) is exercised at L=48.
+SMALL = {
+    "adamra": {}, "linformer": {"projection_length": 16}, "nystromformer": {"num_landmarks": 8},
+    "performer": {"num_features": 32}, "soft": {"num_landmarks": 8, "pinv_iterations": 8},
+    "yoso": {"num_hash": 4}, "mra2": {"block_size": 16, "block_per_row": 1},
+    "mra2_s": {"block_size": 16, "block_per_row": 1}, "softmax": {},
+    "local": {"window_size": 16}, "longformer": {"window_size": 16},
+    "bigbird": {"block_size": 8}, "h_transformer_1d": {"block_size": 8},
+    "reformer": {}, "scatterbrain": {"window_size": 16},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name):
+  try:
+    attentions.module_class(name)
+  except ImportError as e:
+    pytest.skip(f"{name}: module not written yet ({e})")
+  knobs = {k: v for k, v in SMALL[name].items() if k in attentions.knob_defaults(name)}
+  return attentions.build(name, num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0),
+                          **knobs)
+
+
+def _inputs(seed=0):
+  q, k, v = jax.random.normal(jax.random.key(seed), (3, B, L, H, D))
+  mask = jnp.arange(L)[None, :] < jnp.array([L, 29])[:, None]
+  return q, k, v, mask
+
+
+@functools.lru_cache(maxsize=None)
+def _contract_outputs(name):
+  """(out, out with garbage in the padding, out with an all-padding row, bf16 out).
+
+  The three float32 cases are stacked on the batch axis of one call: one small program.
+  """
+  graphdef, state = nnx.split(_module(name))
+  q, k, v, mask = _inputs()
+  pad = ~mask[:, :, None, None]
+  garbage = lambda x, c: jnp.where(pad, c, x)
+  one_real = jnp.zeros_like(mask).at[0, :5].set(True)
+  cat = lambda a, b, c: jnp.concatenate([a, b, c], axis=0)
+  args = (cat(q, garbage(q, 1e4), q), cat(k, garbage(k, jnp.nan), k),
+          cat(v, garbage(v, -3e3), v), cat(mask, mask, one_real))
+
+  @jax.jit
+  def run(state, q, k, v, mask):
+    layer = nnx.merge(graphdef, state)
+    bf = lambda x: x.astype(jnp.bfloat16)
+    return layer(q, k, v, mask), layer(bf(q), bf(k), bf(v), mask)
+
+  out, out_bf16 = jax.tree.map(np.asarray, run(state, *args))
+  return out[:B], out[B:2 * B], out[2 * B:], out_bf16[:B]
+
+
+def test_names_are_the_fifteen_sorted():
+  assert attentions.names() == ALL
+
+
+def test_unknown_name_lists_the_names():
+  with pytest.raises(ValueError, match="name='flash'.*softmax"):
+    attentions.build("flash", num_heads=2, head_dim=8, max_length=8, rngs=nnx.Rngs(0))
+
+
+def test_unknown_knob_names_it_and_the_allowed_ones():
+  with pytest.raises(ValueError, match=r"\['num_landmark'\].*num_landmarks"):
+    attentions.build("nystromformer", num_heads=2, head_dim=8, max_length=8,
+                     rngs=nnx.Rngs(0), num_landmark=4)
+
+
+def test_knob_defaults_are_the_paper_configs():
+  assert attentions.knob_defaults("performer")["num_features"] == 256
+  assert attentions.knob_defaults("performer")["kernel_type"] == "exp"
+  assert attentions.knob_defaults("linformer")["projection_length"] == 256
+  assert attentions.knob_defaults("nystromformer")["num_landmarks"] == 64
+  assert attentions.knob_defaults("nystromformer")["pinv_iterations"] == 6
+  assert attentions.knob_defaults("soft")["num_landmarks"] == 64
+  assert attentions.knob_defaults("yoso")["hash_code_len"] == 8
+  assert attentions.knob_defaults("yoso")["num_hash"] == 16
+  assert attentions.knob_defaults("mra2")["block_per_row"] == 8
+  assert attentions.knob_defaults("mra2")["num_blocks"] is None
+  assert attentions.knob_defaults("softmax") == {}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_knob_defaults_are_accepted_by_build(name):
+  try:
+    defaults = attentions.knob_defaults(name)
+  except ImportError:
+    pytest.skip(f"{name}: module not written yet")
+  # Building with every default spelled out must equal building with none (abstractly: no
+  # parameters are drawn, so this costs no compile).
+  shapes = lambda **kw: jax.tree.map(lambda x: x.shape, nnx.state(nnx.eval_shape(
+      lambda: attentions.build(name, num_heads=H, head_dim=D, max_length=64,
+                               rngs=nnx.Rngs(0), **kw))))
+  assert shapes(**defaults) == shapes()
+
+
+@pytest.mark.parametrize("name", DENSE_OR_LINEAR)
+def test_padding_semantics(name):
+  out, out_garbage, out_one_real, out_bf16 = _contract_outputs(name)
+  assert out.shape == (B, L, H, D) and out.dtype == np.float32
+  assert np.all(np.isfinite(out))
+  np.testing.assert_array_equal(out[1, 29:], 0.0)  # Padded queries are exactly 0.
+  # Garbage (even NaN) in padded positions changes nothing.
+  np.testing.assert_allclose(out_garbage, out, atol=1e-5, rtol=1e-5)
+  # An all-padding row gives 0, never NaN.
+  assert np.all(np.isfinite(out_one_real))
+  np.testing.assert_array_equal(out_one_real[1], 0.0)
+  np.testing.assert_array_equal(out_one_real[0, 5:], 0.0)
+  assert out_bf16.dtype == jnp.bfloat16
+  bf16 = out_bf16.astype(np.float32)
+  assert np.all(np.isfinite(bf16))
+  if name != "yoso":  # A bf16 rounding can flip a hash bit: YOSO's buckets then differ.
+    np.testing.assert_allclose(bf16, out, atol=0.1)
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_sparse_ones_build_and_run(name):
+  layer = _module(name)
+  q, k, v, mask = _inputs()
+  out = nnx.jit(lambda m, *a: m(*a))(layer, q, k, v, mask)
+  assert out.shape == (B, L, H, D) and bool(jnp.all(jnp.isfinite(out)))
+  np.testing.assert_array_equal(np.asarray(out[1, 29:]), 0.0)
+
+
+# mra2's gradients are tested with mra_attention (tests/mra_jax); mra2_s covers the module.
+@pytest.mark.parametrize("name", [n for n in DENSE_OR_LINEAR if n != "mra2"])
+def test_jit_and_grad_through_split_merge(name):
+  layer = _module(name)
+  graphdef, state, rest = nnx.split(layer, nnx.Param, ...)
+  q, k, v, mask = _inputs()
+  target = jax.random.normal(jax.random.key(9), (B, L, H, D))
+
+  @jax.jit
+  def loss_and_grads(state, q, k, v):
+    def loss(state, q, k, v):
+      out = nnx.merge(graphdef, state, rest)(q, k, v, mask)
+      return jnp.sum(out * target)
+    return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(state, q, k, v)
+
+  value, grads = loss_and_grads(state, q, k, v)
+  for g in jax.tree.leaves(grads):
+    assert bool(jnp.all(jnp.isfinite(g)))
+  assert float(jnp.abs(grads[3]).sum()) > 0  # v always gets a gradient.
+  np.testing.assert_allclose(float(value), float(jnp.sum(layer(q, k, v, mask) * target)),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_fixed_random_features_are_not_params():
+  for name in ("performer", "yoso"):
+    layer = _module(name)
+    assert not jax.tree.leaves(nnx.state(layer, nnx.Param))
+    assert jax.tree.leaves(nnx.state(layer))  # ...but they live in the module state.
+
+
+def test_every_entry_points_at_a_module_file():
+  for name in ALL:
+    module = attentions._ENTRIES[name].split(":")[0]  # pylint: disable=protected-access
+    assert importlib.util.find_spec(f"mra_jax.attentions.{module}") is not None, name
