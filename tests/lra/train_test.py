@@ -205,3 +205,13 @@ def test_data_parallel_step_matches_one_device(prepared):
     assert loss == pytest.approx(results[0][1], rel=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  results[0][0], other)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", __import__("mra_jax.attentions", fromlist=["names"]).names())
+def test_every_attention_trains(name, prepared, tmp_path):
+  config = tiny_config("listops", prepared("listops"), attention=name, num_train_steps=2)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  events = reporting.read_metrics(str(tmp_path))
+  assert all(np.isfinite(e["loss"]) for e in events)
+  assert results["attention"] == name
