@@ -8,13 +8,16 @@ Rerunning the same command on the same workdir resumes it. See docs/lra.md.
 
 import logging as std_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from lra import checkpoints
 from lra import train
+from lra.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A configs/<task>.py file, optionally with :args (e.g. :smoke).",
@@ -36,7 +39,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (pipeline.DataNotFoundError, checkpoints.ConfigMismatchError,
+          train.NonFiniteLossError) as e:
+    # Expected failures with a remedy in the message: say it plainly, no traceback.
+    sys.exit(f"{type(e).__name__}: {e}")
   message = (f"{results['task']} / {results['attention']}: test accuracy "
              f"{results['test_accuracy']:.4f} on {results['num_test_examples']} examples "
              f"(best validation {results['best_validation_accuracy']:.4f} at step "
