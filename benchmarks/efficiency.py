@@ -2,6 +2,7 @@
 
     python -m benchmarks.efficiency [--quick] --out=DIR [--lengths=512,4096]
         [--methods=softmax,mra2,...] [--batch=1 --heads=12 --head_dim=64] [--repeats=5]
+    python -m benchmarks.efficiency --plot_only --out=DIR   # redraw from DIR's JSON
 
 The paper's profiler setting (`../shared/spec/mra.md` §3.1): one attention layer, 12 heads
 x 64, float32, gradients of `out.mean()` in q, k, v, swept budgets for MRA-2/MRA-2-s
@@ -130,14 +131,19 @@ def run(*, lengths: list[int], names: list[str], budgets: dict[str, tuple[int, .
       log(_format_row(row))
       with open(os.path.join(out_dir, "efficiency.json"), "w") as f:
         json.dump(report, f, indent=1)
-  setting = report["setting"]
-  title = (f"fwd+bwd, B={batch} H={heads} D={head_dim} f32, "
-           f"{setting['hardware']['device_kind']}, jax {jax.__version__}")
-  _plots.efficiency_grid(rows, "seconds", "seconds (median)", "time: " + title,
-                         os.path.join(out_dir, "efficiency_time.png"))
-  _plots.efficiency_grid(rows, "temp_mib", "compiled temp MiB", "memory: " + title,
-                         os.path.join(out_dir, "efficiency_memory.png"))
+  plot(report, out_dir)
   return report
+
+
+def plot(report: dict[str, object], out_dir: str) -> None:
+  """Writes the time and memory figures of an efficiency report (also a partial one)."""
+  s = report["setting"]
+  title = (f"fwd+bwd, B={s['batch']} H={s['heads']} D={s['head_dim']} f32, "
+           f"{s['hardware']['device_kind']}, jax {s['hardware']['jax']}")
+  _plots.efficiency_grid(report["results"], "seconds", "seconds (median)", "time: " + title,
+                         os.path.join(out_dir, "efficiency_time.png"))
+  _plots.efficiency_grid(report["results"], "temp_mib", "compiled temp MiB",
+                         "memory: " + title, os.path.join(out_dir, "efficiency_memory.png"))
 
 
 def _ratio(a, b):
@@ -168,7 +174,13 @@ def main(argv: list[str] | None = None) -> None:
                       help="default: half the RAM on CPU, 80%% of device memory otherwise")
   parser.add_argument("--max_call_seconds", type=float, default=None,
                       help="default 60 (15 with --quick)")
+  parser.add_argument("--plot_only", action="store_true",
+                      help="only redraw the figures from DIR/efficiency.json")
   args = parser.parse_args(argv)
+  if args.plot_only:
+    with open(os.path.join(args.out, "efficiency.json")) as f:
+      plot(json.load(f), args.out)
+    return
   accel = jax.devices()[0].platform != "cpu"
   if args.lengths:
     lengths = [int(x) for x in args.lengths.split(",")]
