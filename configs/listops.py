@@ -18,7 +18,7 @@ Variants (after the colon, comma-separated):
                 trains 40 steps at batch 16, length 320. Measured 2026-11-22 on a 2-core CPU
                 VM shared with other jobs: 51-75 s end to end (mra2), test accuracy 0.1125
                 (near chance by design: it checks that everything runs).
-  cpu           The CPU accuracy setting (docs/lra.md): 20k short ListOps expressions
+  cpu           The CPU accuracy setting (docs/lra.md): 20k/1k/2k short ListOps expressions
                 (< 250 tokens) generated into <workdir>/data, length 256, 1500 steps at
                 batch 32, OneCycle peak 1e-3; mra2 refines 2 of 8 blocks per row.
                 Figures: see docs/lra.md (not yet measured).
@@ -46,7 +46,7 @@ SMOKE = common.smoke(data_dir="", generate_data=True, generate_sizes=(640, 160, 
 # CPU accuracy setting (docs/lra.md "Accuracy"): expressions of 62..249 tokens, length 256 =
 # 8 MRA blocks per row of which mra2 refines 2 (block_per_row=2) and sees the rest at low
 # resolution, so MRA-2 really approximates here (the paper's 8 per row would be exact).
-CPU = {"data_dir": "", "generate_data": True, "generate_sizes": (20_000, 1_000, 1_000),
+CPU = {"data_dir": "", "generate_data": True, "generate_sizes": (20_000, 1_000, 2_000),
        "generate_max_tokens": 250, "max_length": 256, "batch_size": 32,
        "eval_batch_size": 100, "num_train_steps": 1500, "eval_every_steps": 150,
        "num_eval_batches": -1, "checkpoint_every_steps": 150, "learning_rate": 1e-3,
