@@ -4,17 +4,14 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import common
 from lra import checkpoints
 from lra import reporting
 from lra import train
 from lra.data import pipeline
-from lra.data import tasks
 
 NUM_TEST = 16  # Test examples of every tiny task (tests/lra/conftest.py).
 
