@@ -16,7 +16,6 @@ from lra.data import pipeline
 NUM_TEST = 16  # Test examples of every tiny task (tests/lra/conftest.py).
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _fast_compiles():
   """Tiny programs: XLA's optimisation passes would cost more than they save."""
