@@ -322,8 +322,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       val = run_eval("validation", state["params"], config.num_eval_batches)
       writer.write(step, "validation", loss=val["loss"], accuracy=val["accuracy"],
                    num_examples=val["num_examples"])
-      bar.write(f"step {step}: validation accuracy {val['accuracy']:.4f} "
-                f"loss {val['loss']:.4f}")
+      if primary:
+        bar.write(f"step {step}: validation accuracy {val['accuracy']:.4f} "
+                  f"loss {val['loss']:.4f}")
       if val["accuracy"] > best["accuracy"]:
         best = {"accuracy": val["accuracy"], "step": step}
         ckpt.save_best(step, state["params"], dict(best))
