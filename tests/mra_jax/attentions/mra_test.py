@@ -1,0 +1,52 @@
+"""The mra2 / mra2_s registry modules: thin wrappers of mra_jax.mra_attention."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mra_jax
+from mra_jax import attentions
+from mra_jax import layout
+
+
+def _qkv(length=64):
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, length, 2, 8))
+  mask = jnp.arange(length)[None, :] < jnp.array([length, 40])[:, None]
+  return q, k, v, mask
+
+
+@pytest.mark.parametrize("name,mode", [("mra2", "full"), ("mra2_s", "sparse")])
+def test_modules_equal_the_function(name, mode):
+  layer = attentions.build(name, num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0),
+                           block_size=16, block_per_row=2, initial_prior_first_n_blocks=1)
+  q, k, v, mask = _qkv()
+  got = nnx.jit(lambda m, *a: m(*a))(layer, q, k, v, mask)
+  want = jax.jit(lambda *a: mra_jax.mra_attention(
+      *a, block_size=16, block_per_row=2, initial_prior_first_n_blocks=1, approx_mode=mode))(
+          q, k, v, mask)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_input_shape_attends_in_patch_order():
+  layer = attentions.build("mra2", num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0),
+                           block_size=16, block_per_row=1, input_shape=(4, 16))
+  q, k, v, mask = _qkv()
+  got = nnx.jit(lambda m, *a: m(*a))(layer, q, k, v, mask)
+  to = lambda x: layout.to_patch_order(x, (4, 16))
+  want = jax.jit(lambda *a: layout.from_patch_order(mra_jax.mra_attention(
+      *(to(x) for x in a), block_size=16, block_per_row=1), (4, 16)))(q, k, v, mask)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  plain = attentions.build("mra2", num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0),
+                           block_size=16, block_per_row=1)
+  assert not np.allclose(got, nnx.jit(lambda m, *a: m(*a))(plain, q, k, v, mask), atol=1e-3)
+
+
+def test_bad_knobs_raise_at_build():
+  with pytest.raises(ValueError, match="block_size"):
+    attentions.build("mra2", num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0),
+                     block_size=24)
+  with pytest.raises(ValueError, match=r"input_shape=\(32, 32\)"):
+    attentions.build("mra2_s", num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0),
+                     input_shape=(32, 32))
