@@ -101,7 +101,7 @@ def test_performer_error_shrinks_as_features_grow():
 
 def test_performer_relu_kernel_runs_and_redraw_changes_features():
   layer = performer.PerformerAttention(num_heads=2, head_dim=16, max_length=32,
-                                       rngs=nnx.Rngs(0), num_features=16)
+                                       rngs=nnx.Rngs(0), num_features=32)
   before = np.asarray(layer.projection[...])
   layer.redraw(nnx.Rngs(1))
   assert not np.allclose(before, layer.projection[...])

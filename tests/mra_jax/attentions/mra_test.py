@@ -17,8 +17,15 @@ def _qkv(length=64):
   return q, k, v, mask
 
 
-@pytest.mark.parametrize("name,mode", [("mra2", "full"), ("mra2_s", "sparse")])
-def test_modules_equal_the_function(name, mode):
+def test_mra2_s_is_the_sparse_mode():
+  layer = attentions.build("mra2_s", num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0))
+  assert layer.config.approx_mode == "sparse"
+  assert attentions.build("mra2", num_heads=2, head_dim=8, max_length=64,
+                          rngs=nnx.Rngs(0)).config.approx_mode == "full"
+
+
+def test_module_equals_the_function():
+  name, mode = "mra2", "full"
   layer = attentions.build(name, num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0),
                            block_size=16, block_per_row=2, initial_prior_first_n_blocks=1)
   q, k, v, mask = _qkv()
