@@ -74,11 +74,13 @@ def error_vs_runtime(rows: list[dict[str, Any]], title: str, path: str) -> None:
     title: figure title.
     path: where the PNG goes.
   """
-  fig, ax = plt.subplots(figsize=(7.2, 5.0))
+  fig, ax = plt.subplots(figsize=(8.4, 5.0))
   for i, name in enumerate(sorted({r["name"] for r in rows})):
-    pts = sorted((r["time_ratio_vs_softmax"], r["relative_error"]) for r in rows
-                 if r["name"] == name and r["time_ratio_vs_softmax"] is not None
-                 and r["relative_error"] is not None)
+    # Joined in budget order: noisy times must not reorder the line.
+    pts = [(r["time_ratio_vs_softmax"], r["relative_error"])
+           for r in sorted(rows, key=lambda r: r["budget"] or 0)
+           if r["name"] == name and r["time_ratio_vs_softmax"] is not None
+           and r["relative_error"] is not None]
     if pts:
       ax.plot(*zip(*pts), ms=5, label=name, **_style(i))
   ax.set_xscale("log")
@@ -87,7 +89,7 @@ def error_vs_runtime(rows: list[dict[str, Any]], title: str, path: str) -> None:
   ax.set_ylabel("relative error ||Y - Yhat|| / ||Y||")
   ax.set_title(title, fontsize=8)
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=7, ncol=2)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -102,7 +104,7 @@ def error_vs_entropy(rows: list[dict[str, Any]], title: str, path: str) -> None:
     title: figure title.
     path: where the PNG goes.
   """
-  fig, ax = plt.subplots(figsize=(7.2, 5.0))
+  fig, ax = plt.subplots(figsize=(8.4, 5.0))
   for i, label in enumerate(sorted({r["label"] for r in rows})):
     pts = sorted((r["entropy"], r["relative_error"]) for r in rows
                  if r["label"] == label and r["relative_error"] is not None)
@@ -113,7 +115,7 @@ def error_vs_entropy(rows: list[dict[str, Any]], title: str, path: str) -> None:
   ax.set_ylabel("relative error ||Y - Yhat|| / ||Y||")
   ax.set_title(title, fontsize=8)
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=7, ncol=2)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

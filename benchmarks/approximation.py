@@ -215,14 +215,20 @@ def run(*, q, k, v, mask, names: list[str], budgets, scales, entropy_time_ratio:
       log(f"(b) s={s:g} entropy={ent:.3f} {label}: error {err}")
     write()
 
-  title = (f"B={B} L={L} H={H} D={D}, {source}, {report['setting']['hardware']['device_kind']}"
-           f", jax {jax.__version__}")
+  plot(report, out_dir)
+  return report
+
+
+def plot(report: dict[str, object], out_dir: str) -> None:
+  """Writes both figures of an approximation report."""
+  s = report["setting"]
+  title = (f"B={s['batch']} L={s['length']} H={s['heads']} D={s['head_dim']}, {s['source']}, "
+           f"{s['hardware']['device_kind']}, jax {s['hardware']['jax']}")
   _plots.error_vs_runtime([r for r in report["budgets"] if r["relative_error"] is not None],
                           "efficiency vs approximation: " + title,
                           os.path.join(out_dir, "approximation_runtime.png"))
   _plots.error_vs_entropy(report["entropy"], "entropy vs approximation: " + title,
                           os.path.join(out_dir, "approximation_entropy.png"))
-  return report
 
 
 def _choose(rows, max_ratio: float) -> set[str]:
@@ -260,7 +266,13 @@ def main(argv: list[str] | None = None) -> None:
                       help="comma-separated registry names (default: all registered)")
   parser.add_argument("--repeats", type=int, default=None, help="default 5 (3 with --quick)")
   parser.add_argument("--entropy_time_ratio", type=float, default=0.5)
+  parser.add_argument("--plot_only", action="store_true",
+                      help="only redraw the figures from DIR/approximation.json")
   args = parser.parse_args(argv)
+  if args.plot_only:
+    with open(os.path.join(args.out, "approximation.json")) as f:
+      plot(json.load(f), args.out)
+    return
   if args.qkv:
     q, k, v, mask = load_qkv(args.qkv)
     source = f"npz {os.path.basename(args.qkv)}"

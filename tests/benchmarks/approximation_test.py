@@ -30,6 +30,10 @@ def test_runs_on_npz_with_mask_and_writes_json_and_plots(tmp_path):
   assert entropies == sorted(entropies, reverse=True) and entropies[0] < np.log(50) + 1e-4
   for png in ("approximation_runtime.png", "approximation_entropy.png"):
     assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "out" / png).unlink()
+  approximation.main(["--plot_only", f"--out={tmp_path / 'out'}"])
+  for png in ("approximation_runtime.png", "approximation_entropy.png"):
+    assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_relative_errors_ignore_padded_queries():
