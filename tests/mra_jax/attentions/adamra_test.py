@@ -56,15 +56,13 @@ def _qkv(length=32):
   return jax.random.normal(jax.random.key(1), (3, 2, length, 4, 8))
 
 
-def test_hard_selection_uses_one_resolution_per_query_with_gradients():
+def test_hard_selection_uses_one_resolution_per_query():
   layer = _layer(selection="hard")
   q, k, v = _qkv()
   out = nnx.jit(lambda m, q, k, v: m(q, k, v))(layer, q, k, v)
   nonzero_heads = np.sum(np.any(np.asarray(out) != 0, axis=-1), axis=-1)  # [B, L]
   np.testing.assert_array_equal(nonzero_heads, 1)
-  grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(q, k, v) ** 2)))(layer)
-  # Straight-through: the router learns although the forward is one-hot.
-  assert float(jnp.abs(grads.router_weight[...]).sum()) > 0
+  # The router's straight-through gradient is checked in registry_test (adamra runs hard there).
 
 
 def test_soft_selection_with_a_uniform_gate_is_the_plain_heads():

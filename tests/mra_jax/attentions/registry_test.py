@@ -6,7 +6,7 @@ checks run in one jitted program (eager op-by-op dispatch would dominate the tes
 """
 
 import functools
-import importlib
+import importlib.util
 
 from flax import nnx
 import jax
@@ -25,7 +25,7 @@ SPARSE = ("bigbird", "h_transformer_1d", "local", "longformer", "reformer", "sca
 DENSE_OR_LINEAR = tuple(n for n in ALL if n not in SPARSE)
 # Small settings so every method's own structure (not a degenerate limit) is exercised at L=48.
 SMALL = {
-    "adamra": {}, "linformer": {"projection_length": 16}, "nystromformer": {"num_landmarks": 8},
+    "adamra": {"selection": "hard"}, "linformer": {"projection_length": 16}, "nystromformer": {"num_landmarks": 8},
     "performer": {"num_features": 32}, "soft": {"num_landmarks": 8, "pinv_iterations": 8},
     "yoso": {"num_hash": 4}, "mra2": {"block_size": 16, "block_per_row": 1},
     "mra2_s": {"block_size": 16, "block_per_row": 1}, "softmax": {},
@@ -167,6 +167,8 @@ def test_jit_and_grad_through_split_merge(name):
   for g in jax.tree.leaves(grads):
     assert bool(jnp.all(jnp.isfinite(g)))
   assert float(jnp.abs(grads[3]).sum()) > 0  # v always gets a gradient.
+  if name == "adamra":  # Hard routing: the router learns through the straight-through gate.
+    assert float(jnp.abs(grads[0]["router_weight"][...]).sum()) > 0
   np.testing.assert_allclose(float(value), float(jnp.sum(layer(q, k, v, mask) * target)),
                              rtol=1e-4, atol=1e-4)
 
