@@ -4,21 +4,19 @@ Budgets follow the MRA paper's profiler (`../shared/spec/mra.md` §3.1, §6.2): 
 MRA-2-s over `block_per_row`, Nystromformer over landmarks, Longformer and Scatterbrain
 over windows, BigBird over block sizes. Every other registered attention runs once at its
 registry defaults (the paper's LRA configs). Budget knobs are matched by name against
-`knob_defaults(name)`, so a registry that spells a knob differently degrades to "defaults
+`attentions.knob_defaults(name)`, so a knob spelled differently degrades to "defaults
 only" instead of failing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable
 
 import jax
 from flax import nnx
 
-import mra_jax
-from mra_jax import reference
+from mra_jax import attentions
 
 # Budget sweeps: registry name -> (candidate knob names, values), first matching name wins.
 # Values are those the paper's efficiency JSONs list at N=512 and N=4096 (capped per length
@@ -32,22 +30,10 @@ SWEEPS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "bigbird": (("block_size",), (8, 16, 32, 64, 128)),
 }
 
-# Used only while `mra_jax.attentions` has no `build` (it is being written concurrently):
-# the modules that already exist, addressed as "module:Class".
-_FALLBACK_MODULES = {
-    "bigbird": "mra_jax.attentions.bigbird:BigBirdAttention",
-    "h_transformer_1d": "mra_jax.attentions.h_transformer_1d:HTransformer1DAttention",
-    "local": "mra_jax.attentions.local:LocalAttention",
-    "longformer": "mra_jax.attentions.longformer:LongformerAttention",
-    "reformer": "mra_jax.attentions.reformer:ReformerAttention",
-    "scatterbrain": "mra_jax.attentions.scatterbrain:ScatterbrainAttention",
-}
 # Largest budget the paper ran at length L, as L divided by this (bpr <= N/64 at 512 and
 # 4096; landmarks and windows <= N/4; BigBird blocks <= N/16 at 512).
 _MAX_BUDGET_DIVISOR = {"mra2": 64, "mra2_s": 64, "nystromformer": 4, "longformer": 4,
                        "scatterbrain": 4, "bigbird": 16}
-_FALLBACK_KNOBS = {"mra2": {"block_per_row": 8}, "mra2_s": {"block_per_row": 8},
-                   "softmax": {}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,33 +63,9 @@ def fits(method: "Method", length: int) -> bool:
   return method.budget <= max(length // _MAX_BUDGET_DIVISOR[method.name], 1)
 
 
-def _registry():
-  try:
-    return importlib.import_module("mra_jax.attentions")
-  except ImportError:
-    return None
-
-
 def registered_names() -> list[str]:
-  """The registry's names, or the fallback set while the registry is absent."""
-  reg = _registry()
-  if reg is not None and hasattr(reg, "names"):
-    return list(reg.names())
-  return sorted(set(_FALLBACK_MODULES) | set(_FALLBACK_KNOBS))
-
-
-def knob_defaults(name: str) -> dict[str, Any]:
-  """The registry's defaults for `name`; the fallback builders' knobs otherwise."""
-  reg = _registry()
-  if reg is not None and hasattr(reg, "knob_defaults"):
-    return dict(reg.knob_defaults(name))
-  if name in _FALLBACK_KNOBS:
-    return dict(_FALLBACK_KNOBS[name])
-  module, cls = _FALLBACK_MODULES[name].split(":")
-  import inspect  # pylint: disable=g-import-not-at-top
-  params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters
-  skip = {"self", "num_heads", "head_dim", "max_length", "rngs"}
-  return {k: p.default for k, p in params.items() if k not in skip}
+  """Every name in the attention registry."""
+  return list(attentions.names())
 
 
 def methods_for(names: list[str], budgets: dict[str, tuple[int, ...]] | None = None
@@ -120,7 +82,7 @@ def methods_for(names: list[str], budgets: dict[str, tuple[int, ...]] | None = N
   methods, problems = [], []
   for name in names:
     try:
-      defaults = knob_defaults(name)
+      defaults = attentions.knob_defaults(name)
     except Exception as e:  # pylint: disable=broad-except
       problems.append(f"{name}: knob_defaults failed: {type(e).__name__}: {e}")
       continue
@@ -142,24 +104,8 @@ def build(method: Method, *, num_heads: int, head_dim: int, max_length: int
   Parameters and random features come from `nnx.Rngs(0)` (random init for learned
   methods such as Linformer's projections), and are closed over as constants.
   """
-  reg = _registry()
-  if reg is not None and hasattr(reg, "build"):
-    layer = reg.build(method.name, num_heads=num_heads, head_dim=head_dim,
-                      max_length=max_length, rngs=nnx.Rngs(0), **method.knobs)
-  elif method.name == "softmax":
-    return lambda q, k, v, mask=None: reference.softmax_attention(q, k, v, mask)
-  elif method.name in ("mra2", "mra2_s"):
-    mode = "full" if method.name == "mra2" else "sparse"
-    knobs = {**_FALLBACK_KNOBS[method.name], **method.knobs}
-    return lambda q, k, v, mask=None: mra_jax.mra_attention(q, k, v, mask, approx_mode=mode,
-                                                            **knobs)
-  elif method.name in _FALLBACK_MODULES:
-    module, cls = _FALLBACK_MODULES[method.name].split(":")
-    layer = getattr(importlib.import_module(module), cls)(
-        num_heads=num_heads, head_dim=head_dim, max_length=max_length, rngs=nnx.Rngs(0),
-        **method.knobs)
-  else:
-    raise ValueError(f"unknown attention: {method.name=}")
+  layer = attentions.build(method.name, num_heads=num_heads, head_dim=head_dim,
+                           max_length=max_length, rngs=nnx.Rngs(0), **method.knobs)
   graphdef, state = nnx.split(layer)
 
   def attend(q, k, v, mask=None):
