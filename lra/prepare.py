@@ -6,6 +6,8 @@ r"""Generates or converts the data of one LRA task.
 See docs/data.md for each task's sources and layouts.
 """
 
+import os
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -32,12 +34,14 @@ def main(argv):
   # that merely imports this module.
   if not _TASK.value or not _DATA_DIR.value:
     raise app.UsageError("--task and --data_dir are required")
-  prepare_lib.prepare(_TASK.value, _DATA_DIR.value, source=_SOURCE.value, seed=_SEED.value,
+  # Shells leave "~" alone after "--data_dir=", so expand it here rather than make "./~".
+  data_dir = os.path.abspath(os.path.expanduser(_DATA_DIR.value))
+  prepare_lib.prepare(_TASK.value, data_dir, source=_SOURCE.value, seed=_SEED.value,
                       num_train=_NUM_TRAIN.value, num_val=_NUM_VAL.value,
                       num_test=_NUM_TEST.value)
   for split in tasks.SPLITS:
     logging.info("%s %s: %d examples", _TASK.value, split,
-                 pipeline.num_examples(_TASK.value, split, _DATA_DIR.value))
+                 pipeline.num_examples(_TASK.value, split, data_dir))
 
 
 if __name__ == "__main__":

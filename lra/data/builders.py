@@ -91,4 +91,5 @@ def dataset_name(task: str) -> str:
 
 
 def version_dir(task: str, data_dir: str) -> str:
-  return os.path.join(data_dir, dataset_name(task), VERSION)
+  """Where `task`'s array_record files live under `data_dir` ("~" expanded)."""
+  return os.path.join(os.path.expanduser(data_dir), dataset_name(task), VERSION)

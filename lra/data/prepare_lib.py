@@ -216,6 +216,7 @@ def prepare(task: str, data_dir: str, *, source: str | None = None, seed: int = 
     ValueError: bad arguments or bad source content (the message names the file).
   """
   tasks.get_task(task)
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
   for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
     _check_count(name, value)
   if is_prepared(task, data_dir):

@@ -42,6 +42,15 @@ def test_listops_generation_is_seeded_and_official_layout(tmp_path):
   assert pipeline.num_examples("listops", "train", a) == 6
 
 
+def test_tilde_data_dir_is_the_home_folder(tmp_path, monkeypatch):
+  # `--data_dir=~/lra_data` reaches us unexpanded: it must not become a folder named "~".
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  prepare_lib.prepare("listops", "~/lra_data", seed=0, num_train=2, num_val=1, num_test=1)
+  assert prepare_lib.is_prepared("listops", str(tmp_path / "home" / "lra_data"))
+  assert not (tmp_path / "~").exists()
+
+
 def test_listops_from_official_tsvs(tmp_path):
   src = tmp_path / "lra_release" / "listops-1000"
   small = listops.ListOpsConfig(max_depth=4, max_args=4, min_length=5, max_length=64)
