@@ -15,35 +15,28 @@ scaling gives the length ratio (4 for 4096 -> 16384); issue 6 asks for <= 5.
 from __future__ import annotations
 
 import argparse
-import time
+import math
+import sys
 
-from flax import nnx
 import jax
-import jax.numpy as jnp
 
-from mra_jax import attentions
+from benchmarks import _methods
+from benchmarks import _timing
 
 METHODS = ("adamra", "performer", "linformer", "nystromformer", "soft", "yoso")
 B, H, D = 1, 8, 64
 
 
-def measure(name: str, length: int, repeats: int, knobs: dict):
+def measure(name: str, length: int, repeats: int):
   """(fastest seconds, compiled temp bytes) of fwd+bwd of `name` at `length`."""
-  layer = attentions.build(name, num_heads=H, head_dim=D, max_length=length,
-                           rngs=nnx.Rngs(0), **knobs)
-  graphdef, state = nnx.split(layer)
-  grad = jax.jit(jax.grad(
-      lambda q, k, v: jnp.mean(nnx.merge(graphdef, state)(q, k, v)), argnums=(0, 1, 2)))
-  q, k, v = jax.random.normal(jax.random.key(0), (3, B, length, H, D))
-  compiled = grad.lower(q, k, v).compile()
-  temp = compiled.memory_analysis().temp_size_in_bytes
-  jax.block_until_ready(compiled(q, k, v))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(q, k, v))
-    times.append(time.perf_counter() - start)
-  return min(times), temp
+  attend = _methods.build(_methods.Method(name, {}), num_heads=H, head_dim=D,
+                          max_length=length)
+  meas = _timing.measure(_timing.fwd_bwd(attend), _timing.random_qkv((B, length, H, D)),
+                         repeats=repeats, max_temp_bytes=sys.maxsize,
+                         max_call_seconds=math.inf)
+  if meas.status != "ok":
+    raise RuntimeError(f"{name} at L={length}: {meas.status}: {meas.error}")
+  return meas.min_seconds, meas.temp_bytes
 
 
 def main():
@@ -61,7 +54,7 @@ def main():
   print(f"| method | {head} | {mem} | time ratio | memory ratio |")
   print("|---" * (2 * len(lengths) + 3) + "|")
   for name in methods:
-    rows = [measure(name, n, args.repeats, {}) for n in lengths]
+    rows = [measure(name, n, args.repeats) for n in lengths]
     secs = " | ".join(f"{s:.3f}" for s, _ in rows)
     mibs = " | ".join(f"{t / 2**20:.0f}" for _, t in rows)
     print(f"| {name} | {secs} | {mibs} | {rows[-1][0] / rows[0][0]:.2f} | "

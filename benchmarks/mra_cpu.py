@@ -5,7 +5,8 @@
 B=1, H=8, D=64, float32, block_per_row=8, approx_mode="full" (MRA-2), as issue 2 asks.
 Dense is `jax.nn.dot_product_attention` (XLA on CPU), measured in the same process, and
 run only where its compiled temporary memory fits in half of this machine's RAM (its
-memory is still reported from compilation). Time is the median of --repeats runs after
+memory is still reported from compilation). fwd+bwd is the gradient of mean(out) in q, k
+and v, as in `benchmarks.efficiency`. Time is the median of --repeats runs after
 a warm-up call; memory is XLA's compiled temporary buffer size
 (`compile().memory_analysis().temp_size_in_bytes`). Prints a Markdown table; writes JSON.
 """
@@ -14,42 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import statistics
-import time
 
 import jax
-import jax.numpy as jnp
 
 import mra_jax
+from benchmarks import _timing
 
 
-def _loss_mra(q, k, v):
-  return jnp.sum(mra_jax.mra_attention(q, k, v, block_per_row=8, approx_mode="full",
-                                       impl="reference") ** 2)
+def _mra(q, k, v):
+  return mra_jax.mra_attention(q, k, v, block_per_row=8, approx_mode="full", impl="reference")
 
 
-def _loss_dense(q, k, v):
-  return jnp.sum(jax.nn.dot_product_attention(q, k, v) ** 2)
-
-
-def _measure(loss, shape, repeats, budget_bytes):
-  """Compiles fwd+bwd; runs it if it fits; returns (median seconds or None, temp bytes)."""
-  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-  sds = jax.ShapeDtypeStruct(shape, jnp.float32)
-  compiled = grad.lower(sds, sds, sds).compile()
-  temp = compiled.memory_analysis().temp_size_in_bytes
-  if temp > budget_bytes:
-    return None, temp
-  keys = jax.random.split(jax.random.key(0), 3)
-  q, k, v = (jax.random.normal(key, shape, jnp.float32) for key in keys)
-  jax.block_until_ready(compiled(q, k, v))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(q, k, v))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), temp
+def _measure(attend, shape, repeats, budget_bytes):
+  """(median fwd+bwd seconds, or None where it does not fit; compiled temp bytes)."""
+  meas = _timing.measure(_timing.fwd_bwd(attend), _timing.random_qkv(shape), repeats=repeats,
+                         max_temp_bytes=budget_bytes, max_call_seconds=math.inf)
+  if meas.status not in ("ok", "too_big"):
+    raise RuntimeError(f"{attend} at {shape}: {meas.status}: {meas.error}")
+  return meas.seconds, meas.temp_bytes
 
 
 def main():
@@ -68,8 +53,8 @@ def main():
   print("|---|---|---|---|---|---|---|")
   for L in (int(x) for x in args.lengths.split(",")):
     shape = (1, L, 8, 64)
-    t_mra, m_mra = _measure(_loss_mra, shape, args.repeats, ram // 2)
-    t_dense, m_dense = _measure(_loss_dense, shape, args.repeats, ram // 2)
+    t_mra, m_mra = _measure(_mra, shape, args.repeats, ram // 2)
+    t_dense, m_dense = _measure(jax.nn.dot_product_attention, shape, args.repeats, ram // 2)
     row = dict(length=L, mra_seconds=t_mra, dense_seconds=t_dense, mra_temp_bytes=m_mra,
                dense_temp_bytes=m_dense)
     rows.append(row)

@@ -20,7 +20,6 @@ from flax import nnx
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import numpy as np
 import optax
 import tqdm
 

@@ -1,7 +1,6 @@
 """Smoke tests: `benchmarks.efficiency` runs end to end at a tiny setting (not timed)."""
 
 import json
-import os
 
 import pytest
 

@@ -6,11 +6,9 @@ import os
 
 from absl import flags
 from flax import nnx
-import jax
 from ml_collections import config_flags
 import pytest
 
-from configs import common
 from lra import models
 from lra import train
 from mra_jax import attentions

@@ -111,15 +111,6 @@ class LongformerAttentionTest(parameterized.TestCase):
       longformer.LongformerAttention(num_heads=H, head_dim=D, max_length=8,
                                      rngs=nnx.Rngs(0), window_size=0)
 
-  def test_memory_far_below_dense_at_4096(self):
-    temp = {}
-    for length in (2048, 4096):
-      x = jax.ShapeDtypeStruct((1, length, 1, 32), jnp.float32)
-      compiled = jax.jit(longformer.longformer_attention).lower(x, x, x).compile()
-      temp[length] = compiled.memory_analysis().temp_size_in_bytes
-    self.assertLess(temp[4096], 4096 * 4096 * 4 // 4)  # An L x L f32 matrix / 4.
-    self.assertLess(temp[4096], 2.5 * temp[2048])  # Linear in L, not quadratic.
-
 
 if __name__ == "__main__":
   pytest.main([__file__])

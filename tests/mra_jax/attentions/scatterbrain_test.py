@@ -144,18 +144,6 @@ class ScatterbrainTest(parameterized.TestCase):
       sb.ScatterbrainAttention(num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0),
                                num_features=0)
 
-  def test_memory_far_below_dense_at_4096(self):
-    projection = sb.orthogonal_random_features(jax.random.key(0), 110, 32)
-    temp = {}
-    for length in (2048, 4096):
-      x = jax.ShapeDtypeStruct((1, length, 1, 32), jnp.float32)
-      compiled = jax.jit(sb.scatterbrain_attention).lower(
-          x, x, x, projection=projection).compile()
-      temp[length] = compiled.memory_analysis().temp_size_in_bytes
-    # O(L * (window + M)) with M = 110 features: ~17 MB here, an L x L f32 matrix / 3.9.
-    self.assertLess(temp[4096], 4096 * 4096 * 4 // 3)
-    self.assertLess(temp[4096], 2.5 * temp[2048])  # Linear in L, not quadratic.
-
 
 if __name__ == "__main__":
   pytest.main([__file__])
