@@ -108,6 +108,15 @@ def _with_previous_chunk(x, num_chunks, axis):
   return jnp.concatenate([x, jnp.roll(x, 1, axis=axis)], axis=axis + 1)
 
 
+def _check_knobs(num_hashes: int, chunk_length: int, num_buckets: int | None) -> None:
+  local.check_int("num_hashes", num_hashes, minimum=1)
+  local.check_int("chunk_length", chunk_length, minimum=1)
+  if num_buckets is not None:
+    local.check_int("num_buckets", num_buckets, minimum=1)
+    if num_buckets > 1 and num_buckets % 2:
+      raise ValueError(f"num_buckets must be 1 or even; got num_buckets={num_buckets}")
+
+
 def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                        mask: jax.Array | None = None, *, num_hashes: int = 2,
                        chunk_length: int = 64, num_buckets: int | None = None,
@@ -135,12 +144,7 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   Raises:
     ValueError: bad shapes or knobs.
   """
-  local.check_int("num_hashes", num_hashes, minimum=1)
-  local.check_int("chunk_length", chunk_length, minimum=1)
-  if num_buckets is not None:
-    local.check_int("num_buckets", num_buckets, minimum=1)
-    if num_buckets > 1 and num_buckets % 2:
-      raise ValueError(f"num_buckets must be 1 or even; got num_buckets={num_buckets}")
+  _check_knobs(num_hashes, chunk_length, num_buckets)
   if random_key is None:
     random_key = jnp.zeros((2,), jnp.uint32)
   q, k, v, m_BxL = local.prepare(query, key, value, mask)
@@ -213,12 +217,7 @@ class ReformerAttention(nnx.Module):
                num_hashes: int = 2, chunk_length: int = 64, num_buckets: int | None = None,
                shared_qk: bool = True, attend_across_buckets: bool = True):
     del num_heads, head_dim, max_length  # Rotations are drawn for the runtime length.
-    local.check_int("num_hashes", num_hashes, minimum=1)
-    local.check_int("chunk_length", chunk_length, minimum=1)
-    if num_buckets is not None:
-      local.check_int("num_buckets", num_buckets, minimum=1)
-      if num_buckets > 1 and num_buckets % 2:
-        raise ValueError(f"num_buckets must be 1 or even; got num_buckets={num_buckets}")
+    _check_knobs(num_hashes, chunk_length, num_buckets)
     self.num_hashes = num_hashes
     self.chunk_length = chunk_length
     self.num_buckets = num_buckets
