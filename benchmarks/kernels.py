@@ -1,8 +1,11 @@
 r"""Benchmarks the Pallas block-sparse attention kernels against dense attention.
 
 For each sequence length and dtype: forward and forward+backward wall time, the achieved
-TFLOP/s of the high-resolution (block-sparse) part, XLA's compiled memory figures, and the
-same for `jax.nn.dot_product_attention` (cuDNN where available, XLA otherwise).
+TFLOP/s of the high-resolution (block-sparse) part, XLA's compiled memory figures, the
+same for `jax.nn.dot_product_attention` (cuDNN where available, XLA otherwise), and the
+whole of MRA-2 (`mra_jax.mra_attention(impl="pallas")`: pooling, selection, low-resolution
+term and the kernels), whose fwd+bwd against dense is what issue 3's targets measure
+(`mra2_speedup_fwdbwd`).
 
 FLOPs follow the flash-attention convention: forward `4 * bs^2 * D` per selected tile
 (QK^T and PV), backward 2.5x the forward (recomputation of QK^T not counted).
@@ -25,6 +28,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+import mra_jax
 import pallas_kernels
 
 
@@ -43,6 +47,8 @@ def _parse_args(argv=None):
   p.add_argument("--iters", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--skip_dense", action="store_true", help="do not time dense attention")
+  p.add_argument("--skip_mra", action="store_true",
+                 help="do not time the whole of MRA-2 (mra_attention, impl=pallas)")
   p.add_argument("--json", default="", help="also write the rows to this file")
   p.add_argument("--quick", action="store_true",
                  help="tiny sizes (L=256, B=H=1, 1 iteration): a CPU smoke run")
@@ -121,9 +127,19 @@ def bench_one(args, L: int, dtype) -> dict[str, Any]:
              sparse_fwdbwd_tflops=3.5 * flops_fwd / t_fb / 1e12,
              sparse_fwdbwd_memory=_memory(fwd_bwd, q, k, v))
 
+  # mra_attention and dot_product_attention take (B, L, H, D).
+  qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+  if not args.skip_mra:
+    mra2 = lambda q, k, v: mra_jax.mra_attention(
+        q, k, v, block_size=bs, block_per_row=args.block_per_row, approx_mode="full",
+        impl="pallas")
+    m_fwd, m_fwd_bwd = _fwd_and_fwdbwd(mra2)
+    row.update(mra2_fwd_ms=1e3 * _time(lambda: m_fwd(qt, kt, vt), args.iters, args.warmup),
+               mra2_fwdbwd_ms=1e3 * _time(lambda: m_fwd_bwd(qt, kt, vt), args.iters,
+                                          args.warmup),
+               mra2_fwdbwd_memory=_memory(m_fwd_bwd, qt, kt, vt))
+
   if not args.skip_dense:
-    # dot_product_attention takes (B, L, H, D).
-    qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
     dense_flops_fwd = 4.0 * L * L * D * B * H
     for impl in ("cudnn", "xla"):
       if impl == "cudnn" and (jax.default_backend() != "gpu" or dtype == jnp.float32):
@@ -142,6 +158,9 @@ def bench_one(args, L: int, dtype) -> dict[str, Any]:
                  dense_fwdbwd_tflops=3.5 * dense_flops_fwd / td_fb / 1e12,
                  dense_fwdbwd_memory=_memory(d_fwd_bwd, qt, kt, vt),
                  speedup_fwd=td_f / t_f, speedup_fwdbwd=td_fb / t_fb)
+      if "mra2_fwdbwd_ms" in row:
+        row.update(mra2_speedup_fwd=1e3 * td_f / row["mra2_fwd_ms"],
+                   mra2_speedup_fwdbwd=1e3 * td_fb / row["mra2_fwdbwd_ms"])
       row.pop("dense_error", None)
       break
   return row
