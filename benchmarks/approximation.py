@@ -1,6 +1,6 @@
 """How well each attention approximates exact softmax: error against runtime and entropy.
 
-    python -m benchmarks.approximation [--quick] --out=DIR [--qkv=FILE.npz]
+    python -m benchmarks.approximation [--quick] --out=DIR [--qkv=FILE.npz | --workdir=RUN]
         [--length=512 --batch=2 --heads=12 --head_dim=64] [--methods=mra2,...]
 
 Relative error of one attention layer's output against exact softmax attention
@@ -21,10 +21,12 @@ Inputs:
   --qkv=FILE.npz with arrays `q`, `k`, `v` of shape [B, L, H, D] (float; the attention's
     inputs after the projections, before the 1/sqrt(D) scaling, which the attentions apply)
     and optionally `mask` [B, L] (bool or 0/1, True = real token).
+  --workdir=DIR of a trained `lra.main` run: the q, k, v and mask entering encoder block
+    --layer's attention on --batch examples of --split, with the run's best-validation
+    parameters (`lra.capture`); its length and heads replace --length/--heads/--head_dim.
   Otherwise synthetic, locally correlated inputs (`synthetic_qkv`): a latent AR(1) process
     along the sequence, so attention concentrates on nearby tokens as in trained models.
-Q/K/V taken from a trained LRA checkpoint are not supported yet: extract them with the
-harness and save an .npz. Methods with learned parameters (e.g. Linformer's projections)
+Methods with learned parameters (e.g. Linformer's projections)
 use their random initialisation (`nnx.Rngs(0)`); methods with random features use
 seed 0.
 
@@ -48,6 +50,7 @@ from benchmarks import _methods
 from benchmarks import _plots
 from benchmarks import _timing
 from benchmarks import efficiency
+from lra import capture
 from mra_jax import reference
 
 ENTROPY_SCALES = tuple(2.0**e for e in range(-4, 5))  # s = 1/16 ... 16
@@ -257,6 +260,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--quick", action="store_true",
                       help="fewer budgets and scales, 3 repeats")
   parser.add_argument("--qkv", default=None, help=".npz with q, k, v [B,L,H,D], mask [B,L]")
+  parser.add_argument("--workdir", default=None,
+                      help="an `lra.main` run: q, k, v of its trained layer --layer on "
+                           "--batch examples of --split")
+  parser.add_argument("--layer", type=int, default=0, help="with --workdir: encoder block")
+  parser.add_argument("--split", default="test", help="with --workdir: data split")
   parser.add_argument("--length", type=int, default=512)
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--heads", type=int, default=12)
@@ -273,9 +281,17 @@ def main(argv: list[str] | None = None) -> None:
     with open(os.path.join(args.out, "approximation.json")) as f:
       plot(json.load(f), args.out)
     return
+  if args.qkv and args.workdir:
+    raise ValueError(f"give --qkv or --workdir, not both; got qkv={args.qkv!r}, "
+                     f"workdir={args.workdir!r}")
   if args.qkv:
     q, k, v, mask = load_qkv(args.qkv)
     source = f"npz {os.path.basename(args.qkv)}"
+  elif args.workdir:
+    captured = capture.capture_qkv(args.workdir, layer=args.layer, split=args.split,
+                                   num_examples=args.batch)
+    q, k, v, mask = (captured[key] for key in ("q", "k", "v", "mask"))
+    source = f"checkpoint {captured['source']}"
   else:
     q, k, v = synthetic_qkv(args.batch, args.length, args.heads, args.head_dim,
                             seed=args.seed)
