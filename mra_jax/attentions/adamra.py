@@ -72,12 +72,14 @@ def adamra_heads(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, rates: tuple[int,
 def route(q_BxHxLxD, weight_HxD, bias_H, *, selection: str, temperature: float):
   """Per-query gate over heads [B, H, L, 1] float32, scaled by H (module docstring)."""
   num_heads = weight_HxD.shape[0]
-  scores = jnp.einsum("bhld,hd->bhl", q_BxHxLxD, weight_HxD) + bias_H[None, :, None]
-  gate = jax.nn.softmax(scores / temperature, axis=1)
+  # Heads on the minor axis: on XLA:CPU the backward of a softmax over the head axis of
+  # [B, H, L] took 70 % of this attention's fwd+bwd (2.4x slower at L=4096).
+  scores_BxLxH = jnp.einsum("bhld,hd->blh", q_BxHxLxD, weight_HxD) + bias_H[None, None, :]
+  gate_BxLxH = jax.nn.softmax(scores_BxLxH / temperature, axis=-1)
   if selection == "hard":
-    hard = jax.nn.one_hot(jnp.argmax(gate, axis=1), num_heads, axis=1, dtype=gate.dtype)
-    gate = hard + gate - jax.lax.stop_gradient(gate)
-  return (num_heads * gate)[..., None]
+    hard = jax.nn.one_hot(jnp.argmax(gate_BxLxH, axis=-1), num_heads, dtype=gate_BxLxH.dtype)
+    gate_BxLxH = hard + gate_BxLxH - jax.lax.stop_gradient(gate_BxLxH)
+  return (num_heads * jnp.transpose(gate_BxLxH, (0, 2, 1)))[..., None]
 
 
 class AdaMraAttention(nnx.Module):
