@@ -12,6 +12,8 @@ import pytest
 
 from mra_jax.attentions import h_transformer_1d as h1d
 
+from . import sparse_inputs  # pylint: disable=relative-beyond-top-level
+
 B, L, H, D = 2, 45, 2, 8
 
 
@@ -21,13 +23,11 @@ _h1d = jax.jit(h1d.h_transformer_1d_attention,
 
 
 def _qkv(length=L, seed=0):
-  rng = np.random.default_rng(seed)  # numpy: no threefry compilation per shape.
-  return tuple(jnp.asarray(rng.standard_normal((B, length, H, D)), jnp.float32)
-               for _ in range(3))
+  return sparse_inputs.random_qkv(B, length, H, D, seed=seed)
 
 
 def _mask(length=L):
-  return jnp.arange(length)[None, :] < jnp.array([[length], [length - 12]])
+  return sparse_inputs.two_row_mask(length, 12)
 
 
 @functools.partial(jax.jit, static_argnames="block_size")

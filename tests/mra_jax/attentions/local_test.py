@@ -10,6 +10,8 @@ import pytest
 
 from mra_jax.attentions import local
 
+from . import sparse_inputs  # pylint: disable=relative-beyond-top-level
+
 B, L, H, D = 2, 45, 2, 8
 
 
@@ -19,12 +21,11 @@ _local = jax.jit(local.local_attention,
 
 
 def _qkv(length=L, seed=0, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)  # numpy: no threefry compilation per shape.
-  return tuple(jnp.asarray(rng.standard_normal((B, length, H, D)), dtype) for _ in range(3))
+  return sparse_inputs.random_qkv(B, length, H, D, seed=seed, dtype=dtype)
 
 
 def _mask(length=L):
-  return jnp.arange(length)[None, :] < jnp.array([[length], [length - 12]])
+  return sparse_inputs.two_row_mask(length, 12)
 
 
 @jax.jit

@@ -10,6 +10,8 @@ import pytest
 
 from mra_jax.attentions import longformer
 
+from . import sparse_inputs  # pylint: disable=relative-beyond-top-level
+
 B, L, H, D = 2, 45, 2, 8
 
 
@@ -19,13 +21,11 @@ _longformer = jax.jit(longformer.longformer_attention,
 
 
 def _qkv(length=L, seed=0):
-  rng = np.random.default_rng(seed)  # numpy: no threefry compilation per shape.
-  return tuple(jnp.asarray(rng.standard_normal((B, length, H, D)), jnp.float32)
-               for _ in range(3))
+  return sparse_inputs.random_qkv(B, length, H, D, seed=seed)
 
 
 def _mask(length=L):
-  return jnp.arange(length)[None, :] < jnp.array([[length], [length - 12]])
+  return sparse_inputs.two_row_mask(length, 12)
 
 
 def _pattern(window_size, num_global):

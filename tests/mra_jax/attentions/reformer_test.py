@@ -13,6 +13,8 @@ import pytest
 from mra_jax.attentions import local
 from mra_jax.attentions import reformer
 
+from . import sparse_inputs  # pylint: disable=relative-beyond-top-level
+
 B, L, H, D = 2, 48, 2, 8
 
 # One compilation per knob setting, shared by every test in this file.
@@ -23,13 +25,11 @@ _buckets = jax.jit(reformer.lsh_buckets, static_argnames="num_buckets")
 
 
 def _qkv(length=L, seed=0):
-  rng = np.random.default_rng(seed)  # numpy: no threefry compilation per shape.
-  return tuple(jnp.asarray(rng.standard_normal((B, length, H, D)), jnp.float32)
-               for _ in range(3))
+  return sparse_inputs.random_qkv(B, length, H, D, seed=seed)
 
 
 def _mask(length=L):
-  return jnp.arange(length)[None, :] < jnp.array([[length], [length - 13]])
+  return sparse_inputs.two_row_mask(length, 13)
 
 
 @functools.partial(jax.jit, static_argnames="shared_qk")
