@@ -10,7 +10,7 @@ import pytest
 
 from mra_jax.attentions import bigbird
 
-from . import sparse_inputs  # pylint: disable=relative-beyond-top-level
+from . import sparse_testing  # pylint: disable=relative-beyond-top-level
 
 B, L, H, D = 2, 75, 2, 8
 
@@ -21,11 +21,11 @@ _bigbird = jax.jit(bigbird.bigbird_attention,
 
 
 def _qkv(length=L, seed=0):
-  return sparse_inputs.random_qkv(B, length, H, D, seed=seed)
+  return sparse_testing.random_qkv(B, length, H, D, seed=seed)
 
 
 def _mask(length=L):
-  return sparse_inputs.two_row_mask(length, 15)
+  return sparse_testing.two_row_mask(length, 15)
 
 
 _block_pattern = jax.jit(bigbird.bigbird_block_pattern, static_argnums=(0, 1, 2))
@@ -46,14 +46,7 @@ def _pattern(block_size, num_random, random_key):
   return jnp.array(allowed[:, :L, :L])
 
 
-@jax.jit
-def _dense(q, k, v, allowed_HxLxL, mask):
-  """Oracle: softmax over `allowed` real keys, built densely (small L only)."""
-  s = jnp.einsum("blhd,bmhd->bhlm", q, k) / np.sqrt(q.shape[-1])
-  ok = allowed_HxLxL[None] & mask[:, None, None, :]
-  p = jnp.where(ok, jax.nn.softmax(jnp.where(ok, s, -jnp.inf), -1), 0.0)
-  o = jnp.einsum("bhlm,bmhd->blhd", p, v)
-  return jnp.where(mask[:, :, None, None], o, 0.0)
+_dense = sparse_testing.dense_pattern_attention
 
 
 class BigBirdPatternTest(parameterized.TestCase):

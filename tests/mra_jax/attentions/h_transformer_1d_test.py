@@ -12,7 +12,7 @@ import pytest
 
 from mra_jax.attentions import h_transformer_1d as h1d
 
-from . import sparse_inputs  # pylint: disable=relative-beyond-top-level
+from . import sparse_testing  # pylint: disable=relative-beyond-top-level
 
 B, L, H, D = 2, 45, 2, 8
 
@@ -23,11 +23,11 @@ _h1d = jax.jit(h1d.h_transformer_1d_attention,
 
 
 def _qkv(length=L, seed=0):
-  return sparse_inputs.random_qkv(B, length, H, D, seed=seed)
+  return sparse_testing.random_qkv(B, length, H, D, seed=seed)
 
 
 def _mask(length=L):
-  return sparse_inputs.two_row_mask(length, 12)
+  return sparse_testing.two_row_mask(length, 12)
 
 
 @functools.partial(jax.jit, static_argnames="block_size")

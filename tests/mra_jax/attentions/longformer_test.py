@@ -10,7 +10,7 @@ import pytest
 
 from mra_jax.attentions import longformer
 
-from . import sparse_inputs  # pylint: disable=relative-beyond-top-level
+from . import sparse_testing  # pylint: disable=relative-beyond-top-level
 
 B, L, H, D = 2, 45, 2, 8
 
@@ -21,11 +21,11 @@ _longformer = jax.jit(longformer.longformer_attention,
 
 
 def _qkv(length=L, seed=0):
-  return sparse_inputs.random_qkv(B, length, H, D, seed=seed)
+  return sparse_testing.random_qkv(B, length, H, D, seed=seed)
 
 
 def _mask(length=L):
-  return sparse_inputs.two_row_mask(length, 12)
+  return sparse_testing.two_row_mask(length, 12)
 
 
 def _pattern(window_size, num_global):
@@ -34,14 +34,7 @@ def _pattern(window_size, num_global):
                    | (i[:, None] < num_global) | (i[None, :] < num_global))
 
 
-@jax.jit
-def _dense(q, k, v, allowed_LxL, mask):
-  """Oracle: softmax over `allowed` real keys, built densely (small L only)."""
-  s = jnp.einsum("blhd,bmhd->bhlm", q, k) / np.sqrt(q.shape[-1])
-  ok = allowed_LxL[None, None] & mask[:, None, None, :]
-  p = jnp.where(ok, jax.nn.softmax(jnp.where(ok, s, -jnp.inf), -1), 0.0)
-  o = jnp.einsum("bhlm,bmhd->blhd", p, v)
-  return jnp.where(mask[:, :, None, None], o, 0.0)
+_dense = sparse_testing.dense_pattern_attention
 
 
 class LongformerAttentionTest(parameterized.TestCase):

@@ -13,7 +13,7 @@ import pytest
 from mra_jax.attentions import local
 from mra_jax.attentions import reformer
 
-from . import sparse_inputs  # pylint: disable=relative-beyond-top-level
+from . import sparse_testing  # pylint: disable=relative-beyond-top-level
 
 B, L, H, D = 2, 48, 2, 8
 
@@ -25,11 +25,11 @@ _buckets = jax.jit(reformer.lsh_buckets, static_argnames="num_buckets")
 
 
 def _qkv(length=L, seed=0):
-  return sparse_inputs.random_qkv(B, length, H, D, seed=seed)
+  return sparse_testing.random_qkv(B, length, H, D, seed=seed)
 
 
 def _mask(length=L):
-  return sparse_inputs.two_row_mask(length, 13)
+  return sparse_testing.two_row_mask(length, 13)
 
 
 @functools.partial(jax.jit, static_argnames="shared_qk")

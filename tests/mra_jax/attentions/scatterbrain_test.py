@@ -10,7 +10,7 @@ import pytest
 
 from mra_jax.attentions import scatterbrain as sb
 
-from . import sparse_inputs  # pylint: disable=relative-beyond-top-level
+from . import sparse_testing  # pylint: disable=relative-beyond-top-level
 
 B, L, H, D = 2, 45, 2, 8
 _P = sb.orthogonal_random_features(jax.random.key(7), 64, D)
@@ -20,11 +20,11 @@ _sb = jax.jit(sb.scatterbrain_attention, static_argnames=("window_size",))
 
 
 def _qkv(length=L, seed=0):
-  return sparse_inputs.random_qkv(B, length, H, D, seed=seed)
+  return sparse_testing.random_qkv(B, length, H, D, seed=seed)
 
 
 def _mask(length=L):
-  return sparse_inputs.two_row_mask(length, 12)
+  return sparse_testing.two_row_mask(length, 12)
 
 
 def _features(q, k, mask, projection):
