@@ -3,9 +3,8 @@
 Budgets follow the MRA paper's profiler (`../shared/spec/mra.md` §3.1, §6.2): MRA-2 and
 MRA-2-s over `block_per_row`, Nystromformer over landmarks, Longformer and Scatterbrain
 over windows, BigBird over block sizes. Every other registered attention runs once at its
-registry defaults (the paper's LRA configs). Budget knobs are matched by name against
-`attentions.knob_defaults(name)`, so a knob spelled differently degrades to "defaults
-only" instead of failing.
+registry defaults (the paper's LRA configs). A swept knob missing from
+`attentions.knob_defaults(name)` runs that method at its defaults only.
 """
 
 from __future__ import annotations
@@ -18,16 +17,16 @@ from flax import nnx
 
 from mra_jax import attentions
 
-# Budget sweeps: registry name -> (candidate knob names, values), first matching name wins.
-# Values are those the paper's efficiency JSONs list at N=512 and N=4096 (capped per length
-# by `fits`); the --quick runs take a subset.
-SWEEPS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
-    "mra2": (("block_per_row",), (1, 2, 4, 8, 16, 32, 64)),
-    "mra2_s": (("block_per_row",), (1, 2, 4, 8, 16, 32, 64)),
-    "nystromformer": (("num_landmarks", "landmarks"), (16, 32, 64, 128, 256, 512, 1024)),
-    "longformer": (("window_size", "window"), (16, 32, 64, 128, 256, 512, 1024)),
-    "scatterbrain": (("window_size", "window"), (16, 32, 64, 128, 256, 512, 1024)),
-    "bigbird": (("block_size",), (8, 16, 32, 64, 128)),
+# Budget sweeps: registry name -> (the knob swept, its values). Values are those the
+# paper's efficiency JSONs list at N=512 and N=4096 (capped per length by `fits`); the
+# --quick runs take a subset.
+SWEEPS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "mra2": ("block_per_row", (1, 2, 4, 8, 16, 32, 64)),
+    "mra2_s": ("block_per_row", (1, 2, 4, 8, 16, 32, 64)),
+    "nystromformer": ("num_landmarks", (16, 32, 64, 128, 256, 512, 1024)),
+    "longformer": ("window_size", (16, 32, 64, 128, 256, 512, 1024)),
+    "scatterbrain": ("window_size", (16, 32, 64, 128, 256, 512, 1024)),
+    "bigbird": ("block_size", (8, 16, 32, 64, 128)),
 }
 
 # Largest budget the paper ran at length L, as L divided by this (bpr <= N/64 at 512 and
@@ -86,8 +85,8 @@ def methods_for(names: list[str], budgets: dict[str, tuple[int, ...]] | None = N
     except Exception as e:  # pylint: disable=broad-except
       problems.append(f"{name}: knob_defaults failed: {type(e).__name__}: {e}")
       continue
-    candidates, values = SWEEPS.get(name, ((), ()))
-    knob = next((c for c in candidates if c in defaults), None)
+    knob, values = SWEEPS.get(name, (None, ()))
+    knob = knob if knob in defaults else None
     if budgets is not None and name in budgets:
       values = budgets[name]
     if knob is None or not values:
