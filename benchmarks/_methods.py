@@ -21,18 +21,24 @@ from mra_jax import attentions
 # paper's efficiency JSONs list at N=512 and N=4096 (capped per length by `fits`); the
 # --quick runs take a subset.
 SWEEPS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "mra2": ("block_per_row", (1, 2, 4, 8, 16, 32, 64)),
-    "mra2_s": ("block_per_row", (1, 2, 4, 8, 16, 32, 64)),
-    "nystromformer": ("num_landmarks", (16, 32, 64, 128, 256, 512, 1024)),
-    "longformer": ("window_size", (16, 32, 64, 128, 256, 512, 1024)),
-    "scatterbrain": ("window_size", (16, 32, 64, 128, 256, 512, 1024)),
-    "bigbird": ("block_size", (8, 16, 32, 64, 128)),
+  "mra2": ("block_per_row", (1, 2, 4, 8, 16, 32, 64)),
+  "mra2_s": ("block_per_row", (1, 2, 4, 8, 16, 32, 64)),
+  "nystromformer": ("num_landmarks", (16, 32, 64, 128, 256, 512, 1024)),
+  "longformer": ("window_size", (16, 32, 64, 128, 256, 512, 1024)),
+  "scatterbrain": ("window_size", (16, 32, 64, 128, 256, 512, 1024)),
+  "bigbird": ("block_size", (8, 16, 32, 64, 128)),
 }
 
 # Largest budget the paper ran at length L, as L divided by this (bpr <= N/64 at 512 and
 # 4096; landmarks and windows <= N/4; BigBird blocks <= N/16 at 512).
-_MAX_BUDGET_DIVISOR = {"mra2": 64, "mra2_s": 64, "nystromformer": 4, "longformer": 4,
-                       "scatterbrain": 4, "bigbird": 16}
+_MAX_BUDGET_DIVISOR = {
+  "mra2": 64,
+  "mra2_s": 64,
+  "nystromformer": 4,
+  "longformer": 4,
+  "scatterbrain": 4,
+  "bigbird": 16,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Method:
     budget: the swept knob's value, or None for a defaults-only method.
     knob: the swept knob's name, or None.
   """
+
   name: str
   knobs: dict[str, Any]
   budget: int | None = None
@@ -67,8 +74,9 @@ def registered_names() -> list[str]:
   return list(attentions.names())
 
 
-def methods_for(names: list[str], budgets: dict[str, tuple[int, ...]] | None = None
-                ) -> tuple[list[Method], list[str]]:
+def methods_for(
+  names: list[str], budgets: dict[str, tuple[int, ...]] | None = None
+) -> tuple[list[Method], list[str]]:
   """Expands registry names into `Method`s, one per budget of the swept ones.
 
   Args:
@@ -96,17 +104,25 @@ def methods_for(names: list[str], budgets: dict[str, tuple[int, ...]] | None = N
   return methods, problems
 
 
-def build(method: Method, *, num_heads: int, head_dim: int, max_length: int
-          ) -> Callable[..., jax.Array]:
+def build(
+  method: Method, *, num_heads: int, head_dim: int, max_length: int
+) -> Callable[..., jax.Array]:
   """An attention function `(q, k, v, mask=None) -> out`, [B, L, H, D] arrays, mask [B, L].
 
   Parameters and random features come from `nnx.Rngs(0)` (random init for learned
   methods such as Linformer's projections), and are closed over as constants.
   """
-  layer = attentions.build(method.name, num_heads=num_heads, head_dim=head_dim,
-                           max_length=max_length, rngs=nnx.Rngs(0), **method.knobs)
+  layer = attentions.build(
+    method.name,
+    num_heads=num_heads,
+    head_dim=head_dim,
+    max_length=max_length,
+    rngs=nnx.Rngs(0),
+    **method.knobs,
+  )
   graphdef, state = nnx.split(layer)
 
   def attend(q, k, v, mask=None):
     return nnx.merge(graphdef, state)(q, k, v, mask=mask)
+
   return attend

@@ -28,8 +28,9 @@ def _grid(n: int):
   return fig, list(axes.flat[:n])
 
 
-def efficiency_grid(rows: list[dict[str, Any]], field: str, ylabel: str, title: str,
-                    path: str) -> None:
+def efficiency_grid(
+  rows: list[dict[str, Any]], field: str, ylabel: str, title: str, path: str
+) -> None:
   """One log-log panel per attention (budgets as lines), softmax dashed in each.
 
   Args:
@@ -44,12 +45,10 @@ def efficiency_grid(rows: list[dict[str, Any]], field: str, ylabel: str, title: 
   soft = sorted((r["length"], r[field]) for r in ok if r["name"] == "softmax")
   fig, axes = _grid(max(len(names), 1))
   for ax, name in zip(axes, names or ["softmax"]):
-    labels = sorted({r["label"] for r in ok if r["name"] == name},
-                    key=lambda s: (len(s), s))
+    labels = sorted({r["label"] for r in ok if r["name"] == name}, key=lambda s: (len(s), s))
     for i, label in enumerate(labels):
       pts = sorted((r["length"], r[field]) for r in ok if r["label"] == label)
-      ax.plot(*zip(*pts), ms=3, **_style(i), label=label.replace(name, "").strip("[]")
-              or name)
+      ax.plot(*zip(*pts), ms=3, **_style(i), label=label.replace(name, "").strip("[]") or name)
     if soft:
       ax.plot(*zip(*soft), "k--", marker="x", ms=4, label="softmax")
     ax.set_xscale("log", base=2)
@@ -77,10 +76,13 @@ def error_vs_runtime(rows: list[dict[str, Any]], title: str, path: str) -> None:
   fig, ax = plt.subplots(figsize=(8.4, 5.0))
   for i, name in enumerate(sorted({r["name"] for r in rows})):
     # Joined in budget order: noisy times must not reorder the line.
-    pts = [(r["time_ratio_vs_softmax"], r["relative_error"])
-           for r in sorted(rows, key=lambda r: r["budget"] or 0)
-           if r["name"] == name and r["time_ratio_vs_softmax"] is not None
-           and r["relative_error"] is not None]
+    pts = [
+      (r["time_ratio_vs_softmax"], r["relative_error"])
+      for r in sorted(rows, key=lambda r: r["budget"] or 0)
+      if r["name"] == name
+      and r["time_ratio_vs_softmax"] is not None
+      and r["relative_error"] is not None
+    ]
     if pts:
       ax.plot(*zip(*pts), ms=5, label=name, **_style(i))
   ax.set_xscale("log")
@@ -106,8 +108,11 @@ def error_vs_entropy(rows: list[dict[str, Any]], title: str, path: str) -> None:
   """
   fig, ax = plt.subplots(figsize=(8.4, 5.0))
   for i, label in enumerate(sorted({r["label"] for r in rows})):
-    pts = sorted((r["entropy"], r["relative_error"]) for r in rows
-                 if r["label"] == label and r["relative_error"] is not None)
+    pts = sorted(
+      (r["entropy"], r["relative_error"])
+      for r in rows
+      if r["label"] == label and r["relative_error"] is not None
+    )
     if pts:
       ax.plot(*zip(*pts), ms=5, label=label, **_style(i))
   ax.set_yscale("log", nonpositive="clip")

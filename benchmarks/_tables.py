@@ -15,10 +15,13 @@ import argparse
 import json
 
 _B = {  # budgets in the order of the published lists
-    "mra2": (1, 2, 4, 8, 16, 32, 64), "mra2_s": (1, 2, 4, 8, 16, 32, 64),
-    "nystromformer": (16, 32, 64, 128, 256, 512, 1024),
-    "longformer": (16, 32, 64, 128, 256, 512, 1024),
-    "scatterbrain": (16, 32, 64, 128, 256, 512, 1024), "bigbird": (8, 16, 32, 64, 128)}
+  "mra2": (1, 2, 4, 8, 16, 32, 64),
+  "mra2_s": (1, 2, 4, 8, 16, 32, 64),
+  "nystromformer": (16, 32, 64, 128, 256, 512, 1024),
+  "longformer": (16, 32, 64, 128, 256, 512, 1024),
+  "scatterbrain": (16, 32, 64, 128, 256, 512, 1024),
+  "bigbird": (8, 16, 32, 64, 128),
+}
 
 
 def _table(per_name: dict[str, tuple[float, ...]]) -> dict[tuple[str, int | None], float]:
@@ -33,40 +36,64 @@ def _table(per_name: dict[str, tuple[float, ...]]) -> dict[tuple[str, int | None
 
 # Published fwd+bwd time (ms per instance) and memory (MB per instance), mra.md §6.2.
 PUBLISHED_MS = {
-    512: _table({"softmax": (0.860,), "mra2": (0.638, 0.671, 0.736, 0.875),
-                 "mra2_s": (0.565, 0.597, 0.665, 0.804),
-                 "nystromformer": (0.591, 0.615, 0.714, 1.118),
-                 "longformer": (1.127, 1.158, 1.304, 1.632),
-                 "bigbird": (2.122, 2.206, 2.241),
-                 "scatterbrain": (1.856, 2.032, 2.237, 2.551)}),
-    4096: _table({"softmax": (30.815,),
-                  "mra2": (5.152, 5.384, 5.959, 7.052, 9.278, 13.713, 22.530),
-                  "mra2_s": (4.547, 4.782, 5.323, 6.438, 8.664, 13.105, 22.056),
-                  "nystromformer": (4.566, 4.636, 4.958, 5.835, 8.909, 21.830, 91.988),
-                  "longformer": (8.755, 9.006, 10.183, 12.938, 18.571, 29.799, 52.142),
-                  "bigbird": (17.625, 18.550, 19.487, 24.602, 34.459),
-                  "scatterbrain": (15.374, 15.945, 18.068, 20.591, 27.429, 40.764, 67.784)}),
+  512: _table(
+    {
+      "softmax": (0.860,),
+      "mra2": (0.638, 0.671, 0.736, 0.875),
+      "mra2_s": (0.565, 0.597, 0.665, 0.804),
+      "nystromformer": (0.591, 0.615, 0.714, 1.118),
+      "longformer": (1.127, 1.158, 1.304, 1.632),
+      "bigbird": (2.122, 2.206, 2.241),
+      "scatterbrain": (1.856, 2.032, 2.237, 2.551),
+    }
+  ),
+  4096: _table(
+    {
+      "softmax": (30.815,),
+      "mra2": (5.152, 5.384, 5.959, 7.052, 9.278, 13.713, 22.530),
+      "mra2_s": (4.547, 4.782, 5.323, 6.438, 8.664, 13.105, 22.056),
+      "nystromformer": (4.566, 4.636, 4.958, 5.835, 8.909, 21.830, 91.988),
+      "longformer": (8.755, 9.006, 10.183, 12.938, 18.571, 29.799, 52.142),
+      "bigbird": (17.625, 18.550, 19.487, 24.602, 34.459),
+      "scatterbrain": (15.374, 15.945, 18.068, 20.591, 27.429, 40.764, 67.784),
+    }
+  ),
 }
 PUBLISHED_MB = {
-    512: _table({"softmax": (70.97,), "mra2": (24.81, 25.59, 28.10, 34.30),
-                 "mra2_s": (21.49, 22.28, 23.83, 29.15),
-                 "nystromformer": (21.73, 25.16, 34.77, 65.01),
-                 "longformer": (78.82, 40.77, 43.32, 48.45),
-                 "bigbird": (62.42, 65.18, 71.90),
-                 "scatterbrain": (78.7, 78.7, 78.7, 78.7)}),
-    4096: _table({"softmax": (3931.7,),
-                  "mra2": (199.8, 206.0, 228.1, 277.6, 380.8, 1343.6, 1255.0),
-                  "mra2_s": (171.9, 178.2, 190.7, 233.2, 378.9, 670.7, 1838.7),
-                  "nystromformer": (169.2, 185.9, 221.7, 304.4, 546.0, 1244.9, 3364.8),
-                  "longformer": (629.9, 325.5, 345.0, 384.3, 1004.5, 831.9, 1493.5),
-                  "bigbird": (514.4, 554.8, 665.0, 890.6, 1303.2),
-                  "scatterbrain": (624.1, 624.0, 624.0, 624.0, 751.1, 1088.1, 1764.0)}),
+  512: _table(
+    {
+      "softmax": (70.97,),
+      "mra2": (24.81, 25.59, 28.10, 34.30),
+      "mra2_s": (21.49, 22.28, 23.83, 29.15),
+      "nystromformer": (21.73, 25.16, 34.77, 65.01),
+      "longformer": (78.82, 40.77, 43.32, 48.45),
+      "bigbird": (62.42, 65.18, 71.90),
+      "scatterbrain": (78.7, 78.7, 78.7, 78.7),
+    }
+  ),
+  4096: _table(
+    {
+      "softmax": (3931.7,),
+      "mra2": (199.8, 206.0, 228.1, 277.6, 380.8, 1343.6, 1255.0),
+      "mra2_s": (171.9, 178.2, 190.7, 233.2, 378.9, 670.7, 1838.7),
+      "nystromformer": (169.2, 185.9, 221.7, 304.4, 546.0, 1244.9, 3364.8),
+      "longformer": (629.9, 325.5, 345.0, 384.3, 1004.5, 831.9, 1493.5),
+      "bigbird": (514.4, 554.8, 665.0, 890.6, 1303.2),
+      "scatterbrain": (624.1, 624.0, 624.0, 624.0, 751.1, 1088.1, 1764.0),
+    }
+  ),
 }
 # Published mean relative error at N=512, s=1 (mra.md §6.3).
-PUBLISHED_ERROR_512 = _table({
-    "mra2": (0.506, 0.404, 0.284, 0.153), "mra2_s": (0.634, 0.486, 0.330, 0.169),
-    "nystromformer": (0.758, 0.695, 0.625, 0.548), "longformer": (0.629, 0.480, 0.364, 0.266),
-    "bigbird": (0.431, 0.272, 0.140), "scatterbrain": (0.671, 0.517, 0.405, 0.316)})
+PUBLISHED_ERROR_512 = _table(
+  {
+    "mra2": (0.506, 0.404, 0.284, 0.153),
+    "mra2_s": (0.634, 0.486, 0.330, 0.169),
+    "nystromformer": (0.758, 0.695, 0.625, 0.548),
+    "longformer": (0.629, 0.480, 0.364, 0.266),
+    "bigbird": (0.431, 0.272, 0.140),
+    "scatterbrain": (0.671, 0.517, 0.405, 0.316),
+  }
+)
 
 
 def _f(v, spec=".3f"):
@@ -82,22 +109,30 @@ def efficiency_table(report: dict, lengths=(512, 4096)) -> str:
       keys.append((r["name"], r["budget"]))
   head = ["method"]
   for L in lengths:
-    head += [f"time/softmax L={L} ours", "published", f"memory/softmax L={L} ours",
-             "published"]
+    head += [f"time/softmax L={L} ours", "published", f"memory/softmax L={L} ours", "published"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, budget in keys:
     label = next(r["label"] for r in rows if (r["name"], r["budget"]) == (name, budget))
     cells = [label]
     for L in lengths:
-      ours = next((r for r in rows if (r["name"], r["budget"], r["length"]) ==
-                   (name, budget, L)), None)
-      pub = lambda table: (None if (name, budget) not in table[L]
-                           else table[L][(name, budget)] / table[L][("softmax", None)])
-      t_ours = ours and (ours["time_ratio_vs_softmax"] if ours["status"] == "ok"
-                         else ours["status"])
+      ours = next(
+        (r for r in rows if (r["name"], r["budget"], r["length"]) == (name, budget, L)), None
+      )
+      pub = lambda table: (
+        None
+        if (name, budget) not in table[L]
+        else table[L][(name, budget)] / table[L][("softmax", None)]
+      )
+      t_ours = ours and (
+        ours["time_ratio_vs_softmax"] if ours["status"] == "ok" else ours["status"]
+      )
       m_ours = ours and ours["temp_ratio_vs_softmax"]
-      cells += [t_ours if isinstance(t_ours, str) else _f(t_ours), _f(pub(PUBLISHED_MS)),
-                _f(m_ours), _f(pub(PUBLISHED_MB))]
+      cells += [
+        t_ours if isinstance(t_ours, str) else _f(t_ours),
+        _f(pub(PUBLISHED_MS)),
+        _f(m_ours),
+        _f(pub(PUBLISHED_MB)),
+      ]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -118,8 +153,9 @@ def absolute_table(report: dict) -> str:
       elif r["status"] == "ok":
         cells.append(f"{r['seconds']:.4f} / {r['temp_mib']:.0f}")
       else:
-        cells.append(f"{r['status']}" + (f" ({r['temp_mib']:.0f} MiB)" if r.get("temp_mib")
-                                         else ""))
+        cells.append(
+          f"{r['status']}" + (f" ({r['temp_mib']:.0f} MiB)" if r.get("temp_mib") else "")
+        )
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -127,8 +163,11 @@ def absolute_table(report: dict) -> str:
 def approximation_table(report: dict) -> str:
   """Relative error and time ratio per budget, with the published error at 512 beside."""
   L = report["setting"]["length"]
-  lines = ["| method | relative error (ours) | published (RoBERTa features, N=512) "
-           "| time/softmax (ours) |", "|---|---|---|---|"]
+  lines = [
+    "| method | relative error (ours) | published (RoBERTa features, N=512) "
+    "| time/softmax (ours) |",
+    "|---|---|---|---|",
+  ]
   for r in report["budgets"]:
     pub = PUBLISHED_ERROR_512.get((r["name"], r["budget"])) if L == 512 else None
     err = _f(r["relative_error"]) if r["relative_error"] is not None else "error"

@@ -31,6 +31,7 @@ class Measurement:
     compile_seconds: lowering + compilation time.
     error: the exception text for "error".
   """
+
   status: str
   seconds: float | None = None
   min_seconds: float | None = None
@@ -43,8 +44,7 @@ class Measurement:
 
 def fwd_bwd(attend: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Array, ...]]:
   """Gradients of `mean(attend(q, k, v))` in q, k, v: the paper's `out.mean()` backward."""
-  return jax.grad(lambda q, k, v: jnp.mean(attend(q, k, v).astype(jnp.float32)),
-                  argnums=(0, 1, 2))
+  return jax.grad(lambda q, k, v: jnp.mean(attend(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2))
 
 
 def _peak_bytes() -> int | None:
@@ -54,8 +54,14 @@ def _peak_bytes() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def measure(fn: Callable[..., object], args: tuple[jax.Array, ...], *, repeats: int,
-            max_temp_bytes: int, max_call_seconds: float) -> Measurement:
+def measure(
+  fn: Callable[..., object],
+  args: tuple[jax.Array, ...],
+  *,
+  repeats: int,
+  max_temp_bytes: int,
+  max_call_seconds: float,
+) -> Measurement:
   """Compiles `fn(*args)`, checks its memory, then times it after one warm-up call.
 
   Args:
@@ -84,24 +90,40 @@ def measure(fn: Callable[..., object], args: tuple[jax.Array, ...], *, repeats: 
     jax.block_until_ready(compiled(*args))
     warm = time.perf_counter() - start
     if warm > max_call_seconds:
-      return Measurement("too_slow", seconds=warm, all_seconds=[warm], temp_bytes=temp,
-                         peak_bytes=_peak_bytes(), compile_seconds=compile_seconds)
+      return Measurement(
+        "too_slow",
+        seconds=warm,
+        all_seconds=[warm],
+        temp_bytes=temp,
+        peak_bytes=_peak_bytes(),
+        compile_seconds=compile_seconds,
+      )
     times = []
     for _ in range(repeats):
       start = time.perf_counter()
       jax.block_until_ready(compiled(*args))
       times.append(time.perf_counter() - start)
   except Exception as e:  # pylint: disable=broad-except
-    return Measurement("error", temp_bytes=temp, compile_seconds=compile_seconds,
-                       error=f"run: {type(e).__name__}: {e}"[:500])
-  return Measurement("ok", seconds=statistics.median(times), min_seconds=min(times),
-                     all_seconds=times,
-                     temp_bytes=temp, peak_bytes=_peak_bytes(),
-                     compile_seconds=compile_seconds)
+    return Measurement(
+      "error",
+      temp_bytes=temp,
+      compile_seconds=compile_seconds,
+      error=f"run: {type(e).__name__}: {e}"[:500],
+    )
+  return Measurement(
+    "ok",
+    seconds=statistics.median(times),
+    min_seconds=min(times),
+    all_seconds=times,
+    temp_bytes=temp,
+    peak_bytes=_peak_bytes(),
+    compile_seconds=compile_seconds,
+  )
 
 
-def random_qkv(shape: tuple[int, int, int, int], seed: int = 0
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def random_qkv(
+  shape: tuple[int, int, int, int], seed: int = 0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Standard-normal float32 q, k, v of `shape` [B, L, H, D]."""
   keys = jax.random.split(jax.random.key(seed), 3)
   return tuple(jax.random.normal(key, shape, jnp.float32) for key in keys)

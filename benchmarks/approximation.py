@@ -55,13 +55,25 @@ from mra_jax import reference
 
 ENTROPY_SCALES = tuple(2.0**e for e in range(-4, 5))  # s = 1/16 ... 16
 _QUICK_SCALES = (1 / 16, 1 / 4, 1.0, 4.0, 16.0)
-_QUICK_BUDGETS = {"mra2": (1, 2, 4, 8), "mra2_s": (1, 2, 4, 8), "nystromformer": (16, 64),
-                  "longformer": (16, 64), "scatterbrain": (16, 64), "bigbird": (8, 32)}
+_QUICK_BUDGETS = {
+  "mra2": (1, 2, 4, 8),
+  "mra2_s": (1, 2, 4, 8),
+  "nystromformer": (16, 64),
+  "longformer": (16, 64),
+  "scatterbrain": (16, 64),
+  "bigbird": (8, 32),
+}
 
 
-def synthetic_qkv(batch: int, length: int, heads: int, head_dim: int, *, seed: int = 0,
-                  correlation_length: float = 16.0
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_qkv(
+  batch: int,
+  length: int,
+  heads: int,
+  head_dim: int,
+  *,
+  seed: int = 0,
+  correlation_length: float = 16.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Locally correlated q, k, v, float32 [B, L, H, D].
 
   A latent z follows a unit-variance AR(1) process along L with coefficient
@@ -79,8 +91,12 @@ def synthetic_qkv(batch: int, length: int, heads: int, head_dim: int, *, seed: i
   Returns:
     (q, k, v) numpy float32 arrays.
   """
-  for name, value in (("batch", batch), ("length", length), ("heads", heads),
-                      ("head_dim", head_dim)):
+  for name, value in (
+    ("batch", batch),
+    ("length", length),
+    ("heads", heads),
+    ("head_dim", head_dim),
+  ):
     if value < 1:
       raise ValueError(f"{name} must be >= 1; got {name}={value}")
   if correlation_length <= 0:
@@ -111,15 +127,17 @@ def load_qkv(path: str):
     q, k, v = (np.asarray(data[key], np.float32) for key in ("q", "k", "v"))
     mask = np.asarray(data["mask"], bool) if "mask" in data else None
   if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
-    raise ValueError(f"q, k, v must share one [B, L, H, D] shape; got "
-                     f"{q.shape=}, {k.shape=}, {v.shape=}")
+    raise ValueError(
+      f"q, k, v must share one [B, L, H, D] shape; got {q.shape=}, {k.shape=}, {v.shape=}"
+    )
   if mask is not None and mask.shape != q.shape[:2]:
     raise ValueError(f"mask must be [B, L] = {q.shape[:2]}; got {mask.shape=}")
   return q, k, v, mask
 
 
-def relative_errors(y_BxLxHxD: jax.Array, yhat_BxLxHxD: jax.Array,
-                    mask_BxL: jax.Array | None) -> jax.Array:
+def relative_errors(
+  y_BxLxHxD: jax.Array, yhat_BxLxHxD: jax.Array, mask_BxL: jax.Array | None
+) -> jax.Array:
   """||Y - Yhat|| / ||Y|| per (instance, head) over real queries, float32 [B, H]."""
   y = y_BxLxHxD.astype(jnp.float32)
   diff = yhat_BxLxHxD.astype(jnp.float32) - y
@@ -129,8 +147,7 @@ def relative_errors(y_BxLxHxD: jax.Array, yhat_BxLxHxD: jax.Array,
   return jnp.linalg.norm(diff, axis=(1, 3)) / jnp.linalg.norm(y, axis=(1, 3))
 
 
-def mean_entropy(q_BxLxHxD: jax.Array, k_BxLxHxD: jax.Array,
-                 mask_BxL: jax.Array | None) -> float:
+def mean_entropy(q_BxLxHxD: jax.Array, k_BxLxHxD: jax.Array, mask_BxL: jax.Array | None) -> float:
   """Mean over real queries and heads of the exact softmax attention's entropy (nats)."""
   D = q_BxLxHxD.shape[-1]
   s = jnp.einsum("bqhd,bkhd->bhqk", q_BxLxHxD, k_BxLxHxD) * D**-0.5
@@ -153,8 +170,22 @@ def _error(attend, q, k, v, mask, y):
     return None, f"{type(e).__name__}: {e}"[:500]
 
 
-def run(*, q, k, v, mask, names: list[str], budgets, scales, entropy_time_ratio: float,
-        repeats: int, source: str, out_dir: str, argv=None, log=print) -> dict[str, object]:
+def run(
+  *,
+  q,
+  k,
+  v,
+  mask,
+  names: list[str],
+  budgets,
+  scales,
+  entropy_time_ratio: float,
+  repeats: int,
+  source: str,
+  out_dir: str,
+  argv=None,
+  log=print,
+) -> dict[str, object]:
   """Runs parts (a) and (b), writes JSON and plots under `out_dir`, returns the JSON."""
   if repeats < 1:
     raise ValueError(f"repeats must be >= 1; got {repeats=}")
@@ -166,30 +197,53 @@ def run(*, q, k, v, mask, names: list[str], budgets, scales, entropy_time_ratio:
   mask = None if mask is None else jnp.asarray(mask, bool)
   methods, problems = _methods.methods_for([n for n in names if n != "softmax"], budgets)
   methods = [m for m in methods if _methods.fits(m, L)]
-  report = {"setting": {"batch": B, "length": L, "heads": H, "head_dim": D,
-                        "dtype": "float32", "source": source, "masked": mask is not None,
-                        "error": "mean over (instance, head) of ||Y-Yhat||/||Y||",
-                        "time": "fwd+bwd of mean(out), median after warm-up",
-                        "repeats": repeats, "scales": list(scales),
-                        "entropy_time_ratio": entropy_time_ratio, "argv": argv,
-                        "hardware": efficiency.hardware(),
-                        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
-            "problems": problems, "budgets": [], "entropy": []}
+  report = {
+    "setting": {
+      "batch": B,
+      "length": L,
+      "heads": H,
+      "head_dim": D,
+      "dtype": "float32",
+      "source": source,
+      "masked": mask is not None,
+      "error": "mean over (instance, head) of ||Y-Yhat||/||Y||",
+      "time": "fwd+bwd of mean(out), median after warm-up",
+      "repeats": repeats,
+      "scales": list(scales),
+      "entropy_time_ratio": entropy_time_ratio,
+      "argv": argv,
+      "hardware": efficiency.hardware(),
+      "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    },
+    "problems": problems,
+    "budgets": [],
+    "entropy": [],
+  }
   for p in problems:
     log(f"PROBLEM {p}")
   write = lambda: _write_json(report, out_dir)
   timed = lambda attend: _timing.measure(
-      _timing.fwd_bwd(lambda a, b, c: attend(a, b, c, mask)), (q, k, v), repeats=repeats,
-      max_temp_bytes=efficiency._default_max_temp_bytes(),  # pylint: disable=protected-access
-      max_call_seconds=120.0)
+    _timing.fwd_bwd(lambda a, b, c: attend(a, b, c, mask)),
+    (q, k, v),
+    repeats=repeats,
+    max_temp_bytes=efficiency._default_max_temp_bytes(),  # pylint: disable=protected-access
+    max_call_seconds=120.0,
+  )
 
   y = reference.softmax_attention(q, k, v, mask)
   soft = timed(lambda a, b, c, m: reference.softmax_attention(a, b, c, m))
   log(f"softmax fwd+bwd {soft.seconds} s")
   attends = {}
   for m in methods:
-    row = {"name": m.name, "label": m.label, "knob": m.knob, "budget": m.budget,
-           "relative_error": None, "seconds": None, "time_ratio_vs_softmax": None}
+    row = {
+      "name": m.name,
+      "label": m.label,
+      "knob": m.knob,
+      "budget": m.budget,
+      "relative_error": None,
+      "seconds": None,
+      "time_ratio_vs_softmax": None,
+    }
     try:
       attends[m.label] = _methods.build(m, num_heads=H, head_dim=D, max_length=L)
     except Exception as e:  # pylint: disable=broad-except
@@ -198,11 +252,14 @@ def run(*, q, k, v, mask, names: list[str], budgets, scales, entropy_time_ratio:
       row["relative_error"], row["error"] = _error(attends[m.label], q, k, v, mask, y)
       meas = timed(attends[m.label])
       row["seconds"] = meas.seconds
-      row["time_ratio_vs_softmax"] = (None if meas.seconds is None or not soft.seconds
-                                      else meas.seconds / soft.seconds)
+      row["time_ratio_vs_softmax"] = (
+        None if meas.seconds is None or not soft.seconds else meas.seconds / soft.seconds
+      )
     report["budgets"].append(row)
-    log(f"(a) {m.label}: error {row['relative_error']}, time/softmax "
-        f"{row['time_ratio_vs_softmax']}" + (f" {row['error']}" if row.get("error") else ""))
+    log(
+      f"(a) {m.label}: error {row['relative_error']}, time/softmax "
+      f"{row['time_ratio_vs_softmax']}" + (f" {row['error']}" if row.get("error") else "")
+    )
     write()
 
   chosen = _choose(report["budgets"], entropy_time_ratio)
@@ -213,8 +270,9 @@ def run(*, q, k, v, mask, names: list[str], budgets, scales, entropy_time_ratio:
     ent = mean_entropy(qs, ks, mask)
     for label in sorted(chosen):
       err, problem = _error(attends[label], qs, ks, v, mask, ys)
-      report["entropy"].append({"label": label, "scale": s, "entropy": ent,
-                                "relative_error": err, "error": problem})
+      report["entropy"].append(
+        {"label": label, "scale": s, "entropy": ent, "relative_error": err, "error": problem}
+      )
       log(f"(b) s={s:g} entropy={ent:.3f} {label}: error {err}")
     write()
 
@@ -225,13 +283,20 @@ def run(*, q, k, v, mask, names: list[str], budgets, scales, entropy_time_ratio:
 def plot(report: dict[str, object], out_dir: str) -> None:
   """Writes both figures of an approximation report."""
   s = report["setting"]
-  title = (f"B={s['batch']} L={s['length']} H={s['heads']} D={s['head_dim']}, {s['source']}, "
-           f"{s['hardware']['device_kind']}, jax {s['hardware']['jax']}")
-  _plots.error_vs_runtime([r for r in report["budgets"] if r["relative_error"] is not None],
-                          "efficiency vs approximation: " + title,
-                          os.path.join(out_dir, "approximation_runtime.png"))
-  _plots.error_vs_entropy(report["entropy"], "entropy vs approximation: " + title,
-                          os.path.join(out_dir, "approximation_entropy.png"))
+  title = (
+    f"B={s['batch']} L={s['length']} H={s['heads']} D={s['head_dim']}, {s['source']}, "
+    f"{s['hardware']['device_kind']}, jax {s['hardware']['jax']}"
+  )
+  _plots.error_vs_runtime(
+    [r for r in report["budgets"] if r["relative_error"] is not None],
+    "efficiency vs approximation: " + title,
+    os.path.join(out_dir, "approximation_runtime.png"),
+  )
+  _plots.error_vs_entropy(
+    report["entropy"],
+    "entropy vs approximation: " + title,
+    os.path.join(out_dir, "approximation_entropy.png"),
+  )
 
 
 def _choose(rows, max_ratio: float) -> set[str]:
@@ -241,10 +306,14 @@ def _choose(rows, max_ratio: float) -> set[str]:
     ok = [r for r in rows if r["name"] == name and r["relative_error"] is not None]
     if not ok:
       continue
-    fast = [r for r in ok if r["time_ratio_vs_softmax"] is not None
-            and r["time_ratio_vs_softmax"] <= max_ratio]
-    pick = (max(fast, key=lambda r: r["budget"] or 0) if fast
-            else min(ok, key=lambda r: r["budget"] or 0))
+    fast = [
+      r
+      for r in ok
+      if r["time_ratio_vs_softmax"] is not None and r["time_ratio_vs_softmax"] <= max_ratio
+    ]
+    pick = (
+      max(fast, key=lambda r: r["budget"] or 0) if fast else min(ok, key=lambda r: r["budget"] or 0)
+    )
     chosen.add(pick["label"])
   return chosen
 
@@ -257,12 +326,13 @@ def _write_json(report, out_dir):
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default="bench_out/approximation")
-  parser.add_argument("--quick", action="store_true",
-                      help="fewer budgets and scales, 3 repeats")
+  parser.add_argument("--quick", action="store_true", help="fewer budgets and scales, 3 repeats")
   parser.add_argument("--qkv", default=None, help=".npz with q, k, v [B,L,H,D], mask [B,L]")
-  parser.add_argument("--workdir", default=None,
-                      help="an `lra.main` run: q, k, v of its trained layer --layer on "
-                           "--batch examples of --split")
+  parser.add_argument(
+    "--workdir",
+    default=None,
+    help="an `lra.main` run: q, k, v of its trained layer --layer on --batch examples of --split",
+  )
   parser.add_argument("--layer", type=int, default=0, help="with --workdir: encoder block")
   parser.add_argument("--split", default="test", help="with --workdir: data split")
   parser.add_argument("--length", type=int, default=512)
@@ -270,39 +340,51 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--heads", type=int, default=12)
   parser.add_argument("--head_dim", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--methods", default=None,
-                      help="comma-separated registry names (default: all registered)")
+  parser.add_argument(
+    "--methods", default=None, help="comma-separated registry names (default: all registered)"
+  )
   parser.add_argument("--repeats", type=int, default=None, help="default 5 (3 with --quick)")
   parser.add_argument("--entropy_time_ratio", type=float, default=0.5)
-  parser.add_argument("--plot_only", action="store_true",
-                      help="only redraw the figures from DIR/approximation.json")
+  parser.add_argument(
+    "--plot_only", action="store_true", help="only redraw the figures from DIR/approximation.json"
+  )
   args = parser.parse_args(argv)
   if args.plot_only:
     with open(os.path.join(args.out, "approximation.json")) as f:
       plot(json.load(f), args.out)
     return
   if args.qkv and args.workdir:
-    raise ValueError(f"give --qkv or --workdir, not both; got qkv={args.qkv!r}, "
-                     f"workdir={args.workdir!r}")
+    raise ValueError(
+      f"give --qkv or --workdir, not both; got qkv={args.qkv!r}, workdir={args.workdir!r}"
+    )
   if args.qkv:
     q, k, v, mask = load_qkv(args.qkv)
     source = f"npz {os.path.basename(args.qkv)}"
   elif args.workdir:
-    captured = capture.capture_qkv(args.workdir, layer=args.layer, split=args.split,
-                                   num_examples=args.batch)
+    captured = capture.capture_qkv(
+      args.workdir, layer=args.layer, split=args.split, num_examples=args.batch
+    )
     q, k, v, mask = (captured[key] for key in ("q", "k", "v", "mask"))
     source = f"checkpoint {captured['source']}"
   else:
-    q, k, v = synthetic_qkv(args.batch, args.length, args.heads, args.head_dim,
-                            seed=args.seed)
+    q, k, v = synthetic_qkv(args.batch, args.length, args.heads, args.head_dim, seed=args.seed)
     mask, source = None, f"synthetic AR(1) seed {args.seed}"
-  names = (args.methods.split(",") if args.methods else _methods.registered_names())
-  run(q=q, k=k, v=v, mask=mask, names=names,
-      budgets=_QUICK_BUDGETS if args.quick else None,
-      scales=_QUICK_SCALES if args.quick else ENTROPY_SCALES,
-      entropy_time_ratio=args.entropy_time_ratio,
-      repeats=args.repeats or (3 if args.quick else 5), source=source, out_dir=args.out,
-      argv=sys.argv if argv is None else argv, log=lambda s: print(s, flush=True))
+  names = args.methods.split(",") if args.methods else _methods.registered_names()
+  run(
+    q=q,
+    k=k,
+    v=v,
+    mask=mask,
+    names=names,
+    budgets=_QUICK_BUDGETS if args.quick else None,
+    scales=_QUICK_SCALES if args.quick else ENTROPY_SCALES,
+    entropy_time_ratio=args.entropy_time_ratio,
+    repeats=args.repeats or (3 if args.quick else 5),
+    source=source,
+    out_dir=args.out,
+    argv=sys.argv if argv is None else argv,
+    log=lambda s: print(s, flush=True),
+  )
 
 
 if __name__ == "__main__":

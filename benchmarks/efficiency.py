@@ -43,8 +43,14 @@ _ACCEL_LENGTHS = _CPU_LENGTHS + (32768, 65536)
 _QUICK_LENGTHS = (512, 4096)
 # --quick: the MRA variants at the paper's small budgets, one or two budgets of the other
 # swept baselines, every other attention at its defaults.
-_QUICK_BUDGETS = {"mra2": (1, 2, 4, 8), "mra2_s": (1, 8), "nystromformer": (16, 64),
-                  "longformer": (64,), "scatterbrain": (64,), "bigbird": (32,)}
+_QUICK_BUDGETS = {
+  "mra2": (1, 2, 4, 8),
+  "mra2_s": (1, 8),
+  "nystromformer": (16, 64),
+  "longformer": (64,),
+  "scatterbrain": (64,),
+  "bigbird": (32,),
+}
 
 
 def _default_max_temp_bytes() -> int:
@@ -58,29 +64,55 @@ def _default_max_temp_bytes() -> int:
 def hardware() -> dict[str, object]:
   """What the numbers were measured on."""
   dev = jax.devices()[0]
-  return {"platform": dev.platform, "device_kind": dev.device_kind,
-          "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
-          "machine": platform.machine(), "python": platform.python_version(),
-          "jax": jax.__version__, "git": _git_describe()}
+  return {
+    "platform": dev.platform,
+    "device_kind": dev.device_kind,
+    "device_count": jax.device_count(),
+    "cpu_count": os.cpu_count(),
+    "machine": platform.machine(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "git": _git_describe(),
+  }
 
 
 def _git_describe() -> str | None:
   """The checkout's commit (+ "-dirty" with local changes), None outside a checkout."""
   try:
-    return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                          text=True, check=True, timeout=10,
-                          cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    return subprocess.run(
+      ["git", "describe", "--always", "--dirty"],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=10,
+      cwd=os.path.dirname(os.path.abspath(__file__)),
+    ).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return None
 
 
-def run(*, lengths: list[int], names: list[str], budgets: dict[str, tuple[int, ...]] | None,
-        batch: int, heads: int, head_dim: int, repeats: int, max_temp_bytes: int,
-        max_call_seconds: float, out_dir: str, argv: list[str] | None = None,
-        log=print) -> dict[str, object]:
+def run(
+  *,
+  lengths: list[int],
+  names: list[str],
+  budgets: dict[str, tuple[int, ...]] | None,
+  batch: int,
+  heads: int,
+  head_dim: int,
+  repeats: int,
+  max_temp_bytes: int,
+  max_call_seconds: float,
+  out_dir: str,
+  argv: list[str] | None = None,
+  log=print,
+) -> dict[str, object]:
   """Runs the sweep, writes JSON and plots under `out_dir`, returns the JSON object."""
-  for name, value in (("batch", batch), ("heads", heads), ("head_dim", head_dim),
-                      ("repeats", repeats)):
+  for name, value in (
+    ("batch", batch),
+    ("heads", heads),
+    ("head_dim", head_dim),
+    ("repeats", repeats),
+  ):
     if value < 1:
       raise ValueError(f"{name} must be >= 1; got {name}={value}")
   if not lengths or min(lengths) < 1:
@@ -89,13 +121,23 @@ def run(*, lengths: list[int], names: list[str], budgets: dict[str, tuple[int, .
   names = ["softmax"] + [n for n in names if n != "softmax"]
   methods, problems = _methods.methods_for(names, budgets)
   report = {
-      "setting": {"batch": batch, "heads": heads, "head_dim": head_dim, "dtype": "float32",
-                  "pass": "forward+backward of mean(out) w.r.t. q, k, v",
-                  "lengths": lengths, "repeats": repeats, "max_temp_bytes": max_temp_bytes,
-                  "max_call_seconds": max_call_seconds, "argv": argv,
-                  "hardware": hardware(),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
-      "problems": problems, "results": []}
+    "setting": {
+      "batch": batch,
+      "heads": heads,
+      "head_dim": head_dim,
+      "dtype": "float32",
+      "pass": "forward+backward of mean(out) w.r.t. q, k, v",
+      "lengths": lengths,
+      "repeats": repeats,
+      "max_temp_bytes": max_temp_bytes,
+      "max_call_seconds": max_call_seconds,
+      "argv": argv,
+      "hardware": hardware(),
+      "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    },
+    "problems": problems,
+    "results": [],
+  }
   for p in problems:
     log(f"PROBLEM {p}")
   rows = report["results"]
@@ -105,16 +147,26 @@ def run(*, lengths: list[int], names: list[str], budgets: dict[str, tuple[int, .
     qkv = _timing.random_qkv(shape)
     soft = None
     for m in (m for m in methods if _methods.fits(m, L)):
-      row = {"name": m.name, "label": m.label, "knob": m.knob, "budget": m.budget,
-             "knobs": m.knobs, "length": L}
+      row = {
+        "name": m.name,
+        "label": m.label,
+        "knob": m.knob,
+        "budget": m.budget,
+        "knobs": m.knobs,
+        "length": L,
+      }
       if m.label in gave_up:
         row.update(status="skipped", error="too slow at a shorter length")
       else:
         try:
           attend = _methods.build(m, num_heads=heads, head_dim=head_dim, max_length=L)
-          meas = _timing.measure(_timing.fwd_bwd(attend), qkv, repeats=repeats,
-                                 max_temp_bytes=max_temp_bytes,
-                                 max_call_seconds=max_call_seconds)
+          meas = _timing.measure(
+            _timing.fwd_bwd(attend),
+            qkv,
+            repeats=repeats,
+            max_temp_bytes=max_temp_bytes,
+            max_call_seconds=max_call_seconds,
+          )
         except Exception as e:  # pylint: disable=broad-except
           meas = _timing.Measurement("error", error=f"build: {type(e).__name__}: {e}"[:500])
         row.update(vars(meas))
@@ -125,8 +177,7 @@ def run(*, lengths: list[int], names: list[str], budgets: dict[str, tuple[int, .
       if m.name == "softmax":
         soft = row
       row["time_ratio_vs_softmax"] = _ratio(row.get("seconds"), soft and soft.get("seconds"))
-      row["temp_ratio_vs_softmax"] = _ratio(row.get("temp_bytes"),
-                                            soft and soft.get("temp_bytes"))
+      row["temp_ratio_vs_softmax"] = _ratio(row.get("temp_bytes"), soft and soft.get("temp_bytes"))
       rows.append(row)
       log(_format_row(row))
       with open(os.path.join(out_dir, "efficiency.json"), "w") as f:
@@ -138,12 +189,24 @@ def run(*, lengths: list[int], names: list[str], budgets: dict[str, tuple[int, .
 def plot(report: dict[str, object], out_dir: str) -> None:
   """Writes the time and memory figures of an efficiency report (also a partial one)."""
   s = report["setting"]
-  title = (f"fwd+bwd, B={s['batch']} H={s['heads']} D={s['head_dim']} f32, "
-           f"{s['hardware']['device_kind']}, jax {s['hardware']['jax']}")
-  _plots.efficiency_grid(report["results"], "seconds", "seconds (median)", "time: " + title,
-                         os.path.join(out_dir, "efficiency_time.png"))
-  _plots.efficiency_grid(report["results"], "temp_mib", "compiled temp MiB",
-                         "memory: " + title, os.path.join(out_dir, "efficiency_memory.png"))
+  title = (
+    f"fwd+bwd, B={s['batch']} H={s['heads']} D={s['head_dim']} f32, "
+    f"{s['hardware']['device_kind']}, jax {s['hardware']['jax']}"
+  )
+  _plots.efficiency_grid(
+    report["results"],
+    "seconds",
+    "seconds (median)",
+    "time: " + title,
+    os.path.join(out_dir, "efficiency_time.png"),
+  )
+  _plots.efficiency_grid(
+    report["results"],
+    "temp_mib",
+    "compiled temp MiB",
+    "memory: " + title,
+    os.path.join(out_dir, "efficiency_memory.png"),
+  )
 
 
 def _ratio(a, b):
@@ -152,30 +215,40 @@ def _ratio(a, b):
 
 def _format_row(r: dict[str, object]) -> str:
   fmt = lambda v, spec: "-" if v is None else format(v, spec)
-  return (f"| {r['length']} | {r['label']} | {r['status']} | {fmt(r.get('seconds'), '.4f')} "
-          f"| {fmt(r.get('time_ratio_vs_softmax'), '.3f')} | {fmt(r.get('temp_mib'), '.1f')} "
-          f"| {fmt(r.get('temp_ratio_vs_softmax'), '.3f')} |"
-          + (f" {r['error']}" if r.get("error") else ""))
+  return (
+    f"| {r['length']} | {r['label']} | {r['status']} | {fmt(r.get('seconds'), '.4f')} "
+    f"| {fmt(r.get('time_ratio_vs_softmax'), '.3f')} | {fmt(r.get('temp_mib'), '.1f')} "
+    f"| {fmt(r.get('temp_ratio_vs_softmax'), '.3f')} |"
+    + (f" {r['error']}" if r.get("error") else "")
+  )
 
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default="bench_out/efficiency")
-  parser.add_argument("--quick", action="store_true",
-                      help=f"lengths {_QUICK_LENGTHS}, fewer budgets, 3 repeats")
+  parser.add_argument(
+    "--quick", action="store_true", help=f"lengths {_QUICK_LENGTHS}, fewer budgets, 3 repeats"
+  )
   parser.add_argument("--lengths", default=None, help="comma-separated; overrides defaults")
-  parser.add_argument("--methods", default=None,
-                      help="comma-separated registry names (default: all registered)")
+  parser.add_argument(
+    "--methods", default=None, help="comma-separated registry names (default: all registered)"
+  )
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--heads", type=int, default=12)
   parser.add_argument("--head_dim", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=None, help="default 5 (3 with --quick)")
-  parser.add_argument("--max_temp_gib", type=float, default=None,
-                      help="default: half the RAM on CPU, 80%% of device memory otherwise")
-  parser.add_argument("--max_call_seconds", type=float, default=None,
-                      help="default 60 (15 with --quick)")
-  parser.add_argument("--plot_only", action="store_true",
-                      help="only redraw the figures from DIR/efficiency.json")
+  parser.add_argument(
+    "--max_temp_gib",
+    type=float,
+    default=None,
+    help="default: half the RAM on CPU, 80%% of device memory otherwise",
+  )
+  parser.add_argument(
+    "--max_call_seconds", type=float, default=None, help="default 60 (15 with --quick)"
+  )
+  parser.add_argument(
+    "--plot_only", action="store_true", help="only redraw the figures from DIR/efficiency.json"
+  )
   args = parser.parse_args(argv)
   if args.plot_only:
     with open(os.path.join(args.out, "efficiency.json")) as f:
@@ -185,19 +258,25 @@ def main(argv: list[str] | None = None) -> None:
   if args.lengths:
     lengths = [int(x) for x in args.lengths.split(",")]
   else:
-    lengths = list(_QUICK_LENGTHS if args.quick else
-                   (_ACCEL_LENGTHS if accel else _CPU_LENGTHS))
-  names = (args.methods.split(",") if args.methods else _methods.registered_names())
-  max_temp = (int(args.max_temp_gib * 2**30) if args.max_temp_gib
-              else _default_max_temp_bytes())
+    lengths = list(_QUICK_LENGTHS if args.quick else (_ACCEL_LENGTHS if accel else _CPU_LENGTHS))
+  names = args.methods.split(",") if args.methods else _methods.registered_names()
+  max_temp = int(args.max_temp_gib * 2**30) if args.max_temp_gib else _default_max_temp_bytes()
   print("| L | method | status | seconds | time/softmax | temp MiB | temp/softmax |")
   print("|---|---|---|---|---|---|---|", flush=True)
-  run(lengths=lengths, names=names, budgets=_QUICK_BUDGETS if args.quick else None,
-      batch=args.batch, heads=args.heads, head_dim=args.head_dim,
-      repeats=args.repeats or (3 if args.quick else 5), max_temp_bytes=max_temp,
-      max_call_seconds=args.max_call_seconds or (15.0 if args.quick else 60.0),
-      out_dir=args.out, argv=sys.argv if argv is None else argv,
-      log=lambda s: print(s, flush=True))
+  run(
+    lengths=lengths,
+    names=names,
+    budgets=_QUICK_BUDGETS if args.quick else None,
+    batch=args.batch,
+    heads=args.heads,
+    head_dim=args.head_dim,
+    repeats=args.repeats or (3 if args.quick else 5),
+    max_temp_bytes=max_temp,
+    max_call_seconds=args.max_call_seconds or (15.0 if args.quick else 60.0),
+    out_dir=args.out,
+    argv=sys.argv if argv is None else argv,
+    log=lambda s: print(s, flush=True),
+  )
 
 
 if __name__ == "__main__":

@@ -34,24 +34,35 @@ import pallas_kernels
 
 def _parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768,65536",
-                 help="comma-separated sequence lengths")
+  p.add_argument(
+    "--lengths",
+    default="1024,2048,4096,8192,16384,32768,65536",
+    help="comma-separated sequence lengths",
+  )
   p.add_argument("--dtypes", default="bfloat16,float32")
   p.add_argument("--batch", type=int, default=1)
   p.add_argument("--heads", type=int, default=8)
   p.add_argument("--head_dim", type=int, default=64)
   p.add_argument("--block_size", type=int, default=32)
-  p.add_argument("--block_per_row", type=int, default=8,
-                 help="MRA budget: tiles per head = block_per_row * (L / block_size)")
+  p.add_argument(
+    "--block_per_row",
+    type=int,
+    default=8,
+    help="MRA budget: tiles per head = block_per_row * (L / block_size)",
+  )
   p.add_argument("--backend", default="auto", choices=("auto", "triton", "mosaic_tpu"))
   p.add_argument("--iters", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--skip_dense", action="store_true", help="do not time dense attention")
-  p.add_argument("--skip_mra", action="store_true",
-                 help="do not time the whole of MRA-2 (mra_attention, impl=pallas)")
+  p.add_argument(
+    "--skip_mra",
+    action="store_true",
+    help="do not time the whole of MRA-2 (mra_attention, impl=pallas)",
+  )
   p.add_argument("--json", default="", help="also write the rows to this file")
-  p.add_argument("--quick", action="store_true",
-                 help="tiny sizes (L=256, B=H=1, 1 iteration): a CPU smoke run")
+  p.add_argument(
+    "--quick", action="store_true", help="tiny sizes (L=256, B=H=1, 1 iteration): a CPU smoke run"
+  )
   args = p.parse_args(argv)
   if args.quick:
     args.lengths, args.batch, args.heads, args.iters, args.warmup = "256", 1, 1, 1, 1
@@ -85,8 +96,11 @@ def _memory(jitted, *args) -> dict[str, int] | None:
     return None
   if m is None:
     return None
-  return {"temp": int(m.temp_size_in_bytes), "args": int(m.argument_size_in_bytes),
-          "out": int(m.output_size_in_bytes)}
+  return {
+    "temp": int(m.temp_size_in_bytes),
+    "args": int(m.argument_size_in_bytes),
+    "out": int(m.output_size_in_bytes),
+  }
 
 
 def _fwd_and_fwdbwd(f):
@@ -114,38 +128,49 @@ def bench_one(args, L: int, dtype) -> dict[str, Any]:
 
   def sparse(q, k, v):
     return pallas_kernels.block_sparse_attention(
-        q, k, v, ids, valid, m0, l0, acc0, block_size=bs, backend=args.backend)
+      q, k, v, ids, valid, m0, l0, acc0, block_size=bs, backend=args.backend
+    )
 
   flops_fwd = 4.0 * bs * bs * D * K * B * H
-  row = {"L": L, "dtype": jnp.dtype(dtype).name, "B": B, "H": H, "D": D, "block_size": bs,
-         "tiles_per_head": K}
+  row = {
+    "L": L,
+    "dtype": jnp.dtype(dtype).name,
+    "B": B,
+    "H": H,
+    "D": D,
+    "block_size": bs,
+    "tiles_per_head": K,
+  }
   fwd, fwd_bwd = _fwd_and_fwdbwd(sparse)
   t_f = _time(lambda: fwd(q, k, v), args.iters, args.warmup)
   t_fb = _time(lambda: fwd_bwd(q, k, v), args.iters, args.warmup)
-  row.update(sparse_fwd_ms=1e3 * t_f, sparse_fwdbwd_ms=1e3 * t_fb,
-             sparse_fwd_tflops=flops_fwd / t_f / 1e12,
-             sparse_fwdbwd_tflops=3.5 * flops_fwd / t_fb / 1e12,
-             sparse_fwdbwd_memory=_memory(fwd_bwd, q, k, v))
+  row.update(
+    sparse_fwd_ms=1e3 * t_f,
+    sparse_fwdbwd_ms=1e3 * t_fb,
+    sparse_fwd_tflops=flops_fwd / t_f / 1e12,
+    sparse_fwdbwd_tflops=3.5 * flops_fwd / t_fb / 1e12,
+    sparse_fwdbwd_memory=_memory(fwd_bwd, q, k, v),
+  )
 
   # mra_attention and dot_product_attention take (B, L, H, D).
   qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
   if not args.skip_mra:
     mra2 = lambda q, k, v: mra_jax.mra_attention(
-        q, k, v, block_size=bs, block_per_row=args.block_per_row, approx_mode="full",
-        impl="pallas")
+      q, k, v, block_size=bs, block_per_row=args.block_per_row, approx_mode="full", impl="pallas"
+    )
     m_fwd, m_fwd_bwd = _fwd_and_fwdbwd(mra2)
-    row.update(mra2_fwd_ms=1e3 * _time(lambda: m_fwd(qt, kt, vt), args.iters, args.warmup),
-               mra2_fwdbwd_ms=1e3 * _time(lambda: m_fwd_bwd(qt, kt, vt), args.iters,
-                                          args.warmup),
-               mra2_fwdbwd_memory=_memory(m_fwd_bwd, qt, kt, vt))
+    row.update(
+      mra2_fwd_ms=1e3 * _time(lambda: m_fwd(qt, kt, vt), args.iters, args.warmup),
+      mra2_fwdbwd_ms=1e3 * _time(lambda: m_fwd_bwd(qt, kt, vt), args.iters, args.warmup),
+      mra2_fwdbwd_memory=_memory(m_fwd_bwd, qt, kt, vt),
+    )
 
   if not args.skip_dense:
     dense_flops_fwd = 4.0 * L * L * D * B * H
     for impl in ("cudnn", "xla"):
       if impl == "cudnn" and (jax.default_backend() != "gpu" or dtype == jnp.float32):
         continue  # cuDNN flash attention: GPU, half precision only
-      dense = lambda q, k, v, impl=impl: jax.nn.dot_product_attention(q, k, v,
-                                                                      implementation=impl)
+      dense = lambda q, k, v, impl=impl: jax.nn.dot_product_attention(q, k, v, implementation=impl)
       try:
         d_fwd, d_fwd_bwd = _fwd_and_fwdbwd(dense)
         td_f = _time(lambda: d_fwd(qt, kt, vt), args.iters, args.warmup)
@@ -153,14 +178,21 @@ def bench_one(args, L: int, dtype) -> dict[str, Any]:
       except Exception as e:  # pylint: disable=broad-exception-caught
         row["dense_error"] = f"{impl}: {type(e).__name__}: {str(e)[:200]}"
         continue
-      row.update(dense_impl=impl, dense_fwd_ms=1e3 * td_f, dense_fwdbwd_ms=1e3 * td_fb,
-                 dense_fwd_tflops=dense_flops_fwd / td_f / 1e12,
-                 dense_fwdbwd_tflops=3.5 * dense_flops_fwd / td_fb / 1e12,
-                 dense_fwdbwd_memory=_memory(d_fwd_bwd, qt, kt, vt),
-                 speedup_fwd=td_f / t_f, speedup_fwdbwd=td_fb / t_fb)
+      row.update(
+        dense_impl=impl,
+        dense_fwd_ms=1e3 * td_f,
+        dense_fwdbwd_ms=1e3 * td_fb,
+        dense_fwd_tflops=dense_flops_fwd / td_f / 1e12,
+        dense_fwdbwd_tflops=3.5 * dense_flops_fwd / td_fb / 1e12,
+        dense_fwdbwd_memory=_memory(d_fwd_bwd, qt, kt, vt),
+        speedup_fwd=td_f / t_f,
+        speedup_fwdbwd=td_fb / t_fb,
+      )
       if "mra2_fwdbwd_ms" in row:
-        row.update(mra2_speedup_fwd=1e3 * td_f / row["mra2_fwd_ms"],
-                   mra2_speedup_fwdbwd=1e3 * td_fb / row["mra2_fwdbwd_ms"])
+        row.update(
+          mra2_speedup_fwd=1e3 * td_f / row["mra2_fwd_ms"],
+          mra2_speedup_fwdbwd=1e3 * td_fb / row["mra2_fwdbwd_ms"],
+        )
       row.pop("dense_error", None)
       break
   return row

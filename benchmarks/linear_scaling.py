@@ -29,11 +29,14 @@ B, H, D = 1, 8, 64
 
 def measure(name: str, length: int, repeats: int):
   """(fastest seconds, compiled temp bytes) of fwd+bwd of `name` at `length`."""
-  attend = _methods.build(_methods.Method(name, {}), num_heads=H, head_dim=D,
-                          max_length=length)
-  meas = _timing.measure(_timing.fwd_bwd(attend), _timing.random_qkv((B, length, H, D)),
-                         repeats=repeats, max_temp_bytes=sys.maxsize,
-                         max_call_seconds=math.inf)
+  attend = _methods.build(_methods.Method(name, {}), num_heads=H, head_dim=D, max_length=length)
+  meas = _timing.measure(
+    _timing.fwd_bwd(attend),
+    _timing.random_qkv((B, length, H, D)),
+    repeats=repeats,
+    max_temp_bytes=sys.maxsize,
+    max_call_seconds=math.inf,
+  )
   if meas.status != "ok":
     raise RuntimeError(f"{name} at L={length}: {meas.status}: {meas.error}")
   return meas.min_seconds, meas.temp_bytes
@@ -47,8 +50,10 @@ def main():
   args = parser.parse_args()
   lengths = [int(x) for x in args.lengths.split(",")]
   methods = args.methods.split(",")
-  print(f"fwd+bwd, B={B} H={H} D={D} float32, {jax.devices()[0].device_kind}, "
-        f"fastest of {args.repeats}\n")
+  print(
+    f"fwd+bwd, B={B} H={H} D={D} float32, {jax.devices()[0].device_kind}, "
+    f"fastest of {args.repeats}\n"
+  )
   head = " | ".join(f"L={n} s" for n in lengths)
   mem = " | ".join(f"L={n} MiB" for n in lengths)
   print(f"| method | {head} | {mem} | time ratio | memory ratio |")
@@ -57,8 +62,11 @@ def main():
     rows = [measure(name, n, args.repeats) for n in lengths]
     secs = " | ".join(f"{s:.3f}" for s, _ in rows)
     mibs = " | ".join(f"{t / 2**20:.0f}" for _, t in rows)
-    print(f"| {name} | {secs} | {mibs} | {rows[-1][0] / rows[0][0]:.2f} | "
-          f"{rows[-1][1] / rows[0][1]:.2f} |", flush=True)
+    print(
+      f"| {name} | {secs} | {mibs} | {rows[-1][0] / rows[0][0]:.2f} | "
+      f"{rows[-1][1] / rows[0][1]:.2f} |",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,13 @@ def _mra(q, k, v):
 
 def _measure(attend, shape, repeats, budget_bytes):
   """(median fwd+bwd seconds, or None where it does not fit; compiled temp bytes)."""
-  meas = _timing.measure(_timing.fwd_bwd(attend), _timing.random_qkv(shape), repeats=repeats,
-                         max_temp_bytes=budget_bytes, max_call_seconds=math.inf)
+  meas = _timing.measure(
+    _timing.fwd_bwd(attend),
+    _timing.random_qkv(shape),
+    repeats=repeats,
+    max_temp_bytes=budget_bytes,
+    max_call_seconds=math.inf,
+  )
   if meas.status not in ("ok", "too_big"):
     raise RuntimeError(f"{attend} at {shape}: {meas.status}: {meas.error}")
   return meas.seconds, meas.temp_bytes
@@ -46,22 +51,34 @@ def main():
   ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   rows = []
   mib = lambda b: b / 2**20
-  print(f"# MRA-2 reference vs dense, fwd+bwd, B=1 H=8 D=64 f32, block_per_row=8, "
-        f"{jax.devices()[0].device_kind} x{os.cpu_count()} cores, jax {jax.__version__}")
-  print("| L | MRA-2 time (s) | dense time (s) | speed-up | MRA-2 temp (MiB) | "
-        "dense temp (MiB) | memory ratio |")
+  print(
+    f"# MRA-2 reference vs dense, fwd+bwd, B=1 H=8 D=64 f32, block_per_row=8, "
+    f"{jax.devices()[0].device_kind} x{os.cpu_count()} cores, jax {jax.__version__}"
+  )
+  print(
+    "| L | MRA-2 time (s) | dense time (s) | speed-up | MRA-2 temp (MiB) | "
+    "dense temp (MiB) | memory ratio |"
+  )
   print("|---|---|---|---|---|---|---|")
   for L in (int(x) for x in args.lengths.split(",")):
     shape = (1, L, 8, 64)
     t_mra, m_mra = _measure(_mra, shape, args.repeats, ram // 2)
     t_dense, m_dense = _measure(jax.nn.dot_product_attention, shape, args.repeats, ram // 2)
-    row = dict(length=L, mra_seconds=t_mra, dense_seconds=t_dense, mra_temp_bytes=m_mra,
-               dense_temp_bytes=m_dense)
+    row = dict(
+      length=L,
+      mra_seconds=t_mra,
+      dense_seconds=t_dense,
+      mra_temp_bytes=m_mra,
+      dense_temp_bytes=m_dense,
+    )
     rows.append(row)
     speed = f"{t_dense / t_mra:.1f}x" if t_dense and t_mra else "n/a (dense does not fit)"
     fmt = lambda t: "-" if t is None else f"{t:.3f}"
-    print(f"| {L} | {fmt(t_mra)} | {fmt(t_dense)} | {speed} | {mib(m_mra):.0f} | "
-          f"{mib(m_dense):.0f} | {m_dense / m_mra:.1f}x |", flush=True)
+    print(
+      f"| {L} | {fmt(t_mra)} | {fmt(t_dense)} | {speed} | {mib(m_mra):.0f} | "
+      f"{mib(m_dense):.0f} | {m_dense / m_mra:.1f}x |",
+      flush=True,
+    )
   timed = {r["length"]: r["mra_seconds"] for r in rows if r["mra_seconds"]}
   if 4096 in timed and 16384 in timed:
     print(f"\nMRA-2 time(16384) / time(4096) = {timed[16384] / timed[4096]:.2f}")

@@ -45,6 +45,8 @@ def parse_arg(arg: str | None, **extra_defaults) -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class Protocol:
   """One task's numbers under one protocol (lra.md §3.1 / §3.2, mra.md §7)."""
+
+  # fmt: off
   max_length: int
   batch_size: int
   learning_rate: float
@@ -70,6 +72,7 @@ class Protocol:
   cycle_momentum: bool = True
   grad_clip_norm: float = 0.0
   retrieval_interaction: str = "nli"  # "nli": [u, v, u*v, u-v]; "concat": [u, v]
+  # fmt: on
 
 
 def attention_kwargs(task_overrides: dict[str, dict[str, Any]]) -> ml_collections.ConfigDict:
@@ -83,22 +86,30 @@ def attention_kwargs(task_overrides: dict[str, dict[str, Any]]) -> ml_collection
     defaults = attentions.knob_defaults(name)
     unknown = set(task_overrides.get(name, {})) - set(defaults)
     if unknown:
-      raise KeyError(f"task settings for attention {name!r} name unknown knobs "
-                     f"{sorted(unknown)}; known: {sorted(defaults)}")
-    knobs = {k: v for k, v in {**defaults, **task_overrides.get(name, {})}.items()
-             if v is not None}
+      raise KeyError(
+        f"task settings for attention {name!r} name unknown knobs "
+        f"{sorted(unknown)}; known: {sorted(defaults)}"
+      )
+    knobs = {k: v for k, v in {**defaults, **task_overrides.get(name, {})}.items() if v is not None}
     out[name] = ml_collections.ConfigDict(knobs)
   return ml_collections.ConfigDict(out)
 
 
-def make_config(task: str, arg: str | None, *, mra: Protocol, lra: Protocol,
-                attention_overrides: dict[str, dict[str, Any]],
-                smoke_overrides: dict[str, Any] | None = None,
-                cpu_overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+def make_config(
+  task: str,
+  arg: str | None,
+  *,
+  mra: Protocol,
+  lra: Protocol,
+  attention_overrides: dict[str, dict[str, Any]],
+  smoke_overrides: dict[str, Any] | None = None,
+  cpu_overrides: dict[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
   """Builds the full, commented config of `task` for the parsed `arg`."""
   args = parse_arg(arg)
   p = mra if args.protocol == "mra" else lra
   c = ml_collections.ConfigDict()
+  # fmt: off
   c.task = task                          # LRA task name (lra.data.tasks.TASKS).
   c.protocol = args.protocol             # "mra" (MRA paper, mlpen) or "lra" (original LRA).
   c.attention = args.attention           # Registry name (mra_jax.attentions.names()).
@@ -147,6 +158,7 @@ def make_config(task: str, arg: str | None, *, mra: Protocol, lra: Protocol,
   c.optimizer.eps = p.eps                # Adam epsilon.
   c.optimizer.cycle_momentum = p.cycle_momentum and p.schedule == "one_cycle"  # As PyTorch.
   c.optimizer.grad_clip_norm = p.grad_clip_norm  # Global-norm clipping; 0 = off.
+  # fmt: on
 
   if args.cpu:
     _apply(c, cpu_overrides or {}, task, "cpu")
@@ -170,7 +182,16 @@ def _apply(c: ml_collections.ConfigDict, overrides: dict[str, Any], task: str, w
 
 def smoke(**extra) -> dict[str, Any]:
   """A tiny CPU run: minutes, every code path (train, eval, checkpoint, test)."""
-  return {"num_train_steps": 40, "eval_every_steps": 20,
-          "checkpoint_every_steps": 20, "log_every_steps": 5, "num_eval_batches": -1,
-          "batch_size": 16, "eval_batch_size": 16, "optimizer.warmup_steps": 8,
-          "learning_rate": 1e-3, "token_order": "row_major", **extra}
+  return {
+    "num_train_steps": 40,
+    "eval_every_steps": 20,
+    "checkpoint_every_steps": 20,
+    "log_every_steps": 5,
+    "num_eval_batches": -1,
+    "batch_size": 16,
+    "eval_batch_size": 16,
+    "optimizer.warmup_steps": 8,
+    "learning_rate": 1e-3,
+    "token_order": "row_major",
+    **extra,
+  }

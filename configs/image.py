@@ -19,22 +19,47 @@ Variants:
 from configs import common
 
 MRA = common.Protocol(
-    max_length=1024, batch_size=256, learning_rate=1e-4, warmup_steps=175,
-    num_train_steps=35_000, eval_every_steps=175, num_eval_batches=20, schedule="one_cycle")
+  max_length=1024,
+  batch_size=256,
+  learning_rate=1e-4,
+  warmup_steps=175,
+  num_train_steps=35_000,
+  eval_every_steps=175,
+  num_eval_batches=20,
+  schedule="one_cycle",
+)
 LRA = common.Protocol(
-    max_length=1024, batch_size=256, learning_rate=5e-4, warmup_steps=175,
-    num_train_steps=35_000, eval_every_steps=175, num_eval_batches=39, schedule="cosine",
-    num_layers=1, embed_dim=128, qkv_dim=64, num_heads=8, mlp_dim=128,
-    classifier_hidden=(128,), dropout_rate=0.3, pooling="cls", positions="learned",
-    embed_init_std=1.0, b2=0.98, eps=1e-9, cycle_momentum=False)
+  max_length=1024,
+  batch_size=256,
+  learning_rate=5e-4,
+  warmup_steps=175,
+  num_train_steps=35_000,
+  eval_every_steps=175,
+  num_eval_batches=39,
+  schedule="cosine",
+  num_layers=1,
+  embed_dim=128,
+  qkv_dim=64,
+  num_heads=8,
+  mlp_dim=128,
+  classifier_hidden=(128,),
+  dropout_rate=0.3,
+  pooling="cls",
+  positions="learned",
+  embed_init_std=1.0,
+  b2=0.98,
+  eps=1e-9,
+  cycle_momentum=False,
+)
 ATTENTION = {
-    "mra2": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
-    "mra2_s": {"initial_prior_first_n_blocks": 0, "initial_prior_diagonal_n_blocks": 1},
-    "yoso": {"hash_code_len": 10},
+  "mra2": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
+  "mra2_s": {"initial_prior_first_n_blocks": 0, "initial_prior_diagonal_n_blocks": 1},
+  "yoso": {"hash_code_len": 10},
 }
 SMOKE = common.smoke()
 
 
 def get_config(arg: str | None = None):
-  return common.make_config("image", arg, mra=MRA, lra=LRA, attention_overrides=ATTENTION,
-                            smoke_overrides=SMOKE)
+  return common.make_config(
+    "image", arg, mra=MRA, lra=LRA, attention_overrides=ATTENTION, smoke_overrides=SMOKE
+  )

@@ -29,33 +29,81 @@ Variants (after the colon, comma-separated):
 from configs import common
 
 MRA = common.Protocol(
-    max_length=2048, batch_size=32, learning_rate=1e-4, warmup_steps=1000,
-    num_train_steps=5000, eval_every_steps=50, num_eval_batches=62, schedule="one_cycle")
+  max_length=2048,
+  batch_size=32,
+  learning_rate=1e-4,
+  warmup_steps=1000,
+  num_train_steps=5000,
+  eval_every_steps=50,
+  num_eval_batches=62,
+  schedule="one_cycle",
+)
 LRA = common.Protocol(
-    max_length=2000, batch_size=32, learning_rate=0.05, warmup_steps=1000,
-    num_train_steps=5000, eval_every_steps=50, num_eval_batches=-1, schedule="rsqrt",
-    num_layers=4, embed_dim=512, qkv_dim=512, num_heads=8, mlp_dim=1024,
-    classifier_hidden=(1024,), pooling="cls", positions="sinusoidal", embed_init_std=1.0,
-    weight_decay=0.1, b2=0.98, eps=1e-9, cycle_momentum=False)
+  max_length=2000,
+  batch_size=32,
+  learning_rate=0.05,
+  warmup_steps=1000,
+  num_train_steps=5000,
+  eval_every_steps=50,
+  num_eval_batches=-1,
+  schedule="rsqrt",
+  num_layers=4,
+  embed_dim=512,
+  qkv_dim=512,
+  num_heads=8,
+  mlp_dim=1024,
+  classifier_hidden=(1024,),
+  pooling="cls",
+  positions="sinusoidal",
+  embed_init_std=1.0,
+  weight_decay=0.1,
+  b2=0.98,
+  eps=1e-9,
+  cycle_momentum=False,
+)
 # MRA paper LRA configs (baselines.md §2.0, lra.md §3.2).
 ATTENTION = {
-    "mra2": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
-    "mra2_s": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
-    "yoso": {"hash_code_len": 11},
+  "mra2": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
+  "mra2_s": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
+  "yoso": {"hash_code_len": 11},
 }
-SMOKE = common.smoke(data_dir="", generate_data=True, generate_sizes=(640, 160, 160),
-                     generate_max_tokens=300, max_length=320)
+SMOKE = common.smoke(
+  data_dir="",
+  generate_data=True,
+  generate_sizes=(640, 160, 160),
+  generate_max_tokens=300,
+  max_length=320,
+)
 # CPU accuracy setting (docs/lra.md "Accuracy"): expressions of 62..249 tokens, length 256 =
 # 8 MRA blocks per row of which mra2 refines 2 (block_per_row=2) and sees the rest at low
 # resolution, so MRA-2 really approximates here (the paper's 8 per row would be exact).
-CPU = {"data_dir": "", "generate_data": True, "generate_sizes": (20_000, 1_000, 2_000),
-       "generate_max_tokens": 250, "max_length": 256, "batch_size": 32,
-       "eval_batch_size": 100, "num_train_steps": 1500, "eval_every_steps": 150,
-       "num_eval_batches": -1, "checkpoint_every_steps": 150, "learning_rate": 1e-3,
-       "optimizer.warmup_steps": 150, "log_every_steps": 25,
-       "attention_kwargs.mra2.block_per_row": 2, "attention_kwargs.mra2_s.block_per_row": 2}
+CPU = {
+  "data_dir": "",
+  "generate_data": True,
+  "generate_sizes": (20_000, 1_000, 2_000),
+  "generate_max_tokens": 250,
+  "max_length": 256,
+  "batch_size": 32,
+  "eval_batch_size": 100,
+  "num_train_steps": 1500,
+  "eval_every_steps": 150,
+  "num_eval_batches": -1,
+  "checkpoint_every_steps": 150,
+  "learning_rate": 1e-3,
+  "optimizer.warmup_steps": 150,
+  "log_every_steps": 25,
+  "attention_kwargs.mra2.block_per_row": 2,
+  "attention_kwargs.mra2_s.block_per_row": 2,
+}
 
 
 def get_config(arg: str | None = None):
-  return common.make_config("listops", arg, mra=MRA, lra=LRA, attention_overrides=ATTENTION,
-                            smoke_overrides=SMOKE, cpu_overrides=CPU)
+  return common.make_config(
+    "listops",
+    arg,
+    mra=MRA,
+    lra=LRA,
+    attention_overrides=ATTENTION,
+    smoke_overrides=SMOKE,
+    cpu_overrides=CPU,
+  )

@@ -18,22 +18,48 @@ Variants:
 from configs import common
 
 MRA = common.Protocol(
-    max_length=4096, batch_size=32, learning_rate=1e-4, warmup_steps=800,
-    num_train_steps=30_000, eval_every_steps=300, num_eval_batches=565, schedule="one_cycle")
+  max_length=4096,
+  batch_size=32,
+  learning_rate=1e-4,
+  warmup_steps=800,
+  num_train_steps=30_000,
+  eval_every_steps=300,
+  num_eval_batches=565,
+  schedule="one_cycle",
+)
 LRA = common.Protocol(
-    max_length=4000, batch_size=32, learning_rate=0.05, warmup_steps=8000,
-    num_train_steps=5000, eval_every_steps=100, num_eval_batches=-1, schedule="rsqrt",
-    num_layers=4, embed_dim=128, qkv_dim=128, num_heads=4, mlp_dim=512,
-    classifier_hidden=(512, 256), pooling="cls", positions="sinusoidal", embed_init_std=1.0,
-    weight_decay=0.1, b2=0.98, eps=1e-9, cycle_momentum=False, retrieval_interaction="concat")
+  max_length=4000,
+  batch_size=32,
+  learning_rate=0.05,
+  warmup_steps=8000,
+  num_train_steps=5000,
+  eval_every_steps=100,
+  num_eval_batches=-1,
+  schedule="rsqrt",
+  num_layers=4,
+  embed_dim=128,
+  qkv_dim=128,
+  num_heads=4,
+  mlp_dim=512,
+  classifier_hidden=(512, 256),
+  pooling="cls",
+  positions="sinusoidal",
+  embed_init_std=1.0,
+  weight_decay=0.1,
+  b2=0.98,
+  eps=1e-9,
+  cycle_momentum=False,
+  retrieval_interaction="concat",
+)
 ATTENTION = {
-    "mra2": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 1},
-    "mra2_s": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 1},
-    "yoso": {"hash_code_len": 12},
+  "mra2": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 1},
+  "mra2_s": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 1},
+  "yoso": {"hash_code_len": 12},
 }
 SMOKE = common.smoke(max_length=256)
 
 
 def get_config(arg: str | None = None):
-  return common.make_config("retrieval", arg, mra=MRA, lra=LRA,
-                            attention_overrides=ATTENTION, smoke_overrides=SMOKE)
+  return common.make_config(
+    "retrieval", arg, mra=MRA, lra=LRA, attention_overrides=ATTENTION, smoke_overrides=SMOKE
+  )

@@ -40,8 +40,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run stored in `workdir` (what `lra.main` wrote on its first start)."""
   path = os.path.join(os.path.expanduser(workdir), checkpoints.CONFIG_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"workdir={workdir!r} holds no {checkpoints.CONFIG_FILE}: it is "
-                            "not a directory written by `python -m lra.main`")
+    raise FileNotFoundError(
+      f"workdir={workdir!r} holds no {checkpoints.CONFIG_FILE}: it is "
+      "not a directory written by `python -m lra.main`"
+    )
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -61,11 +63,9 @@ def restore_params(config, workdir: str, model: nnx.Module) -> str:
       return f"best step {best[1]['step']}"
     # The newest resumable checkpoint holds {"params", "rest", "opt_state"}; build its
     # shapes from the optimizer the run used.
-    tx = optim.make_optimizer(config.optimizer, config.learning_rate,
-                              config.num_train_steps)[0]
+    tx = optim.make_optimizer(config.optimizer, config.learning_rate, config.num_train_steps)[0]
     _, _, rest = nnx.split(model, nnx.Param, ...)
-    latest = ckpt.restore_latest({"params": params, "rest": rest,
-                                  "opt_state": tx.init(params)})
+    latest = ckpt.restore_latest({"params": params, "rest": rest, "opt_state": tx.init(params)})
   finally:
     ckpt.close()
   if latest is None:
@@ -74,8 +74,9 @@ def restore_params(config, workdir: str, model: nnx.Module) -> str:
   return f"latest step {latest[0]}"
 
 
-def capture_qkv(workdir: str, *, layer: int = 0, split: str = "test",
-                num_examples: int = 2) -> dict[str, object]:
+def capture_qkv(
+  workdir: str, *, layer: int = 0, split: str = "test", num_examples: int = 2
+) -> dict[str, object]:
   """q, k, v and mask entering layer `layer`'s attention core of the run in `workdir`.
 
   Args:
@@ -111,7 +112,10 @@ def capture_qkv(workdir: str, *, layer: int = 0, split: str = "test",
   batch = next(iter(loader))
   model(jnp.asarray(batch["inputs"]), jnp.asarray(batch["mask"]))
   q, k, v, mask = recorder.seen[0]
-  return {"q": q.astype(np.float32), "k": k.astype(np.float32), "v": v.astype(np.float32),
-          "mask": np.asarray(mask, bool),
-          "source": f"{config.task}/{config.attention} layer {layer}, {which}, "
-                    f"{q.shape[0]} {split} rows"}
+  return {
+    "q": q.astype(np.float32),
+    "k": k.astype(np.float32),
+    "v": v.astype(np.float32),
+    "mask": np.asarray(mask, bool),
+    "source": f"{config.task}/{config.attention} layer {layer}, {which}, {q.shape[0]} {split} rows",
+  }

@@ -33,8 +33,9 @@ def _diff(old, new, prefix=""):
     yield f"{prefix[:-1]}: stored {old!r}, now {new!r}"
 
 
-def check_or_store_config(workdir: str, config: ml_collections.ConfigDict,
-                          write: bool = True) -> None:
+def check_or_store_config(
+  workdir: str, config: ml_collections.ConfigDict, write: bool = True
+) -> None:
   """Stores `config` in a new workdir; in an existing one, refuses any other config.
 
   Raises:
@@ -48,9 +49,11 @@ def check_or_store_config(workdir: str, config: ml_collections.ConfigDict,
     differences = list(_diff(stored, current))
     if differences:
       raise ConfigMismatchError(
-          f"workdir={workdir!r} was made by a different config ({path}), so it cannot be "
-          f"resumed with this one. Differences: " + "; ".join(differences) +
-          ". Use a new --workdir, or rerun with the stored config.")
+        f"workdir={workdir!r} was made by a different config ({path}), so it cannot be "
+        f"resumed with this one. Differences: "
+        + "; ".join(differences)
+        + ". Use a new --workdir, or rerun with the stored config."
+      )
     return
   if write:
     tmp = path + ".tmp"
@@ -68,11 +71,14 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 2):
     options = lambda n: ocp.CheckpointManagerOptions(
-        max_to_keep=n, create=True, enable_async_checkpointing=False)
-    self._latest = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                                         options=options(keep), item_names=("state", "meta"))
-    self._best = ocp.CheckpointManager(os.path.join(workdir, "best"), options=options(1),
-                                       item_names=("params", "meta"))
+      max_to_keep=n, create=True, enable_async_checkpointing=False
+    )
+    self._latest = ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"), options=options(keep), item_names=("state", "meta")
+    )
+    self._best = ocp.CheckpointManager(
+      os.path.join(workdir, "best"), options=options(1), item_names=("params", "meta")
+    )
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
@@ -80,8 +86,10 @@ class Checkpointer:
   def save(self, step: int, state, meta: dict) -> None:
     if step in self._latest.all_steps():
       return
-    self._latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self._latest.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    )
     self._latest.wait_until_finished()
 
   def restore_latest(self, state_like) -> tuple[int, object, dict] | None:
@@ -89,16 +97,22 @@ class Checkpointer:
     step = self._latest.latest_step()
     if step is None:
       return None
-    out = self._latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore()))
+    out = self._latest.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state_like)), meta=ocp.args.JsonRestore()
+      ),
+    )
     return step, out.state, out.meta
 
   def save_best(self, step: int, params, meta: dict) -> None:
     for old in self._best.all_steps():
       if old >= step:
         self._best.delete(old)
-    self._best.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+    self._best.save(
+      step,
+      args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
+    )
     self._best.wait_until_finished()
 
   def drop_best_after(self, step: int) -> None:
@@ -111,8 +125,12 @@ class Checkpointer:
     step = self._best.latest_step()
     if step is None:
       return None
-    out = self._best.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(params_like)), meta=ocp.args.JsonRestore()))
+    out = self._best.restore(
+      step,
+      args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(params_like)), meta=ocp.args.JsonRestore()
+      ),
+    )
     return out.params, out.meta
 
   def close(self) -> None:

@@ -20,8 +20,8 @@ from lra import train
 from lra.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A configs/<task>.py file, optionally with :args (e.g. :smoke).",
-    lock_config=True)
+  "config", None, "A configs/<task>.py file, optionally with :args (e.g. :smoke).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results go here.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -30,8 +30,10 @@ class _QuietLibraries:
   """Keeps orbax's and TFDS's per-save INFO lines out of the user's console."""
 
   def filter(self, record) -> bool:
-    noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname
-                for lib in ("orbax", "tensorflow_datasets", "grain"))
+    noisy = any(
+      f"{os.sep}{lib}{os.sep}" in record.pathname
+      for lib in ("orbax", "tensorflow_datasets", "grain")
+    )
     return record.levelno >= std_logging.WARNING or not noisy
 
 
@@ -41,14 +43,19 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (pipeline.DataNotFoundError, checkpoints.ConfigMismatchError,
-          train.NonFiniteLossError) as e:
+  except (
+    pipeline.DataNotFoundError,
+    checkpoints.ConfigMismatchError,
+    train.NonFiniteLossError,
+  ) as e:
     # Expected failures with a remedy in the message: say it plainly, no traceback.
     sys.exit(f"{type(e).__name__}: {e}")
-  message = (f"{results['task']} / {results['attention']}: test accuracy "
-             f"{results['test_accuracy']:.4f} on {results['num_test_examples']} examples "
-             f"(best validation {results['best_validation_accuracy']:.4f} at step "
-             f"{results['best_step']}); results in {_WORKDIR.value}/results.json")
+  message = (
+    f"{results['task']} / {results['attention']}: test accuracy "
+    f"{results['test_accuracy']:.4f} on {results['num_test_examples']} examples "
+    f"(best validation {results['best_validation_accuracy']:.4f} at step "
+    f"{results['best_step']}); results in {_WORKDIR.value}/results.json"
+  )
   logging.info(message)
   print(message, flush=True)
 

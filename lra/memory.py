@@ -25,9 +25,19 @@ def keys_per_query(attention: str, length: int, knobs: dict) -> int:
   return min(length, _DEFAULT_KEYS_PER_QUERY)
 
 
-def activation_bytes(*, micro_batch: int, length: int, num_layers: int, embed_dim: int,
-                     qkv_dim: int, mlp_dim: int, num_heads: int, attention: str,
-                     knobs: dict, bytes_per_value: int) -> int:
+def activation_bytes(
+  *,
+  micro_batch: int,
+  length: int,
+  num_layers: int,
+  embed_dim: int,
+  qkv_dim: int,
+  mlp_dim: int,
+  num_heads: int,
+  attention: str,
+  knobs: dict,
+  bytes_per_value: int,
+) -> int:
   """Bytes of activations kept for the backward pass of one micro-batch."""
   per_token = 6 * embed_dim + 4 * qkv_dim + 3 * mlp_dim
   # Scores, probabilities and their gradient, per head (float32 whatever the compute dtype).
@@ -57,7 +67,11 @@ def warn_if_too_large(estimate: int, available: int | None, *, what: str) -> boo
   if available is None or estimate <= 0.8 * available:
     return False
   logging.warning(
-      "Out-of-memory risk: %s needs about %.1f GiB of activations per device, and a device "
-      "has %.1f GiB. Raise --config.grad_accum_steps, lower --config.batch_size, or use "
-      "--config.compute_dtype=bfloat16.", what, estimate / 2**30, available / 2**30)
+    "Out-of-memory risk: %s needs about %.1f GiB of activations per device, and a device "
+    "has %.1f GiB. Raise --config.grad_accum_steps, lower --config.batch_size, or use "
+    "--config.compute_dtype=bfloat16.",
+    what,
+    estimate / 2**30,
+    available / 2**30,
+  )
   return True

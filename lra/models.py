@@ -36,6 +36,7 @@ PATCH_ORDER_ATTENTIONS = ("mra2", "mra2_s")
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Everything that fixes the model's shape and behaviour (validated on construction)."""
+
   vocab_size: int
   num_classes: int
   max_length: int
@@ -59,29 +60,46 @@ class ModelConfig:
   dtype: Any = jnp.float32
 
   def __post_init__(self):
-    for name in ("vocab_size", "num_classes", "max_length", "num_layers", "embed_dim",
-                 "qkv_dim", "num_heads", "mlp_dim"):
+    for name in (
+      "vocab_size",
+      "num_classes",
+      "max_length",
+      "num_layers",
+      "embed_dim",
+      "qkv_dim",
+      "num_heads",
+      "mlp_dim",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int; got {name}={value!r}")
     if self.qkv_dim % self.num_heads:
-      raise ValueError(f"qkv_dim must be divisible by num_heads; got qkv_dim={self.qkv_dim}, "
-                       f"num_heads={self.num_heads}")
+      raise ValueError(
+        f"qkv_dim must be divisible by num_heads; got qkv_dim={self.qkv_dim}, "
+        f"num_heads={self.num_heads}"
+      )
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"dropout_rate must be in [0, 1); got dropout_rate={self.dropout_rate}")
-    for name, allowed in (("pooling", POOLINGS), ("positions", POSITIONS),
-                          ("retrieval_interaction", INTERACTIONS),
-                          ("token_order", TOKEN_ORDERS)):
+    for name, allowed in (
+      ("pooling", POOLINGS),
+      ("positions", POSITIONS),
+      ("retrieval_interaction", INTERACTIONS),
+      ("token_order", TOKEN_ORDERS),
+    ):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name} must be one of {allowed}; got {name}={getattr(self, name)!r}")
     if self.token_order == "patch":
       if self.pooling == "cls":
-        raise ValueError("token_order='patch' needs pooling='mean' (a CLS token has no pixel); "
-                         f"got pooling={self.pooling!r}")
+        raise ValueError(
+          "token_order='patch' needs pooling='mean' (a CLS token has no pixel); "
+          f"got pooling={self.pooling!r}"
+        )
       if self.image_shape is None or math.prod(self.image_shape) != self.max_length:
-        raise ValueError(f"token_order='patch' needs an image task whose image covers "
-                         f"max_length; got image_shape={self.image_shape}, "
-                         f"max_length={self.max_length}")
+        raise ValueError(
+          f"token_order='patch' needs an image task whose image covers "
+          f"max_length; got image_shape={self.image_shape}, "
+          f"max_length={self.max_length}"
+        )
 
   @property
   def sequence_length(self) -> int:
@@ -104,7 +122,7 @@ def sinusoidal_positions(length: int, dim: int) -> jax.Array:
   angle_LxF = pos_Lx1 * freq_1xF[None, :]
   table = jnp.zeros((length, dim), jnp.float32)
   table = table.at[:, 0::2].set(jnp.sin(angle_LxF))
-  return table.at[:, 1::2].set(jnp.cos(angle_LxF)[:, :dim // 2])
+  return table.at[:, 1::2].set(jnp.cos(angle_LxF)[:, : dim // 2])
 
 
 def _fold(key: jax.Array | None, *data: int) -> jax.Array | None:
@@ -121,21 +139,31 @@ class SelfAttention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.qkv_dim // cfg.num_heads
-    dense = lambda fin, fout: nnx.Linear(fin, fout, use_bias=cfg.qkv_bias, dtype=cfg.dtype,
-                                         rngs=rngs)
+    dense = lambda fin, fout: nnx.Linear(
+      fin, fout, use_bias=cfg.qkv_bias, dtype=cfg.dtype, rngs=rngs
+    )
     self.query = dense(cfg.embed_dim, cfg.qkv_dim)
     self.key = dense(cfg.embed_dim, cfg.qkv_dim)
     self.value = dense(cfg.embed_dim, cfg.qkv_dim)
     self.out = dense(cfg.qkv_dim, cfg.embed_dim)
-    self.core = attentions.build(cfg.attention, num_heads=cfg.num_heads,
-                                 head_dim=self.head_dim, max_length=cfg.sequence_length,
-                                 rngs=rngs, **cfg.attention_kwargs)
+    self.core = attentions.build(
+      cfg.attention,
+      num_heads=cfg.num_heads,
+      head_dim=self.head_dim,
+      max_length=cfg.sequence_length,
+      rngs=rngs,
+      **cfg.attention_kwargs,
+    )
 
   def __call__(self, x_BxLxE: jax.Array, mask_BxL: jax.Array) -> jax.Array:
     B, L, _ = x_BxLxE.shape
     heads = lambda y: y.reshape(B, L, self.num_heads, self.head_dim)
-    o_BxLxHxD = self.core(heads(self.query(x_BxLxE)), heads(self.key(x_BxLxE)),
-                          heads(self.value(x_BxLxE)), mask=mask_BxL)
+    o_BxLxHxD = self.core(
+      heads(self.query(x_BxLxE)),
+      heads(self.key(x_BxLxE)),
+      heads(self.value(x_BxLxE)),
+      mask=mask_BxL,
+    )
     return self.out(o_BxLxHxD.reshape(B, L, -1).astype(x_BxLxE.dtype))
 
 
@@ -153,8 +181,11 @@ class EncoderBlock(nnx.Module):
   def __call__(self, x_BxLxE, mask_BxL, dropout_key):
     y = self.attention(self.ln_attention(x_BxLxE), mask_BxL)
     x_BxLxE = x_BxLxE + dropout(y, self.rate, _fold(dropout_key, 0))
-    h = dropout(jax.nn.gelu(self.mlp_in(self.ln_mlp(x_BxLxE)), approximate=False), self.rate,
-                _fold(dropout_key, 1))
+    h = dropout(
+      jax.nn.gelu(self.mlp_in(self.ln_mlp(x_BxLxE)), approximate=False),
+      self.rate,
+      _fold(dropout_key, 1),
+    )
     return x_BxLxE + dropout(self.mlp_out(h), self.rate, _fold(dropout_key, 2))
 
 
@@ -168,13 +199,18 @@ class Encoder(nnx.Module):
     self.token_order = cfg.token_order
     self.image_shape = cfg.image_shape
     self.rate = cfg.dropout_rate
-    self.embed = nnx.Embed(cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype,
-                           embedding_init=nnx.initializers.normal(cfg.embed_init_std),
-                           rngs=rngs)
+    self.embed = nnx.Embed(
+      cfg.vocab_size,
+      cfg.embed_dim,
+      dtype=cfg.dtype,
+      embedding_init=nnx.initializers.normal(cfg.embed_init_std),
+      rngs=rngs,
+    )
     length = cfg.sequence_length
     if cfg.positions == "learned":
-      self.position_LxE = nnx.Param(nnx.initializers.normal(0.02)(
-          rngs.params(), (length, cfg.embed_dim)))
+      self.position_LxE = nnx.Param(
+        nnx.initializers.normal(0.02)(rngs.params(), (length, cfg.embed_dim))
+      )
     else:
       self.position_LxE = nnx.Variable(sinusoidal_positions(length, cfg.embed_dim))
     if cfg.pooling == "cls":
@@ -182,17 +218,20 @@ class Encoder(nnx.Module):
     self.blocks = nnx.List([EncoderBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.ln_final = nnx.LayerNorm(cfg.embed_dim, dtype=cfg.dtype, rngs=rngs)
 
-  def __call__(self, inputs_BxL: jax.Array, mask_BxL: jax.Array,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, inputs_BxL: jax.Array, mask_BxL: jax.Array, dropout_key: jax.Array | None = None
+  ) -> jax.Array:
     B, L = inputs_BxL.shape
     if L != self.max_length:
-      raise ValueError(f"inputs must have length max_length={self.max_length}; got "
-                       f"inputs.shape={inputs_BxL.shape}")
+      raise ValueError(
+        f"inputs must have length max_length={self.max_length}; got inputs.shape={inputs_BxL.shape}"
+      )
     mask_BxL = mask_BxL.astype(bool)
     x_BxLxE = self.embed(inputs_BxL)
     if self.pooling == "cls":
-      cls_Bx1xE = jnp.broadcast_to(self.cls_E[...].astype(x_BxLxE.dtype)[None, None, :],
-                                   (B, 1, self.embed_dim))
+      cls_Bx1xE = jnp.broadcast_to(
+        self.cls_E[...].astype(x_BxLxE.dtype)[None, None, :], (B, 1, self.embed_dim)
+      )
       x_BxLxE = jnp.concatenate([cls_Bx1xE, x_BxLxE], axis=1)
       mask_BxL = jnp.concatenate([jnp.ones((B, 1), bool), mask_BxL], axis=1)
     x_BxLxE = x_BxLxE + self.position_LxE[...].astype(x_BxLxE.dtype)[None, :, :]
@@ -214,11 +253,13 @@ class Encoder(nnx.Module):
 class MlpHead(nnx.Module):
   """Dense -> ReLU (per hidden width) -> Dense(num_classes)."""
 
-  def __init__(self, in_features: int, hidden: tuple[int, ...], num_classes: int, dtype, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, in_features: int, hidden: tuple[int, ...], num_classes: int, dtype, *, rngs: nnx.Rngs
+  ):
     widths = (in_features, *hidden)
-    self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
-                            for a, b in zip(widths[:-1], widths[1:])])
+    self.hidden = nnx.List(
+      [nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+    )
     self.out = nnx.Linear(widths[-1], num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x_BxF: jax.Array) -> jax.Array:
@@ -232,8 +273,7 @@ class Classifier(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.encoder = Encoder(cfg, rngs=rngs)
-    self.head = MlpHead(cfg.embed_dim, cfg.classifier_hidden, cfg.num_classes, cfg.dtype,
-                        rngs=rngs)
+    self.head = MlpHead(cfg.embed_dim, cfg.classifier_hidden, cfg.num_classes, cfg.dtype, rngs=rngs)
 
   def __call__(self, inputs, mask, dropout_key=None):
     return self.head(self.encoder(inputs, mask, dropout_key)).astype(jnp.float32)
@@ -254,8 +294,9 @@ class DualClassifier(nnx.Module):
     B = inputs_Bx2xL.shape[0]
     # Both documents in one encoder call: shared weights, one compiled pass; the towers get
     # different dropout masks because they are different rows.
-    both_2BxE = self.encoder(inputs_Bx2xL.reshape(2 * B, -1), mask_Bx2xL.reshape(2 * B, -1),
-                             dropout_key)
+    both_2BxE = self.encoder(
+      inputs_Bx2xL.reshape(2 * B, -1), mask_Bx2xL.reshape(2 * B, -1), dropout_key
+    )
     u_BxE, v_BxE = both_2BxE.reshape(B, 2, -1)[:, 0], both_2BxE.reshape(B, 2, -1)[:, 1]
     if self.interaction == "nli":
       features = jnp.concatenate([u_BxE, v_BxE, u_BxE * v_BxE, u_BxE - v_BxE], axis=-1)

@@ -75,13 +75,15 @@ def cosine_lr(factor: float, warmup_steps: int, total_steps: int) -> optax.Sched
   return schedule
 
 
-def learning_rate_schedule(schedule: str, learning_rate: float, warmup_steps: int,
-                           total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(
+  schedule: str, learning_rate: float, warmup_steps: int, total_steps: int
+) -> optax.Schedule:
   """The schedule named `schedule` (one of `SCHEDULES`)."""
   if schedule == "one_cycle":
     if not 0 < warmup_steps < total_steps:
-      raise ValueError(f"one_cycle needs 0 < warmup_steps < num_train_steps; got "
-                       f"{warmup_steps=}, {total_steps=}")
+      raise ValueError(
+        f"one_cycle needs 0 < warmup_steps < num_train_steps; got {warmup_steps=}, {total_steps=}"
+      )
     return one_cycle_lr(learning_rate, warmup_steps, total_steps)
   if schedule == "rsqrt":
     return rsqrt_lr(learning_rate, warmup_steps)
@@ -90,8 +92,9 @@ def learning_rate_schedule(schedule: str, learning_rate: float, warmup_steps: in
   raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule=}")
 
 
-def make_optimizer(opt_cfg, learning_rate: float, total_steps: int
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+  opt_cfg, learning_rate: float, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (decoupled weight decay on every parameter), optional global-norm clipping.
 
   Args:
@@ -103,13 +106,11 @@ def make_optimizer(opt_cfg, learning_rate: float, total_steps: int
   Returns:
     (optimizer, learning-rate schedule) — the schedule for logging.
   """
-  lr = learning_rate_schedule(opt_cfg.schedule, learning_rate, opt_cfg.warmup_steps,
-                              total_steps)
-  b1 = (one_cycle_b1(opt_cfg.warmup_steps, total_steps) if opt_cfg.cycle_momentum
-        else opt_cfg.b1)
+  lr = learning_rate_schedule(opt_cfg.schedule, learning_rate, opt_cfg.warmup_steps, total_steps)
+  b1 = one_cycle_b1(opt_cfg.warmup_steps, total_steps) if opt_cfg.cycle_momentum else opt_cfg.b1
   adamw = optax.inject_hyperparams(optax.adamw)(
-      learning_rate=lr, b1=b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-      weight_decay=opt_cfg.weight_decay)
+    learning_rate=lr, b1=b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay
+  )
   if opt_cfg.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip_norm), adamw), lr
   return adamw, lr

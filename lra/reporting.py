@@ -51,6 +51,7 @@ class MetricsWriter:
     self._tb = None
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
   def write(self, step: int, split: str, **values) -> None:
@@ -78,14 +79,18 @@ def _plain(value):
 def plot_learning_curve(workdir: str) -> str:
   """Train loss and validation accuracy against step, as learning_curve.png (Agg)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   events = read_metrics(workdir)
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
   for split, style in (("train", "-"), ("validation", "o-")):
-    points = [(e["step"], e["loss"], e["accuracy"]) for e in events
-              if e["split"] == split and math.isfinite(e.get("loss", math.nan))]
+    points = [
+      (e["step"], e["loss"], e["accuracy"])
+      for e in events
+      if e["split"] == split and math.isfinite(e.get("loss", math.nan))
+    ]
     if points:
       steps, losses, accs = zip(*points)
       ax_loss.plot(steps, losses, style, label=split, markersize=3)

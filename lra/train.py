@@ -43,32 +43,53 @@ def model_config(config) -> models.ModelConfig:
   """The validated `ModelConfig` of a run config (resolves token_order="auto")."""
   spec = tasks.get_task(config.task)
   if config.compute_dtype not in DTYPES:
-    raise ValueError(f"compute_dtype must be one of {sorted(DTYPES)}; got "
-                     f"compute_dtype={config.compute_dtype!r}")
+    raise ValueError(
+      f"compute_dtype must be one of {sorted(DTYPES)}; got compute_dtype={config.compute_dtype!r}"
+    )
   token_order = config.token_order
   if token_order == "auto":
-    fits = (spec.image_shape is not None and config.model.pooling == "mean"
-            and math.prod(spec.image_shape) == config.max_length)
-    token_order = ("patch" if fits and config.attention in models.PATCH_ORDER_ATTENTIONS
-                   else "row_major")
+    fits = (
+      spec.image_shape is not None
+      and config.model.pooling == "mean"
+      and math.prod(spec.image_shape) == config.max_length
+    )
+    token_order = (
+      "patch" if fits and config.attention in models.PATCH_ORDER_ATTENTIONS else "row_major"
+    )
   if config.attention not in config.attention_kwargs:
-    raise ValueError(f"attention={config.attention!r} has no knob block in attention_kwargs "
-                     f"(known: {sorted(config.attention_kwargs)})")
+    raise ValueError(
+      f"attention={config.attention!r} has no knob block in attention_kwargs "
+      f"(known: {sorted(config.attention_kwargs)})"
+    )
   m = config.model
   return models.ModelConfig(
-      vocab_size=spec.vocab_size, num_classes=spec.num_classes, max_length=config.max_length,
-      attention=config.attention,
-      attention_kwargs=dict(config.attention_kwargs[config.attention].to_dict()),
-      num_layers=m.num_layers, embed_dim=m.embed_dim, qkv_dim=m.qkv_dim,
-      num_heads=m.num_heads, mlp_dim=m.mlp_dim, classifier_hidden=tuple(m.classifier_hidden),
-      dropout_rate=m.dropout_rate, pooling=m.pooling, positions=m.positions,
-      embed_init_std=m.embed_init_std, qkv_bias=m.qkv_bias, dual_input=spec.dual_input,
-      retrieval_interaction=m.retrieval_interaction, token_order=token_order,
-      image_shape=spec.image_shape, dtype=DTYPES[config.compute_dtype])
+    vocab_size=spec.vocab_size,
+    num_classes=spec.num_classes,
+    max_length=config.max_length,
+    attention=config.attention,
+    attention_kwargs=dict(config.attention_kwargs[config.attention].to_dict()),
+    num_layers=m.num_layers,
+    embed_dim=m.embed_dim,
+    qkv_dim=m.qkv_dim,
+    num_heads=m.num_heads,
+    mlp_dim=m.mlp_dim,
+    classifier_hidden=tuple(m.classifier_hidden),
+    dropout_rate=m.dropout_rate,
+    pooling=m.pooling,
+    positions=m.positions,
+    embed_init_std=m.embed_init_std,
+    qkv_bias=m.qkv_bias,
+    dual_input=spec.dual_input,
+    retrieval_interaction=m.retrieval_interaction,
+    token_order=token_order,
+    image_shape=spec.image_shape,
+    dtype=DTYPES[config.compute_dtype],
+  )
 
 
-def init_state(cfg: models.ModelConfig, tx: optax.GradientTransformation, seed: int,
-               sharding) -> dict:
+def init_state(
+  cfg: models.ModelConfig, tx: optax.GradientTransformation, seed: int, sharding
+) -> dict:
   """{"params", "rest", "opt_state"} of a fresh model, placed by `sharding`.
 
   Initialisation runs as one compiled program (eager init compiles every op on its own).
@@ -83,30 +104,45 @@ def init_state(cfg: models.ModelConfig, tx: optax.GradientTransformation, seed: 
 
 
 @functools.lru_cache(maxsize=4)
-def _programs(graphdef, optimizer_items: tuple, learning_rate: float, total_steps: int,
-              grad_accum_steps: int):
+def _programs(
+  graphdef, optimizer_items: tuple, learning_rate: float, total_steps: int, grad_accum_steps: int
+):
   """Optimizer and jitted steps, shared by runs of one process with the same settings
   (a resumed or repeated run in the same process skips recompiling)."""
   opt_cfg = types.SimpleNamespace(**dict(optimizer_items))
   tx, lr_schedule = optim.make_optimizer(opt_cfg, learning_rate, total_steps)
-  return (tx, lr_schedule, make_train_step(graphdef, tx, grad_accum_steps),
-          make_eval_step(graphdef))
+  return (
+    tx,
+    lr_schedule,
+    make_train_step(graphdef, tx, grad_accum_steps),
+    make_eval_step(graphdef),
+  )
 
 
 def _check_sizes(config, num_devices: int) -> None:
-  for name in ("num_train_steps", "eval_every_steps", "checkpoint_every_steps",
-               "log_every_steps", "batch_size", "eval_batch_size", "grad_accum_steps"):
+  for name in (
+    "num_train_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "log_every_steps",
+    "batch_size",
+    "eval_batch_size",
+    "grad_accum_steps",
+  ):
     if getattr(config, name) < 1:
       raise ValueError(f"{name} must be >= 1; got {name}={getattr(config, name)}")
   micro, rem = divmod(config.batch_size, config.grad_accum_steps)
   if rem or micro % num_devices:
     raise ValueError(
-        f"batch_size / grad_accum_steps must be a whole multiple of the {num_devices} "
-        f"devices; got batch_size={config.batch_size}, "
-        f"grad_accum_steps={config.grad_accum_steps}")
+      f"batch_size / grad_accum_steps must be a whole multiple of the {num_devices} "
+      f"devices; got batch_size={config.batch_size}, "
+      f"grad_accum_steps={config.grad_accum_steps}"
+    )
   if config.eval_batch_size % num_devices:
-    raise ValueError(f"eval_batch_size must be a multiple of the {num_devices} devices; got "
-                     f"eval_batch_size={config.eval_batch_size}")
+    raise ValueError(
+      f"eval_batch_size must be a multiple of the {num_devices} devices; got "
+      f"eval_batch_size={config.eval_batch_size}"
+    )
 
 
 def _loss_and_accuracy(graphdef, params, rest, batch, dropout_key):
@@ -134,24 +170,30 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum_steps
       # Micro-batch i takes rows i, i + A, i + 2A, ...: every device keeps an equal share
       # of each micro-batch under the batch sharding.
       micro = jax.tree.map(
-          lambda x: jnp.swapaxes(
-              x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]),
-              0, 1), batch)
+        lambda x: jnp.swapaxes(
+          x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]), 0, 1
+        ),
+        batch,
+      )
 
       def body(carry, xs):
         i, mb = xs
         (l, a), g = grad_fn(params, rest, mb, jax.random.fold_in(dropout_key, i))
         return jax.tree.map(jnp.add, carry, (l, a, g)), None
 
-      zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
-               jax.tree.map(jnp.zeros_like, params))
-      (loss, accuracy, grads), _ = jax.lax.scan(
-          body, zeros, (jnp.arange(grad_accum_steps), micro))
-      loss, accuracy, grads = jax.tree.map(lambda x: x / grad_accum_steps,
-                                           (loss, accuracy, grads))
+      zeros = (
+        jnp.zeros((), jnp.float32),
+        jnp.zeros((), jnp.float32),
+        jax.tree.map(jnp.zeros_like, params),
+      )
+      (loss, accuracy, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
+      loss, accuracy, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, accuracy, grads))
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_state = {"params": optax.apply_updates(params, updates), "rest": rest,
-                 "opt_state": opt_state}
+    new_state = {
+      "params": optax.apply_updates(params, updates),
+      "rest": rest,
+      "opt_state": opt_state,
+    }
     return new_state, {"loss": loss, "accuracy": accuracy}
 
   return jax.jit(step, donate_argnums=0)
@@ -168,8 +210,9 @@ def make_eval_step(graphdef):
   return jax.jit(step)
 
 
-def evaluate(eval_step, params, rest, loader, *, batch_size: int, num_batches: int,
-             sharding) -> dict:
+def evaluate(
+  eval_step, params, rest, loader, *, batch_size: int, num_batches: int, sharding
+) -> dict:
   """Mean loss and accuracy over the first `num_batches` batches (-1: all) of `loader`."""
   totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
   for i, batch in enumerate(loader):
@@ -180,35 +223,50 @@ def evaluate(eval_step, params, rest, loader, *, batch_size: int, num_batches: i
     for key, value in jax.device_get(sums).items():
       totals[key] += float(value)
   count = max(totals["count"], 1.0)
-  return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count,
-          "num_examples": int(totals["count"])}
+  return {
+    "loss": totals["loss"] / count,
+    "accuracy": totals["correct"] / count,
+    "num_examples": int(totals["count"]),
+  }
 
 
 def _maybe_initialize_distributed() -> None:
   """Joins a multi-host job when the environment describes one (JAX_COORDINATOR_ADDRESS)."""
   if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
     jax.distributed.initialize(
-        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["JAX_PROCESS_ID"]))
+      coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
 
 
 def _warn_if_memory_is_short(config, cfg: models.ModelConfig) -> None:
   micro = config.batch_size // config.grad_accum_steps // jax.device_count()
   towers = 2 if cfg.dual_input else 1
   estimate = memory.activation_bytes(
-      micro_batch=micro * towers, length=cfg.sequence_length, num_layers=cfg.num_layers,
-      embed_dim=cfg.embed_dim, qkv_dim=cfg.qkv_dim, mlp_dim=cfg.mlp_dim,
-      num_heads=cfg.num_heads, attention=cfg.attention, knobs=cfg.attention_kwargs,
-      bytes_per_value=jnp.dtype(cfg.dtype).itemsize)
-  memory.warn_if_too_large(estimate, memory.available_bytes(),
-                           what=f"{config.task} with {config.attention} at batch {micro} "
-                           f"per device, length {cfg.sequence_length}")
+    micro_batch=micro * towers,
+    length=cfg.sequence_length,
+    num_layers=cfg.num_layers,
+    embed_dim=cfg.embed_dim,
+    qkv_dim=cfg.qkv_dim,
+    mlp_dim=cfg.mlp_dim,
+    num_heads=cfg.num_heads,
+    attention=cfg.attention,
+    knobs=cfg.attention_kwargs,
+    bytes_per_value=jnp.dtype(cfg.dtype).itemsize,
+  )
+  memory.warn_if_too_large(
+    estimate,
+    memory.available_bytes(),
+    what=f"{config.task} with {config.attention} at batch {micro} "
+    f"per device, length {cfg.sequence_length}",
+  )
 
 
 @dataclasses.dataclass
 class _Window:
   """Train metrics averaged between two log events (checkpointed with the step)."""
+
   loss: float = 0.0
   accuracy: float = 0.0
   count: int = 0
@@ -232,8 +290,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   checkpoints.check_or_store_config(workdir, config, write=primary)
   # Auto axes: jit places the gradient all-reduce itself (no explicit-sharding typing).
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
   _check_sizes(config, jax.device_count())
@@ -249,16 +306,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0))))
   tx, lr_schedule, train_step, eval_step = _programs(
-      graphdef, tuple(sorted(config.optimizer.to_dict().items())), config.learning_rate,
-      config.num_train_steps, config.grad_accum_steps)
+    graphdef,
+    tuple(sorted(config.optimizer.to_dict().items())),
+    config.learning_rate,
+    config.num_train_steps,
+    config.grad_accum_steps,
+  )
   state = init_state(cfg, tx, config.seed, replicated)
   params = state["params"]
   num_params = sum(x.size for x in jax.tree.leaves(params))
-  logging.info("%s / %s: %d parameters, %d devices, %d processes", config.task,
-               config.attention, num_params, jax.device_count(), jax.process_count())
+  logging.info(
+    "%s / %s: %d parameters, %d devices, %d processes",
+    config.task,
+    config.attention,
+    num_params,
+    jax.device_count(),
+    jax.process_count(),
+  )
 
-  train_loader = inputs.make_loader(config, data_dir, "train", batch_size=config.batch_size,
-                                    train=True)
+  train_loader = inputs.make_loader(
+    config, data_dir, "train", batch_size=config.batch_size, train=True
+  )
   ckpt = checkpoints.Checkpointer(workdir)
   writer = reporting.MetricsWriter(workdir, enabled=primary)
   start_step, best = 0, {"accuracy": -1.0, "step": 0}
@@ -268,8 +336,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start_step, state, meta = restored
     train_loader.set_state(meta["loader"])
     best = meta["best"]
-    window = _Window(meta["window"]["loss"], meta["window"]["accuracy"],
-                     meta["window"]["count"])
+    window = _Window(meta["window"]["loss"], meta["window"]["accuracy"], meta["window"]["count"])
     if primary:
       reporting.truncate_metrics(workdir, start_step)
     ckpt.drop_best_after(start_step)
@@ -278,33 +345,47 @@ def train_and_evaluate(config, workdir: str) -> dict:
   dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def run_eval(split, params_, num_batches):
-    loader = inputs.make_loader(config, data_dir, split, batch_size=config.eval_batch_size,
-                                train=False)
-    return evaluate(eval_step, params_, state["rest"], loader,
-                    batch_size=config.eval_batch_size, num_batches=num_batches,
-                    sharding=batch_sharding)
+    loader = inputs.make_loader(
+      config, data_dir, split, batch_size=config.eval_batch_size, train=False
+    )
+    return evaluate(
+      eval_step,
+      params_,
+      state["rest"],
+      loader,
+      batch_size=config.eval_batch_size,
+      num_batches=num_batches,
+      sharding=batch_sharding,
+    )
 
-  bar = tqdm.tqdm(total=config.num_train_steps, initial=start_step, disable=not primary,
-                  desc=f"{config.task}/{config.attention}", unit="step", dynamic_ncols=True)
+  bar = tqdm.tqdm(
+    total=config.num_train_steps,
+    initial=start_step,
+    disable=not primary,
+    desc=f"{config.task}/{config.attention}",
+    unit="step",
+    dynamic_ncols=True,
+  )
   iterator = iter(train_loader)
   train_start, timed_steps = time.time(), 0
   for step in range(start_step + 1, config.num_train_steps + 1):
     batch = inputs.to_global(next(iterator), batch_sharding)
     state, metrics = train_step(state, batch, jax.random.fold_in(dropout_root, step))
-    loss, accuracy = (float(x) for x in jax.device_get((metrics["loss"],
-                                                         metrics["accuracy"])))
+    loss, accuracy = (float(x) for x in jax.device_get((metrics["loss"], metrics["accuracy"])))
     timed_steps += 1
     if not math.isfinite(loss):
-      writer.write(step, "train", loss=loss, accuracy=accuracy,
-                   learning_rate=float(lr_schedule(step - 1)))
+      writer.write(
+        step, "train", loss=loss, accuracy=accuracy, learning_rate=float(lr_schedule(step - 1))
+      )
       writer.close()
       bar.close()
       raise NonFiniteLossError(
-          f"Training loss is {loss} at step {step}; stopped (metrics written to "
-          f"{os.path.join(workdir, reporting.METRICS_FILE)}). Try a lower learning_rate "
-          f"(now {config.learning_rate}), gradient clipping (--config.optimizer."
-          f"grad_clip_norm=1.0) or float32 compute. The last checkpoint is step "
-          f"{ckpt.latest_step()}.")
+        f"Training loss is {loss} at step {step}; stopped (metrics written to "
+        f"{os.path.join(workdir, reporting.METRICS_FILE)}). Try a lower learning_rate "
+        f"(now {config.learning_rate}), gradient clipping (--config.optimizer."
+        f"grad_clip_norm=1.0) or float32 compute. The last checkpoint is step "
+        f"{ckpt.latest_step()}."
+      )
     window.loss += loss
     window.accuracy += accuracy
     window.count += 1
@@ -312,24 +393,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     if step % config.log_every_steps == 0 or step == config.num_train_steps:
       elapsed = time.time() - window.start_time
-      writer.write(step, "train", loss=window.loss / window.count,
-                   accuracy=window.accuracy / window.count,
-                   learning_rate=float(lr_schedule(step - 1)),
-                   steps_per_sec=window.count / max(elapsed, 1e-9))
+      writer.write(
+        step,
+        "train",
+        loss=window.loss / window.count,
+        accuracy=window.accuracy / window.count,
+        learning_rate=float(lr_schedule(step - 1)),
+        steps_per_sec=window.count / max(elapsed, 1e-9),
+      )
       window = _Window()
     if step % config.eval_every_steps == 0 or step == config.num_train_steps:
       val = run_eval("validation", state["params"], config.num_eval_batches)
-      writer.write(step, "validation", loss=val["loss"], accuracy=val["accuracy"],
-                   num_examples=val["num_examples"])
+      writer.write(
+        step,
+        "validation",
+        loss=val["loss"],
+        accuracy=val["accuracy"],
+        num_examples=val["num_examples"],
+      )
       if primary:
-        bar.write(f"step {step}: validation accuracy {val['accuracy']:.4f} "
-                  f"loss {val['loss']:.4f}")
+        bar.write(f"step {step}: validation accuracy {val['accuracy']:.4f} loss {val['loss']:.4f}")
       if val["accuracy"] > best["accuracy"]:
         best = {"accuracy": val["accuracy"], "step": step}
         ckpt.save_best(step, state["params"], dict(best))
     if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-      meta = {"loader": train_loader.get_state(), "best": best,
-              "window": dataclasses.asdict(window)}
+      meta = {
+        "loader": train_loader.get_state(),
+        "best": best,
+        "window": dataclasses.asdict(window),
+      }
       ckpt.save(step, state, meta)
   bar.close()
   train_seconds = time.time() - train_start
@@ -339,19 +431,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if restored_best is not None:
     best_params, best = restored_best
   test = run_eval("test", best_params, -1)
-  writer.write(config.num_train_steps, "test", loss=test["loss"], accuracy=test["accuracy"],
-               num_examples=test["num_examples"], best_step=best["step"])
+  writer.write(
+    config.num_train_steps,
+    "test",
+    loss=test["loss"],
+    accuracy=test["accuracy"],
+    num_examples=test["num_examples"],
+    best_step=best["step"],
+  )
   writer.close()
   ckpt.close()
   results = {
-      "task": config.task, "attention": config.attention, "protocol": config.protocol,
-      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-      "num_test_examples": test["num_examples"], "best_step": best["step"],
-      "best_validation_accuracy": best["accuracy"], "num_parameters": int(num_params),
-      "num_devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-      "train_seconds_this_session": round(train_seconds, 1),
-      "steps_this_session": timed_steps,
-      "config": json.loads(json.dumps(config.to_dict(), default=list)),
+    "task": config.task,
+    "attention": config.attention,
+    "protocol": config.protocol,
+    "test_accuracy": test["accuracy"],
+    "test_loss": test["loss"],
+    "num_test_examples": test["num_examples"],
+    "best_step": best["step"],
+    "best_validation_accuracy": best["accuracy"],
+    "num_parameters": int(num_params),
+    "num_devices": jax.device_count(),
+    "device_kind": jax.devices()[0].device_kind,
+    "train_seconds_this_session": round(train_seconds, 1),
+    "steps_this_session": timed_steps,
+    "config": json.loads(json.dumps(config.to_dict(), default=list)),
   }
   if primary:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:

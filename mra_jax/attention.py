@@ -35,8 +35,11 @@ IMPLS = ("auto", "reference", "pallas", "pallas_gpu", "pallas_tpu")
 # impl -> (Pallas backend, interpret). "pallas" is the platform's own backend (interpret
 # mode on CPU); the forced backends always compile, so they can be lowered for a GPU or
 # TPU from a CPU-only machine.
-_PALLAS_BACKENDS = {"pallas": ("auto", None), "pallas_gpu": ("triton", False),
-                    "pallas_tpu": ("mosaic_tpu", False)}
+_PALLAS_BACKENDS = {
+  "pallas": ("auto", None),
+  "pallas_gpu": ("triton", False),
+  "pallas_tpu": ("mosaic_tpu", False),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +58,7 @@ class MraConfig:
       "pallas" (the platform's kernels; interpret mode on CPU), "pallas_gpu" or
       "pallas_tpu" (force one backend).
   """
+
   block_size: int = 32
   block_per_row: int = 8
   num_blocks: int | None = None
@@ -72,17 +76,18 @@ class MraConfig:
       _check_int("num_blocks", self.num_blocks, minimum=1)
     if self.approx_mode not in APPROX_MODES:
       raise ValueError(
-          f"approx_mode must be one of {APPROX_MODES}; got approx_mode={self.approx_mode!r}")
+        f"approx_mode must be one of {APPROX_MODES}; got approx_mode={self.approx_mode!r}"
+      )
     _check_int("initial_prior_first_n_blocks", self.initial_prior_first_n_blocks, minimum=0)
-    _check_int("initial_prior_diagonal_n_blocks", self.initial_prior_diagonal_n_blocks,
-               minimum=0)
+    _check_int("initial_prior_diagonal_n_blocks", self.initial_prior_diagonal_n_blocks, minimum=0)
     if self.impl not in IMPLS:
       raise ValueError(f"impl must be one of {IMPLS}; got impl={self.impl!r}")
 
   def budget(self, num_query_blocks: int, num_key_blocks: int) -> int:
     """Tiles selected per (batch, head) for a runtime block grid."""
-    wanted = (self.num_blocks if self.num_blocks is not None
-              else num_query_blocks * self.block_per_row)
+    wanted = (
+      self.num_blocks if self.num_blocks is not None else num_query_blocks * self.block_per_row
+    )
     return min(wanted, num_query_blocks * num_key_blocks)
 
 
@@ -92,19 +97,19 @@ def _check_int(name: str, value, *, minimum: int):
 
 
 def mra_attention(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    mask: jax.Array | None = None,
-    *,
-    key_mask: jax.Array | None = None,
-    block_size: int = 32,
-    block_per_row: int = 8,
-    num_blocks: int | None = None,
-    approx_mode: str = "full",
-    initial_prior_first_n_blocks: int = 0,
-    initial_prior_diagonal_n_blocks: int = 0,
-    impl: str = "auto",
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  key_mask: jax.Array | None = None,
+  block_size: int = 32,
+  block_per_row: int = 8,
+  num_blocks: int | None = None,
+  approx_mode: str = "full",
+  initial_prior_first_n_blocks: int = 0,
+  initial_prior_diagonal_n_blocks: int = 0,
+  impl: str = "auto",
 ) -> jax.Array:
   """Multi-resolution attention: MRA-2 (`approx_mode="full"`) or MRA-2-s (`"sparse"`).
 
@@ -132,16 +137,21 @@ def mra_attention(
   Raises:
     ValueError: wrong ranks or shapes, mismatched B/H/D, a bad knob or mask shape.
   """
-  cfg = MraConfig(block_size=block_size, block_per_row=block_per_row,
-                  num_blocks=num_blocks, approx_mode=approx_mode,
-                  initial_prior_first_n_blocks=initial_prior_first_n_blocks,
-                  initial_prior_diagonal_n_blocks=initial_prior_diagonal_n_blocks,
-                  impl=impl)
+  cfg = MraConfig(
+    block_size=block_size,
+    block_per_row=block_per_row,
+    num_blocks=num_blocks,
+    approx_mode=approx_mode,
+    initial_prior_first_n_blocks=initial_prior_first_n_blocks,
+    initial_prior_diagonal_n_blocks=initial_prior_diagonal_n_blocks,
+    impl=impl,
+  )
   return mra_attention_with_config(query, key, value, mask, key_mask=key_mask, config=cfg)
 
 
-def mra_attention_with_config(query, key, value, mask=None, *, key_mask=None,
-                              config: MraConfig) -> jax.Array:
+def mra_attention_with_config(
+  query, key, value, mask=None, *, key_mask=None, config: MraConfig
+) -> jax.Array:
   """`mra_attention` with its knobs in an already validated `MraConfig`."""
   _check_inputs(query, key, value, mask, key_mask)
   B, Lq, H, D = query.shape
@@ -154,7 +164,8 @@ def mra_attention_with_config(query, key, value, mask=None, *, key_mask=None,
   bs = config.block_size
   Lq_pad, Lk_pad = -(-Lq // bs) * bs, -(-Lk // bs) * bs
   to_heads_first = lambda x, L_pad: jnp.pad(
-      jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, L_pad - x.shape[1]), (0, 0)))
+    jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, L_pad - x.shape[1]), (0, 0))
+  )
   q_BxHxLxD = to_heads_first(query, Lq_pad)
   k_BxHxLxD = to_heads_first(key, Lk_pad)
   v_BxHxLxD = to_heads_first(value, Lk_pad)
@@ -165,8 +176,9 @@ def mra_attention_with_config(query, key, value, mask=None, *, key_mask=None,
   return jnp.swapaxes(out_BxHxLxD[:, :, :Lq], 1, 2).astype(query.dtype)
 
 
-def _mra_heads_first(q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, q_valid_BxLq, k_valid_BxLk,
-                     cfg: MraConfig) -> jax.Array:
+def _mra_heads_first(
+  q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, q_valid_BxLq, k_valid_BxLk, cfg: MraConfig
+) -> jax.Array:
   """MRA on block-aligned [B, H, L, D] inputs with explicit validity masks (float32 out)."""
   B, H, Lq, D = q_BxHxLqxD.shape
   Lk = k_BxHxLkxD.shape[2]
@@ -186,17 +198,21 @@ def _mra_heads_first(q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, q_valid_BxLq, k_valid_B
     # MRA-2-s uses the low resolution only to choose tiles: no gradient flows there.
     q_hat, k_hat = jax.lax.stop_gradient(q_hat), jax.lax.stop_gradient(k_hat)
   logits_BxHxNqxNk, row_max_BxHxNq = selection.low_resolution_logits(
-      q_hat, k_hat, count_q_BxNq, count_k_BxNk, scale)
+    q_hat, k_hat, count_q_BxNq, count_k_BxNk, scale
+  )
   scores = selection.selection_scores(
-      logits_BxHxNqxNk, row_max_BxHxNq,
-      prior_first_n_blocks=cfg.initial_prior_first_n_blocks,
-      prior_diagonal_n_blocks=cfg.initial_prior_diagonal_n_blocks)
+    logits_BxHxNqxNk,
+    row_max_BxHxNq,
+    prior_first_n_blocks=cfg.initial_prior_first_n_blocks,
+    prior_diagonal_n_blocks=cfg.initial_prior_diagonal_n_blocks,
+  )
   tile_ids_BxHxK, high_res_BxHxNqxNk = selection.select_blocks(scores, cfg.budget(Nq, Nk))
 
   if cfg.approx_mode == "full":
     v_hat = pooling.block_means(v_BxHxLkxD, k_valid_BxLk, bs)
     m0_BxHxNq, l0_BxHxNq, acc0_BxHxNqxD = _low_resolution_state(
-        logits_BxHxNqxNk, high_res_BxHxNqxNk, count_q_BxNq, count_k_BxNk, v_hat)
+      logits_BxHxNqxNk, high_res_BxHxNqxNk, count_q_BxNq, count_k_BxNk, v_hat
+    )
     per_query = lambda x: jnp.repeat(x, bs, axis=2)
     m0, l0, acc0 = per_query(m0_BxHxNq), per_query(l0_BxHxNq), per_query(acc0_BxHxNqxD)
   else:
@@ -211,16 +227,19 @@ def _mra_heads_first(q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, q_valid_BxLq, k_valid_B
   if impl == "reference":
     f32 = lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
     out, _ = chunked.chunked_block_sparse_attention(
-        *map(f32, args), bs, scale, pallas_kernels.DEFAULT_EPS)
+      *map(f32, args), bs, scale, pallas_kernels.DEFAULT_EPS
+    )
   else:
     backend, interpret = _PALLAS_BACKENDS[impl]
     out, _ = pallas_kernels.block_sparse_attention(
-        *args, block_size=bs, scale=scale, backend=backend, interpret=interpret)
+      *args, block_size=bs, scale=scale, backend=backend, interpret=interpret
+    )
   return jnp.where(q_valid_BxLq[:, None, :, None], out.astype(jnp.float32), 0.0)
 
 
-def _low_resolution_state(logits_BxHxNqxNk, high_res_BxHxNqxNk, count_q_BxNq, count_k_BxNk,
-                          v_hat_BxHxNkxD):
+def _low_resolution_state(
+  logits_BxHxNqxNk, high_res_BxHxNqxNk, count_q_BxNq, count_k_BxNk, v_hat_BxHxNkxD
+):
   """MRA-2's low-resolution term as an online-softmax state per query block.
 
   Each unselected block pair (r, c) contributes `count_c * exp(z_rc)` with value
@@ -235,7 +254,8 @@ def _low_resolution_state(logits_BxHxNqxNk, high_res_BxHxNqxNk, count_q_BxNq, co
   safe_m0 = jnp.where(jnp.isfinite(m0_BxHxNq), m0_BxHxNq, 0.0)
   low_res_pair = real_pair & ~high_res_BxHxNqxNk
   weights = count_k_BxNk[:, None, None, :] * jnp.exp(
-      jnp.where(low_res_pair, logits_BxHxNqxNk - safe_m0[..., None], -jnp.inf))
+    jnp.where(low_res_pair, logits_BxHxNqxNk - safe_m0[..., None], -jnp.inf)
+  )
   l0_BxHxNq = jnp.sum(weights, axis=-1)
   acc0_BxHxNqxD = jnp.einsum("bhqk,bhkd->bhqd", weights, v_hat_BxHxNkxD)
   return m0_BxHxNq, l0_BxHxNq, acc0_BxHxNqxD
@@ -251,23 +271,32 @@ def _check_inputs(query, key, value, mask, key_mask):
   """Shape and dtype checks at the public boundary (ValueError naming the argument)."""
   for name, x in (("query", query), ("key", key), ("value", value)):
     if getattr(x, "ndim", None) != 4:
-      raise ValueError(f"{name} must be [batch, length, heads, head_dim]; got "
-                       f"{name}.shape={getattr(x, 'shape', None)}")
+      raise ValueError(
+        f"{name} must be [batch, length, heads, head_dim]; got "
+        f"{name}.shape={getattr(x, 'shape', None)}"
+      )
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"{name} must be a float array; got {name}.dtype={x.dtype}")
   B, Lq, H, D = query.shape
   if key.shape[0] != B or key.shape[2:] != (H, D):
-    raise ValueError(f"key must match query in batch, heads and head_dim; got "
-                     f"query.shape={query.shape}, key.shape={key.shape}")
+    raise ValueError(
+      f"key must match query in batch, heads and head_dim; got "
+      f"query.shape={query.shape}, key.shape={key.shape}"
+    )
   if value.shape != key.shape:
-    raise ValueError(f"value must have key's shape; got key.shape={key.shape}, "
-                     f"value.shape={value.shape}")
+    raise ValueError(
+      f"value must have key's shape; got key.shape={key.shape}, value.shape={value.shape}"
+    )
   if Lq == 0 or key.shape[1] == 0:
-    raise ValueError(f"lengths must be positive; got query.shape={query.shape}, "
-                     f"key.shape={key.shape}")
+    raise ValueError(
+      f"lengths must be positive; got query.shape={query.shape}, key.shape={key.shape}"
+    )
   if mask is not None and tuple(jnp.shape(mask)) != (B, Lq):
-    raise ValueError(f"mask must be [batch, query_length] = {(B, Lq)}; got "
-                     f"mask.shape={tuple(jnp.shape(mask))}")
+    raise ValueError(
+      f"mask must be [batch, query_length] = {(B, Lq)}; got mask.shape={tuple(jnp.shape(mask))}"
+    )
   if key_mask is not None and tuple(jnp.shape(key_mask)) != (B, key.shape[1]):
-    raise ValueError(f"key_mask must be [batch, key_length] = {(B, key.shape[1])}; got "
-                     f"key_mask.shape={tuple(jnp.shape(key_mask))}")
+    raise ValueError(
+      f"key_mask must be [batch, key_length] = {(B, key.shape[1])}; got "
+      f"key_mask.shape={tuple(jnp.shape(key_mask))}"
+    )

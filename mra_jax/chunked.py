@@ -41,8 +41,11 @@ def _chunk_plan(tile_ids_K, num_key_blocks, block_size, head_dim, batch):
   pad = C * T - K
   ids = jnp.concatenate([tile_ids_K, jnp.broadcast_to(tile_ids_K[-1:], (pad,))])
   live = jnp.arange(C * T) < K
-  return (ids // num_key_blocks).reshape(C, T), (ids % num_key_blocks).reshape(C, T), \
-      live.reshape(C, T)
+  return (
+    (ids // num_key_blocks).reshape(C, T),
+    (ids % num_key_blocks).reshape(C, T),
+    live.reshape(C, T),
+  )
 
 
 def _chunk_scores(q_NqxBsxD, k_NkxBsxD, valid_NkxBs, rows_T, cols_T, live_T, scale):
@@ -88,8 +91,9 @@ def _one_head_forward(q, k, v, ids, valid, m0, l0, acc0, *, block_size, scale, e
   return out, m + jnp.log(l + eps)
 
 
-def _one_head_backward(q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, block_size,
-                       scale, batch):
+def _one_head_backward(
+  q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, block_size, scale, batch
+):
   Lq, D = q.shape
   Lk = k.shape[0]
   bs = block_size
@@ -118,8 +122,13 @@ def _one_head_backward(q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, block
   zeros = (jnp.zeros_like(qb), jnp.zeros_like(kb), jnp.zeros_like(vb))
   (dq, dk, dv), _ = jax.lax.scan(step, zeros, (rows, cols, live))
   init_weight = jnp.exp(m0 - lse)
-  return (dq.reshape(Lq, D), dk.reshape(Lk, D), dv.reshape(Lk, D),
-          -delta * init_weight, d_out * init_weight[:, None])
+  return (
+    dq.reshape(Lq, D),
+    dk.reshape(Lk, D),
+    dv.reshape(Lk, D),
+    -delta * init_weight,
+    d_out * init_weight[:, None],
+  )
 
 
 def _over_heads(one_head, valid, *operands):
@@ -136,21 +145,43 @@ def _over_heads(one_head, valid, *operands):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
-def chunked_block_sparse_attention(q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, tile_ids_BxHxK,
-                                   key_valid_BxLk, m0_BxHxLq, l0_BxHxLq, acc0_BxHxLqxD,
-                                   block_size, scale, eps):
+def chunked_block_sparse_attention(
+  q_BxHxLqxD,
+  k_BxHxLkxD,
+  v_BxHxLkxD,
+  tile_ids_BxHxK,
+  key_valid_BxLk,
+  m0_BxHxLq,
+  l0_BxHxLq,
+  acc0_BxHxLqxD,
+  block_size,
+  scale,
+  eps,
+):
   """Same contract as `pallas_kernels.block_sparse_attention_reference`; float32 inputs.
 
   Returns `(out_BxHxLqxD, lse_BxHxLq)`, float32, both differentiable in q, k, v, l0
   and acc0 (m0 is a reference point and gets no gradient, as in the reference).
   """
-  return _forward(q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, tile_ids_BxHxK, key_valid_BxLk,
-                  m0_BxHxLq, l0_BxHxLq, acc0_BxHxLqxD, block_size, scale, eps)[0]
+  return _forward(
+    q_BxHxLqxD,
+    k_BxHxLkxD,
+    v_BxHxLkxD,
+    tile_ids_BxHxK,
+    key_valid_BxLk,
+    m0_BxHxLq,
+    l0_BxHxLq,
+    acc0_BxHxLqxD,
+    block_size,
+    scale,
+    eps,
+  )[0]
 
 
 def _forward(q, k, v, ids, valid, m0, l0, acc0, block_size, scale, eps):
-  one = functools.partial(_one_head_forward, block_size=block_size, scale=scale, eps=eps,
-                          batch=q.shape[0])
+  one = functools.partial(
+    _one_head_forward, block_size=block_size, scale=scale, eps=eps, batch=q.shape[0]
+  )
   out, lse = _over_heads(one, valid, q, k, v, ids, m0, l0, acc0)
   return (out, lse), (q, k, v, ids, valid, m0, out, lse)
 
@@ -159,8 +190,7 @@ def _backward(block_size, scale, eps, residuals, cotangents):
   del eps
   q, k, v, ids, valid, m0, out, lse = residuals
   d_out, d_lse = cotangents
-  one = functools.partial(_one_head_backward, block_size=block_size, scale=scale,
-                          batch=q.shape[0])
+  one = functools.partial(_one_head_backward, block_size=block_size, scale=scale, batch=q.shape[0])
   dq, dk, dv, dl0, dacc0 = _over_heads(one, valid, q, k, v, ids, m0, out, lse, d_out, d_lse)
   return dq, dk, dv, None, None, None, dl0, dacc0
 

@@ -37,25 +37,43 @@ def make_attention_fn(**mra_kwargs: Any) -> Callable[..., jax.Array]:
   """
   config = attention.MraConfig(**mra_kwargs)
 
-  def attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout=True,
-                   dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
-                   precision=None, module=None, is_causal=False):
+  def attention_fn(
+    query,
+    key,
+    value,
+    bias=None,
+    mask=None,
+    broadcast_dropout=True,
+    dropout_rng=None,
+    dropout_rate=0.0,
+    deterministic=False,
+    dtype=None,
+    precision=None,
+    module=None,
+    is_causal=False,
+  ):
     del broadcast_dropout, dropout_rng, precision
     if bias is not None:
-      raise ValueError("MRA attention cannot add an attention bias; got bias with "
-                       f"shape={jnp.shape(bias)}")
+      raise ValueError(
+        f"MRA attention cannot add an attention bias; got bias with shape={jnp.shape(bias)}"
+      )
     if dropout_rate > 0.0 and not deterministic:
-      raise ValueError("MRA attention has no attention dropout; got "
-                       f"dropout_rate={dropout_rate} with deterministic={deterministic} "
-                       "(set dropout_rate=0 or run deterministically)")
+      raise ValueError(
+        "MRA attention has no attention dropout; got "
+        f"dropout_rate={dropout_rate} with deterministic={deterministic} "
+        "(set dropout_rate=0 or run deterministically)"
+      )
     if is_causal:
       raise ValueError("MRA attention has no causal variant yet; got is_causal=True")
     if module is not None:
-      raise ValueError("MRA attention never forms attention weights, so it cannot sow them; "
-                       "call the module with sow_weights=False")
+      raise ValueError(
+        "MRA attention never forms attention weights, so it cannot sow them; "
+        "call the module with sow_weights=False"
+      )
     q_valid, k_valid = _padding_masks(mask, query.shape, key.shape)
     out = attention.mra_attention_with_config(
-        query, key, value, q_valid, key_mask=k_valid, config=config)
+      query, key, value, q_valid, key_mask=k_valid, config=config
+    )
     return out.astype(dtype or query.dtype)
 
   return attention_fn
@@ -67,16 +85,24 @@ def _padding_masks(mask, q_shape, k_shape):
     return None, None
   B, Lq, Lk = q_shape[0], q_shape[1], k_shape[1]
   mask = jnp.asarray(mask)
-  if mask.ndim != 4 or mask.shape[0] not in (1, B) or mask.shape[2] not in (1, Lq) \
-      or mask.shape[3] not in (1, Lk):
-    raise ValueError(f"mask must be [batch, 1|heads, q_length, kv_length] = [{B}, 1|H, {Lq}, "
-                     f"{Lk}] (dims of size 1 broadcast); got mask.shape={mask.shape}")
+  if (
+    mask.ndim != 4
+    or mask.shape[0] not in (1, B)
+    or mask.shape[2] not in (1, Lq)
+    or mask.shape[3] not in (1, Lk)
+  ):
+    raise ValueError(
+      f"mask must be [batch, 1|heads, q_length, kv_length] = [{B}, 1|H, {Lq}, "
+      f"{Lk}] (dims of size 1 broadcast); got mask.shape={mask.shape}"
+    )
   mask = jnp.broadcast_to(mask.astype(bool), (B, mask.shape[1], Lq, Lk))
   q_valid = jnp.any(mask, axis=(1, 3))
   k_valid = jnp.any(mask, axis=(1, 2))
   if not isinstance(mask, jax.core.Tracer):
     rebuilt = q_valid[:, None, :, None] & k_valid[:, None, None, :]
     if not np.array_equal(np.asarray(mask), np.broadcast_to(np.asarray(rebuilt), mask.shape)):
-      raise ValueError("mask is not a padding mask (it does not factorise into query and key "
-                       "validity, e.g. a causal mask); MRA attention honours padding only")
+      raise ValueError(
+        "mask is not a padding mask (it does not factorise into query and key "
+        "validity, e.g. a causal mask); MRA attention honours padding only"
+      )
   return q_valid, k_valid

@@ -20,20 +20,29 @@ class MraSelfAttention(nnx.Module):
   and back afterwards, so callers keep row-major tokens.
   """
 
-  def __init__(self, num_heads: int, in_features: int, *, rngs: nnx.Rngs,
-               qkv_features: int | None = None, input_shape: tuple[int, int] | None = None,
-               dtype: jnp.dtype | None = None, param_dtype: jnp.dtype = jnp.float32,
-               **mra_kwargs):
+  def __init__(
+    self,
+    num_heads: int,
+    in_features: int,
+    *,
+    rngs: nnx.Rngs,
+    qkv_features: int | None = None,
+    input_shape: tuple[int, int] | None = None,
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    **mra_kwargs,
+  ):
     qkv_features = qkv_features or in_features
     if num_heads < 1 or qkv_features % num_heads:
-      raise ValueError(f"qkv_features must be divisible by num_heads; got "
-                       f"qkv_features={qkv_features}, num_heads={num_heads}")
+      raise ValueError(
+        f"qkv_features must be divisible by num_heads; got "
+        f"qkv_features={qkv_features}, num_heads={num_heads}"
+      )
     self.config = attention.MraConfig(**mra_kwargs)
     self.num_heads = num_heads
     self.head_dim = qkv_features // num_heads
     self.input_shape = None if input_shape is None else tuple(input_shape)
-    dense = lambda fin, fout: nnx.Linear(fin, fout, dtype=dtype, param_dtype=param_dtype,
-                                         rngs=rngs)
+    dense = lambda fin, fout: nnx.Linear(fin, fout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.query = dense(in_features, qkv_features)
     self.key = dense(in_features, qkv_features)
     self.value = dense(in_features, qkv_features)
@@ -48,8 +57,12 @@ class MraSelfAttention(nnx.Module):
     B, L, _ = x_BxLxE.shape
     split = lambda y: y.reshape(B, L, self.num_heads, self.head_dim)
     out_BxLxHxD = attention.mra_attention_with_config(
-        split(self.query(x_BxLxE)), split(self.key(x_BxLxE)), split(self.value(x_BxLxE)),
-        mask_BxL, config=self.config)
+      split(self.query(x_BxLxE)),
+      split(self.key(x_BxLxE)),
+      split(self.value(x_BxLxE)),
+      mask_BxL,
+      config=self.config,
+    )
     y_BxLxE = self.out(out_BxLxHxD.reshape(B, L, -1))
     if self.input_shape is not None:
       y_BxLxE = layout.from_patch_order(y_BxLxE, self.input_shape)

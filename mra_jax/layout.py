@@ -13,19 +13,25 @@ import jax
 
 def _check(x, input_shape, patch_shape):
   if len(input_shape) != 2 or len(patch_shape) != 2:
-    raise ValueError(f"input_shape and patch_shape must be (rows, cols); got "
-                     f"input_shape={input_shape!r}, patch_shape={patch_shape!r}")
+    raise ValueError(
+      f"input_shape and patch_shape must be (rows, cols); got "
+      f"input_shape={input_shape!r}, patch_shape={patch_shape!r}"
+    )
   (rows, cols), (prows, pcols) = input_shape, patch_shape
   if rows % prows or cols % pcols:
-    raise ValueError(f"input_shape must be divisible by patch_shape; got "
-                     f"input_shape={input_shape!r}, patch_shape={patch_shape!r}")
+    raise ValueError(
+      f"input_shape must be divisible by patch_shape; got "
+      f"input_shape={input_shape!r}, patch_shape={patch_shape!r}"
+    )
   if x.ndim < 2 or x.shape[1] != rows * cols:
-    raise ValueError(f"x must be [batch, rows*cols, ...] with rows*cols={rows * cols}; "
-                     f"got x.shape={x.shape}")
+    raise ValueError(
+      f"x must be [batch, rows*cols, ...] with rows*cols={rows * cols}; got x.shape={x.shape}"
+    )
 
 
-def to_patch_order(x_BxLx: jax.Array, input_shape: tuple[int, int],
-                   patch_shape: tuple[int, int] = (4, 8)) -> jax.Array:
+def to_patch_order(
+  x_BxLx: jax.Array, input_shape: tuple[int, int], patch_shape: tuple[int, int] = (4, 8)
+) -> jax.Array:
   """Row-major image tokens -> patch order (each patch's tokens contiguous).
 
   Args:
@@ -43,8 +49,9 @@ def to_patch_order(x_BxLx: jax.Array, input_shape: tuple[int, int],
   return x.swapaxes(2, 3).reshape(B, L, *rest)
 
 
-def from_patch_order(x_BxLx: jax.Array, input_shape: tuple[int, int],
-                     patch_shape: tuple[int, int] = (4, 8)) -> jax.Array:
+def from_patch_order(
+  x_BxLx: jax.Array, input_shape: tuple[int, int], patch_shape: tuple[int, int] = (4, 8)
+) -> jax.Array:
   """Inverse of `to_patch_order`: patch order -> row-major image tokens."""
   _check(x_BxLx, input_shape, patch_shape)
   (rows, cols), (pr, pc) = input_shape, patch_shape

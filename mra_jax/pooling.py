@@ -21,8 +21,7 @@ def block_counts(valid_BxL: jax.Array, block_size: int) -> jax.Array:
   return valid_BxL.reshape(B, L // block_size, block_size).sum(-1, dtype=jnp.float32)
 
 
-def block_means(x_BxHxLxD: jax.Array, valid_BxL: jax.Array,
-                block_size: int) -> jax.Array:
+def block_means(x_BxHxLxD: jax.Array, valid_BxL: jax.Array, block_size: int) -> jax.Array:
   """Mean of the real tokens of each block.
 
   Args:

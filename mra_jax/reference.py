@@ -41,8 +41,7 @@ def softmax_attention(query, key, value, mask=None, *, key_mask=None) -> jax.Arr
   return jnp.where(q_valid[:, :, None, None], out, 0.0).astype(query.dtype)
 
 
-def mra_attention_dense(query, key, value, mask=None, *, key_mask=None,
-                        **knobs) -> jax.Array:
+def mra_attention_dense(query, key, value, mask=None, *, key_mask=None, **knobs) -> jax.Array:
   """MRA (same knobs as `mra_attention`) through a dense L x L weight matrix."""
   cfg = attention.MraConfig(**knobs)
   B, Lq, H, D = query.shape
@@ -52,10 +51,12 @@ def mra_attention_dense(query, key, value, mask=None, *, key_mask=None,
   bs = cfg.block_size
   Lq_pad, Lk_pad = -(-Lq // bs) * bs, -(-Lk // bs) * bs
   Nq, Nk = Lq_pad // bs, Lk_pad // bs
-  pad = lambda x, L: jnp.pad(jnp.asarray(x, jnp.float32).swapaxes(1, 2),
-                             ((0, 0), (0, 0), (0, L - x.shape[1]), (0, 0)))
+  pad = lambda x, L: jnp.pad(
+    jnp.asarray(x, jnp.float32).swapaxes(1, 2), ((0, 0), (0, 0), (0, L - x.shape[1]), (0, 0))
+  )
   valid = lambda m, L0, L: jnp.pad(
-      jnp.ones((B, L0), bool) if m is None else jnp.asarray(m, bool), ((0, 0), (0, L - L0)))
+    jnp.ones((B, L0), bool) if m is None else jnp.asarray(m, bool), ((0, 0), (0, L - L0))
+  )
   q_valid, k_valid = valid(mask, Lq, Lq_pad), valid(key_mask, Lk, Lk_pad)
   q = jnp.where(q_valid[:, None, :, None], pad(query, Lq_pad), 0.0)
   k = jnp.where(k_valid[:, None, :, None], pad(key, Lk_pad), 0.0)
@@ -63,11 +64,18 @@ def mra_attention_dense(query, key, value, mask=None, *, key_mask=None,
 
   count_q, count_k = pooling.block_counts(q_valid, bs), pooling.block_counts(k_valid, bs)
   z, row_max = selection.low_resolution_logits(
-      pooling.block_means(q, q_valid, bs), pooling.block_means(k, k_valid, bs),
-      count_q, count_k, D**-0.5)
+    pooling.block_means(q, q_valid, bs),
+    pooling.block_means(k, k_valid, bs),
+    count_q,
+    count_k,
+    D**-0.5,
+  )
   scores = selection.selection_scores(
-      z, row_max, prior_first_n_blocks=cfg.initial_prior_first_n_blocks,
-      prior_diagonal_n_blocks=cfg.initial_prior_diagonal_n_blocks)
+    z,
+    row_max,
+    prior_first_n_blocks=cfg.initial_prior_first_n_blocks,
+    prior_diagonal_n_blocks=cfg.initial_prior_diagonal_n_blocks,
+  )
   tile_ids, high_res = selection.select_blocks(scores, cfg.budget(Nq, Nk))
   selected = jnp.zeros((B, H, Nq * Nk), bool)
   selected = jax.vmap(jax.vmap(lambda s, i: s.at[i].set(True)))(selected, tile_ids)
@@ -78,8 +86,11 @@ def mra_attention_dense(query, key, value, mask=None, *, key_mask=None,
   s = jnp.einsum("bhqd,bhkd->bhqk", q, k) * D**-0.5
   hi = to_tokens(selected) & key_real
   real_pair = (count_q[:, :, None] > 0) & (count_k[:, None, :] > 0)
-  lo = (to_tokens(real_pair[:, None] & ~high_res) & key_real
-        if cfg.approx_mode == "full" else jnp.zeros_like(hi))
+  lo = (
+    to_tokens(real_pair[:, None] & ~high_res) & key_real
+    if cfg.approx_mode == "full"
+    else jnp.zeros_like(hi)
+  )
   z_tok = to_tokens(z)
   m_hi = jnp.max(jnp.where(hi, s, -jnp.inf), axis=-1)
   m_lo = jnp.repeat(jnp.max(jnp.where(real_pair[:, None], z, -jnp.inf), -1), bs, axis=2)

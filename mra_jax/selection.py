@@ -22,9 +22,13 @@ PRIOR_BOOST = 5e3
 PADDING_PENALTY = 1e4
 
 
-def low_resolution_logits(q_hat_BxHxNqxD: jax.Array, k_hat_BxHxNkxD: jax.Array,
-                          count_q_BxNq: jax.Array, count_k_BxNk: jax.Array,
-                          scale: float) -> tuple[jax.Array, jax.Array]:
+def low_resolution_logits(
+  q_hat_BxHxNqxD: jax.Array,
+  k_hat_BxHxNkxD: jax.Array,
+  count_q_BxNq: jax.Array,
+  count_k_BxNk: jax.Array,
+  scale: float,
+) -> tuple[jax.Array, jax.Array]:
   """Block-mean logits, their unpenalised row maximum, and the padding penalty.
 
   Args:
@@ -47,9 +51,13 @@ def low_resolution_logits(q_hat_BxHxNqxD: jax.Array, k_hat_BxHxNkxD: jax.Array,
   return logits, row_max_BxHxNq
 
 
-def selection_scores(logits_BxHxNqxNk: jax.Array, row_max_BxHxNq: jax.Array, *,
-                     prior_first_n_blocks: int,
-                     prior_diagonal_n_blocks: int) -> jax.Array:
+def selection_scores(
+  logits_BxHxNqxNk: jax.Array,
+  row_max_BxHxNq: jax.Array,
+  *,
+  prior_first_n_blocks: int,
+  prior_diagonal_n_blocks: int,
+) -> jax.Array:
   """Row-normalised logits plus the priors: what the top-k ranks (float32)."""
   _, _, Nq, Nk = logits_BxHxNqxNk.shape
   scores = logits_BxHxNqxNk - row_max_BxHxNq[..., None]
@@ -67,8 +75,7 @@ def selection_scores(logits_BxHxNqxNk: jax.Array, row_max_BxHxNq: jax.Array, *,
   return scores + prior_NqxNk[None, None]
 
 
-def select_blocks(scores_BxHxNqxNk: jax.Array,
-                  num_blocks: int) -> tuple[jax.Array, jax.Array]:
+def select_blocks(scores_BxHxNqxNk: jax.Array, num_blocks: int) -> tuple[jax.Array, jax.Array]:
   """Global top-k of each (batch, head) over its Nq x Nk block grid.
 
   Args:

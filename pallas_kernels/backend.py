@@ -25,8 +25,9 @@ def resolve(backend: str, interpret: Any) -> tuple[str, Any]:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend=}")
   platform = jax.default_backend()
   if backend == "auto":
-    backend = {"gpu": "triton", "cuda": "triton", "rocm": "triton",
-               "tpu": "mosaic_tpu"}.get(platform, "triton")
+    backend = {"gpu": "triton", "cuda": "triton", "rocm": "triton", "tpu": "mosaic_tpu"}.get(
+      platform, "triton"
+    )
   if interpret is None:
     interpret = platform not in ("gpu", "cuda", "rocm", "tpu")
   return backend, interpret
@@ -37,9 +38,11 @@ def launcher(backend: str) -> Callable[..., Any]:
   # Imported lazily: each lowering module is only needed where it is used.
   if backend == "triton":
     from pallas_kernels import block_sparse_triton  # pylint: disable=g-import-not-at-top
+
     return block_sparse_triton.launch
   if backend == "mosaic_tpu":
     from pallas_kernels import block_sparse_mosaic_tpu  # pylint: disable=g-import-not-at-top
+
     return block_sparse_mosaic_tpu.launch
   raise ValueError(f"no launcher for {backend=}")
 

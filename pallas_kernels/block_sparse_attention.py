@@ -38,8 +38,20 @@ from pallas_kernels import launch_spec
 DEFAULT_EPS = 1e-6
 
 
-def _one_head_reference(q_LqxD, k_LkxD, v_LkxD, tile_ids_K, key_valid_Lk, m0_Lq, l0_Lq,
-                        acc0_LqxD, *, block_size: int, scale: float, eps: float):
+def _one_head_reference(
+  q_LqxD,
+  k_LkxD,
+  v_LkxD,
+  tile_ids_K,
+  key_valid_Lk,
+  m0_Lq,
+  l0_Lq,
+  acc0_LqxD,
+  *,
+  block_size: int,
+  scale: float,
+  eps: float,
+):
   """The reference for one (batch, head); every array float32 except ids/mask."""
   Lq, D = q_LqxD.shape
   Lk = k_LkxD.shape[0]
@@ -59,17 +71,22 @@ def _one_head_reference(q_LqxD, k_LkxD, v_LkxD, tile_ids_K, key_valid_Lk, m0_Lq,
   # `index_max`), merged with the initial state's maximum.
   tile_max_KxBs = jnp.max(s_KxBsxBs, axis=-1)
   row_max_NqxBs = jax.ops.segment_max(
-      tile_max_KxBs, rows_K, num_segments=Nq, indices_are_sorted=True)
+    tile_max_KxBs, rows_K, num_segments=Nq, indices_are_sorted=True
+  )
   m_Lq = jnp.maximum(m0_Lq, row_max_NqxBs.reshape(Lq))
   m_Lq = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m_Lq), m_Lq, 0.0))
   m_NqxBs = m_Lq.reshape(Nq, bs)
 
   p_KxBsxBs = jnp.exp(s_KxBsxBs - m_NqxBs[rows_K][:, :, None])
   num_NqxBsxD = jax.ops.segment_sum(
-      jnp.einsum("kij,kjd->kid", p_KxBsxBs, v_KxBsxD), rows_K, num_segments=Nq,
-      indices_are_sorted=True)
+    jnp.einsum("kij,kjd->kid", p_KxBsxBs, v_KxBsxD),
+    rows_K,
+    num_segments=Nq,
+    indices_are_sorted=True,
+  )
   den_NqxBs = jax.ops.segment_sum(
-      jnp.sum(p_KxBsxBs, axis=-1), rows_K, num_segments=Nq, indices_are_sorted=True)
+    jnp.sum(p_KxBsxBs, axis=-1), rows_K, num_segments=Nq, indices_are_sorted=True
+  )
 
   init_scale_Lq = jnp.exp(m0_Lq - m_Lq)
   l_Lq = l0_Lq * init_scale_Lq + den_NqxBs.reshape(Lq)
@@ -80,18 +97,18 @@ def _one_head_reference(q_LqxD, k_LkxD, v_LkxD, tile_ids_K, key_valid_Lk, m0_Lq,
 
 
 def block_sparse_attention_reference(
-    q_BxHxLqxD: jax.Array,
-    k_BxHxLkxD: jax.Array,
-    v_BxHxLkxD: jax.Array,
-    tile_ids_BxHxK: jax.Array,
-    key_valid_BxLk: jax.Array,
-    m0_BxHxLq: jax.Array,
-    l0_BxHxLq: jax.Array,
-    acc0_BxHxLqxD: jax.Array,
-    *,
-    block_size: int,
-    scale: float | None = None,
-    eps: float = DEFAULT_EPS,
+  q_BxHxLqxD: jax.Array,
+  k_BxHxLkxD: jax.Array,
+  v_BxHxLkxD: jax.Array,
+  tile_ids_BxHxK: jax.Array,
+  key_valid_BxLk: jax.Array,
+  m0_BxHxLq: jax.Array,
+  l0_BxHxLq: jax.Array,
+  acc0_BxHxLqxD: jax.Array,
+  *,
+  block_size: int,
+  scale: float | None = None,
+  eps: float = DEFAULT_EPS,
 ) -> tuple[jax.Array, jax.Array]:
   """Block-sparse attention from an initial softmax state, in pure `jnp` (see module doc).
 
@@ -115,12 +132,20 @@ def block_sparse_attention_reference(
   scale = D**-0.5 if scale is None else scale
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   one_head = lambda q, k, v, ids, valid, m0, l0, acc0: _one_head_reference(
-      q, k, v, ids, valid, m0, l0, acc0, block_size=block_size, scale=scale, eps=eps)
+    q, k, v, ids, valid, m0, l0, acc0, block_size=block_size, scale=scale, eps=eps
+  )
   # heads share the key mask; batch elements share nothing.
   per_batch = jax.vmap(one_head, in_axes=(0, 0, 0, 0, None, 0, 0, 0))
   return jax.vmap(per_batch)(
-      f32(q_BxHxLqxD), f32(k_BxHxLkxD), f32(v_BxHxLkxD), tile_ids_BxHxK,
-      key_valid_BxLk.astype(bool), f32(m0_BxHxLq), f32(l0_BxHxLq), f32(acc0_BxHxLqxD))
+    f32(q_BxHxLqxD),
+    f32(k_BxHxLkxD),
+    f32(v_BxHxLkxD),
+    tile_ids_BxHxK,
+    key_valid_BxLk.astype(bool),
+    f32(m0_BxHxLq),
+    f32(l0_BxHxLq),
+    f32(acc0_BxHxLqxD),
+  )
 
 
 # ----------------------------------------------------------------------------------------
@@ -150,15 +175,20 @@ def _check_inputs(q, k, v, tile_ids, key_valid, m0, l0, acc0, block_size, backen
     raise ValueError(f"block_size must be one of {sizes} on {backend=}, got {block_size=}")
   if Lq % block_size or Lk % block_size:
     raise ValueError(
-        f"sequence lengths must be multiples of {block_size=}, got {Lq=} (q), {Lk=} (k)")
+      f"sequence lengths must be multiples of {block_size=}, got {Lq=} (q), {Lk=} (k)"
+    )
   Nq, Nk = Lq // block_size, Lk // block_size
-  if (tile_ids.ndim != 3 or tile_ids.shape[:2] != (B, H)
-      or not jnp.issubdtype(tile_ids.dtype, jnp.integer)):
-    raise ValueError(f"tile_ids_BxHxK must be integer (B, H, K) = ({B}, {H}, K), got "
-                     f"{tile_ids.shape=}, {tile_ids.dtype=}")
+  if (
+    tile_ids.ndim != 3
+    or tile_ids.shape[:2] != (B, H)
+    or not jnp.issubdtype(tile_ids.dtype, jnp.integer)
+  ):
+    raise ValueError(
+      f"tile_ids_BxHxK must be integer (B, H, K) = ({B}, {H}, K), got "
+      f"{tile_ids.shape=}, {tile_ids.dtype=}"
+    )
   if tile_ids.shape[2] > Nq * Nk:
-    raise ValueError(f"tile_ids_BxHxK holds more than Nq * Nk = {Nq * Nk} tiles: "
-                     f"{tile_ids.shape=}")
+    raise ValueError(f"tile_ids_BxHxK holds more than Nq * Nk = {Nq * Nk} tiles: {tile_ids.shape=}")
   if key_valid.shape != (B, Lk):
     raise ValueError(f"key_valid_BxLk must be ({B}, {Lk}), got {key_valid.shape=}")
   if m0.shape != (B, H, Lq):
@@ -193,16 +223,25 @@ def _make_op(*, B, H, Nq, Nk, block_size, scale, eps, backend, interpret):
     Lq, D = q.shape[1:]
     Lk = k.shape[1]
     kernel = functools.partial(
-        kernels.forward_kernel, block_size=bs, scale=scale, eps=eps,
-        precision=_precision(q.dtype))
+      kernels.forward_kernel, block_size=bs, scale=scale, eps=eps, precision=_precision(q.dtype)
+    )
     call = launch_spec.CallSpec(
-        name="mra_block_sparse_fwd", grid=(G, Nq),
-        index_arrays=(views.row_ptr_GxNq1, views.cols_by_row_GxK),
-        operands=(q, k, v, kmask_rows, m0, l0, acc0),
-        in_blocks=(row_blk(D), head_blk(Lk, D), head_blk(Lk, D), kmask_rows_blk, row_blk(1),
-                   row_blk(1), row_blk(D)),
-        out_shapes=(sds((G, Lq, D), f32), sds((G, Lq, 1), f32)),
-        out_blocks=(row_blk(D), row_blk(1)))
+      name="mra_block_sparse_fwd",
+      grid=(G, Nq),
+      index_arrays=(views.row_ptr_GxNq1, views.cols_by_row_GxK),
+      operands=(q, k, v, kmask_rows, m0, l0, acc0),
+      in_blocks=(
+        row_blk(D),
+        head_blk(Lk, D),
+        head_blk(Lk, D),
+        kmask_rows_blk,
+        row_blk(1),
+        row_blk(1),
+        row_blk(D),
+      ),
+      out_shapes=(sds((G, Lq, D), f32), sds((G, Lq, 1), f32)),
+      out_blocks=(row_blk(D), row_blk(1)),
+    )
     return launch(kernel, call)
 
   @jax.custom_vjp
@@ -225,24 +264,46 @@ def _make_op(*, B, H, Nq, Nk, block_size, scale, eps, backend, interpret):
     do = dout.astype(q.dtype)
     precision = _precision(q.dtype)
     dq_call = launch_spec.CallSpec(
-        name="mra_block_sparse_dq", grid=(G, Nq),
-        index_arrays=(views.row_ptr_GxNq1, views.cols_by_row_GxK),
-        operands=(q, k, v, kmask_rows, do, lse, delta),
-        in_blocks=(row_blk(D), head_blk(Lk, D), head_blk(Lk, D), kmask_rows_blk, row_blk(D),
-                   row_blk(1), row_blk(1)),
-        out_shapes=(sds(q.shape, q.dtype),), out_blocks=(row_blk(D),))
-    (dq,) = launch(functools.partial(kernels.dq_kernel, block_size=bs, scale=scale,
-                                     precision=precision), dq_call)
+      name="mra_block_sparse_dq",
+      grid=(G, Nq),
+      index_arrays=(views.row_ptr_GxNq1, views.cols_by_row_GxK),
+      operands=(q, k, v, kmask_rows, do, lse, delta),
+      in_blocks=(
+        row_blk(D),
+        head_blk(Lk, D),
+        head_blk(Lk, D),
+        kmask_rows_blk,
+        row_blk(D),
+        row_blk(1),
+        row_blk(1),
+      ),
+      out_shapes=(sds(q.shape, q.dtype),),
+      out_blocks=(row_blk(D),),
+    )
+    (dq,) = launch(
+      functools.partial(kernels.dq_kernel, block_size=bs, scale=scale, precision=precision), dq_call
+    )
     dkv_call = launch_spec.CallSpec(
-        name="mra_block_sparse_dkv", grid=(G, Nk),
-        index_arrays=(views.col_ptr_GxNk1, views.rows_by_col_GxK),
-        operands=(k, v, kmask_col, q, do, lse.reshape(G, Nq, bs), delta.reshape(G, Nq, bs)),
-        in_blocks=(row_blk(D), row_blk(D), kmask_col_blk, head_blk(Lq, D), head_blk(Lq, D),
-                   head_blk(Nq, bs), head_blk(Nq, bs)),
-        out_shapes=(sds(k.shape, k.dtype), sds(v.shape, v.dtype)),
-        out_blocks=(row_blk(D), row_blk(D)))
-    dk, dv = launch(functools.partial(kernels.dkv_kernel, block_size=bs, scale=scale,
-                                      precision=precision), dkv_call)
+      name="mra_block_sparse_dkv",
+      grid=(G, Nk),
+      index_arrays=(views.col_ptr_GxNk1, views.rows_by_col_GxK),
+      operands=(k, v, kmask_col, q, do, lse.reshape(G, Nq, bs), delta.reshape(G, Nq, bs)),
+      in_blocks=(
+        row_blk(D),
+        row_blk(D),
+        kmask_col_blk,
+        head_blk(Lq, D),
+        head_blk(Lq, D),
+        head_blk(Nq, bs),
+        head_blk(Nq, bs),
+      ),
+      out_shapes=(sds(k.shape, k.dtype), sds(v.shape, v.dtype)),
+      out_blocks=(row_blk(D), row_blk(D)),
+    )
+    dk, dv = launch(
+      functools.partial(kernels.dkv_kernel, block_size=bs, scale=scale, precision=precision),
+      dkv_call,
+    )
     # d out / d acc0 = exp(m0 - m) / (l + eps) = exp(m0 - lse); d lse / d l0 likewise.
     init_weight = jnp.exp(m0 - lse)
     dacc0 = dout * init_weight
@@ -254,20 +315,20 @@ def _make_op(*, B, H, Nq, Nk, block_size, scale, eps, backend, interpret):
 
 
 def block_sparse_attention(
-    q_BxHxLqxD: jax.Array,
-    k_BxHxLkxD: jax.Array,
-    v_BxHxLkxD: jax.Array,
-    tile_ids_BxHxK: jax.Array,
-    key_valid_BxLk: jax.Array,
-    m0_BxHxLq: jax.Array,
-    l0_BxHxLq: jax.Array,
-    acc0_BxHxLqxD: jax.Array,
-    *,
-    block_size: int,
-    scale: float | None = None,
-    eps: float = DEFAULT_EPS,
-    backend: str = "auto",
-    interpret: Any = None,
+  q_BxHxLqxD: jax.Array,
+  k_BxHxLkxD: jax.Array,
+  v_BxHxLkxD: jax.Array,
+  tile_ids_BxHxK: jax.Array,
+  key_valid_BxLk: jax.Array,
+  m0_BxHxLq: jax.Array,
+  l0_BxHxLq: jax.Array,
+  acc0_BxHxLqxD: jax.Array,
+  *,
+  block_size: int,
+  scale: float | None = None,
+  eps: float = DEFAULT_EPS,
+  backend: str = "auto",
+  interpret: Any = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Block-sparse attention from an initial softmax state, as fused Pallas kernels.
 
@@ -303,8 +364,18 @@ def block_sparse_attention(
   """
   backend, interpret = backend_lib.resolve(backend, interpret)
   q, k, v = q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD
-  _check_inputs(q, k, v, tile_ids_BxHxK, key_valid_BxLk, m0_BxHxLq, l0_BxHxLq, acc0_BxHxLqxD,
-                block_size, backend)
+  _check_inputs(
+    q,
+    k,
+    v,
+    tile_ids_BxHxK,
+    key_valid_BxLk,
+    m0_BxHxLq,
+    l0_BxHxLq,
+    acc0_BxHxLqxD,
+    block_size,
+    backend,
+  )
   B, H, Lq, D = q.shape
   Lk = k.shape[2]
   Nq, Nk, bs, G = Lq // block_size, Lk // block_size, block_size, B * H
@@ -319,17 +390,34 @@ def block_sparse_attention(
     # No tile at all: a one-entry index row that no loop ever reads keeps shapes non-empty.
     tile_ids_GxK = jnp.zeros((G, 1), jnp.int32)
     views = indexing.build_tile_views(tile_ids_GxK, num_q_blocks=Nq, num_k_blocks=Nk)
-    views = views._replace(row_ptr_GxNq1=jnp.zeros_like(views.row_ptr_GxNq1),
-                           col_ptr_GxNk1=jnp.zeros_like(views.col_ptr_GxNk1))
+    views = views._replace(
+      row_ptr_GxNq1=jnp.zeros_like(views.row_ptr_GxNq1),
+      col_ptr_GxNk1=jnp.zeros_like(views.col_ptr_GxNk1),
+    )
   else:
     views = indexing.build_tile_views(tile_ids_GxK, num_q_blocks=Nq, num_k_blocks=Nk)
   valid = jax.lax.stop_gradient(key_valid_BxLk.astype(jnp.float32))
-  op = _make_op(B=B, H=H, Nq=Nq, Nk=Nk, block_size=bs, scale=scale, eps=float(eps),
-                backend=backend, interpret=interpret)
+  op = _make_op(
+    B=B,
+    H=H,
+    Nq=Nq,
+    Nk=Nk,
+    block_size=bs,
+    scale=scale,
+    eps=float(eps),
+    backend=backend,
+    interpret=interpret,
+  )
   out_GxLqxDp, lse_GxLqx1 = op(
-      pad(q.reshape(G, Lq, D)), pad(k.reshape(G, Lk, D)), pad(v.reshape(G, Lk, D)), views,
-      valid.reshape(B, Nk, bs), valid.reshape(B, Lk, 1),
-      jax.lax.stop_gradient(f32(m0_BxHxLq)).reshape(G, Lq, 1), f32(l0_BxHxLq).reshape(G, Lq, 1),
-      pad(f32(acc0_BxHxLqxD).reshape(G, Lq, D)))
+    pad(q.reshape(G, Lq, D)),
+    pad(k.reshape(G, Lk, D)),
+    pad(v.reshape(G, Lk, D)),
+    views,
+    valid.reshape(B, Nk, bs),
+    valid.reshape(B, Lk, 1),
+    jax.lax.stop_gradient(f32(m0_BxHxLq)).reshape(G, Lq, 1),
+    f32(l0_BxHxLq).reshape(G, Lq, 1),
+    pad(f32(acc0_BxHxLqxD).reshape(G, Lq, D)),
+  )
   out = out_GxLqxDp[:, :, :D].reshape(B, H, Lq, D)
   return out, lse_GxLqx1.reshape(B, H, Lq)

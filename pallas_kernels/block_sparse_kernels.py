@@ -38,19 +38,37 @@ ReadIndex = Callable[[Any, Any], jax.Array]
 
 def _dot_nt(a_MxD, b_NxD, precision):
   """`a @ b^T` in float32."""
-  return jax.lax.dot_general(a_MxD, b_NxD, (((1,), (1,)), ((), ())), precision=precision,
-                             preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(
+    a_MxD, b_NxD, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+  )
 
 
 def _dot_nn(a_MxK, b_KxN, precision):
   """`a @ b` in float32."""
-  return jax.lax.dot_general(a_MxK, b_KxN, (((1,), (0,)), ((), ())), precision=precision,
-                             preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(
+    a_MxK, b_KxN, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+  )
 
 
-def forward_kernel(row_ptr_ref, cols_ref, q_ref, k_ref, v_ref, kmask_ref, m0_ref, l0_ref,
-                   acc0_ref, out_ref, lse_ref, *, read_index: ReadIndex, block_size: int,
-                   scale: float, eps: float, precision):
+def forward_kernel(
+  row_ptr_ref,
+  cols_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  kmask_ref,
+  m0_ref,
+  l0_ref,
+  acc0_ref,
+  out_ref,
+  lse_ref,
+  *,
+  read_index: ReadIndex,
+  block_size: int,
+  scale: float,
+  eps: float,
+  precision,
+):
   """Online softmax over one query block's selected key blocks, from (m0, l0, acc0)."""
   bs = block_size
   g, r = pl.program_id(0), pl.program_id(1)
@@ -75,21 +93,33 @@ def forward_kernel(row_ptr_ref, cols_ref, q_ref, k_ref, v_ref, kmask_ref, m0_ref
     # Zeroed explicitly: while every key so far is masked, s - m_new is 0, not -inf.
     p_BsxBs = jnp.where(valid_1xBs, jnp.exp(s_BsxBs - m_new_Bsx1), 0.0)
     l_Bsx1 = alpha_Bsx1 * l_Bsx1 + jnp.sum(p_BsxBs, axis=1, keepdims=True)
-    acc_BsxD = alpha_Bsx1 * acc_BsxD + _dot_nn(p_BsxBs.astype(v_BsxD.dtype), v_BsxD,
-                                               precision)
+    acc_BsxD = alpha_Bsx1 * acc_BsxD + _dot_nn(p_BsxBs.astype(v_BsxD.dtype), v_BsxD, precision)
     return m_new_Bsx1, l_Bsx1, acc_BsxD
 
-  m_Bsx1, l_Bsx1, acc_BsxD = jax.lax.fori_loop(start, stop, body,
-                                               (m_Bsx1, l_Bsx1, acc_BsxD))
+  m_Bsx1, l_Bsx1, acc_BsxD = jax.lax.fori_loop(start, stop, body, (m_Bsx1, l_Bsx1, acc_BsxD))
   # No valid key and no initial state: l = acc = 0, and the reference's maximum is 0.
   m_Bsx1 = jnp.where(m_Bsx1 > 0.5 * MASK_VALUE, m_Bsx1, 0.0)
   out_ref[...] = (acc_BsxD / (l_Bsx1 + eps)).astype(out_ref.dtype)
   lse_ref[...] = m_Bsx1 + jnp.log(l_Bsx1 + eps)
 
 
-def dq_kernel(row_ptr_ref, cols_ref, q_ref, k_ref, v_ref, kmask_ref, do_ref, lse_ref,
-              delta_ref, dq_ref, *, read_index: ReadIndex, block_size: int, scale: float,
-              precision):
+def dq_kernel(
+  row_ptr_ref,
+  cols_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  kmask_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dq_ref,
+  *,
+  read_index: ReadIndex,
+  block_size: int,
+  scale: float,
+  precision,
+):
   """dQ of one query block: sum over its tiles of `dS @ K`, `dS = P * (dO V^T - delta)`."""
   bs = block_size
   g, r = pl.program_id(0), pl.program_id(1)
@@ -108,14 +138,28 @@ def dq_kernel(row_ptr_ref, cols_ref, q_ref, k_ref, v_ref, kmask_ref, do_ref, lse
     ds_BsxBs = p_BsxBs * (dp_BsxBs - delta_Bsx1)
     return dq_BsxD + _dot_nn(ds_BsxBs.astype(k_BsxD.dtype), k_BsxD, precision)
 
-  dq_BsxD = jax.lax.fori_loop(start, stop, body,
-                              jnp.zeros(q_BsxD.shape, jnp.float32))
+  dq_BsxD = jax.lax.fori_loop(start, stop, body, jnp.zeros(q_BsxD.shape, jnp.float32))
   dq_ref[...] = (dq_BsxD * scale).astype(dq_ref.dtype)
 
 
-def dkv_kernel(col_ptr_ref, rows_ref, k_ref, v_ref, kmask_ref, q_ref, do_ref, lse_ref,
-               delta_ref, dk_ref, dv_ref, *, read_index: ReadIndex, block_size: int,
-               scale: float, precision):
+def dkv_kernel(
+  col_ptr_ref,
+  rows_ref,
+  k_ref,
+  v_ref,
+  kmask_ref,
+  q_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dk_ref,
+  dv_ref,
+  *,
+  read_index: ReadIndex,
+  block_size: int,
+  scale: float,
+  precision,
+):
   """dK, dV of one key block from its column of tiles (no atomics: one writer per block)."""
   bs = block_size
   g, c = pl.program_id(0), pl.program_id(1)

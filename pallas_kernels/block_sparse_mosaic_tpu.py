@@ -28,8 +28,9 @@ def _with_prefetch_args(index_map):
   return lambda g, i, *_: index_map(g, i)
 
 
-def launch(kernel, call: launch_spec.CallSpec, *, interpret: Any,
-           vmem_limit_bytes: int | None = None) -> Sequence[jax.Array]:
+def launch(
+  kernel, call: launch_spec.CallSpec, *, interpret: Any, vmem_limit_bytes: int | None = None
+) -> Sequence[jax.Array]:
   """Runs `kernel` on `call`'s grid with the index arrays in SMEM.
 
   `interpret` may be a bool (HLO interpret mode) or a `pltpu.InterpretParams` (TPU
@@ -37,17 +38,18 @@ def launch(kernel, call: launch_spec.CallSpec, *, interpret: Any,
   """
   spec = lambda b: pl.BlockSpec(b.block_shape, _with_prefetch_args(b.index_map))
   grid_spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=len(call.index_arrays),
-      grid=call.grid,
-      in_specs=[spec(b) for b in call.in_blocks],
-      out_specs=[spec(b) for b in call.out_blocks],
+    num_scalar_prefetch=len(call.index_arrays),
+    grid=call.grid,
+    in_specs=[spec(b) for b in call.in_blocks],
+    out_specs=[spec(b) for b in call.out_blocks],
   )
   return pl.pallas_call(
-      functools.partial(kernel, read_index=_read_index),
-      out_shape=list(call.out_shapes),
-      grid_spec=grid_spec,
-      interpret=False if interpret is None else interpret,
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=vmem_limit_bytes),
-      name=call.name,
+    functools.partial(kernel, read_index=_read_index),
+    out_shape=list(call.out_shapes),
+    grid_spec=grid_spec,
+    interpret=False if interpret is None else interpret,
+    compiler_params=pltpu.CompilerParams(
+      dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=vmem_limit_bytes
+    ),
+    name=call.name,
   )(*call.index_arrays, *call.operands)

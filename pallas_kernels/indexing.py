@@ -29,6 +29,7 @@ class TileViews(NamedTuple):
     rows_by_col_GxK: `(G, K)` query-block index of each tile, column-major order.
     perm_GxK: `(G, K)` row-view position of each column-view entry.
   """
+
   row_ptr_GxNq1: jax.Array
   cols_by_row_GxK: jax.Array
   col_ptr_GxNk1: jax.Array
@@ -39,14 +40,17 @@ class TileViews(NamedTuple):
 def _offsets(segment_ids_GxK: jax.Array, num_segments: int) -> jax.Array:
   """Exclusive prefix sums of segment sizes: `(G, num_segments + 1)` int32."""
   G, K = segment_ids_GxK.shape
-  counts_GxS = jnp.zeros((G, num_segments), jnp.int32).at[
-      jnp.arange(G)[:, None], segment_ids_GxK].add(jnp.ones((G, K), jnp.int32))
+  counts_GxS = (
+    jnp.zeros((G, num_segments), jnp.int32)
+    .at[jnp.arange(G)[:, None], segment_ids_GxK]
+    .add(jnp.ones((G, K), jnp.int32))
+  )
   return jnp.concatenate(
-      [jnp.zeros((G, 1), jnp.int32), jnp.cumsum(counts_GxS, axis=1, dtype=jnp.int32)], axis=1)
+    [jnp.zeros((G, 1), jnp.int32), jnp.cumsum(counts_GxS, axis=1, dtype=jnp.int32)], axis=1
+  )
 
 
-def build_tile_views(tile_ids_GxK: jax.Array, *, num_q_blocks: int,
-                     num_k_blocks: int) -> TileViews:
+def build_tile_views(tile_ids_GxK: jax.Array, *, num_q_blocks: int, num_k_blocks: int) -> TileViews:
   """Builds the row and column views of flat, sorted, unique tile ids.
 
   Args:
@@ -65,9 +69,9 @@ def build_tile_views(tile_ids_GxK: jax.Array, *, num_q_blocks: int,
   # so is this key and any sort is stable enough.
   perm_GxK = jnp.argsort(cols_GxK * num_q_blocks + rows_GxK, axis=1).astype(jnp.int32)
   return TileViews(
-      row_ptr_GxNq1=_offsets(rows_GxK, num_q_blocks),
-      cols_by_row_GxK=cols_GxK,
-      col_ptr_GxNk1=_offsets(cols_GxK, num_k_blocks),
-      rows_by_col_GxK=jnp.take_along_axis(rows_GxK, perm_GxK, axis=1),
-      perm_GxK=perm_GxK,
+    row_ptr_GxNq1=_offsets(rows_GxK, num_q_blocks),
+    cols_by_row_GxK=cols_GxK,
+    col_ptr_GxNk1=_offsets(cols_GxK, num_k_blocks),
+    rows_by_col_GxK=jnp.take_along_axis(rows_GxK, perm_GxK, axis=1),
+    perm_GxK=perm_GxK,
   )

@@ -10,6 +10,7 @@ import jax
 
 class Block(NamedTuple):
   """Block shape (`None` squeezes a dim) and index map `(g, i) -> block indices`."""
+
   block_shape: tuple[int | None, ...]
   index_map: Callable[[jax.Array, jax.Array], tuple]
 
@@ -27,6 +28,7 @@ class CallSpec(NamedTuple):
     out_shapes: `jax.ShapeDtypeStruct` per output.
     out_blocks: one `Block` per output.
   """
+
   name: str
   grid: tuple[int, int]
   index_arrays: Sequence[jax.Array]

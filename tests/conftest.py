@@ -9,8 +9,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-  os.environ["XLA_FLAGS"] = (
-      _flags + " --xla_force_host_platform_device_count=4").strip()
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 
 import jax  # pylint: disable=g-import-not-at-top
 

@@ -28,19 +28,26 @@ _ZLIB = tfds.features.Encoding.ZLIB
 def _features(task: tasks.TaskSpec) -> tfds.features.FeaturesDict:
   label = tfds.features.ClassLabel(num_classes=task.num_classes)
   if task.name == "listops":
-    return tfds.features.FeaturesDict({
-        "tokens": tfds.features.Tensor(shape=(None,), dtype=np.uint8), "label": label})
+    return tfds.features.FeaturesDict(
+      {"tokens": tfds.features.Tensor(shape=(None,), dtype=np.uint8), "label": label}
+    )
   if task.name == "text":
-    return tfds.features.FeaturesDict({
+    return tfds.features.FeaturesDict(
+      {
         "tokens": tfds.features.Tensor(shape=(None,), dtype=np.uint8, encoding=_ZLIB),
-        "label": label})
+        "label": label,
+      }
+    )
   if task.name == "retrieval":
     doc = lambda: tfds.features.Tensor(shape=(None,), dtype=np.uint8, encoding=_ZLIB)
     return tfds.features.FeaturesDict({"tokens1": doc(), "tokens2": doc(), "label": label})
   encoding = _ZLIB if task.name.startswith("pathfinder") else tfds.features.Encoding.NONE
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "image": tfds.features.Tensor(shape=task.image_shape, dtype=np.uint8, encoding=encoding),
-      "label": label})
+      "label": label,
+    }
+  )
 
 
 class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -49,8 +56,9 @@ class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version(VERSION)
   TASK: tasks.TaskSpec
 
-  def __init__(self, *, split_examples: dict[str, Callable[[], Iterable[dict]]] | None = None,
-               **kwargs):
+  def __init__(
+    self, *, split_examples: dict[str, Callable[[], Iterable[dict]]] | None = None, **kwargs
+  ):
     self._split_examples = split_examples or {}
     super().__init__(**kwargs)
 
@@ -63,8 +71,11 @@ class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=f"Long Range Arena task {self.TASK.name!r} (lra.data).",
-        features=_features(self.TASK), supervised_keys=None)
+      builder=self,
+      description=f"Long Range Arena task {self.TASK.name!r} (lra.data).",
+      features=_features(self.TASK),
+      supervised_keys=None,
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -77,12 +88,12 @@ class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def _make_builder_class(task: tasks.TaskSpec) -> type[_LraBuilder]:
   name = "Lra" + "".join(p.capitalize() for p in task.name.split("_"))
-  return type(name, (_LraBuilder,), {"TASK": task, "__module__": __name__},
-              skip_registration=True)
+  return type(name, (_LraBuilder,), {"TASK": task, "__module__": __name__}, skip_registration=True)
 
 
 BUILDERS: dict[str, type[_LraBuilder]] = {
-    name: _make_builder_class(spec) for name, spec in tasks.TASKS.items()}
+  name: _make_builder_class(spec) for name, spec in tasks.TASKS.items()
+}
 
 
 def dataset_name(task: str) -> str:

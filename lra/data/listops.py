@@ -20,30 +20,46 @@ import numpy as np
 # depended on the hash seed, which broke restored checkpoints).
 PAD_ID = 0
 VOCAB: tuple[str, ...] = (
-    "<pad>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9",
-    "[MIN", "[MAX", "[MED", "[SM", "X")
+  "<pad>",
+  "0",
+  "1",
+  "2",
+  "3",
+  "4",
+  "5",
+  "6",
+  "7",
+  "8",
+  "9",
+  "[MIN",
+  "[MAX",
+  "[MED",
+  "[SM",
+  "X",
+)
 TOKEN_TO_ID = {tok: i for i, tok in enumerate(VOCAB)}
 OPERATORS = ("MIN", "MAX", "MED", "SM")
-SPLIT_FILES = {"train": "basic_train.tsv", "validation": "basic_val.tsv",
-               "test": "basic_test.tsv"}
+SPLIT_FILES = {"train": "basic_train.tsv", "validation": "basic_val.tsv", "test": "basic_test.tsv"}
 TSV_HEADER = ("Source", "Target")
 
 
 @dataclasses.dataclass(frozen=True)
 class ListOpsConfig:
   """Generator settings; the defaults are the official ones."""
+
   max_depth: int = 10
   max_args: int = 10
-  min_length: int = 500   # exclusive
+  min_length: int = 500  # exclusive
   max_length: int = 2000  # exclusive
-  value_p: float = 0.25   # a node is an operator with probability value_p (official VALUE_P)
+  value_p: float = 0.25  # a node is an operator with probability value_p (official VALUE_P)
 
   def __post_init__(self):
     if self.max_args < 2:
       raise ValueError(f"ListOps needs max_args >= 2, got {self.max_args=}")
     if not 0 <= self.min_length < self.max_length - 1:
       raise ValueError(
-          f"Need 0 <= min_length < max_length - 1, got {self.min_length=} {self.max_length=}")
+        f"Need 0 <= min_length < max_length - 1, got {self.min_length=} {self.max_length=}"
+      )
 
 
 class _TooLong(Exception):
@@ -171,8 +187,9 @@ def read_tsv(path: str):
       yield ids, label
 
 
-def generate_iter(seed: int, cfg: ListOpsConfig = ListOpsConfig()
-                  ) -> Iterator[tuple[list[str], int]]:
+def generate_iter(
+  seed: int, cfg: ListOpsConfig = ListOpsConfig()
+) -> Iterator[tuple[list[str], int]]:
   """Yields distinct accepted expressions as (bracket tokens, value), forever.
 
   Same seed and config => the same sequence. Only a 16-byte digest per expression is kept
@@ -195,8 +212,9 @@ def generate_iter(seed: int, cfg: ListOpsConfig = ListOpsConfig()
     yield tokens, value
 
 
-def generate(num_examples: int, seed: int, cfg: ListOpsConfig = ListOpsConfig()
-             ) -> list[tuple[list[str], int]]:
+def generate(
+  num_examples: int, seed: int, cfg: ListOpsConfig = ListOpsConfig()
+) -> list[tuple[list[str], int]]:
   """The first `num_examples` of `generate_iter(seed, cfg)`.
 
   Tokens use `]` for the closing bracket.

@@ -20,6 +20,7 @@ from PIL import ImageDraw
 @dataclasses.dataclass(frozen=True)
 class PathfinderConfig:
   """Generator parameters (defaults: PF-gen; per-resolution values in `CONFIGS`)."""
+
   image_size: int
   padding: int = 22
   paddle_length: float = 5.0
@@ -30,13 +31,13 @@ class PathfinderConfig:
   continuity: float = 1.4
   antialias_scale: int = 2
   contour_length: int = 14
-  distractors_total: int = 30      # num_distractor_snakes = distractors_total // distractor_length
+  distractors_total: int = 30  # num_distractor_snakes = distractors_total // distractor_length
   snake_contrast: float = 1.0
   paddle_contrast: float = 1.0
   max_paddle_retrial: int = 4
   max_distractor_contour_retrial: int = 4
-  max_backtracks: int = 20         # ours: dead-end undos per image attempt (0 = original)
-  backtrack_depth: int = 3         # ours: paddles removed per undo (3: fewest grow calls)
+  max_backtracks: int = 20  # ours: dead-end undos per image attempt (0 = original)
+  backtrack_depth: int = 3  # ours: paddles removed per undo (3: fewest grow calls)
   max_image_restarts: int = 1000
 
   def __post_init__(self):
@@ -47,8 +48,9 @@ class PathfinderConfig:
     width = self.paddle_thickness * self.antialias_scale
     if abs(width - round(width)) > 1e-6 or width < 1:
       raise ValueError(
-          f"paddle_thickness * antialias_scale must be a positive integer, got "
-          f"{self.paddle_thickness=} {self.antialias_scale=}")
+        f"paddle_thickness * antialias_scale must be a positive integer, got "
+        f"{self.paddle_thickness=} {self.antialias_scale=}"
+      )
 
   @property
   def distractor_length(self) -> int:
@@ -61,18 +63,50 @@ class PathfinderConfig:
 
 # The "hard" (curv_contour_length_14) settings of LRA's Pathfinder docstrings.
 CONFIGS: dict[int, PathfinderConfig] = {
-    32: PathfinderConfig(32, padding=1, paddle_length=2, paddle_thickness=0.5,
-                         paddle_margins=(1,), seed_distance=7, marker_radius=1.5,
-                         continuity=1.0, distractors_total=20, snake_contrast=2.0,
-                         paddle_contrast=0.75),
-    64: PathfinderConfig(64, padding=1, paddle_thickness=1.0, paddle_margins=(1,),
-                         seed_distance=12, marker_radius=2.5, continuity=1.8,
-                         distractors_total=22, snake_contrast=0.8),
-    128: PathfinderConfig(128, padding=1, paddle_thickness=1.5, paddle_margins=(2, 3),
-                          seed_distance=20, marker_radius=3, continuity=1.8,
-                          distractors_total=35, snake_contrast=0.9),
-    256: PathfinderConfig(256, paddle_thickness=2.0, paddle_margins=(3,), marker_radius=5,
-                          continuity=1.8, distractors_total=30, snake_contrast=1.0),
+  32: PathfinderConfig(
+    32,
+    padding=1,
+    paddle_length=2,
+    paddle_thickness=0.5,
+    paddle_margins=(1,),
+    seed_distance=7,
+    marker_radius=1.5,
+    continuity=1.0,
+    distractors_total=20,
+    snake_contrast=2.0,
+    paddle_contrast=0.75,
+  ),
+  64: PathfinderConfig(
+    64,
+    padding=1,
+    paddle_thickness=1.0,
+    paddle_margins=(1,),
+    seed_distance=12,
+    marker_radius=2.5,
+    continuity=1.8,
+    distractors_total=22,
+    snake_contrast=0.8,
+  ),
+  128: PathfinderConfig(
+    128,
+    padding=1,
+    paddle_thickness=1.5,
+    paddle_margins=(2, 3),
+    seed_distance=20,
+    marker_radius=3,
+    continuity=1.8,
+    distractors_total=35,
+    snake_contrast=0.9,
+  ),
+  256: PathfinderConfig(
+    256,
+    paddle_thickness=2.0,
+    paddle_margins=(3,),
+    marker_radius=5,
+    continuity=1.8,
+    distractors_total=30,
+    snake_contrast=1.0,
+  ),
 }
 
 
@@ -82,7 +116,7 @@ class _Restart(Exception):
 
 def _disk(radius: float) -> np.ndarray:
   r = int(math.ceil(radius))
-  dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+  dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
   keep = dy * dy + dx * dx <= radius * radius + 1e-9
   return np.stack([dy[keep], dx[keep]], axis=1)
 
@@ -154,7 +188,6 @@ def _unit(theta: float) -> np.ndarray:
 
 
 class _Snake:
-
   def __init__(self, tail, theta, canvas: _Canvas):
     self.canvas = canvas
     self.paddles = []
@@ -314,8 +347,11 @@ def _render(cfg: PathfinderConfig, layers) -> np.ndarray:
     draw = ImageDraw.Draw(img)
     for tail, head in paddles:
       # PIL wants (x, y) = (col, row); +0.5 centres pixel coordinates.
-      draw.line([((tail[1] + 0.5) * s, (tail[0] + 0.5) * s),
-                 ((head[1] + 0.5) * s, (head[0] + 0.5) * s)], fill=255, width=width)
+      draw.line(
+        [((tail[1] + 0.5) * s, (tail[0] + 0.5) * s), ((head[1] + 0.5) * s, (head[0] + 0.5) * s)],
+        fill=255,
+        width=width,
+      )
     r = cfg.marker_radius * s
     for centre in markers:
       cy, cx = (centre[0] + 0.5) * s, (centre[1] + 0.5) * s
@@ -328,8 +364,7 @@ def _render(cfg: PathfinderConfig, layers) -> np.ndarray:
   return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def generate_image(cfg: PathfinderConfig, seed: int, index: int
-                   ) -> tuple[np.ndarray, int, int]:
+def generate_image(cfg: PathfinderConfig, seed: int, index: int) -> tuple[np.ndarray, int, int]:
   """One image, deterministic in (cfg, seed, index).
 
   Returns:
@@ -350,10 +385,9 @@ def generate_image(cfg: PathfinderConfig, seed: int, index: int
     markers = [origin.paddles[0][0], terminal.paddles[-1][1]]
     paddles = lambda snakes: [(t, h) for sn in snakes for t, h, _ in sn.paddles]
     layers = [
-        (paddles(distractors), [], cfg.snake_contrast),
-        (paddles([snake_a, snake_b]), [], cfg.snake_contrast * cfg.paddle_contrast),
-        ([], markers, 1.0),
+      (paddles(distractors), [], cfg.snake_contrast),
+      (paddles([snake_a, snake_b]), [], cfg.snake_contrast * cfg.paddle_contrast),
+      ([], markers, 1.0),
     ]
     return _render(cfg, layers), label, margin
-  raise RuntimeError(
-      f"No valid Pathfinder image after {cfg.max_image_restarts} restarts; {cfg=}")
+  raise RuntimeError(f"No valid Pathfinder image after {cfg.max_image_restarts} restarts; {cfg=}")

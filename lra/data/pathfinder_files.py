@@ -46,9 +46,11 @@ def _write_batch(batch: _Batch) -> int:
     name = f"sample_{i}.png"
     Image.fromarray(image, mode="L").save(os.path.join(batch.root, sub, name))
     # Same columns as PF-gen's accumulate_meta.
-    lines.append(f"{sub} {name} {i} {label} {cfg.continuity} {cfg.contour_length} "
-                 f"{cfg.distractor_length} {cfg.paddle_length} {cfg.paddle_thickness} "
-                 f"{margin} 1\n")
+    lines.append(
+      f"{sub} {name} {i} {label} {cfg.continuity} {cfg.contour_length} "
+      f"{cfg.distractor_length} {cfg.paddle_length} {cfg.paddle_thickness} "
+      f"{margin} 1\n"
+    )
   path = _metadata_path(batch.root, batch.batch_id)
   with open(path + ".tmp", "w") as f:
     f.writelines(lines)
@@ -56,8 +58,15 @@ def _write_batch(batch: _Batch) -> int:
   return batch.count
 
 
-def generate(cfg: pathfinder.PathfinderConfig, root: str, num_images: int, seed: int, *,
-             images_per_batch: int = 1000, num_workers: int | None = None) -> float:
+def generate(
+  cfg: pathfinder.PathfinderConfig,
+  root: str,
+  num_images: int,
+  seed: int,
+  *,
+  images_per_batch: int = 1000,
+  num_workers: int | None = None,
+) -> float:
   """Writes `num_images` images under `root` in the official layout.
 
   Image k is `pathfinder.generate_image(cfg, seed, k)` whatever the number of workers.
@@ -88,24 +97,29 @@ def generate(cfg: pathfinder.PathfinderConfig, root: str, num_images: int, seed:
     with ctx.Pool(min(num_workers, len(batches))) as pool:
       for count in pool.imap_unordered(_write_batch, batches):
         done += count
-        logging.info("pathfinder: %d/%d new images, %.1f images/s", done, todo,
-                     done / max(time.time() - start, 1e-9))
+        logging.info(
+          "pathfinder: %d/%d new images, %.1f images/s",
+          done,
+          todo,
+          done / max(time.time() - start, 1e-9),
+        )
   return time.time() - start
 
 
 def find_root(path: str, image_size: int) -> str:
   """The folder holding `metadata/` for `path` given as it or any parent in the release."""
   candidates = [
-      path,
-      os.path.join(path, CONTOUR_DIR),
-      os.path.join(path, f"pathfinder{image_size}", CONTOUR_DIR),
-      os.path.join(path, "lra_release", f"pathfinder{image_size}", CONTOUR_DIR),
+    path,
+    os.path.join(path, CONTOUR_DIR),
+    os.path.join(path, f"pathfinder{image_size}", CONTOUR_DIR),
+    os.path.join(path, "lra_release", f"pathfinder{image_size}", CONTOUR_DIR),
   ]
   for c in candidates:
     if os.path.isdir(os.path.join(c, "metadata")):
       return c
   raise FileNotFoundError(
-      f"No Pathfinder layout under {path!r}: looked for a metadata/ folder in {candidates}")
+    f"No Pathfinder layout under {path!r}: looked for a metadata/ folder in {candidates}"
+  )
 
 
 def read_index(root: str) -> tuple[list[tuple[str, int]], int]:
@@ -133,8 +147,10 @@ def read_index(root: str) -> tuple[list[tuple[str, int]], int]:
     with open(path, "rb") as f:
       raw = f.read()
     if raw.startswith(b"\x93NUMPY"):
-      raise ValueError(f"{path}: binary .npy metadata; expected the text lines of the "
-                       "LRA release (convert with numpy: one row per line, space separated)")
+      raise ValueError(
+        f"{path}: binary .npy metadata; expected the text lines of the "
+        "LRA release (convert with numpy: one row per line, space separated)"
+      )
     for line_no, line in enumerate(raw.decode("utf-8", "replace").splitlines(), start=1):
       fields = line.split()
       if not fields:

@@ -37,8 +37,9 @@ def _data_source(task: str, split: str, data_dir: str):
   stored = _stored_split(task, split)
   if not prepare_lib.is_prepared(task, data_dir):
     raise errors.DataNotFoundError(
-        f"No prepared {task!r} data in {builders.version_dir(task, data_dir)}; run "
-        f"{errors.prepare_command(task, data_dir)}")
+      f"No prepared {task!r} data in {builders.version_dir(task, data_dir)}; run "
+      f"{errors.prepare_command(task, data_dir)}"
+    )
   builder = tfds.builder_from_directory(builders.version_dir(task, data_dir))
   return builder.as_data_source(split=stored)
 
@@ -57,11 +58,11 @@ class _Encode(grain.MapTransform):
     self._legacy = legacy_pixel_padding
 
   def _pad(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids = ids[:self._max_length]
+    ids = ids[: self._max_length]
     inputs = np.zeros((self._max_length,), np.int32)
     mask = np.zeros((self._max_length,), bool)
-    inputs[:ids.size] = ids
-    mask[:ids.size] = True
+    inputs[: ids.size] = ids
+    mask[: ids.size] = True
     return inputs, mask
 
   def map(self, element):
@@ -123,10 +124,21 @@ class Loader:
       self._iterator.set_state(raw)
 
 
-def make_loader(task: str, split: str, data_dir: str, *, batch_size: int, seed: int,
-                shuffle: bool, num_epochs: int | None = None, max_length: int | None = None,
-                drop_remainder: bool = True, shard_index: int = 0, num_shards: int = 1,
-                legacy_pixel_padding: bool = False) -> Loader:
+def make_loader(
+  task: str,
+  split: str,
+  data_dir: str,
+  *,
+  batch_size: int,
+  seed: int,
+  shuffle: bool,
+  num_epochs: int | None = None,
+  max_length: int | None = None,
+  drop_remainder: bool = True,
+  shard_index: int = 0,
+  num_shards: int = 1,
+  legacy_pixel_padding: bool = False,
+) -> Loader:
   """Builds the batch iterator of one split of a prepared task.
 
   Args:
@@ -170,20 +182,30 @@ def make_loader(task: str, split: str, data_dir: str, *, batch_size: int, seed: 
   if not drop_remainder and shard_index < num_records % num_shards:
     per_shard += 1
   if per_shard == 0 or (drop_remainder and per_shard < batch_size):
-    raise ValueError(f"{task} {split} has {num_records} examples: too few for {batch_size=} "
-                     f"over {num_shards=} with {drop_remainder=}")
+    raise ValueError(
+      f"{task} {split} has {num_records} examples: too few for {batch_size=} "
+      f"over {num_shards=} with {drop_remainder=}"
+    )
   batches = per_shard // batch_size if drop_remainder else math.ceil(per_shard / batch_size)
   sampler = grain.IndexSampler(
-      num_records=num_records,
-      shard_options=grain.ShardOptions(shard_index=shard_index, shard_count=num_shards,
-                                       drop_remainder=drop_remainder),
-      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+    num_records=num_records,
+    shard_options=grain.ShardOptions(
+      shard_index=shard_index, shard_count=num_shards, drop_remainder=drop_remainder
+    ),
+    shuffle=shuffle,
+    num_epochs=num_epochs,
+    seed=seed,
+  )
   data_loader = grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=[_Encode(spec, max_length, legacy_pixel_padding),
-                  grain.Batch(batch_size=batch_size, drop_remainder=drop_remainder)],
-      worker_count=0,
-      # One reader thread overlaps reading with the transform; grain's default (16
-      # threads, 500 prefetched) spends its time polling futures: 3x slower here.
-      read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=64))
+    data_source=source,
+    sampler=sampler,
+    operations=[
+      _Encode(spec, max_length, legacy_pixel_padding),
+      grain.Batch(batch_size=batch_size, drop_remainder=drop_remainder),
+    ],
+    worker_count=0,
+    # One reader thread overlaps reading with the transform; grain's default (16
+    # threads, 500 prefetched) spends its time polling futures: 3x slower here.
+    read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=64),
+  )
   return Loader(data_loader, batches)

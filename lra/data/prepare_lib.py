@@ -25,8 +25,8 @@ from lra.data import tasks
 
 # Official split sizes; retrieval and text take whatever the files hold.
 DEFAULT_SIZES = {
-    "listops": (96_000, 2_000, 2_000),
-    "pathfinder": (160_000, 20_000, 20_000),
+  "listops": (96_000, 2_000, 2_000),
+  "pathfinder": (160_000, 20_000, 20_000),
 }
 # Text has no validation split: like LRA and the MRA paper, validation reads test.
 SPLIT_ALIASES = {"text": {"validation": "test"}}
@@ -76,44 +76,56 @@ def _subset(items: list, limit: int | None, seed: int, where: str) -> list:
 
 def _listops_splits(data_dir, source, seed, counts):
   if source is None:
-    n_train, n_val, n_test = (c if c is not None else d
-                              for c, d in zip(counts, DEFAULT_SIZES["listops"]))
+    n_train, n_val, n_test = (
+      c if c is not None else d for c, d in zip(counts, DEFAULT_SIZES["listops"])
+    )
     folder = os.path.join(data_dir, "raw", "listops-1000")
     start = time.time()
     # One stream for all splits, so no expression appears in two of them.
     stream = listops.generate_iter(seed)
     for split, n in zip(tasks.SPLITS, (n_train, n_val, n_test)):
-      listops.write_tsv(os.path.join(folder, listops.SPLIT_FILES[split]),
-                        itertools.islice(stream, n))
-    logging.info("listops: generated %d examples in %.1fs into %s",
-                 n_train + n_val + n_test, time.time() - start, folder)
+      listops.write_tsv(
+        os.path.join(folder, listops.SPLIT_FILES[split]), itertools.islice(stream, n)
+      )
+    logging.info(
+      "listops: generated %d examples in %.1fs into %s",
+      n_train + n_val + n_test,
+      time.time() - start,
+      folder,
+    )
     counts = (None, None, None)
   else:
-    for folder in (source, os.path.join(source, "listops-1000"),
-                   os.path.join(source, "lra_release", "listops-1000")):
+    for folder in (
+      source,
+      os.path.join(source, "listops-1000"),
+      os.path.join(source, "lra_release", "listops-1000"),
+    ):
       if os.path.isfile(os.path.join(folder, listops.SPLIT_FILES["train"])):
         break
     else:
       raise errors.DataNotFoundError(
-          f"No {listops.SPLIT_FILES['train']} under --source={source} (or its listops-1000/). "
-          f"Pass the release's listops-1000 folder, or omit --source to generate: "
-          f"{errors.prepare_command('listops', data_dir)}")
+        f"No {listops.SPLIT_FILES['train']} under --source={source} (or its listops-1000/). "
+        f"Pass the release's listops-1000 folder, or omit --source to generate: "
+        f"{errors.prepare_command('listops', data_dir)}"
+      )
   out = {}
   for split, limit in zip(tasks.SPLITS, counts):
     path = os.path.join(folder, listops.SPLIT_FILES[split])
     if not os.path.isfile(path):
       raise ValueError(f"{path}: missing split file for {split!r}")
-    out[split] = (lambda p=path, n=limit: (
-        {"tokens": ids.astype(np.uint8), "label": label}
-        for ids, label in _limit(listops.read_tsv(p), n, p)))
+    out[split] = lambda p=path, n=limit: (
+      {"tokens": ids.astype(np.uint8), "label": label}
+      for ids, label in _limit(listops.read_tsv(p), n, p)
+    )
   return out
 
 
 def _pathfinder_splits(task, data_dir, source, seed, counts):
   size = tasks.get_task(task).image_shape[0]
   if source is None:
-    n_train, n_val, n_test = (c if c is not None else d
-                              for c, d in zip(counts, DEFAULT_SIZES["pathfinder"]))
+    n_train, n_val, n_test = (
+      c if c is not None else d for c, d in zip(counts, DEFAULT_SIZES["pathfinder"])
+    )
     total = n_train + n_val + n_test
     root = os.path.join(data_dir, "raw", task, pathfinder_files.CONTOUR_DIR)
     stamp = {"seed": seed, "num_images": total, "generator": "lra.data.pathfinder v1"}
@@ -121,23 +133,27 @@ def _pathfinder_splits(task, data_dir, source, seed, counts):
     if os.path.isfile(stamp_path):
       with open(stamp_path) as f:
         if json.load(f) != stamp:
-          raise ValueError(f"{root} holds images generated with other settings "
-                           f"({stamp_path}); delete the folder or use another --data_dir")
+          raise ValueError(
+            f"{root} holds images generated with other settings "
+            f"({stamp_path}); delete the folder or use another --data_dir"
+          )
     os.makedirs(root, exist_ok=True)
     with open(stamp_path, "w") as f:
       json.dump(stamp, f)
     seconds = pathfinder_files.generate(pathfinder.CONFIGS[size], root, total, seed)
-    logging.info("%s: %d images in %.1fs (%.1f images/s)", task, total, seconds,
-                 total / max(seconds, 1e-9))
+    logging.info(
+      "%s: %d images in %.1fs (%.1f images/s)", task, total, seconds, total / max(seconds, 1e-9)
+    )
     counts = (n_train, n_val, n_test)
   else:
     try:
       root = pathfinder_files.find_root(source, size)
     except FileNotFoundError as e:
       raise errors.DataNotFoundError(
-          f"{e}. Pass the release's pathfinder{size}/{pathfinder_files.CONTOUR_DIR} folder "
-          f"(from {errors.LRA_RELEASE_URL}), or omit --source to generate: "
-          f"{errors.prepare_command(task, data_dir)}") from e
+        f"{e}. Pass the release's pathfinder{size}/{pathfinder_files.CONTOUR_DIR} folder "
+        f"(from {errors.LRA_RELEASE_URL}), or omit --source to generate: "
+        f"{errors.prepare_command(task, data_dir)}"
+      ) from e
   items, skipped = pathfinder_files.read_index(root)
   if skipped:
     logging.warning("%s: skipped %d empty PNGs under %s", task, skipped, root)
@@ -147,17 +163,20 @@ def _pathfinder_splits(task, data_dir, source, seed, counts):
   n_test = len(items) // 10 if counts[2] is None else counts[2]
   n_train = len(items) - n_val - n_test if counts[0] is None else counts[0]
   if n_train + n_val + n_test > len(items):
-    raise ValueError(f"{root}: holds {len(items)} images, "
-                     f"{n_train + n_val + n_test} requested")
-  bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val),
-            "test": (n_train + n_val, n_train + n_val + n_test)}
+    raise ValueError(f"{root}: holds {len(items)} images, {n_train + n_val + n_test} requested")
+  bounds = {
+    "train": (0, n_train),
+    "validation": (n_train, n_train + n_val),
+    "test": (n_train + n_val, n_train + n_val + n_test),
+  }
   out = {}
   for split, (lo, hi) in bounds.items():
     chosen = [items[i] for i in order[lo:hi]]
     if not chosen:
       raise ValueError(f"{root}: split {split!r} would be empty")
-    out[split] = (lambda c=chosen: (
-        {"image": pathfinder_files.load_png(p, size), "label": label} for p, label in c))
+    out[split] = lambda c=chosen: (
+      {"image": pathfinder_files.load_png(p, size), "label": label} for p, label in c
+    )
   return out
 
 
@@ -166,8 +185,9 @@ def _text_splits(data_dir, source, seed, counts):
   out = {}
   for split, limit in (("train", counts[0]), ("test", counts[2])):
     examples = _subset(list(sources.read_imdb(src, split)), limit, seed, f"{src.path} {split}")
-    out[split] = (lambda e=examples: (
-        {"tokens": np.frombuffer(text, np.uint8), "label": label} for text, label in e))
+    out[split] = lambda e=examples: (
+      {"tokens": np.frombuffer(text, np.uint8), "label": label} for text, label in e
+    )
   return out
 
 
@@ -175,12 +195,15 @@ def _image_splits(data_dir, source, seed, counts):
   src = sources.find_cifar10(source, data_dir)
   train_all = list(sources.read_cifar10(src, "train"))
   n_train = len(train_all) * 9 // 10  # LRA: train[:90%] / train[90%:]
-  parts = {"train": train_all[:n_train], "validation": train_all[n_train:],
-           "test": list(sources.read_cifar10(src, "test"))}
+  parts = {
+    "train": train_all[:n_train],
+    "validation": train_all[n_train:],
+    "test": list(sources.read_cifar10(src, "test")),
+  }
   out = {}
   for (split, examples), limit in zip(parts.items(), counts):
     examples = _subset(examples, limit, seed, f"{src.path} {split}")
-    out[split] = (lambda e=examples: ({"image": im, "label": label} for im, label in e))
+    out[split] = lambda e=examples: ({"image": im, "label": label} for im, label in e)
   return out
 
 
@@ -190,16 +213,27 @@ def _retrieval_splits(data_dir, source, seed, counts):
   out = {}
   for split, limit in zip(tasks.SPLITS, counts):
     where = os.path.join(folder, sources.AAN_FILES[split])
-    out[split] = (lambda s=split, n=limit, w=where: (
-        {"tokens1": np.frombuffer(d1, np.uint8), "tokens2": np.frombuffer(d2, np.uint8),
-         "label": label}
-        for d1, d2, label in _limit(sources.read_aan(folder, s), n, w)))
+    out[split] = lambda s=split, n=limit, w=where: (
+      {
+        "tokens1": np.frombuffer(d1, np.uint8),
+        "tokens2": np.frombuffer(d2, np.uint8),
+        "label": label,
+      }
+      for d1, d2, label in _limit(sources.read_aan(folder, s), n, w)
+    )
   return out
 
 
-def prepare(task: str, data_dir: str, *, source: str | None = None, seed: int = 0,
-            num_train: int | None = None, num_val: int | None = None,
-            num_test: int | None = None) -> None:
+def prepare(
+  task: str,
+  data_dir: str,
+  *,
+  source: str | None = None,
+  seed: int = 0,
+  num_train: int | None = None,
+  num_val: int | None = None,
+  num_test: int | None = None,
+) -> None:
   """Generates or converts `task` into `<data_dir>/lra_<task>/1.0.0/` (array_record).
 
   Args:
@@ -234,6 +268,10 @@ def prepare(task: str, data_dir: str, *, source: str | None = None, seed: int = 
   else:
     splits = _retrieval_splits(data_dir, source, seed, counts)
   builder = builders.BUILDERS[task](
-      data_dir=data_dir, file_format="array_record", split_examples=splits)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    data_dir=data_dir, file_format="array_record", split_examples=splits
+  )
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(
+      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    )
+  )

@@ -21,13 +21,16 @@ from lra.data import tfds_files
 # Retrieval documents are cut to this many bytes when stored (the official pipeline keeps
 # 10,000 bytes, then 4,000 ids); loaders can use any max_length up to it.
 MAX_DOCUMENT_BYTES = 16384
-AAN_FILES = {"train": "new_aan_pairs.train.tsv", "validation": "new_aan_pairs.eval.tsv",
-             "test": "new_aan_pairs.test.tsv"}
+AAN_FILES = {
+  "train": "new_aan_pairs.train.tsv",
+  "validation": "new_aan_pairs.eval.tsv",
+  "test": "new_aan_pairs.test.tsv",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  kind: str   # "tar", "dir" or "tfds"
+  kind: str  # "tar", "dir" or "tfds"
   path: str
 
 
@@ -58,18 +61,21 @@ def _find(candidates, raw_dir_marker, archive_names, tfds_name, tfds_config):
 
 
 def find_imdb(source: str | None, data_dir: str) -> Source:
-  candidates = [source] if source else [
-      os.path.join(data_dir, "downloads"), data_dir, *_default_tfds_dirs()]
-  found = _find(candidates, ("train/pos", "aclImdb"), ("aclImdb_v1.tar.gz",),
-                "imdb_reviews", "plain_text")
+  candidates = (
+    [source] if source else [os.path.join(data_dir, "downloads"), data_dir, *_default_tfds_dirs()]
+  )
+  found = _find(
+    candidates, ("train/pos", "aclImdb"), ("aclImdb_v1.tar.gz",), "imdb_reviews", "plain_text"
+  )
   if found is None:
     where = f"--source={source}" if source else f"{candidates}"
     raise errors.DataNotFoundError(
-        f"IMDb not found (looked at {where}). Download {errors.IMDB_URL} and put it at "
-        f"{os.path.join(data_dir, 'downloads', 'aclImdb_v1.tar.gz')} (or pass --source= the "
-        "archive, its unpacked aclImdb/ folder, or a TFDS data dir holding "
-        "imdb_reviews/plain_text/1.0.0 made by `tfds build imdb_reviews`), then run "
-        f"{errors.prepare_command('text', data_dir)}")
+      f"IMDb not found (looked at {where}). Download {errors.IMDB_URL} and put it at "
+      f"{os.path.join(data_dir, 'downloads', 'aclImdb_v1.tar.gz')} (or pass --source= the "
+      "archive, its unpacked aclImdb/ folder, or a TFDS data dir holding "
+      "imdb_reviews/plain_text/1.0.0 made by `tfds build imdb_reviews`), then run "
+      f"{errors.prepare_command('text', data_dir)}"
+    )
   return found
 
 
@@ -89,8 +95,13 @@ def read_imdb(src: Source, split: str) -> Iterator[tuple[bytes, int]]:
       with tarfile.open(src.path) as tar:
         for member in tar:
           parts = member.name.split("/")
-          if (member.isfile() and len(parts) >= 4 and parts[-3] == split
-              and parts[-2] in ("neg", "pos") and parts[-1].endswith(".txt")):
+          if (
+            member.isfile()
+            and len(parts) >= 4
+            and parts[-3] == split
+            and parts[-2] in ("neg", "pos")
+            and parts[-1].endswith(".txt")
+          ):
             count += 1
             yield tar.extractfile(member).read(), int(parts[-2] == "pos")
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -110,18 +121,21 @@ def read_imdb(src: Source, split: str) -> Iterator[tuple[bytes, int]]:
 
 
 def find_cifar10(source: str | None, data_dir: str) -> Source:
-  candidates = [source] if source else [
-      os.path.join(data_dir, "downloads"), data_dir, *_default_tfds_dirs()]
-  found = _find(candidates, ("test_batch", "cifar-10-batches-py"),
-                ("cifar-10-python.tar.gz",), "cifar10", None)
+  candidates = (
+    [source] if source else [os.path.join(data_dir, "downloads"), data_dir, *_default_tfds_dirs()]
+  )
+  found = _find(
+    candidates, ("test_batch", "cifar-10-batches-py"), ("cifar-10-python.tar.gz",), "cifar10", None
+  )
   if found is None:
     where = f"--source={source}" if source else f"{candidates}"
     raise errors.DataNotFoundError(
-        f"CIFAR-10 not found (looked at {where}). Download {errors.CIFAR10_URL} and put it "
-        f"at {os.path.join(data_dir, 'downloads', 'cifar-10-python.tar.gz')} (or pass "
-        "--source= the archive, its unpacked cifar-10-batches-py/ folder, or a TFDS data "
-        "dir holding cifar10/3.0.2 made by `tfds build cifar10`), then run "
-        f"{errors.prepare_command('image', data_dir)}")
+      f"CIFAR-10 not found (looked at {where}). Download {errors.CIFAR10_URL} and put it "
+      f"at {os.path.join(data_dir, 'downloads', 'cifar-10-python.tar.gz')} (or pass "
+      "--source= the archive, its unpacked cifar-10-batches-py/ folder, or a TFDS data "
+      "dir holding cifar10/3.0.2 made by `tfds build cifar10`), then run "
+      f"{errors.prepare_command('image', data_dir)}"
+    )
   return found
 
 
@@ -144,8 +158,10 @@ def _unpickle(data: bytes, where: str):
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"{where}: not a CIFAR-10 python batch ({e})") from e
   if images.ndim != 2 or images.shape[1] != 3072 or len(labels) != len(images):
-    raise ValueError(f"{where}: CIFAR-10 batch with data shape {images.shape} and "
-                     f"{len(labels)} labels, expected [n, 3072] and n labels")
+    raise ValueError(
+      f"{where}: CIFAR-10 batch with data shape {images.shape} and "
+      f"{len(labels)} labels, expected [n, 3072] and n labels"
+    )
   return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
@@ -206,11 +222,12 @@ def find_aan(source: str | None, data_dir: str) -> str:
         return folder
   where = f"--source={source}" if source else f"{roots}"
   raise errors.DataNotFoundError(
-      f"AAN pairs not found (looked at {where} and their tsv_data/ folders). Download "
-      f"{errors.LRA_RELEASE_URL} (~8 GB), unpack it and pass --source= its "
-      "lra_release/tsv_data folder (or copy new_aan_pairs.{train,eval,test}.tsv to "
-      f"{os.path.join(data_dir, 'downloads', 'tsv_data')}), then run "
-      f"{errors.prepare_command('retrieval', data_dir)}")
+    f"AAN pairs not found (looked at {where} and their tsv_data/ folders). Download "
+    f"{errors.LRA_RELEASE_URL} (~8 GB), unpack it and pass --source= its "
+    "lra_release/tsv_data folder (or copy new_aan_pairs.{train,eval,test}.tsv to "
+    f"{os.path.join(data_dir, 'downloads', 'tsv_data')}), then run "
+    f"{errors.prepare_command('retrieval', data_dir)}"
+  )
 
 
 def read_aan(folder: str, split: str) -> Iterator[tuple[bytes, bytes, int]]:
@@ -230,8 +247,10 @@ def read_aan(folder: str, split: str) -> Iterator[tuple[bytes, bytes, int]]:
         continue
       fields = line.split(b"\t")
       if len(fields) != 5:
-        raise ValueError(f"{path}:{line_no}: expected 5 tab-separated columns "
-                         f"(label, id1, id2, text1, text2), got {len(fields)}")
+        raise ValueError(
+          f"{path}:{line_no}: expected 5 tab-separated columns "
+          f"(label, id1, id2, text1, text2), got {len(fields)}"
+        )
       try:
         label = int(float(fields[0]))
       except ValueError as e:

@@ -15,6 +15,7 @@ class TaskSpec:
     dual_input: True when an example is a pair of documents (retrieval).
     image_shape: (height, width) for pixel tasks, None for text-like tasks.
   """
+
   name: str
   num_classes: int
   max_length: int
@@ -31,14 +32,14 @@ class TaskSpec:
 # retrieval use byte + 1 (pad 0); pixel tasks use the pixel value itself, so 0 is a real
 # token there and only the mask tells padding apart.
 TASKS: dict[str, TaskSpec] = {
-    "listops": TaskSpec("listops", 10, 2048, 16, False, None),
-    "text": TaskSpec("text", 2, 4096, 257, False, None),
-    "retrieval": TaskSpec("retrieval", 2, 4096, 257, True, None),
-    "image": TaskSpec("image", 10, 1024, 256, False, (32, 32)),
-    "pathfinder32": TaskSpec("pathfinder32", 2, 1024, 256, False, (32, 32)),
-    "pathfinder64": TaskSpec("pathfinder64", 2, 4096, 256, False, (64, 64)),
-    "pathfinder128": TaskSpec("pathfinder128", 2, 16384, 256, False, (128, 128)),
-    "pathfinder256": TaskSpec("pathfinder256", 2, 65536, 256, False, (256, 256)),
+  "listops": TaskSpec("listops", 10, 2048, 16, False, None),
+  "text": TaskSpec("text", 2, 4096, 257, False, None),
+  "retrieval": TaskSpec("retrieval", 2, 4096, 257, True, None),
+  "image": TaskSpec("image", 10, 1024, 256, False, (32, 32)),
+  "pathfinder32": TaskSpec("pathfinder32", 2, 1024, 256, False, (32, 32)),
+  "pathfinder64": TaskSpec("pathfinder64", 2, 4096, 256, False, (64, 64)),
+  "pathfinder128": TaskSpec("pathfinder128", 2, 16384, 256, False, (128, 128)),
+  "pathfinder256": TaskSpec("pathfinder256", 2, 65536, 256, False, (256, 256)),
 }
 
 SPLITS = ("train", "validation", "test")

@@ -74,12 +74,12 @@ def find_version_dir(root: str, name: str, config: str | None = None) -> str | N
   base = os.path.join(root, name, config) if config else os.path.join(root, name)
   if not os.path.isdir(base):
     return None
-  versions = [v for v in os.listdir(base)
-              if os.path.isfile(os.path.join(base, v, "dataset_info.json"))]
+  versions = [
+    v for v in os.listdir(base) if os.path.isfile(os.path.join(base, v, "dataset_info.json"))
+  ]
   if not versions:
     return None
-  newest = max(versions, key=lambda v: tuple(int(p) if p.isdigit() else -1
-                                             for p in v.split(".")))
+  newest = max(versions, key=lambda v: tuple(int(p) if p.isdigit() else -1 for p in v.split(".")))
   return os.path.join(base, newest)
 
 
@@ -106,6 +106,7 @@ def read_split(version_dir: str, split: str) -> Iterator[tf_example_pb2.Example]
   for shard in shards:
     if fmt == "array_record":
       from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
       reader = array_record_module.ArrayRecordReader(shard)
       records = reader.read_all()
       reader.close()
@@ -119,8 +120,9 @@ def read_split(version_dir: str, split: str) -> Iterator[tf_example_pb2.Example]
       count += 1
       yield example
   if expected and count != expected:
-    raise ValueError(f"{version_dir}: split {split!r} has {count} records, "
-                     f"dataset_info.json says {expected}")
+    raise ValueError(
+      f"{version_dir}: split {split!r} has {count} records, dataset_info.json says {expected}"
+    )
 
 
 def bytes_feature(example, key: str, where: str) -> bytes:

@@ -19,21 +19,21 @@ from flax import nnx
 
 # name -> "module:Class" under mra_jax.attentions.
 _ENTRIES = {
-    "adamra": "adamra:AdaMraAttention",
-    "bigbird": "bigbird:BigBirdAttention",
-    "h_transformer_1d": "h_transformer_1d:HTransformer1DAttention",
-    "linformer": "linformer:LinformerAttention",
-    "local": "local:LocalAttention",
-    "longformer": "longformer:LongformerAttention",
-    "mra2": "mra:Mra2Attention",
-    "mra2_s": "mra:Mra2SAttention",
-    "nystromformer": "nystromformer:NystromformerAttention",
-    "performer": "performer:PerformerAttention",
-    "reformer": "reformer:ReformerAttention",
-    "scatterbrain": "scatterbrain:ScatterbrainAttention",
-    "soft": "soft:SoftAttention",
-    "softmax": "softmax:SoftmaxAttention",
-    "yoso": "yoso:YosoAttention",
+  "adamra": "adamra:AdaMraAttention",
+  "bigbird": "bigbird:BigBirdAttention",
+  "h_transformer_1d": "h_transformer_1d:HTransformer1DAttention",
+  "linformer": "linformer:LinformerAttention",
+  "local": "local:LocalAttention",
+  "longformer": "longformer:LongformerAttention",
+  "mra2": "mra:Mra2Attention",
+  "mra2_s": "mra:Mra2SAttention",
+  "nystromformer": "nystromformer:NystromformerAttention",
+  "performer": "performer:PerformerAttention",
+  "reformer": "reformer:ReformerAttention",
+  "scatterbrain": "scatterbrain:ScatterbrainAttention",
+  "soft": "soft:SoftAttention",
+  "softmax": "softmax:SoftmaxAttention",
+  "yoso": "yoso:YosoAttention",
 }
 # Arguments every module takes; everything else in its signature is a knob.
 _COMMON = ("self", "num_heads", "head_dim", "max_length", "rngs")
@@ -59,12 +59,16 @@ def module_class(name: str) -> type[nnx.Module]:
 def knob_defaults(name: str) -> dict[str, Any]:
   """The knobs of `name` and their defaults, read from its class signature."""
   params = inspect.signature(module_class(name).__init__).parameters
-  return {k: p.default for k, p in params.items()
-          if k not in _COMMON and p.kind == inspect.Parameter.KEYWORD_ONLY}
+  return {
+    k: p.default
+    for k, p in params.items()
+    if k not in _COMMON and p.kind == inspect.Parameter.KEYWORD_ONLY
+  }
 
 
-def build(name: str, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-          **knobs) -> nnx.Module:
+def build(
+  name: str, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs, **knobs
+) -> nnx.Module:
   """Builds the attention `name` with its knobs (defaults for those not given).
 
   Args:
@@ -85,7 +89,7 @@ def build(name: str, *, num_heads: int, head_dim: int, max_length: int, rngs: nn
   allowed = knob_defaults(name)
   unknown = sorted(set(knobs) - set(allowed))
   if unknown:
-    raise ValueError(f"unknown knob(s) {unknown} for attention name={name!r}; "
-                     f"allowed knobs: {sorted(allowed)}")
-  return cls(num_heads=num_heads, head_dim=head_dim, max_length=max_length, rngs=rngs,
-             **knobs)
+    raise ValueError(
+      f"unknown knob(s) {unknown} for attention name={name!r}; allowed knobs: {sorted(allowed)}"
+    )
+  return cls(num_heads=num_heads, head_dim=head_dim, max_length=max_length, rngs=rngs, **knobs)

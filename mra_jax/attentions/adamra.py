@@ -53,8 +53,16 @@ def _features(x, feature_map, projection, mask_BxL, is_query):
   return jnp.where(mask_BxL[:, None, :, None], phi, 0.0)
 
 
-def adamra_heads(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, rates: tuple[int, ...],
-                 feature_map: str = "elu", projection: jax.Array | None = None) -> jax.Array:
+def adamra_heads(
+  q_BxHxLxD,
+  k_BxHxLxD,
+  v_BxHxLxD,
+  mask_BxL,
+  *,
+  rates: tuple[int, ...],
+  feature_map: str = "elu",
+  projection: jax.Array | None = None,
+) -> jax.Array:
   """Every head's kernelised attention at its own rate, [B, H, L, D] float32 (no routing)."""
   outs = []
   for h, rate in enumerate(rates):
@@ -94,10 +102,21 @@ class AdaMraAttention(nnx.Module):
     temperature: softmax temperature of the routing gate.
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               rates: tuple[int, ...] | None = None, rate_base: int = 2, max_rate: int = 64,
-               feature_map: str = "elu", num_features: int = 64, selection: str = "soft",
-               temperature: float = 1.0):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    rates: tuple[int, ...] | None = None,
+    rate_base: int = 2,
+    max_rate: int = 64,
+    feature_map: str = "elu",
+    num_features: int = 64,
+    selection: str = "soft",
+    temperature: float = 1.0,
+  ):
     del max_length  # Any length works (a rate longer than L pools everything into one).
     base.check_int("num_heads", num_heads, minimum=1)
     base.check_int("rate_base", rate_base, minimum=1)
@@ -111,24 +130,36 @@ class AdaMraAttention(nnx.Module):
       rates = geometric_rates(num_heads, rate_base, max_rate)
     rates = tuple(rates)
     if len(rates) != num_heads or not all(
-        isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
+      isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates
+    ):
       raise ValueError(f"rates must be {num_heads} ints >= 1 (one per head); got rates={rates!r}")
     self.rates, self.feature_map = rates, feature_map
     self.selection, self.temperature = selection, float(temperature)
-    self.router_weight = nnx.Param(jax.random.normal(
-        rngs.params(), (num_heads, head_dim), jnp.float32) / math.sqrt(head_dim))
+    self.router_weight = nnx.Param(
+      jax.random.normal(rngs.params(), (num_heads, head_dim), jnp.float32) / math.sqrt(head_dim)
+    )
     self.router_bias = nnx.Param(jnp.zeros((num_heads,), jnp.float32))
-    self.projection = (base.FixedRandom(performer.orthogonal_features(
-        rngs.params(), num_features, head_dim)) if feature_map == "favor" else None)
+    self.projection = (
+      base.FixedRandom(performer.orthogonal_features(rngs.params(), num_features, head_dim))
+      if feature_map == "favor"
+      else None
+    )
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     q, k, v, m = base.prepare(query, key, value, mask)
     if q.shape[1] != len(self.rates):
-      raise ValueError(f"inputs have {q.shape[1]} heads but rates has {len(self.rates)}: "
-                       f"query.shape={query.shape}")
+      raise ValueError(
+        f"inputs have {q.shape[1]} heads but rates has {len(self.rates)}: query.shape={query.shape}"
+      )
     projection = None if self.projection is None else self.projection[...]
-    o = adamra_heads(q, k, v, m, rates=self.rates, feature_map=self.feature_map,
-                     projection=projection)
-    gate = route(q, self.router_weight[...], self.router_bias[...], selection=self.selection,
-                 temperature=self.temperature)
+    o = adamra_heads(
+      q, k, v, m, rates=self.rates, feature_map=self.feature_map, projection=projection
+    )
+    gate = route(
+      q,
+      self.router_weight[...],
+      self.router_bias[...],
+      selection=self.selection,
+      temperature=self.temperature,
+    )
     return base.finish(o * gate, m, query.dtype)

@@ -88,8 +88,9 @@ class DepthwiseConv(nnx.Module):
   def __init__(self, num_heads: int, kernel_size: int, rngs: nnx.Rngs):
     check_int("conv_kernel_size", kernel_size, minimum=1)
     bound = 1.0 / math.sqrt(kernel_size)  # PyTorch's Conv default, fan_in = k.
-    self.weight_HxK = nnx.Param(jax.random.uniform(
-        rngs.params(), (num_heads, kernel_size), jnp.float32, -bound, bound))
+    self.weight_HxK = nnx.Param(
+      jax.random.uniform(rngs.params(), (num_heads, kernel_size), jnp.float32, -bound, bound)
+    )
 
   def __call__(self, v_BxHxLxD: jax.Array) -> jax.Array:
     w_HxK = self.weight_HxK[...]
@@ -98,12 +99,13 @@ class DepthwiseConv(nnx.Module):
     length = v_BxHxLxD.shape[2]
     out = jnp.zeros_like(v_BxHxLxD)
     for t in range(k):  # k shifted adds: O(L k D), no im2col copy of V.
-      out = out + w_HxK[None, :, t, None, None] * padded[:, :, t:t + length]
+      out = out + w_HxK[None, :, t, None, None] * padded[:, :, t : t + length]
     return out
 
 
-def linear_attention(phi_q_BxHxLxF: jax.Array, phi_k_BxHxLxF: jax.Array,
-                     v_BxHxLxD: jax.Array, *, eps: float = 0.0) -> jax.Array:
+def linear_attention(
+  phi_q_BxHxLxF: jax.Array, phi_k_BxHxLxF: jax.Array, v_BxHxLxD: jax.Array, *, eps: float = 0.0
+) -> jax.Array:
   """Kernelised attention phi(q) [sum_k phi(k) v^T] / (phi(q) . sum_k phi(k)).
 
   Features must be >= 0 and 0 at padded keys. A row whose normaliser is <= eps (no

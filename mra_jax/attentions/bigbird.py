@@ -28,8 +28,9 @@ from mra_jax.attentions import local
 _NUM_FIXED = 5  # global first, global last, window n-1, n, n+1.
 
 
-def bigbird_block_pattern(num_blocks: int, num_heads: int, num_random_blocks: int,
-                          random_key: jax.Array):
+def bigbird_block_pattern(
+  num_blocks: int, num_heads: int, num_random_blocks: int, random_key: jax.Array
+):
   """The key-block table of the non-global query blocks 1 .. N-2.
 
   Args:
@@ -47,15 +48,19 @@ def bigbird_block_pattern(num_blocks: int, num_heads: int, num_random_blocks: in
   """
   n, m_rows = num_blocks, max(num_blocks - 2, 0)
   rows_M = jnp.arange(1, m_rows + 1)
-  fixed_Mx5 = jnp.stack([jnp.zeros_like(rows_M), jnp.full_like(rows_M, n - 1),
-                         rows_M - 1, rows_M, rows_M + 1], axis=-1)
+  fixed_Mx5 = jnp.stack(
+    [jnp.zeros_like(rows_M), jnp.full_like(rows_M, n - 1), rows_M - 1, rows_M, rows_M + 1], axis=-1
+  )
   idx = jnp.broadcast_to(fixed_Mx5[None], (num_heads, m_rows, _NUM_FIXED))
   ok = jnp.ones(idx.shape, bool)
   r = min(num_random_blocks, n)
   if r > 0:
     cols_N = jnp.arange(n)
-    excluded_MxN = ((cols_N[None, :] == 0) | (cols_N[None, :] == n - 1)
-                    | (jnp.abs(cols_N[None, :] - rows_M[:, None]) <= 1))
+    excluded_MxN = (
+      (cols_N[None, :] == 0)
+      | (cols_N[None, :] == n - 1)
+      | (jnp.abs(cols_N[None, :] - rows_M[:, None]) <= 1)
+    )
     scores = local.hash_uniform(random_key, (num_heads, m_rows, n))
     scores = jnp.where(excluded_MxN[None], -1.0, scores)
     top_s, top_i = jax.lax.top_k(scores, r)
@@ -67,10 +72,16 @@ def bigbird_block_pattern(num_blocks: int, num_heads: int, num_random_blocks: in
   return idx.astype(jnp.int32), ok & ~dup
 
 
-def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                      mask: jax.Array | None = None, *, block_size: int = 32,
-                      num_random_blocks: int = 2,
-                      random_key: jax.Array | None = None) -> jax.Array:
+def bigbird_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  block_size: int = 32,
+  num_random_blocks: int = 2,
+  random_key: jax.Array | None = None,
+) -> jax.Array:
   """BigBird attention: global + window + random key blocks (see module docstring).
 
   Args:
@@ -108,8 +119,7 @@ def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   g_rows = [0] if n == 1 else [0, n - 1]
   q_g = qb[:, :, jnp.array(g_rows)].reshape(b, h, len(g_rows) * bs, d)
   logits_g = jnp.einsum("bhgd,bhld->bhgl", q_g, kp) * scale
-  p_g, _ = local.masked_softmax(logits_g, jnp.broadcast_to(mp[:, None, None, :],
-                                                           logits_g.shape))
+  p_g, _ = local.masked_softmax(logits_g, jnp.broadcast_to(mp[:, None, None, :], logits_g.shape))
   o_g = jnp.einsum("bhgl,bhld->bhgd", p_g, vp).reshape(b, h, len(g_rows), bs, dv)
   if n <= 2:
     return local.finish(o_g.reshape(b, h, n * bs, dv), m, query.dtype)
@@ -119,7 +129,7 @@ def bigbird_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   k_sel = kb[:, heads, idx_HxMxS]  # [B, H, M, S, Bs, D]
   v_sel = vb[:, heads, idx_HxMxS]
   key_ok = mb_BxNxBs[:, idx_HxMxS] & ok_HxMxS[None, :, :, :, None]  # [B, H, M, S, Bs]
-  logits = jnp.einsum("bhmqd,bhmskd->bhmqsk", qb[:, :, 1:n - 1], k_sel) * scale
+  logits = jnp.einsum("bhmqd,bhmskd->bhmqsk", qb[:, :, 1 : n - 1], k_sel) * scale
   msz, ssz = idx_HxMxS.shape[1:]
   logits = logits.reshape(b, h, msz, bs, ssz * bs)
   valid = jnp.broadcast_to(key_ok.reshape(b, h, msz, 1, ssz * bs), logits.shape)
@@ -135,8 +145,16 @@ class BigBirdAttention(nnx.Module):
   Defaults are the MRA paper's LRA config "32-2": block 32, 2 random blocks.
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               block_size: int = 32, num_random_blocks: int = 2):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    block_size: int = 32,
+    num_random_blocks: int = 2,
+  ):
     del num_heads, head_dim, max_length  # The pattern is drawn for the runtime length.
     local.check_int("block_size", block_size, minimum=1)
     local.check_int("num_random_blocks", num_random_blocks, minimum=0)
@@ -145,6 +163,12 @@ class BigBirdAttention(nnx.Module):
     self.random_key = local.FixedRandom(jax.random.key_data(rngs.params()))
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    return bigbird_attention(query, key, value, mask, block_size=self.block_size,
-                             num_random_blocks=self.num_random_blocks,
-                             random_key=self.random_key[...])
+    return bigbird_attention(
+      query,
+      key,
+      value,
+      mask,
+      block_size=self.block_size,
+      num_random_blocks=self.num_random_blocks,
+      random_key=self.random_key[...],
+    )

@@ -49,13 +49,18 @@ def _siblings(x_BxHxNxC, axis=2):
   """Swaps blocks 2m and 2m+1 along `axis` (N must be even)."""
   shape = x_BxHxNxC.shape
   n = shape[axis]
-  x = x_BxHxNxC.reshape(shape[:axis] + (n // 2, 2) + shape[axis + 1:])
+  x = x_BxHxNxC.reshape(shape[:axis] + (n // 2, 2) + shape[axis + 1 :])
   return jnp.flip(x, axis=axis + 1).reshape(shape)
 
 
-def h_transformer_1d_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                               mask: jax.Array | None = None, *,
-                               block_size: int = 16) -> jax.Array:
+def h_transformer_1d_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  block_size: int = 16,
+) -> jax.Array:
   """Hierarchical (H-matrix) attention of H-Transformer-1D; see module docstring.
 
   Args:
@@ -109,8 +114,7 @@ def h_transformer_1d_attention(query: jax.Array, key: jax.Array, value: jax.Arra
     logits = jnp.einsum("bhnqd,bhnkd->bhnqk", split(q_l), k_sib) * scale
     w = c_sib[:, :, :, None, :]
     m_l, s_l, num_l = _level_stats(logits, jnp.broadcast_to(w > 0, logits.shape), w, v_sib)
-    up = lambda x: jnp.repeat(x.reshape(x.shape[:2] + (n_l * bs,) + x.shape[4:]), factor,
-                              axis=2)
+    up = lambda x: jnp.repeat(x.reshape(x.shape[:2] + (n_l * bs,) + x.shape[4:]), factor, axis=2)
     levels.append((up(m_l), up(s_l), up(num_l)))
 
   # One softmax over all levels: rescale each level to the common max.
@@ -132,8 +136,9 @@ class HTransformer1DAttention(nnx.Module):
   Default block size 16 as the MRA paper's LRA harness (lucidrains' HAttention1D).
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               block_size: int = 16):
+  def __init__(
+    self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs, block_size: int = 16
+  ):
     del num_heads, head_dim, max_length, rngs  # No parameters; any length works.
     local.check_int("block_size", block_size, minimum=1)
     self.block_size = block_size

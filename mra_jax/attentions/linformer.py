@@ -22,9 +22,15 @@ import jax.numpy as jnp
 from mra_jax.attentions import base
 
 
-def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                        mask: jax.Array | None = None, *, e_proj: jax.Array,
-                        f_proj: jax.Array | None = None) -> jax.Array:
+def linformer_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  e_proj: jax.Array,
+  f_proj: jax.Array | None = None,
+) -> jax.Array:
   """Linformer attention with given projections.
 
   Args:
@@ -46,8 +52,10 @@ def linformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   f_proj = e_proj if f_proj is None else f_proj
   for name, p in (("e_proj", e_proj), ("f_proj", f_proj)):
     if p.ndim != 2 or p.shape[1] < length:
-      raise ValueError(f"{name} must be [k, Lmax] with Lmax >= input length {length}; got "
-                       f"{name}.shape={p.shape} (the input is longer than max_length)")
+      raise ValueError(
+        f"{name} must be [k, Lmax] with Lmax >= input length {length}; got "
+        f"{name}.shape={p.shape} (the input is longer than max_length)"
+      )
   e_KxL = e_proj[:, :length].astype(jnp.float32)
   f_KxL = f_proj[:, :length].astype(jnp.float32)
   k_BxHxKxD = jnp.einsum("kl,bhld->bhkd", e_KxL, k)
@@ -68,21 +76,33 @@ class LinformerAttention(nnx.Module):
     share_kv: one projection for keys and values (the config), else separate E and F.
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               projection_length: int = 256, share_kv: bool = True):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    projection_length: int = 256,
+    share_kv: bool = True,
+  ):
     del num_heads, head_dim
     base.check_int("projection_length", projection_length, minimum=1)
     base.check_int("max_length", max_length, minimum=1)
     self.max_length = max_length
     # N(0, 1/k) entries (the 1/sqrt(k) scale of the Linformer code), fixed at init.
-    init = lambda: jax.random.normal(rngs.params(), (projection_length, max_length),
-                                     jnp.float32) / math.sqrt(projection_length)
+    init = lambda: (
+      jax.random.normal(rngs.params(), (projection_length, max_length), jnp.float32)
+      / math.sqrt(projection_length)
+    )
     self.e_proj = nnx.Param(init())
     self.f_proj = None if share_kv else nnx.Param(init())
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     if query.ndim >= 2 and query.shape[1] > self.max_length:
-      raise ValueError(f"Linformer's projection covers max_length={self.max_length} tokens; "
-                       f"got an input of length {query.shape[1]}")
+      raise ValueError(
+        f"Linformer's projection covers max_length={self.max_length} tokens; "
+        f"got an input of length {query.shape[1]}"
+      )
     f = None if self.f_proj is None else self.f_proj[...]
     return linformer_attention(query, key, value, mask, e_proj=self.e_proj[...], f_proj=f)

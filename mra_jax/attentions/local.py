@@ -90,8 +90,7 @@ def check_int(name: str, value, *, minimum: int) -> None:
     raise ValueError(f"{name} must be an int >= {minimum}; got {name}={value!r}")
 
 
-def prepare(query: jax.Array, key: jax.Array, value: jax.Array,
-            mask: jax.Array | None):
+def prepare(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None):
   """Checks shapes and returns float32 [B, H, L, D] tensors and a bool [B, L] mask.
 
   Padded positions are zeroed in q, k and v so that whatever garbage they held
@@ -101,11 +100,15 @@ def prepare(query: jax.Array, key: jax.Array, value: jax.Array,
     if x.ndim != 4:
       raise ValueError(f"{name} must be [B, L, H, D]; got {name}.shape={x.shape}")
   if key.shape != query.shape:
-    raise ValueError("sparse self-attention patterns need key.shape == query.shape; got "
-                     f"key.shape={key.shape}, query.shape={query.shape}")
+    raise ValueError(
+      "sparse self-attention patterns need key.shape == query.shape; got "
+      f"key.shape={key.shape}, query.shape={query.shape}"
+    )
   if value.shape[:3] != query.shape[:3]:
-    raise ValueError(f"value must be [B, L, H, Dv] like query; got value.shape={value.shape}, "
-                     f"query.shape={query.shape}")
+    raise ValueError(
+      f"value must be [B, L, H, Dv] like query; got value.shape={value.shape}, "
+      f"query.shape={query.shape}"
+    )
   b, length = query.shape[:2]
   if mask is None:
     mask_BxL = jnp.ones((b, length), bool)
@@ -163,7 +166,7 @@ def neighbour_chunks(x: jax.Array, chunk: int, axis: int) -> jax.Array:
   """
   shape = x.shape
   n = shape[axis] // chunk
-  x = x.reshape(shape[:axis] + (n, chunk) + shape[axis + 1:])
+  x = x.reshape(shape[:axis] + (n, chunk) + shape[axis + 1 :])
   widths = [(0, 0)] * x.ndim
   widths[axis] = (1, 1)
   x = jnp.pad(x, widths)
@@ -171,8 +174,7 @@ def neighbour_chunks(x: jax.Array, chunk: int, axis: int) -> jax.Array:
   return jnp.concatenate([take(0), take(1), take(2)], axis=axis + 1)
 
 
-def window_logits(q_BxHxLxD, k_BxHxLxD, mask_BxL, *, left: int, right: int,
-                  chunk: int):
+def window_logits(q_BxHxLxD, k_BxHxLxD, mask_BxL, *, left: int, right: int, chunk: int):
   """Logits of each query against the keys at offsets [-left, right] around it.
 
   L must be a multiple of `chunk`, and left, right <= chunk.
@@ -194,8 +196,9 @@ def window_logits(q_BxHxLxD, k_BxHxLxD, mask_BxL, *, left: int, right: int,
   return logits, valid, kpos_Nx3C
 
 
-def sliding_window_attention(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, left: int,
-                             right: int) -> jax.Array:
+def sliding_window_attention(
+  q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, left: int, right: int
+) -> jax.Array:
   """Exact softmax over keys j with i - left <= j <= i + right; [B, H, L, D] f32 out."""
   length = q_BxHxLxD.shape[2]
   left, right = min(left, length), min(right, length)
@@ -209,8 +212,7 @@ def sliding_window_attention(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, left:
   return o.reshape(v.shape)[:, :, :length]
 
 
-def block_local_attention(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *,
-                          block: int) -> jax.Array:
+def block_local_attention(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, block: int) -> jax.Array:
   """Exact softmax inside non-overlapping blocks of `block` tokens."""
   b, h, length, d = q_BxHxLxD.shape
   block = min(block, length)
@@ -225,9 +227,15 @@ def block_local_attention(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *,
   return o.reshape(v.shape)[:, :, :length]
 
 
-def local_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                    mask: jax.Array | None = None, *, window_size: int = 64,
-                    block_local: bool = False) -> jax.Array:
+def local_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  window_size: int = 64,
+  block_local: bool = False,
+) -> jax.Array:
   """Local attention: exact softmax restricted to a neighbourhood of each query.
 
   Sliding (default): query i attends to keys j with |i - j| <= window_size // 2, the
@@ -262,13 +270,22 @@ def local_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 class LocalAttention(nnx.Module):
   """Registry module for `local_attention` (parameter-free; knobs as there)."""
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               window_size: int = 64, block_local: bool = False):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    window_size: int = 64,
+    block_local: bool = False,
+  ):
     del num_heads, head_dim, max_length, rngs  # No parameters; any length works.
     check_int("window_size", window_size, minimum=1)
     self.window_size = window_size
     self.block_local = block_local
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    return local_attention(query, key, value, mask, window_size=self.window_size,
-                           block_local=self.block_local)
+    return local_attention(
+      query, key, value, mask, window_size=self.window_size, block_local=self.block_local
+    )

@@ -18,9 +18,15 @@ import jax.numpy as jnp
 from mra_jax.attentions import local
 
 
-def longformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                         mask: jax.Array | None = None, *, window_size: int = 64,
-                         num_global_tokens: int = 1) -> jax.Array:
+def longformer_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  window_size: int = 64,
+  num_global_tokens: int = 1,
+) -> jax.Array:
   """Sliding-window attention with the first `num_global_tokens` tokens global.
 
   One softmax per query spans its window keys and the global keys; a global key
@@ -57,25 +63,26 @@ def longformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   qp, kp, vp = (local.pad_axis(x, chunk, axis=2) for x in (q, k, v))
   mp = local.pad_axis(m, chunk, axis=1)
   n = qp.shape[2] // chunk
-  logits_w, valid_w, kpos_Nx3C = local.window_logits(qp, kp, mp, left=reach, right=reach,
-                                                     chunk=chunk)
+  logits_w, valid_w, kpos_Nx3C = local.window_logits(
+    qp, kp, mp, left=reach, right=reach, chunk=chunk
+  )
   # Global keys get their own columns; drop them from the window so none counts twice.
-  valid_w = jnp.broadcast_to(valid_w & (kpos_Nx3C >= g)[None, None, :, None, :],
-                             logits_w.shape)
+  valid_w = jnp.broadcast_to(valid_w & (kpos_Nx3C >= g)[None, None, :, None, :], logits_w.shape)
   q_BxHxNxCxD = qp.reshape(b, h, n, chunk, d)
   logits_g = jnp.einsum("bhncd,bhgd->bhncg", q_BxHxNxCxD, kp[:, :, :g]) / math.sqrt(d)
   valid_g = jnp.broadcast_to(mp[:, None, None, None, :g], logits_g.shape)
-  p, _ = local.masked_softmax(jnp.concatenate([logits_w, logits_g], -1),
-                              jnp.concatenate([valid_w, valid_g], -1))
-  p_w, p_g = p[..., :3 * chunk], p[..., 3 * chunk:]
-  o = (jnp.einsum("bhnck,bhnkd->bhncd", p_w, local.neighbour_chunks(vp, chunk, axis=2))
-       + jnp.einsum("bhncg,bhgd->bhncd", p_g, vp[:, :, :g]))
+  p, _ = local.masked_softmax(
+    jnp.concatenate([logits_w, logits_g], -1), jnp.concatenate([valid_w, valid_g], -1)
+  )
+  p_w, p_g = p[..., : 3 * chunk], p[..., 3 * chunk :]
+  o = jnp.einsum("bhnck,bhnkd->bhncd", p_w, local.neighbour_chunks(vp, chunk, axis=2)) + jnp.einsum(
+    "bhncg,bhgd->bhncd", p_g, vp[:, :, :g]
+  )
   o = o.reshape(vp.shape)[:, :, :length]
 
   # Global queries see every real key: a [G, L] strip.
   logits_gq = jnp.einsum("bhgd,bhld->bhgl", q[:, :, :g], k) / math.sqrt(d)
-  p_gq, _ = local.masked_softmax(logits_gq, jnp.broadcast_to(m[:, None, None, :],
-                                                             logits_gq.shape))
+  p_gq, _ = local.masked_softmax(logits_gq, jnp.broadcast_to(m[:, None, None, :], logits_gq.shape))
   o = o.at[:, :, :g].set(jnp.einsum("bhgl,bhld->bhgd", p_gq, v))
   return local.finish(o, m, query.dtype)
 
@@ -86,8 +93,16 @@ class LongformerAttention(nnx.Module):
   Defaults are the MRA paper's LRA config: window 64, first token global.
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               window_size: int = 64, num_global_tokens: int = 1):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    window_size: int = 64,
+    num_global_tokens: int = 1,
+  ):
     del num_heads, head_dim, max_length, rngs  # No parameters; any length works.
     local.check_int("window_size", window_size, minimum=1)
     local.check_int("num_global_tokens", num_global_tokens, minimum=0)
@@ -95,5 +110,11 @@ class LongformerAttention(nnx.Module):
     self.num_global_tokens = num_global_tokens
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    return longformer_attention(query, key, value, mask, window_size=self.window_size,
-                                num_global_tokens=self.num_global_tokens)
+    return longformer_attention(
+      query,
+      key,
+      value,
+      mask,
+      window_size=self.window_size,
+      num_global_tokens=self.num_global_tokens,
+    )

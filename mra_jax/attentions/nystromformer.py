@@ -27,32 +27,42 @@ import jax.numpy as jnp
 from mra_jax.attentions import base
 
 
-def nystrom_core(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, num_landmarks: int,
-                 pinv_iterations: int) -> jax.Array:
+def nystrom_core(
+  q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, num_landmarks: int, pinv_iterations: int
+) -> jax.Array:
   """The Nystrom approximation on float32 [B, H, L, D] inputs (padding already zeroed)."""
   length, d = q_BxHxLxD.shape[2], q_BxHxLxD.shape[3]
-  scale = d ** -0.25  # Split between q and k, so the landmarks see scaled tokens.
+  scale = d**-0.25  # Split between q and k, so the landmarks see scaled tokens.
   q, k = q_BxHxLxD * scale, k_BxHxLxD * scale
   segment = -(-length // num_landmarks)
   q_land, counts_BxM = base.segment_means(q, mask_BxL, segment)
   k_land, _ = base.segment_means(k, mask_BxL, segment)
   land_ok_BxM = counts_BxM > 0
-  kernel_1, _ = base.masked_softmax(jnp.einsum("bhld,bhmd->bhlm", q, k_land),
-                                    land_ok_BxM[:, None, None, :])
-  kernel_2, _ = base.masked_softmax(jnp.einsum("bhnd,bhmd->bhnm", q_land, k_land),
-                                    land_ok_BxM[:, None, None, :])
+  kernel_1, _ = base.masked_softmax(
+    jnp.einsum("bhld,bhmd->bhlm", q, k_land), land_ok_BxM[:, None, None, :]
+  )
+  kernel_2, _ = base.masked_softmax(
+    jnp.einsum("bhnd,bhmd->bhnm", q_land, k_land), land_ok_BxM[:, None, None, :]
+  )
   kernel_2 = jnp.where(land_ok_BxM[:, None, :, None], kernel_2, 0.0)
-  kernel_3, _ = base.masked_softmax(jnp.einsum("bhmd,bhld->bhml", q_land, k),
-                                    mask_BxL[:, None, None, :])
+  kernel_3, _ = base.masked_softmax(
+    jnp.einsum("bhmd,bhld->bhml", q_land, k), mask_BxL[:, None, None, :]
+  )
   kernel_3 = jnp.where(land_ok_BxM[:, None, :, None], kernel_3, 0.0)
   kernel_2_inv = base.iterative_pinv(kernel_2, pinv_iterations, order=3)
   right_BxHxMxD = jnp.einsum("bhml,bhld->bhmd", kernel_3, v_BxHxLxD)
   return jnp.einsum("bhlm,bhmd->bhld", kernel_1, kernel_2_inv @ right_BxHxMxD)
 
 
-def nystromformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                            mask: jax.Array | None = None, *, num_landmarks: int = 64,
-                            pinv_iterations: int = 6) -> jax.Array:
+def nystromformer_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  num_landmarks: int = 64,
+  pinv_iterations: int = 6,
+) -> jax.Array:
   """Nystromformer attention without the conv skip (see the module docstring).
 
   Args:
@@ -77,8 +87,7 @@ def _attend(q, k, v, m, num_landmarks, pinv_iterations):
     logits = jnp.einsum("bhld,bhkd->bhlk", q, k) / math.sqrt(q.shape[-1])
     p, _ = base.masked_softmax(logits, m[:, None, None, :])
     return jnp.einsum("bhlk,bhkd->bhld", p, v)
-  return nystrom_core(q, k, v, m, num_landmarks=num_landmarks,
-                      pinv_iterations=pinv_iterations)
+  return nystrom_core(q, k, v, m, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations)
 
 
 class NystromformerAttention(nnx.Module):
@@ -91,15 +100,23 @@ class NystromformerAttention(nnx.Module):
       configs use 0 or 33).
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               num_landmarks: int = 64, pinv_iterations: int = 6, conv_kernel_size: int = 0):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    num_landmarks: int = 64,
+    pinv_iterations: int = 6,
+    conv_kernel_size: int = 0,
+  ):
     del head_dim, max_length
     base.check_int("num_landmarks", num_landmarks, minimum=1)
     base.check_int("pinv_iterations", pinv_iterations, minimum=1)
     base.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
     self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
-    self.conv = (base.DepthwiseConv(num_heads, conv_kernel_size, rngs)
-                 if conv_kernel_size else None)
+    self.conv = base.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     q, k, v, m = base.prepare(query, key, value, mask)

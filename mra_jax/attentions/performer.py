@@ -23,8 +23,9 @@ KERNEL_TYPES = ("exp", "relu")
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def orthogonal_features(random_key: jax.Array, num_features: int, head_dim: int,
-                        orthogonal: bool = True) -> jax.Array:
+def orthogonal_features(
+  random_key: jax.Array, num_features: int, head_dim: int, orthogonal: bool = True
+) -> jax.Array:
   """Random projection [M, D] float32: rows orthogonal within blocks of D, chi norms.
 
   With `orthogonal=False` the rows are plain iid Gaussian. Jitted: one compile instead
@@ -41,8 +42,14 @@ def orthogonal_features(random_key: jax.Array, num_features: int, head_dim: int,
   return rows * norms[:, None]
 
 
-def favor_features(x_BxHxLxD: jax.Array, projection_MxD: jax.Array, mask_BxL: jax.Array,
-                   *, is_query: bool, kernel_type: str = "exp") -> jax.Array:
+def favor_features(
+  x_BxHxLxD: jax.Array,
+  projection_MxD: jax.Array,
+  mask_BxL: jax.Array,
+  *,
+  is_query: bool,
+  kernel_type: str = "exp",
+) -> jax.Array:
   """Positive random features [B, H, L, M] float32, 0 at padded positions.
 
   For the exp kernel each row is divided by a stabiliser that cancels in the attention
@@ -50,7 +57,7 @@ def favor_features(x_BxHxLxD: jax.Array, projection_MxD: jax.Array, mask_BxL: ja
   """
   d = x_BxHxLxD.shape[-1]
   m = projection_MxD.shape[0]
-  x = x_BxHxLxD.astype(jnp.float32) * d ** -0.25
+  x = x_BxHxLxD.astype(jnp.float32) * d**-0.25
   wx = jnp.einsum("bhld,md->bhlm", x, projection_MxD)
   valid = mask_BxL[:, None, :, None]
   if kernel_type == "relu":
@@ -66,9 +73,15 @@ def favor_features(x_BxHxLxD: jax.Array, projection_MxD: jax.Array, mask_BxL: ja
   return jnp.where(valid, phi, 0.0)
 
 
-def performer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                        mask: jax.Array | None = None, *, projection: jax.Array,
-                        kernel_type: str = "exp") -> jax.Array:
+def performer_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  projection: jax.Array,
+  kernel_type: str = "exp",
+) -> jax.Array:
   """FAVOR+ attention with a given random projection.
 
   Args:
@@ -85,8 +98,9 @@ def performer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   base.check_choice("kernel_type", kernel_type, KERNEL_TYPES)
   q, k, v, m = base.prepare(query, key, value, mask)
   if projection.ndim != 2 or projection.shape[1] != q.shape[-1]:
-    raise ValueError(f"projection must be [M, D={q.shape[-1]}]; got "
-                     f"projection.shape={projection.shape}")
+    raise ValueError(
+      f"projection must be [M, D={q.shape[-1]}]; got projection.shape={projection.shape}"
+    )
   phi_q = favor_features(q, projection, m, is_query=True, kernel_type=kernel_type)
   phi_k = favor_features(k, projection, m, is_query=False, kernel_type=kernel_type)
   return base.finish(base.linear_attention(phi_q, phi_k, v), m, query.dtype)
@@ -101,21 +115,33 @@ class PerformerAttention(nnx.Module):
     orthogonal: orthogonal random features (FAVOR+) or iid Gaussian ones.
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               num_features: int = 256, kernel_type: str = "exp", orthogonal: bool = True):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    num_features: int = 256,
+    kernel_type: str = "exp",
+    orthogonal: bool = True,
+  ):
     del num_heads, max_length  # Shared by the heads (performer-pytorch); any length works.
     base.check_int("num_features", num_features, minimum=1)
     base.check_choice("kernel_type", kernel_type, KERNEL_TYPES)
     self.num_features, self.head_dim = num_features, head_dim
     self.kernel_type, self.orthogonal = kernel_type, orthogonal
-    self.projection = base.FixedRandom(orthogonal_features(
-        rngs.params(), num_features, head_dim, orthogonal))
+    self.projection = base.FixedRandom(
+      orthogonal_features(rngs.params(), num_features, head_dim, orthogonal)
+    )
 
   def redraw(self, rngs: nnx.Rngs) -> None:
     """Draws new random features (Performer's periodic feature redrawing)."""
-    self.projection[...] = orthogonal_features(rngs.params(), self.num_features,
-                                               self.head_dim, self.orthogonal)
+    self.projection[...] = orthogonal_features(
+      rngs.params(), self.num_features, self.head_dim, self.orthogonal
+    )
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    return performer_attention(query, key, value, mask, projection=self.projection[...],
-                               kernel_type=self.kernel_type)
+    return performer_attention(
+      query, key, value, mask, projection=self.projection[...], kernel_type=self.kernel_type
+    )

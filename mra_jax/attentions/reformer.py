@@ -62,8 +62,12 @@ def bucket_factors(num_buckets: int, padded_length: int, chunk_length: int) -> t
   return (num_buckets,)
 
 
-def lsh_buckets(x_BxHxLxD: jax.Array, rotations_HxDxRxK: jax.Array, mask_BxL: jax.Array,
-                num_buckets: int | tuple[int, ...]) -> jax.Array:
+def lsh_buckets(
+  x_BxHxLxD: jax.Array,
+  rotations_HxDxRxK: jax.Array,
+  mask_BxL: jax.Array,
+  num_buckets: int | tuple[int, ...],
+) -> jax.Array:
   """Angular LSH buckets: argmax over [x R, -x R] per round (per factor).
 
   Args:
@@ -86,7 +90,7 @@ def lsh_buckets(x_BxHxLxD: jax.Array, rotations_HxDxRxK: jax.Array, mask_BxL: ja
     rot = jnp.einsum("bhld,hdrk->bhrlk", x_BxHxLxD, rotations_HxDxRxK)
     buckets, offset, stride = 0, 0, 1
     for n in factors:
-      r = rot[..., offset:offset + n // 2]
+      r = rot[..., offset : offset + n // 2]
       digit = jnp.argmax(jnp.concatenate([r, -r], axis=-1), axis=-1).astype(jnp.int32)
       buckets, offset, stride = buckets + stride * digit, offset + n // 2, stride * n
   return jnp.where(mask_BxL[:, None, None, :], buckets, math.prod(factors))
@@ -117,11 +121,19 @@ def _check_knobs(num_hashes: int, chunk_length: int, num_buckets: int | None) ->
       raise ValueError(f"num_buckets must be 1 or even; got num_buckets={num_buckets}")
 
 
-def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                       mask: jax.Array | None = None, *, num_hashes: int = 2,
-                       chunk_length: int = 64, num_buckets: int | None = None,
-                       shared_qk: bool = True, attend_across_buckets: bool = True,
-                       random_key: jax.Array | None = None) -> jax.Array:
+def reformer_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  num_hashes: int = 2,
+  chunk_length: int = 64,
+  num_buckets: int | None = None,
+  shared_qk: bool = True,
+  attend_across_buckets: bool = True,
+  random_key: jax.Array | None = None,
+) -> jax.Array:
   """LSH attention; see the module docstring for the exact rules.
 
   Args:
@@ -157,8 +169,9 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   nc = lp // c
   nb = default_num_buckets(lp, c) if num_buckets is None else num_buckets
   factors = bucket_factors(nb, lp, c)
-  rotations = local.hash_normal(random_key,
-                                (h, d, num_hashes, max(sum(n // 2 for n in factors), 1)))
+  rotations = local.hash_normal(
+    random_key, (h, d, num_hashes, max(sum(n // 2 for n in factors), 1))
+  )
 
   if shared_qk:
     # Safe at q = 0 (padding): sqrt's gradient there would be inf * 0 = NaN.
@@ -181,11 +194,10 @@ def reformer_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   q_s, qpos = gather(q, perm_q), gather(pos, perm_q)[..., 0]
   qbuck = jnp.take_along_axis(bucket_q, perm_q, axis=-1).reshape(b, h, num_hashes, nc, c)
   k_s, v_s = (_with_previous_chunk(gather(x, perm_k), nc, axis=3) for x in (k, v))
-  kpos, kok = (_with_previous_chunk(gather(x, perm_k)[..., 0], nc, axis=3)
-               for x in (pos, ok))
+  kpos, kok = (_with_previous_chunk(gather(x, perm_k)[..., 0], nc, axis=3) for x in (pos, ok))
   kbuck = _with_previous_chunk(
-      jnp.take_along_axis(bucket_k, perm_k, axis=-1).reshape(b, h, num_hashes, nc, c),
-      nc, axis=3)
+    jnp.take_along_axis(bucket_k, perm_k, axis=-1).reshape(b, h, num_hashes, nc, c), nc, axis=3
+  )
 
   logits = jnp.einsum("bhrnqd,bhrnkd->bhrnqk", q_s, k_s) * scale
   valid = jnp.broadcast_to(kok[..., None, :], logits.shape)
@@ -213,9 +225,19 @@ class ReformerAttention(nnx.Module):
   settings HF defaults: chunk 64, automatic bucket count, shared QK).
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               num_hashes: int = 2, chunk_length: int = 64, num_buckets: int | None = None,
-               shared_qk: bool = True, attend_across_buckets: bool = True):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    num_hashes: int = 2,
+    chunk_length: int = 64,
+    num_buckets: int | None = None,
+    shared_qk: bool = True,
+    attend_across_buckets: bool = True,
+  ):
     del num_heads, head_dim, max_length  # Rotations are drawn for the runtime length.
     _check_knobs(num_hashes, chunk_length, num_buckets)
     self.num_hashes = num_hashes
@@ -227,7 +249,14 @@ class ReformerAttention(nnx.Module):
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     return reformer_attention(
-        query, key, value, mask, num_hashes=self.num_hashes, chunk_length=self.chunk_length,
-        num_buckets=self.num_buckets, shared_qk=self.shared_qk,
-        attend_across_buckets=self.attend_across_buckets,
-        random_key=self.random_key[...])
+      query,
+      key,
+      value,
+      mask,
+      num_hashes=self.num_hashes,
+      chunk_length=self.chunk_length,
+      num_buckets=self.num_buckets,
+      shared_qk=self.shared_qk,
+      attend_across_buckets=self.attend_across_buckets,
+      random_key=self.random_key[...],
+    )

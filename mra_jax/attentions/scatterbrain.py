@@ -27,8 +27,9 @@ from mra_jax.attentions import local
 _TINY = 1e-24  # Floor of the off-window low-rank normaliser (it is >= 0 exactly).
 
 
-def orthogonal_random_features(random_key: jax.Array, num_features: int,
-                               head_dim: int) -> jax.Array:
+def orthogonal_random_features(
+  random_key: jax.Array, num_features: int, head_dim: int
+) -> jax.Array:
   """FAVOR+ projection: blocks of orthogonal rows with chi-distributed norms.
 
   Args:
@@ -43,15 +44,16 @@ def orthogonal_random_features(random_key: jax.Array, num_features: int,
   # One hashed Gaussian draw (cheap to compile, see `local.hash_normal`), split into
   # the square blocks to orthogonalise and the rows whose norms scale them.
   gauss = local.hash_normal(random_key, (num_blocks * head_dim + num_features, head_dim))
-  blocks = gauss[:num_blocks * head_dim].reshape(num_blocks, head_dim, head_dim)
+  blocks = gauss[: num_blocks * head_dim].reshape(num_blocks, head_dim, head_dim)
   q_blocks = jnp.linalg.qr(blocks)[0]  # Batched: orthonormal columns per block.
   rows = jnp.swapaxes(q_blocks, 1, 2).reshape(-1, head_dim)[:num_features]
-  norms = jnp.linalg.norm(gauss[num_blocks * head_dim:], axis=-1)
+  norms = jnp.linalg.norm(gauss[num_blocks * head_dim :], axis=-1)
   return rows * norms[:, None]
 
 
-def performer_features(x_BxHxLxD: jax.Array, projection_MxD: jax.Array,
-                       mask_BxL: jax.Array, *, is_query: bool):
+def performer_features(
+  x_BxHxLxD: jax.Array, projection_MxD: jax.Array, mask_BxL: jax.Array, *, is_query: bool
+):
   """Positive softmax-kernel features phi(x) = exp(w x^ - |x^|^2 / 2) / sqrt(M).
 
   x^ = x / D^(1/4), so phi(q) . phi(k) estimates exp(q k / sqrt(D)). The features
@@ -63,9 +65,10 @@ def performer_features(x_BxHxLxD: jax.Array, projection_MxD: jax.Array,
     [B, H, 1, 1] for keys.
   """
   d = x_BxHxLxD.shape[-1]
-  x = x_BxHxLxD.astype(jnp.float32) * d ** -0.25
-  z = (jnp.einsum("bhld,md->bhlm", x, projection_MxD)
-       - 0.5 * jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  x = x_BxHxLxD.astype(jnp.float32) * d**-0.25
+  z = jnp.einsum("bhld,md->bhlm", x, projection_MxD) - 0.5 * jnp.sum(
+    jnp.square(x), axis=-1, keepdims=True
+  )
   valid = mask_BxL[:, None, :, None]
   if is_query:
     log_scale = jnp.max(z, axis=-1, keepdims=True)
@@ -79,9 +82,15 @@ def performer_features(x_BxHxLxD: jax.Array, projection_MxD: jax.Array,
   return phi, log_scale
 
 
-def scatterbrain_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                           mask: jax.Array | None = None, *, projection: jax.Array,
-                           window_size: int = 64) -> jax.Array:
+def scatterbrain_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  projection: jax.Array,
+  window_size: int = 64,
+) -> jax.Array:
   """Scatterbrain: exact local window + Performer features elsewhere.
 
   Args:
@@ -100,8 +109,9 @@ def scatterbrain_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   """
   local.check_int("window_size", window_size, minimum=1)
   if projection.ndim != 2 or projection.shape[1] != query.shape[-1]:
-    raise ValueError(f"projection must be [M, D={query.shape[-1]}]; got "
-                     f"projection.shape={projection.shape}")
+    raise ValueError(
+      f"projection must be [M, D={query.shape[-1]}]; got projection.shape={projection.shape}"
+    )
   q, k, v, m = local.prepare(query, key, value, mask)
   b, h, length, _ = q.shape
   left = min(window_size // 2, length)
@@ -116,15 +126,15 @@ def scatterbrain_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   phi_k, a_k = performer_features(kp, projection, mp, is_query=False)
   log_prime = (a_q + a_k)[..., 0]  # [B, H, Lp]: phi_q . phi_k * exp(log_prime) ~ exp(s).
 
-  logits_w, valid_w, _ = local.window_logits(qp, kp, mp, left=left, right=right,
-                                             chunk=chunk)
+  logits_w, valid_w, _ = local.window_logits(qp, kp, mp, left=left, right=right, chunk=chunk)
   valid_w = jnp.broadcast_to(valid_w, logits_w.shape)
   chunks = lambda x: x.reshape(b, h, n, chunk, x.shape[-1])
   # Per neighbour chunk, so the [N, 3C, M] gathered features never exist.
   phi_k_pad = jnp.pad(chunks(phi_k), ((0, 0), (0, 0), (1, 1), (0, 0), (0, 0)))
   dots_w = jnp.concatenate(
-      [jnp.einsum("bhncm,bhnkm->bhnck", chunks(phi_q), phi_k_pad[:, :, s:s + n])
-       for s in range(3)], axis=-1)
+    [jnp.einsum("bhncm,bhnkm->bhnck", chunks(phi_q), phi_k_pad[:, :, s : s + n]) for s in range(3)],
+    axis=-1,
+  )
   dots_w = jnp.where(valid_w, dots_w, 0.0)
 
   # Normaliser: exact window sum, plus the low-rank estimate of everything else.
@@ -136,10 +146,12 @@ def scatterbrain_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   log_norm = jnp.where(jnp.isfinite(log_norm), log_norm, 0.0)
 
   prime_scale = jnp.exp(log_prime - log_norm)  # [B, H, Lp]
-  w_local = (jnp.where(valid_w, jnp.exp(logits_w - chunks(log_norm[..., None])), 0.0)
-             - dots_w * chunks(prime_scale[..., None]))
-  o_local = jnp.einsum("bhnck,bhnkd->bhncd", w_local,
-                       local.neighbour_chunks(vp, chunk, axis=2)).reshape(vp.shape)
+  w_local = jnp.where(
+    valid_w, jnp.exp(logits_w - chunks(log_norm[..., None])), 0.0
+  ) - dots_w * chunks(prime_scale[..., None])
+  o_local = jnp.einsum(
+    "bhnck,bhnkd->bhncd", w_local, local.neighbour_chunks(vp, chunk, axis=2)
+  ).reshape(vp.shape)
   kv_MxDv = jnp.einsum("bhlm,bhld->bhmd", phi_k, vp)
   o_low = jnp.einsum("bhlm,bhmd->bhld", phi_q, kv_MxDv) * prime_scale[..., None]
   return local.finish((o_local + o_low)[:, :, :length], m, query.dtype)
@@ -152,8 +164,16 @@ class ScatterbrainAttention(nnx.Module):
   int(D * ln D) features, the Performer/fly default (110 for D = 32).
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               window_size: int = 64, num_features: int | None = None):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    window_size: int = 64,
+    num_features: int | None = None,
+  ):
     del num_heads, max_length  # Features are shared by heads; any length works.
     local.check_int("window_size", window_size, minimum=1)
     local.check_int("head_dim", head_dim, minimum=1)
@@ -162,8 +182,10 @@ class ScatterbrainAttention(nnx.Module):
     local.check_int("num_features", num_features, minimum=1)
     self.window_size = window_size
     self.projection = local.FixedRandom(
-        orthogonal_random_features(rngs.params(), num_features, head_dim))
+      orthogonal_random_features(rngs.params(), num_features, head_dim)
+    )
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    return scatterbrain_attention(query, key, value, mask, projection=self.projection[...],
-                                  window_size=self.window_size)
+    return scatterbrain_attention(
+      query, key, value, mask, projection=self.projection[...], window_size=self.window_size
+    )

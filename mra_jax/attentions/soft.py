@@ -33,14 +33,25 @@ LANDMARK_POOLINGS = ("conv", "mean")
 
 def gaussian_kernel(a_BxHxNxD: jax.Array, b_BxHxMxD: jax.Array) -> jax.Array:
   """exp(-|a - b|^2 / 2) for all pairs, [B, H, N, M] float32 (clipped at 0 against round-off)."""
-  sq = (jnp.sum(jnp.square(a_BxHxNxD), axis=-1)[..., :, None]
-        + jnp.sum(jnp.square(b_BxHxMxD), axis=-1)[..., None, :]
-        - 2.0 * jnp.einsum("bhnd,bhmd->bhnm", a_BxHxNxD, b_BxHxMxD))
+  sq = (
+    jnp.sum(jnp.square(a_BxHxNxD), axis=-1)[..., :, None]
+    + jnp.sum(jnp.square(b_BxHxMxD), axis=-1)[..., None, :]
+    - 2.0 * jnp.einsum("bhnd,bhmd->bhnm", a_BxHxNxD, b_BxHxMxD)
+  )
   return jnp.exp(-0.5 * jnp.maximum(sq, 0.0))
 
 
-def soft_core(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, q_land_BxHxMxD, k_land_BxHxMxD,
-              land_ok_BxM, *, pinv_iterations: int) -> jax.Array:
+def soft_core(
+  q_BxHxLxD,
+  k_BxHxLxD,
+  v_BxHxLxD,
+  mask_BxL,
+  q_land_BxHxMxD,
+  k_land_BxHxMxD,
+  land_ok_BxM,
+  *,
+  pinv_iterations: int,
+) -> jax.Array:
   """S(Q, K~) pinv(S(Q~, K~)) S(Q~, K) V on scaled float32 inputs (landmarks given)."""
   ok_m = land_ok_BxM[:, None, None, :]
   k_1 = jnp.where(ok_m, gaussian_kernel(q_BxHxLxD, k_land_BxHxMxD), 0.0)
@@ -64,9 +75,19 @@ class SoftAttention(nnx.Module):
     conv_kernel_size: depthwise conv over V added to the output; 0 = none.
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               num_landmarks: int = 64, pinv_iterations: int = 20,
-               landmark_pooling: str = "conv", tie_qk: bool = True, conv_kernel_size: int = 0):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    num_landmarks: int = 64,
+    pinv_iterations: int = 20,
+    landmark_pooling: str = "conv",
+    tie_qk: bool = True,
+    conv_kernel_size: int = 0,
+  ):
     base.check_int("num_landmarks", num_landmarks, minimum=1)
     base.check_int("pinv_iterations", pinv_iterations, minimum=1)
     base.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
@@ -74,14 +95,14 @@ class SoftAttention(nnx.Module):
     base.check_choice("landmark_pooling", landmark_pooling, LANDMARK_POOLINGS)
     self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
     self.landmark_pooling, self.tie_qk, self.max_length = landmark_pooling, tie_qk, max_length
-    self.conv = (base.DepthwiseConv(num_heads, conv_kernel_size, rngs)
-                 if conv_kernel_size else None)
+    self.conv = base.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
     if landmark_pooling == "conv":
       segment = -(-max_length // num_landmarks)
       fan_in = segment * head_dim
       bound = 1.0 / math.sqrt(fan_in)
-      self.pool_kernel_SxDxD = nnx.Param(jax.random.uniform(
-          rngs.params(), (segment, head_dim, head_dim), jnp.float32, -bound, bound))
+      self.pool_kernel_SxDxD = nnx.Param(
+        jax.random.uniform(rngs.params(), (segment, head_dim, head_dim), jnp.float32, -bound, bound)
+      )
       self.pool_bias_D = nnx.Param(jnp.zeros((head_dim,), jnp.float32))
       self.pool_norm = nnx.LayerNorm(head_dim, param_dtype=jnp.float32, rngs=rngs)
 
@@ -91,8 +112,9 @@ class SoftAttention(nnx.Module):
     b, h, _, d = x_BxHxLxD.shape
     w_SxDxD = self.pool_kernel_SxDxD[...]
     x = base.pad_axis(jnp.where(mask_BxL[:, None, :, None], x_BxHxLxD, 0.0), segment, axis=2)
-    counts = jnp.sum(base.pad_axis(mask_BxL.astype(jnp.float32), segment, axis=1)
-                     .reshape(b, -1, segment), axis=-1)
+    counts = jnp.sum(
+      base.pad_axis(mask_BxL.astype(jnp.float32), segment, axis=1).reshape(b, -1, segment), axis=-1
+    )
     x = x.reshape(b, h, -1, segment, d)
     y = jnp.einsum("bhnsd,sde->bhne", x, w_SxDxD) + self.pool_bias_D[...][None, None, None]
     return jax.nn.gelu(self.pool_norm(y)), counts
@@ -103,8 +125,10 @@ class SoftAttention(nnx.Module):
     q, k, v, m = base.prepare(query, key, value, mask)
     length = q.shape[2]
     if self.landmark_pooling == "conv" and length > self.max_length:
-      raise ValueError(f"SOFT's conv landmarks are sized for max_length={self.max_length}; "
-                       f"got an input of length {length}")
+      raise ValueError(
+        f"SOFT's conv landmarks are sized for max_length={self.max_length}; "
+        f"got an input of length {length}"
+      )
     scale = q.shape[-1] ** -0.25
     q, k = q * scale, k * scale
     if self.landmark_pooling == "conv":
@@ -113,8 +137,7 @@ class SoftAttention(nnx.Module):
       segment = -(-length // self.num_landmarks)
     q_land, counts = self._landmarks(q, m, segment)
     k_land = q_land if self.tie_qk else self._landmarks(k, m, segment)[0]
-    o = soft_core(q, k, v, m, q_land, k_land, counts > 0,
-                  pinv_iterations=self.pinv_iterations)
+    o = soft_core(q, k, v, m, q_land, k_land, counts > 0, pinv_iterations=self.pinv_iterations)
     if self.conv is not None:
       o = o + self.conv(v)
     return base.finish(o, m, query.dtype)

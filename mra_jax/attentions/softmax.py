@@ -10,8 +10,9 @@ import jax.numpy as jnp
 from mra_jax.attentions import base
 
 
-def softmax_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                      mask: jax.Array | None = None) -> jax.Array:
+def softmax_attention(
+  query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
   """softmax(q k^T / sqrt(D)) v over the real keys.
 
   Args:

@@ -63,17 +63,17 @@ def _bucket_reads(codes_from_BxHxMxL, codes_to_BxHxMxL, values_fn, num_buckets: 
   def one_hash(acc, i):
     vals_BxHxLxF = values_fn(i)
     f = vals_BxHxLxF.shape[-1]
-    ids = (jax.lax.dynamic_index_in_dim(codes_from_BxHxMxL, i, 2, keepdims=False)
-           + bh_offset).reshape(-1)
-    table = jax.ops.segment_sum(vals_BxHxLxF.reshape(-1, f), ids,
-                                num_segments=b * h * num_buckets)
-    read = (jax.lax.dynamic_index_in_dim(codes_to_BxHxMxL, i, 2, keepdims=False)
-            + bh_offset).reshape(-1)
+    ids = (
+      jax.lax.dynamic_index_in_dim(codes_from_BxHxMxL, i, 2, keepdims=False) + bh_offset
+    ).reshape(-1)
+    table = jax.ops.segment_sum(vals_BxHxLxF.reshape(-1, f), ids, num_segments=b * h * num_buckets)
+    read = (
+      jax.lax.dynamic_index_in_dim(codes_to_BxHxMxL, i, 2, keepdims=False) + bh_offset
+    ).reshape(-1)
     return acc + table[read].reshape(b, h, length, f), None
 
   f = jax.eval_shape(values_fn, 0).shape[-1]
-  acc, _ = jax.lax.scan(one_hash, jnp.zeros((b, h, length, f), jnp.float32),
-                        jnp.arange(m))
+  acc, _ = jax.lax.scan(one_hash, jnp.zeros((b, h, length, f), jnp.float32), jnp.arange(m))
   return acc
 
 
@@ -106,12 +106,12 @@ def _bwd(tau, res, g_BxHxLxD):
   coef = kappa / (m * r_samples)
 
   def proj(x_BxHxLxD, i):  # [B, H, L, R]: x . r for this hash's sign vectors.
-    return jnp.einsum("bhld,hrd->bhlr", x_BxHxLxD,
-                      jax.lax.dynamic_index_in_dim(signs, i, 1, keepdims=False))
+    return jnp.einsum(
+      "bhld,hrd->bhlr", x_BxHxLxD, jax.lax.dynamic_index_in_dim(signs, i, 1, keepdims=False)
+    )
 
   def outer(a_BxHxLxR, x_BxHxLxD):  # [B, H, L, R*D]: a_r * x for every sample r.
-    return (a_BxHxLxR[..., :, None] * x_BxHxLxD[..., None, :]).reshape(
-        x_BxHxLxD.shape[:3] + (-1,))
+    return (a_BxHxLxR[..., :, None] * x_BxHxLxD[..., None, :]).reshape(x_BxHxLxD.shape[:3] + (-1,))
 
   b, h, length, d = q.shape
   grad_q, grad_k = jnp.zeros_like(q), jnp.zeros_like(k)
@@ -124,12 +124,18 @@ def _bwd(tau, res, g_BxHxLxD):
     rv_BxHxLxR = proj(v, i) * kmask_f
     rg_BxHxLxR = proj(g_BxHxLxD, i)
     # grad_q: sum_r (g_q.r) T_r[h(q)], T_r[c] = sum_{h(k)=c} (r.v_k) k; grad_k symmetric.
-    t_table = jax.ops.segment_sum(outer(rv_BxHxLxR, k * kmask_f).reshape(-1, r_samples * d),
-                                  cki.reshape(-1), num_segments=b * h * num_buckets)
+    t_table = jax.ops.segment_sum(
+      outer(rv_BxHxLxR, k * kmask_f).reshape(-1, r_samples * d),
+      cki.reshape(-1),
+      num_segments=b * h * num_buckets,
+    )
     t_q = t_table[cqi.reshape(-1)].reshape(b, h, length, r_samples, d)
     gq = gq + jnp.einsum("bhlr,bhlrd->bhld", rg_BxHxLxR, t_q)
-    u_table = jax.ops.segment_sum(outer(rg_BxHxLxR, q).reshape(-1, r_samples * d),
-                                  cqi.reshape(-1), num_segments=b * h * num_buckets)
+    u_table = jax.ops.segment_sum(
+      outer(rg_BxHxLxR, q).reshape(-1, r_samples * d),
+      cqi.reshape(-1),
+      num_segments=b * h * num_buckets,
+    )
     u_k = u_table[cki.reshape(-1)].reshape(b, h, length, r_samples, d)
     gk = gk + jnp.einsum("bhlr,bhlrd->bhld", rv_BxHxLxR, u_k)
     return (gq, gk), None
@@ -174,10 +180,18 @@ def _unit(x_BxHxLxD):
   return x_BxHxLxD * jnp.where(sq > 0, jax.lax.rsqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
 
-def yoso_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                   mask: jax.Array | None = None, *, planes: jax.Array, signs: jax.Array,
-                   backward: str = "lsh", normalize_output: bool = True,
-                   conv_out: jax.Array | None = None) -> jax.Array:
+def yoso_attention(
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  planes: jax.Array,
+  signs: jax.Array,
+  backward: str = "lsh",
+  normalize_output: bool = True,
+  conv_out: jax.Array | None = None,
+) -> jax.Array:
   """YOSO attention with given hash hyperplanes (see the module docstring).
 
   Args:
@@ -197,8 +211,10 @@ def yoso_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   base.check_choice("backward", backward, BACKWARDS)
   q, k, v, m = base.prepare(query, key, value, mask)
   if planes.ndim != 4 or planes.shape[0] != q.shape[1] or planes.shape[3] != q.shape[3]:
-    raise ValueError(f"planes must be [H, M, tau, D] = [{q.shape[1]}, M, tau, {q.shape[3]}]; "
-                     f"got planes.shape={planes.shape}")
+    raise ValueError(
+      f"planes must be [H, M, tau, D] = [{q.shape[1]}, M, tau, {q.shape[3]}]; "
+      f"got planes.shape={planes.shape}"
+    )
   fn = lsh_cumulation if backward == "lsh" else _sampled_expectation_grad
   o = fn(_unit(q), _unit(k), v, m, planes, signs, planes.shape[2])
   if conv_out is not None:
@@ -212,8 +228,10 @@ def yoso_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 def _draw(random_key, shape):
   h, m, tau, d, r = shape
   k_planes, k_signs = jax.random.split(random_key)
-  return (jax.random.normal(k_planes, (h, m, tau, d), jnp.float32),
-          jax.random.rademacher(k_signs, (h, m, r, d), jnp.float32))
+  return (
+    jax.random.normal(k_planes, (h, m, tau, d), jnp.float32),
+    jax.random.rademacher(k_signs, (h, m, r, d), jnp.float32),
+  )
 
 
 class YosoAttention(nnx.Module):
@@ -230,10 +248,20 @@ class YosoAttention(nnx.Module):
       "conv" configs).
   """
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs,
-               hash_code_len: int = 8, num_hash: int = 16, backward: str = "lsh",
-               grad_samples: int = 4, normalize_output: bool = True,
-               conv_kernel_size: int = 0):
+  def __init__(
+    self,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
+    hash_code_len: int = 8,
+    num_hash: int = 16,
+    backward: str = "lsh",
+    grad_samples: int = 4,
+    normalize_output: bool = True,
+    conv_kernel_size: int = 0,
+  ):
     del max_length
     base.check_int("hash_code_len", hash_code_len, minimum=1)
     if hash_code_len > 20:  # A 2^tau table per hash: refuse sizes that cannot be meant.
@@ -247,8 +275,7 @@ class YosoAttention(nnx.Module):
     self.planes = base.FixedRandom(jnp.zeros((num_heads, num_hash, hash_code_len, head_dim)))
     self.signs = base.FixedRandom(jnp.zeros((num_heads, num_hash, grad_samples, head_dim)))
     self.redraw(rngs)
-    self.conv = (base.DepthwiseConv(num_heads, conv_kernel_size, rngs)
-                 if conv_kernel_size else None)
+    self.conv = base.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
 
   def redraw(self, rngs: nnx.Rngs) -> None:
     """Draws new hash hyperplanes (YOSO samples new hashes for every batch)."""
@@ -259,6 +286,14 @@ class YosoAttention(nnx.Module):
     if self.conv is not None:
       _, _, v, m = base.prepare(query, key, value, mask)
       conv_out = self.conv(v)
-    return yoso_attention(query, key, value, mask, planes=self.planes[...],
-                          signs=self.signs[...], backward=self.backward,
-                          normalize_output=self.normalize_output, conv_out=conv_out)
+    return yoso_attention(
+      query,
+      key,
+      value,
+      mask,
+      planes=self.planes[...],
+      signs=self.signs[...],
+      backward=self.backward,
+      normalize_output=self.normalize_output,
+      conv_out=conv_out,
+    )

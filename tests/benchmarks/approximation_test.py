@@ -14,8 +14,15 @@ def test_runs_on_npz_with_mask_and_writes_json_and_plots(tmp_path):
   mask = np.ones((1, 64), bool)
   mask[:, 50:] = False
   np.savez(tmp_path / "qkv.npz", q=q, k=k, v=v, mask=mask)
-  approximation.main([f"--qkv={tmp_path / 'qkv.npz'}", "--methods=softmax,mra2",
-                      "--repeats=1", "--quick", f"--out={tmp_path / 'out'}"])
+  approximation.main(
+    [
+      f"--qkv={tmp_path / 'qkv.npz'}",
+      "--methods=softmax,mra2",
+      "--repeats=1",
+      "--quick",
+      f"--out={tmp_path / 'out'}",
+    ]
+  )
   report = json.loads((tmp_path / "out" / "approximation.json").read_text())
   assert report["setting"]["masked"] and report["setting"]["length"] == 64
   labels = [r["label"] for r in report["budgets"]]

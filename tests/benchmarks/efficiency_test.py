@@ -7,8 +7,7 @@ import pytest
 from benchmarks import _methods
 from benchmarks import efficiency
 
-_TINY = ["--lengths=128", "--methods=softmax,mra2", "--heads=2", "--head_dim=16",
-         "--repeats=1"]
+_TINY = ["--lengths=128", "--methods=softmax,mra2", "--heads=2", "--head_dim=16", "--repeats=1"]
 
 
 def test_writes_json_and_plots(tmp_path):
@@ -17,7 +16,10 @@ def test_writes_json_and_plots(tmp_path):
   rows = report["results"]
   # MRA budgets are capped at L/64 blocks per row, as the paper's profiler did.
   assert [(r["length"], r["label"]) for r in rows] == [
-      (128, "softmax"), (128, "mra2[block_per_row=1]"), (128, "mra2[block_per_row=2]")]
+    (128, "softmax"),
+    (128, "mra2[block_per_row=1]"),
+    (128, "mra2[block_per_row=2]"),
+  ]
   for r in rows:
     assert r["status"] == "ok", r
     assert r["seconds"] > 0 and len(r["all_seconds"]) == 1
@@ -36,28 +38,58 @@ def test_writes_json_and_plots(tmp_path):
 
 
 def test_over_memory_budget_is_reported_not_run(tmp_path):
-  efficiency.main(["--lengths=64", "--methods=softmax", "--heads=2", "--head_dim=16",
-                   "--repeats=1", "--max_temp_gib=1e-9", f"--out={tmp_path}"])
+  efficiency.main(
+    [
+      "--lengths=64",
+      "--methods=softmax",
+      "--heads=2",
+      "--head_dim=16",
+      "--repeats=1",
+      "--max_temp_gib=1e-9",
+      f"--out={tmp_path}",
+    ]
+  )
   (row,) = json.loads((tmp_path / "efficiency.json").read_text())["results"]
   assert row["status"] == "too_big"
   assert row["seconds"] is None and row["temp_bytes"] > 0
 
 
 def test_unknown_method_is_reported_and_sweep_continues(tmp_path):
-  report = efficiency.run(lengths=[64], names=["softmax", "no_such_attention"], budgets=None,
-                          batch=1, heads=1, head_dim=8, repeats=1, max_temp_bytes=2**30,
-                          max_call_seconds=60.0, out_dir=str(tmp_path), log=lambda s: None)
+  report = efficiency.run(
+    lengths=[64],
+    names=["softmax", "no_such_attention"],
+    budgets=None,
+    batch=1,
+    heads=1,
+    head_dim=8,
+    repeats=1,
+    max_temp_bytes=2**30,
+    max_call_seconds=60.0,
+    out_dir=str(tmp_path),
+    log=lambda s: None,
+  )
   statuses = {r["name"]: r["status"] for r in report["results"]}
   assert statuses["softmax"] == "ok"
-  assert (any("no_such_attention" in p for p in report["problems"])
-          or statuses["no_such_attention"] == "error")
+  assert (
+    any("no_such_attention" in p for p in report["problems"])
+    or statuses["no_such_attention"] == "error"
+  )
 
 
 def test_bad_arguments_name_themselves(tmp_path):
   with pytest.raises(ValueError, match="repeats=0"):
-    efficiency.run(lengths=[64], names=["softmax"], budgets=None, batch=1, heads=1,
-                   head_dim=8, repeats=0, max_temp_bytes=2**30, max_call_seconds=1.0,
-                   out_dir=str(tmp_path))
+    efficiency.run(
+      lengths=[64],
+      names=["softmax"],
+      budgets=None,
+      batch=1,
+      heads=1,
+      head_dim=8,
+      repeats=0,
+      max_temp_bytes=2**30,
+      max_call_seconds=1.0,
+      out_dir=str(tmp_path),
+    )
 
 
 def test_budget_caps_follow_the_paper():

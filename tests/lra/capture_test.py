@@ -41,13 +41,15 @@ def _first_layer_queries(config, workdir, batch):
 def test_captures_the_trained_layer_inputs(run_dir):
   out = capture.capture_qkv(run_dir, layer=0, num_examples=3)
   config = capture.load_config(run_dir)
-  loader = inputs.make_loader(config, inputs.resolve_data_dir(config, run_dir), "test",
-                              batch_size=3, train=False)
+  loader = inputs.make_loader(
+    config, inputs.resolve_data_dir(config, run_dir), "test", batch_size=3, train=False
+  )
   batch = next(iter(loader))
   assert out["q"].shape == out["k"].shape == out["v"].shape == (3, 64, 2, 8)
   np.testing.assert_array_equal(out["mask"], batch["mask"].astype(bool))
-  np.testing.assert_allclose(out["q"], _first_layer_queries(config, run_dir, batch),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    out["q"], _first_layer_queries(config, run_dir, batch), rtol=1e-5, atol=1e-6
+  )
   assert out["source"].startswith("listops/softmax layer 0, best step ")
   deeper = capture.capture_qkv(run_dir, layer=1, num_examples=3)
   assert not np.allclose(deeper["q"], out["q"])  # Another layer, other features.
@@ -72,8 +74,17 @@ def test_bad_arguments_are_named(run_dir, tmp_path):
 
 def test_approximation_benchmark_runs_on_a_checkpoint(run_dir, tmp_path):
   out = str(tmp_path / "approx")
-  approximation.main(["--quick", f"--workdir={run_dir}", "--layer=1", "--batch=2",
-                      "--methods=softmax,mra2", "--repeats=1", f"--out={out}"])
+  approximation.main(
+    [
+      "--quick",
+      f"--workdir={run_dir}",
+      "--layer=1",
+      "--batch=2",
+      "--methods=softmax,mra2",
+      "--repeats=1",
+      f"--out={out}",
+    ]
+  )
   with open(os.path.join(out, "approximation.json")) as f:
     report = json.load(f)
   assert report["setting"]["source"].startswith("checkpoint listops/softmax layer 1")

@@ -14,12 +14,23 @@ from lra import train
 from mra_jax import attentions
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TASK_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
-                    if os.path.basename(p)[:-3] not in ("__init__", "common",
-                                                        "pathfinder_common"))
-REQUIRED_KEYS = ("attention", "attention_kwargs", "num_train_steps", "eval_every_steps",
-                 "checkpoint_every_steps", "seed", "data_dir", "batch_size", "learning_rate",
-                 "max_length")
+TASK_FILES = sorted(
+  p
+  for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+  if os.path.basename(p)[:-3] not in ("__init__", "common", "pathfinder_common")
+)
+REQUIRED_KEYS = (
+  "attention",
+  "attention_kwargs",
+  "num_train_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "seed",
+  "data_dir",
+  "batch_size",
+  "learning_rate",
+  "max_length",
+)
 
 
 def _module(path):
@@ -28,8 +39,17 @@ def _module(path):
 
 def test_one_config_per_task():
   assert [os.path.basename(p)[:-3] for p in TASK_FILES] == sorted(
-      ["listops", "text", "retrieval", "image", "pathfinder32", "pathfinder64",
-       "pathfinder128", "pathfinder256"])
+    [
+      "listops",
+      "text",
+      "retrieval",
+      "image",
+      "pathfinder32",
+      "pathfinder64",
+      "pathfinder128",
+      "pathfinder256",
+    ]
+  )
 
 
 def _abstract_model(config):
@@ -60,6 +80,7 @@ def test_config_builds_with_every_attention(path):
 @pytest.mark.parametrize("name", attentions.names())
 def test_every_attention_builds_into_the_encoder(name):
   from configs import listops  # pylint: disable=g-import-not-at-top
+
   config = listops.get_config(f"attention={name}")
   config.max_length = 256
   assert _abstract_model(config) is not None
@@ -67,9 +88,14 @@ def test_every_attention_builds_into_the_encoder(name):
 
 def test_mra_paper_defaults():
   from configs import image, listops, text  # pylint: disable=g-import-not-at-top
+
   c = listops.get_config()
   assert (c.model.num_layers, c.model.embed_dim, c.model.num_heads, c.model.mlp_dim) == (
-      2, 64, 2, 128)
+    2,
+    64,
+    2,
+    128,
+  )
   assert (c.batch_size, c.num_train_steps, c.optimizer.warmup_steps) == (32, 5000, 1000)
   assert c.optimizer.schedule == "one_cycle" and c.optimizer.weight_decay == 0.0
   assert c.attention_kwargs.mra2.initial_prior_first_n_blocks == 1
@@ -81,6 +107,7 @@ def test_mra_paper_defaults():
 
 def test_bad_config_arguments_raise():
   from configs import listops  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(ValueError, match="smok"):
     listops.get_config("smok")
   with pytest.raises(ValueError, match="protocol"):
@@ -92,20 +119,26 @@ def test_bad_config_arguments_raise():
 def _parse(*argv):
   argv = ["prog", f"--config={REPO}/configs/listops.py:smoke", *argv]
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+  )
   values(argv)
   return values.config
 
 
 def test_command_line_overrides_and_typos():
-  config = _parse("--config.attention=softmax", "--config.model.num_layers=3",
-                  "--config.attention_kwargs.mra2.block_per_row=4")
+  config = _parse(
+    "--config.attention=softmax",
+    "--config.model.num_layers=3",
+    "--config.attention_kwargs.mra2.block_per_row=4",
+  )
   assert config.attention == "softmax" and config.model.num_layers == 3
   assert config.attention_kwargs.mra2.block_per_row == 4
-  for typo, wrong in (("--config.atention=softmax", "atention"),
-                      ("--config.model.num_layer=3", "num_layer"),
-                      ("--config.optimizer.warmup=3", "warmup")):
+  for typo, wrong in (
+    ("--config.atention=softmax", "atention"),
+    ("--config.model.num_layer=3", "num_layer"),
+    ("--config.optimizer.warmup=3", "warmup"),
+  ):
     # ml_collections' locked config: "'atention' ... Did you mean "attention"".
     with pytest.raises((AttributeError, KeyError), match=wrong):
       _parse(typo)
@@ -115,6 +148,7 @@ def test_command_line_overrides_and_typos():
 
 def test_model_config_rejects_bad_values():
   from configs import listops  # pylint: disable=g-import-not-at-top
+
   config = listops.get_config("smoke")
   config.model.pooling = "max"
   with pytest.raises(ValueError, match="pooling='max'"):

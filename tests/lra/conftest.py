@@ -28,8 +28,9 @@ def _write_cifar(root):
     n = 16
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
     with open(os.path.join(base, name), "wb") as f:
-      pickle.dump({b"data": data, b"labels": [i % 10 for i in range(n)],
-                   b"batch_label": name.encode()}, f)
+      pickle.dump(
+        {b"data": data, b"labels": [i % 10 for i in range(n)], b"batch_label": name.encode()}, f
+      )
 
 
 def _write_aan(root):
@@ -43,13 +44,13 @@ def _write_aan(root):
 
 def _prepare_tiny(task: str, data_dir: str) -> None:
   from lra.data import prepare_lib  # pylint: disable=g-import-not-at-top
+
   if task in ("text", "retrieval"):
     prepare_lib.prepare(task, data_dir)
   elif task == "image":
     prepare_lib.prepare(task, data_dir, num_train=48, num_val=8, num_test=16)
   else:
-    prepare_lib.prepare(task, data_dir, num_train=SIZES[0], num_val=SIZES[1],
-                        num_test=SIZES[2])
+    prepare_lib.prepare(task, data_dir, num_train=SIZES[0], num_val=SIZES[1], num_test=SIZES[2])
 
 
 @pytest.fixture(scope="session")

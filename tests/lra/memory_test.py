@@ -7,8 +7,17 @@ from lra import memory
 
 def _estimate(attention, length, batch, **kw):
   return memory.activation_bytes(
-      micro_batch=batch, length=length, num_layers=2, embed_dim=64, qkv_dim=64, mlp_dim=128,
-      num_heads=2, attention=attention, knobs=kw, bytes_per_value=4)
+    micro_batch=batch,
+    length=length,
+    num_layers=2,
+    embed_dim=64,
+    qkv_dim=64,
+    mlp_dim=128,
+    num_heads=2,
+    attention=attention,
+    knobs=kw,
+    bytes_per_value=4,
+  )
 
 
 def test_softmax_grows_quadratically_and_mra_linearly():
@@ -38,4 +47,5 @@ def test_available_bytes_is_positive_on_cpu():
 @pytest.mark.parametrize("attention", ["performer", "local"])
 def test_other_attentions_use_a_bounded_working_set(attention):
   assert _estimate(attention, 65536, 1) / _estimate(attention, 16384, 1) == pytest.approx(
-      4.0, rel=0.01)
+    4.0, rel=0.01
+  )

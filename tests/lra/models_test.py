@@ -22,9 +22,18 @@ def _apply(model, ids, mask):
 
 
 def _cfg(**kw):
-  base = dict(vocab_size=20, num_classes=3, max_length=64, attention="softmax",
-              num_layers=1, embed_dim=16, qkv_dim=16, num_heads=2, mlp_dim=32,
-              classifier_hidden=(8,))
+  base = dict(
+    vocab_size=20,
+    num_classes=3,
+    max_length=64,
+    attention="softmax",
+    num_layers=1,
+    embed_dim=16,
+    qkv_dim=16,
+    num_heads=2,
+    mlp_dim=32,
+    classifier_hidden=(8,),
+  )
   return models.ModelConfig(**{**base, **kw})
 
 
@@ -61,8 +70,7 @@ def test_two_tower_shares_one_encoder_and_reads_u_v_products():
   v = model.encoder(ids[:, 1], mask[:, 1])
   expected = model.head(jnp.concatenate([u, v, u * v, u - v], axis=-1))
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
-  concat = models.build(_cfg(dual_input=True, retrieval_interaction="concat"),
-                        rngs=nnx.Rngs(0))
+  concat = models.build(_cfg(dual_input=True, retrieval_interaction="concat"), rngs=nnx.Rngs(0))
   assert concat.head.hidden[0].kernel.shape == (2 * cfg.embed_dim, 8)
 
 
@@ -94,9 +102,15 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(qkv_dim=15), "qkv_dim"), (dict(pooling="max"), "pooling"),
-    (dict(dropout_rate=1.0), "dropout_rate"), (dict(num_layers=0), "num_layers")])
+@pytest.mark.parametrize(
+  "bad,match",
+  [
+    (dict(qkv_dim=15), "qkv_dim"),
+    (dict(pooling="max"), "pooling"),
+    (dict(dropout_rate=1.0), "dropout_rate"),
+    (dict(num_layers=0), "num_layers"),
+  ],
+)
 def test_bad_model_config_raises(bad, match):
   with pytest.raises(ValueError, match=match):
     _cfg(**bad)

@@ -13,7 +13,7 @@ def test_one_cycle_matches_pytorch_linear_one_cycle():
   lr = optim.one_cycle_lr(1e-4, warmup_steps=100, total_steps=1000)
   start, final = 1e-4 / 25, 1e-4 / 25 / 1e4
   np.testing.assert_allclose(float(lr(0)), start, rtol=1e-6)
-  np.testing.assert_allclose(float(lr(99)), 1e-4, rtol=1e-6)       # Peak at warmup - 1.
+  np.testing.assert_allclose(float(lr(99)), 1e-4, rtol=1e-6)  # Peak at warmup - 1.
   np.testing.assert_allclose(float(lr(49.5)), (start + 1e-4) / 2, rtol=1e-5)
   np.testing.assert_allclose(float(lr(999)), final, rtol=1e-4)
   np.testing.assert_allclose(float(lr(549)), (1e-4 + final) / 2, rtol=1e-5)
@@ -32,9 +32,16 @@ def test_lra_schedules():
 
 
 def test_optimizer_follows_the_schedule_and_rejects_bad_ones():
-  cfg = types.SimpleNamespace(schedule="one_cycle", warmup_steps=2, weight_decay=0.0,
-                              b1=0.9, b2=0.999, eps=1e-6, cycle_momentum=True,
-                              grad_clip_norm=1.0)
+  cfg = types.SimpleNamespace(
+    schedule="one_cycle",
+    warmup_steps=2,
+    weight_decay=0.0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-6,
+    cycle_momentum=True,
+    grad_clip_norm=1.0,
+  )
   tx, lr = optim.make_optimizer(cfg, 1e-3, 10)
   params = {"w": np.ones(3, np.float32)}
   state = tx.init(params)

@@ -41,8 +41,9 @@ def tiny_config(task: str, data_dir: str, **overrides):
   c.grad_accum_steps = 1
   c.plot = False
   c.check_memory = False
-  c.model.update(num_layers=1, embed_dim=16, qkv_dim=16, num_heads=2, mlp_dim=32,
-                 classifier_hidden=(16,))
+  c.model.update(
+    num_layers=1, embed_dim=16, qkv_dim=16, num_heads=2, mlp_dim=32, classifier_hidden=(16,)
+  )
   if c.model.pooling == "cls":
     c.model.classifier_hidden = (16, 8) if task == "retrieval" else (16,)
   for key, value in overrides.items():
@@ -54,10 +55,19 @@ def tiny_config(task: str, data_dir: str, **overrides):
   return c
 
 
-@pytest.mark.parametrize("task,protocol", [
-    ("listops", "mra"), ("text", "lra"), ("retrieval", "mra"),
-    ("image", "lra"), ("pathfinder32", "mra"), ("pathfinder64", "lra"),
-    ("pathfinder128", "mra"), ("pathfinder256", "lra")])
+@pytest.mark.parametrize(
+  "task,protocol",
+  [
+    ("listops", "mra"),
+    ("text", "lra"),
+    ("retrieval", "mra"),
+    ("image", "lra"),
+    ("pathfinder32", "mra"),
+    ("pathfinder64", "lra"),
+    ("pathfinder128", "mra"),
+    ("pathfinder256", "lra"),
+  ],
+)
 def test_every_task_trains_evaluates_and_reports(task, protocol, prepared, tmp_path):
   config = tiny_config(task, prepared(task), protocol=protocol)
   if protocol == "lra":  # The LRA sizes, shrunk: CLS pooling, sinusoidal/learned, rsqrt/cos.
@@ -85,8 +95,7 @@ def test_every_task_trains_evaluates_and_reports(task, protocol, prepared, tmp_p
 
 
 def _final_params(workdir):
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                               item_names=("state", "meta"))
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "meta"))
   step = mngr.latest_step()
   state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   mngr.close()
@@ -94,8 +103,9 @@ def _final_params(workdir):
 
 
 def _loss_events(workdir):
-  return [(e["step"], e["split"], e["loss"], e["accuracy"])
-          for e in reporting.read_metrics(workdir)]
+  return [
+    (e["step"], e["split"], e["loss"], e["accuracy"]) for e in reporting.read_metrics(workdir)
+  ]
 
 
 class _Crash(Exception):
@@ -103,8 +113,14 @@ class _Crash(Exception):
 
 
 def test_resume_after_crash_is_bit_identical(prepared, tmp_path, monkeypatch):
-  config = tiny_config("listops", prepared("listops"), num_train_steps=7,
-                       checkpoint_every_steps=3, eval_every_steps=2, grad_accum_steps=2)
+  config = tiny_config(
+    "listops",
+    prepared("listops"),
+    num_train_steps=7,
+    checkpoint_every_steps=3,
+    eval_every_steps=2,
+    grad_accum_steps=2,
+  )
   config.model.dropout_rate = 0.1
   straight = str(tmp_path / "straight")
   expected = train.train_and_evaluate(config, straight)
@@ -126,8 +142,9 @@ def test_resume_after_crash_is_bit_identical(prepared, tmp_path, monkeypatch):
   step_a, params_a = _final_params(straight)
   step_b, params_b = _final_params(crashed)
   assert step_a == step_b == 7
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               params_a, params_b)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params_a, params_b
+  )
   assert _loss_events(straight) == _loss_events(crashed)
   for key in ("test_accuracy", "test_loss", "best_step", "best_validation_accuracy"):
     assert expected[key] == resumed[key]
@@ -158,14 +175,22 @@ def test_nan_loss_stops_after_writing_metrics(prepared, tmp_path):
 
 def test_missing_data_names_the_prepare_command(tmp_path):
   config = tiny_config("pathfinder32", str(tmp_path / "nothing_here"))
-  with pytest.raises(pipeline.DataNotFoundError,
-                     match=r"python -m lra.prepare --task=pathfinder32 --data_dir=.*nothing"):
+  with pytest.raises(
+    pipeline.DataNotFoundError,
+    match=r"python -m lra.prepare --task=pathfinder32 --data_dir=.*nothing",
+  ):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_listops_generates_its_data_when_allowed(tmp_path):
-  config = tiny_config("listops", "", generate_data=True, generate_sizes=(24, 8, 8),
-                       generate_max_tokens=60, num_train_steps=2)
+  config = tiny_config(
+    "listops",
+    "",
+    generate_data=True,
+    generate_sizes=(24, 8, 8),
+    generate_max_tokens=60,
+    num_train_steps=2,
+  )
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["num_test_examples"] == 8
   assert os.path.exists(tmp_path / "data" / "lra_generated_listops.json")
@@ -175,32 +200,40 @@ def test_data_parallel_step_matches_one_device(prepared):
   """The 4-device sharded step and gradient accumulation equal a plain step (round-off)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from lra import inputs, models, optim  # pylint: disable=g-import-not-at-top,g-multiple-import
+
   config = tiny_config("listops", prepared("listops"))
   config.model.dropout_rate = 0.0
   cfg = train.model_config(config)
-  graphdef, params, rest = nnx.split(models.build(cfg, rngs=nnx.Rngs(params=0)), nnx.Param,
-                                     ...)
+  graphdef, params, rest = nnx.split(models.build(cfg, rngs=nnx.Rngs(params=0)), nnx.Param, ...)
   tx, _ = optim.make_optimizer(config.optimizer, 1e-3, 10)
   rng = np.random.default_rng(0)
-  batch = {"inputs": rng.integers(1, 16, (8, 64)).astype(np.int32),
-           "mask": np.arange(64)[None, :] < rng.integers(10, 64, (8, 1)),
-           "label": rng.integers(0, 10, (8,)).astype(np.int32)}
+  batch = {
+    "inputs": rng.integers(1, 16, (8, 64)).astype(np.int32),
+    "mask": np.arange(64)[None, :] < rng.integers(10, 64, (8, 1)),
+    "label": rng.integers(0, 10, (8,)).astype(np.int32),
+  }
   key = jax.random.key(0)
   results = []
   for devices, accum in ((1, 1), (4, 1), (4, 2)):
-    mesh = jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=jax.devices()[:devices])
+    mesh = jax.make_mesh(
+      (devices,),
+      ("data",),
+      axis_types=(jax.sharding.AxisType.Auto,),
+      devices=jax.devices()[:devices],
+    )
     host = jax.device_get({"params": params, "rest": rest, "opt_state": tx.init(params)})
     state = jax.device_put(host, jax.NamedSharding(mesh, jax.P()))  # (the step donates it)
     step = train.make_train_step(graphdef, tx, accum)
-    new_state, metrics = step(state, inputs.to_global(batch, jax.NamedSharding(
-        mesh, jax.P("data"))), key)
+    new_state, metrics = step(
+      state, inputs.to_global(batch, jax.NamedSharding(mesh, jax.P("data"))), key
+    )
     assert len(new_state["params"]["head"]["out"]["kernel"].sharding.device_set) == devices
     results.append((jax.device_get(new_state["params"]), float(metrics["loss"])))
   for other, loss in results[1:]:
     assert loss == pytest.approx(results[0][1], rel=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 results[0][0], other)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[0][0], other
+    )
 
 
 @pytest.mark.slow

@@ -37,18 +37,22 @@ def _dense(q, k, v, mask, knobs):
 
 
 @pytest.mark.parametrize("approx_mode", ["full", "sparse"])
-@pytest.mark.parametrize("L,block_size,knobs", [
+@pytest.mark.parametrize(
+  "L,block_size,knobs",
+  [
     (100, 16, dict(block_per_row=2)),
     (256, 32, dict(block_per_row=2, initial_prior_first_n_blocks=1)),
     (200, 64, dict(num_blocks=5, initial_prior_diagonal_n_blocks=1)),
     (384, 128, dict(block_per_row=1)),
-])
+  ],
+)
 def test_matches_dense_oracle_with_padding(approx_mode, L, block_size, knobs):
   q, k, v = _qkv(L=L)
   mask = _lengths_mask([L, L - 37], L)
   key = tuple(sorted(dict(knobs, block_size=block_size, approx_mode=approx_mode).items()))
-  np.testing.assert_allclose(_fast(q, k, v, mask, key), _dense(q, k, v, mask, key),
-                             atol=2e-6, rtol=1e-5)
+  np.testing.assert_allclose(
+    _fast(q, k, v, mask, key), _dense(q, k, v, mask, key), atol=2e-6, rtol=1e-5
+  )
 
 
 @pytest.mark.parametrize("approx_mode", ["full", "sparse"])
@@ -67,13 +71,16 @@ def test_cross_attention_matches_oracle():
   _, k, v = _qkv(L=96, Lk=200, seed=1)
   key_mask = _lengths_mask([200, 150], 200)
   fast = jax.jit(lambda q, k, v, m: mra_jax.mra_attention(q, k, v, key_mask=m, block_per_row=3))
-  dense = jax.jit(lambda q, k, v, m: reference.mra_attention_dense(q, k, v, key_mask=m,
-                                                                   block_per_row=3))
+  dense = jax.jit(
+    lambda q, k, v, m: reference.mra_attention_dense(q, k, v, key_mask=m, block_per_row=3)
+  )
   np.testing.assert_allclose(fast(q, k, v, key_mask), dense(q, k, v, key_mask), atol=2e-6)
-  everything = jax.jit(lambda q, k, v, m: mra_jax.mra_attention(
-      q, k, v, key_mask=m, num_blocks=3 * 7))(q, k, v, key_mask)
+  everything = jax.jit(
+    lambda q, k, v, m: mra_jax.mra_attention(q, k, v, key_mask=m, num_blocks=3 * 7)
+  )(q, k, v, key_mask)
   np.testing.assert_allclose(
-      everything, reference.softmax_attention(q, k, v, key_mask=key_mask), atol=3e-6)
+    everything, reference.softmax_attention(q, k, v, key_mask=key_mask), atol=3e-6
+  )
 
 
 @pytest.mark.parametrize("approx_mode", ["full", "sparse"])
@@ -83,13 +90,15 @@ def test_padding_gives_zero_and_garbage_changes_nothing(approx_mode):
   mask = _lengths_mask([L, 77], L)
   pad = ~mask[:, :, None, None]
   garbage = lambda x: jnp.where(pad, jnp.nan, x)
-  run = jax.jit(lambda q, k, v: mra_jax.mra_attention(q, k, v, mask, block_per_row=2,
-                                                      approx_mode=approx_mode))
+  run = jax.jit(
+    lambda q, k, v: mra_jax.mra_attention(q, k, v, mask, block_per_row=2, approx_mode=approx_mode)
+  )
   out = run(q, k, v)
   np.testing.assert_array_equal(out[1, 77:], 0.0)
   np.testing.assert_array_equal(run(garbage(q), garbage(k), garbage(v)), out)
   grads = jax.grad(lambda *a: jnp.sum(run(*a) ** 2), argnums=(0, 1, 2))(
-      garbage(q), garbage(k), garbage(v))
+    garbage(q), garbage(k), garbage(v)
+  )
   for g in grads:
     assert np.isfinite(np.asarray(g)).all()
     np.testing.assert_array_equal(g[1, 77:], 0.0)
@@ -134,8 +143,9 @@ def test_gradients_match_oracle_under_random_cotangent(approx_mode):
 def test_check_grads_small(approx_mode):
   q, k, v = _qkv(B=1, L=64, H=1, D=8)
   mask = _lengths_mask([50], 64)
-  f = lambda q, k, v: mra_jax.mra_attention(q, k, v, mask, block_size=16, num_blocks=6,
-                                            approx_mode=approx_mode)
+  f = lambda q, k, v: mra_jax.mra_attention(
+    q, k, v, mask, block_size=16, num_blocks=6, approx_mode=approx_mode
+  )
   # Selection is piecewise constant: a step of 1e-3 does not flip it at these inputs.
   jtu.check_grads(f, (q, k, v), order=1, modes=("rev",), eps=1e-3, atol=2e-2, rtol=2e-2)
 
@@ -146,17 +156,20 @@ def test_half_precision_inputs(dtype, approx_mode):
   q, k, v = _qkv(L=128)
   mask = _lengths_mask([128, 100], 128)
   low = [x.astype(dtype) for x in (q, k, v)]
-  run = jax.jit(lambda *a: mra_jax.mra_attention(*a, mask, block_per_row=2,
-                                                 approx_mode=approx_mode))
+  run = jax.jit(
+    lambda *a: mra_jax.mra_attention(*a, mask, block_per_row=2, approx_mode=approx_mode)
+  )
   out = run(*low)
   assert out.dtype == dtype
   assert np.isfinite(np.asarray(out, np.float32)).all()
   # Statistics are float32, so the only error is the inputs' rounding.
-  want = reference.mra_attention_dense(*[x.astype(jnp.float32) for x in low], mask,
-                                       block_per_row=2, approx_mode=approx_mode)
+  want = reference.mra_attention_dense(
+    *[x.astype(jnp.float32) for x in low], mask, block_per_row=2, approx_mode=approx_mode
+  )
   np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=2e-2)
-  grads = jax.jit(jax.grad(lambda *a: jnp.sum(run(*a).astype(jnp.float32)),
-                           argnums=(0, 1, 2)))(*low)
+  grads = jax.jit(jax.grad(lambda *a: jnp.sum(run(*a).astype(jnp.float32)), argnums=(0, 1, 2)))(
+    *low
+  )
   assert all(g.dtype == dtype and np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
 
 
@@ -169,25 +182,26 @@ def test_budget_follows_runtime_length_and_is_capped():
 
 def test_auto_uses_reference_on_cpu():
   q, k, v = _qkv(L=96)
-  np.testing.assert_array_equal(mra_jax.mra_attention(q, k, v, impl="auto"),
-                                mra_jax.mra_attention(q, k, v, impl="reference"))
+  np.testing.assert_array_equal(
+    mra_jax.mra_attention(q, k, v, impl="auto"), mra_jax.mra_attention(q, k, v, impl="reference")
+  )
 
 
 _BAD = [
-    (dict(query=jnp.zeros((2, 64, 16))), "query.shape"),
-    (dict(key=jnp.zeros((2, 64, 3, 16))), "key must match"),
-    (dict(value=jnp.zeros((2, 32, 2, 16))), "value.shape"),
-    (dict(query=jnp.zeros((2, 64, 2, 16), jnp.int32)), "query.dtype"),
-    (dict(mask=jnp.ones((2, 63), bool)), "mask.shape"),
-    (dict(key_mask=jnp.ones((1, 64), bool)), "key_mask.shape"),
-    (dict(block_size=24), "block_size=24"),
-    (dict(block_size=0), "block_size=0"),
-    (dict(num_blocks=0), "num_blocks=0"),
-    (dict(block_per_row=0), "block_per_row=0"),
-    (dict(approx_mode="dense"), "approx_mode='dense'"),
-    (dict(impl="cuda"), "impl='cuda'"),
-    (dict(initial_prior_first_n_blocks=-1), "initial_prior_first_n_blocks=-1"),
-    (dict(initial_prior_diagonal_n_blocks=1.5), "initial_prior_diagonal_n_blocks=1.5"),
+  (dict(query=jnp.zeros((2, 64, 16))), "query.shape"),
+  (dict(key=jnp.zeros((2, 64, 3, 16))), "key must match"),
+  (dict(value=jnp.zeros((2, 32, 2, 16))), "value.shape"),
+  (dict(query=jnp.zeros((2, 64, 2, 16), jnp.int32)), "query.dtype"),
+  (dict(mask=jnp.ones((2, 63), bool)), "mask.shape"),
+  (dict(key_mask=jnp.ones((1, 64), bool)), "key_mask.shape"),
+  (dict(block_size=24), "block_size=24"),
+  (dict(block_size=0), "block_size=0"),
+  (dict(num_blocks=0), "num_blocks=0"),
+  (dict(block_per_row=0), "block_per_row=0"),
+  (dict(approx_mode="dense"), "approx_mode='dense'"),
+  (dict(impl="cuda"), "impl='cuda'"),
+  (dict(initial_prior_first_n_blocks=-1), "initial_prior_first_n_blocks=-1"),
+  (dict(initial_prior_diagonal_n_blocks=1.5), "initial_prior_diagonal_n_blocks=1.5"),
 ]
 
 
@@ -195,6 +209,7 @@ _BAD = [
 def test_bad_input_names_the_argument(bad, message):
   args = dict(zip(("query", "key", "value"), _qkv(L=64)))
   args.update(bad)
-  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
-                     .replace(".", r"\.")):
+  with pytest.raises(
+    ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
+  ):
     mra_jax.mra_attention(**args)

@@ -17,8 +17,13 @@ def _case(B=2, H=2, Lq=192, Lk=256, D=16, bs=32, K=11, empty_state=False, seed=0
   k = jax.random.normal(ks[1], (B, H, Lk, D))
   v = jax.random.normal(ks[2], (B, H, Lk, D))
   # Uneven rows, some empty: a random subset of the grid per (batch, head).
-  ids = jax.vmap(lambda key: jnp.sort(jax.random.choice(key, Nq * Nk, (K,), replace=False)))(
-      jax.random.split(ks[3], B * H)).reshape(B, H, K).astype(jnp.int32)
+  ids = (
+    jax.vmap(lambda key: jnp.sort(jax.random.choice(key, Nq * Nk, (K,), replace=False)))(
+      jax.random.split(ks[3], B * H)
+    )
+    .reshape(B, H, K)
+    .astype(jnp.int32)
+  )
   valid = jnp.arange(Lk)[None, :] < jnp.array([Lk, Lk - 45])[:, None]
   if empty_state:
     m0 = jnp.full((B, H, Lq), -jnp.inf)
@@ -38,9 +43,11 @@ def test_forward_and_vjp_match_reference(empty_state, chunk_bytes, monkeypatch):
   args, key = _case(empty_state=empty_state)
   q, k, v, ids, valid, m0, l0, acc0 = args
   ref = lambda q, k, v, l0, acc0: pallas_kernels.block_sparse_attention_reference(
-      q, k, v, ids, valid, m0, l0, acc0, block_size=32)
+    q, k, v, ids, valid, m0, l0, acc0, block_size=32
+  )
   fast = lambda q, k, v, l0, acc0: chunked.chunked_block_sparse_attention(
-      q, k, v, ids, valid, m0, l0, acc0, 32, 16**-0.5, pallas_kernels.DEFAULT_EPS)
+    q, k, v, ids, valid, m0, l0, acc0, 32, 16**-0.5, pallas_kernels.DEFAULT_EPS
+  )
   (out, lse), fast_vjp = jax.vjp(jax.jit(fast), q, k, v, l0, acc0)
   (out_ref, lse_ref), ref_vjp = jax.vjp(ref, q, k, v, l0, acc0)
   np.testing.assert_allclose(out, out_ref, atol=1e-6)
@@ -57,4 +64,4 @@ def test_rows_without_tiles_or_state_are_zero_and_finite():
   assert np.isfinite(np.asarray(lse)).all()
   rows_with_tiles = {int(t) // 8 for t in np.asarray(args[3][0, 0])}
   for r in set(range(6)) - rows_with_tiles:
-    np.testing.assert_array_equal(out[0, 0, r * 32:(r + 1) * 32], 0.0)
+    np.testing.assert_array_equal(out[0, 0, r * 32 : (r + 1) * 32], 0.0)

@@ -20,12 +20,15 @@ def _x_and_mask(B=2, L=100, E=32):
 
 def test_linen_forward_and_gradient_match_direct_call():
   x, valid, mask = _x_and_mask()
-  layer = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32,
-                                          attention_fn=mra_jax.make_attention_fn(**_KNOBS))
+  layer = nn.MultiHeadDotProductAttention(
+    num_heads=4, qkv_features=32, attention_fn=mra_jax.make_attention_fn(**_KNOBS)
+  )
   params = layer.init(jax.random.key(1), x, mask=mask)
   y = layer.apply(params, x, mask=mask)
   p = params["params"]
-  proj = lambda name: jnp.einsum("ble,ehd->blhd", x, p[name]["kernel"]) + p[name]["bias"][None, None]
+  proj = lambda name: (
+    jnp.einsum("ble,ehd->blhd", x, p[name]["kernel"]) + p[name]["bias"][None, None]
+  )
   direct = mra_jax.mra_attention(proj("query"), proj("key"), proj("value"), valid, **_KNOBS)
   want = jnp.einsum("blhd,hde->ble", direct, p["out"]["kernel"]) + p["out"]["bias"][None, None]
   np.testing.assert_allclose(y, want, atol=1e-5)
@@ -35,15 +38,19 @@ def test_linen_forward_and_gradient_match_direct_call():
 
 def test_nnx_forward_and_gradient():
   x, _, mask = _x_and_mask()
-  layer = nnx.MultiHeadAttention(num_heads=4, in_features=32, decode=False, rngs=nnx.Rngs(0),
-                                 attention_fn=mra_jax.make_attention_fn(**_KNOBS))
+  layer = nnx.MultiHeadAttention(
+    num_heads=4,
+    in_features=32,
+    decode=False,
+    rngs=nnx.Rngs(0),
+    attention_fn=mra_jax.make_attention_fn(**_KNOBS),
+  )
   y = layer(x, mask=mask)
   np.testing.assert_array_equal(np.asarray(y).shape, (2, 100, 32))
   grads = nnx.grad(lambda m: jnp.sum(m(x, mask=mask) ** 2))(layer)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   # Padded tokens output only the output projection's bias.
-  np.testing.assert_allclose(y[1, 63:], jnp.broadcast_to(layer.out.bias[...], (37, 32)),
-                             atol=1e-6)
+  np.testing.assert_allclose(y[1, 63:], jnp.broadcast_to(layer.out.bias[...], (37, 32)), atol=1e-6)
 
 
 def test_what_mra_cannot_honour_fails_loudly():
@@ -67,8 +74,9 @@ def test_what_mra_cannot_honour_fails_loudly():
 
 
 def test_nnx_self_attention_layer_with_image_patch_order():
-  layer = mra_jax.MraSelfAttention(2, 16, rngs=nnx.Rngs(0), input_shape=(8, 8),
-                                   block_size=32, block_per_row=1)
+  layer = mra_jax.MraSelfAttention(
+    2, 16, rngs=nnx.Rngs(0), input_shape=(8, 8), block_size=32, block_per_row=1
+  )
   x = jax.random.normal(jax.random.key(2), (2, 64, 16))
   y = nnx.jit(lambda m, x: m(x))(layer, x)
   assert y.shape == x.shape and np.isfinite(np.asarray(y)).all()
@@ -80,8 +88,9 @@ def test_patch_order_round_trip_and_patch_content():
   image = jnp.arange(8 * 16).reshape(1, 128)
   patched = mra_jax.to_patch_order(image, (8, 16))
   # The first 32 tokens are rows 0-3, columns 0-7.
-  np.testing.assert_array_equal(patched[0, :32].reshape(4, 8),
-                                np.arange(128).reshape(8, 16)[:4, :8])
+  np.testing.assert_array_equal(
+    patched[0, :32].reshape(4, 8), np.arange(128).reshape(8, 16)[:4, :8]
+  )
   np.testing.assert_array_equal(mra_jax.from_patch_order(patched, (8, 16)), image)
   with pytest.raises(ValueError, match="input_shape"):
     mra_jax.to_patch_order(image, (6, 16))

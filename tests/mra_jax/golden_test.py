@@ -9,22 +9,31 @@ import pytest
 
 import mra_jax
 
-_GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "testdata",
-                       "mra_published_golden.npz")
+_GOLDEN = os.path.join(
+  os.path.dirname(__file__), "..", "..", "..", "shared", "testdata", "mra_published_golden.npz"
+)
 
 # The cases of ../shared/testdata/README.md.
 _CASES = {
-    "full_nomask_nb16": dict(masked=False, num_blocks=16, approx_mode="full"),
-    "sparse_nomask_nb16": dict(masked=False, num_blocks=16, approx_mode="sparse"),
-    "full_mask_nb32": dict(masked=True, num_blocks=32, approx_mode="full"),
-    "sparse_mask_nb32": dict(masked=True, num_blocks=32, approx_mode="sparse"),
-    "full_mask_nb32_first1_diag1": dict(
-        masked=True, num_blocks=32, approx_mode="full", initial_prior_first_n_blocks=1,
-        initial_prior_diagonal_n_blocks=1),
-    "sparse_nomask_nb48_first1_diag3": dict(
-        masked=False, num_blocks=48, approx_mode="sparse", initial_prior_first_n_blocks=1,
-        initial_prior_diagonal_n_blocks=3),
-    "full_nomask_nb64_all": dict(masked=False, num_blocks=64, approx_mode="full"),
+  "full_nomask_nb16": dict(masked=False, num_blocks=16, approx_mode="full"),
+  "sparse_nomask_nb16": dict(masked=False, num_blocks=16, approx_mode="sparse"),
+  "full_mask_nb32": dict(masked=True, num_blocks=32, approx_mode="full"),
+  "sparse_mask_nb32": dict(masked=True, num_blocks=32, approx_mode="sparse"),
+  "full_mask_nb32_first1_diag1": dict(
+    masked=True,
+    num_blocks=32,
+    approx_mode="full",
+    initial_prior_first_n_blocks=1,
+    initial_prior_diagonal_n_blocks=1,
+  ),
+  "sparse_nomask_nb48_first1_diag3": dict(
+    masked=False,
+    num_blocks=48,
+    approx_mode="sparse",
+    initial_prior_first_n_blocks=1,
+    initial_prior_diagonal_n_blocks=3,
+  ),
+  "full_nomask_nb64_all": dict(masked=False, num_blocks=64, approx_mode="full"),
 }
 # float32 round-off: we measured about 2.5e-7 relative on every case.
 _RTOL = 1e-6
@@ -45,8 +54,7 @@ def _rel(a, b):
 def test_matches_published_output_and_gradients(golden, case):
   knobs = dict(_CASES[case])
   mask = golden["mask"] if knobs.pop("masked") else None
-  run = jax.jit(lambda q, k, v: mra_jax.mra_attention(
-      q, k, v, mask, impl="reference", **knobs))
+  run = jax.jit(lambda q, k, v: mra_jax.mra_attention(q, k, v, mask, impl="reference", **knobs))
   q, k, v = golden["query"], golden["key"], golden["value"]
   assert _rel(run(q, k, v), golden[f"{case}/output"]) < _RTOL
   if f"{case}/dquery" in golden:

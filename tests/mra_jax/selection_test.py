@@ -39,10 +39,10 @@ def test_priors_are_always_selected():
   N = 8
   logits = _scores(N=N) * 10
   row_max = jnp.max(logits, -1)
-  scores = selection.selection_scores(logits, row_max, prior_first_n_blocks=1,
-                                      prior_diagonal_n_blocks=3)
-  needed = {(r, c) for r in range(N) for c in range(N)
-            if r == 0 or c == 0 or abs(r - c) <= 1}
+  scores = selection.selection_scores(
+    logits, row_max, prior_first_n_blocks=1, prior_diagonal_n_blocks=3
+  )
+  needed = {(r, c) for r in range(N) for c in range(N) if r == 0 or c == 0 or abs(r - c) <= 1}
   ids, _ = selection.select_blocks(scores, len(needed))
   for row in np.asarray(ids).reshape(-1, len(needed)):
     assert {(int(t) // N, int(t) % N) for t in row} == needed
@@ -51,8 +51,9 @@ def test_priors_are_always_selected():
 def test_diagonal_prior_band_width():
   zeros = jnp.zeros((1, 1, 6, 6))
   for n, width in ((1, 1), (2, 3), (3, 3), (5, 5)):
-    s = selection.selection_scores(zeros, zeros[..., 0], prior_first_n_blocks=0,
-                                   prior_diagonal_n_blocks=n)
+    s = selection.selection_scores(
+      zeros, zeros[..., 0], prior_first_n_blocks=0, prior_diagonal_n_blocks=n
+    )
     assert int((s[0, 0, 3] > 0).sum()) == width, n
 
 

@@ -33,8 +33,9 @@ def test_vmap_over_an_extra_axis_equals_a_loop():
   stacked = [jnp.stack([x, x[::-1]]) for x in (q, k, v, mask)]
   out = jax.jit(jax.vmap(_mra))(*stacked)
   np.testing.assert_allclose(out[0], jax.jit(_mra)(q, k, v, mask), atol=1e-6)
-  np.testing.assert_allclose(out[1], jax.jit(_mra)(q[::-1], k[::-1], v[::-1], mask[::-1]),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    out[1], jax.jit(_mra)(q[::-1], k[::-1], v[::-1], mask[::-1]), atol=1e-6
+  )
 
 
 def test_grad_is_finite_and_nonzero():

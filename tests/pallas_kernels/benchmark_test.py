@@ -13,5 +13,4 @@ def test_quick_run_reports_sparse_and_dense_rows():
   assert row["sparse_fwdbwd_memory"]["temp"] > 0
   # The whole of MRA-2 against dense: what issue 3's targets are stated in.
   assert row["mra2_fwdbwd_ms"] > 0 and row["mra2_fwdbwd_memory"]["temp"] > 0
-  assert row["mra2_speedup_fwdbwd"] == pytest.approx(
-      row["dense_fwdbwd_ms"] / row["mra2_fwdbwd_ms"])
+  assert row["mra2_speedup_fwdbwd"] == pytest.approx(row["dense_fwdbwd_ms"] / row["mra2_fwdbwd_ms"])

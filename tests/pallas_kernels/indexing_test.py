@@ -13,7 +13,8 @@ def test_views_match_numpy(Nq, Nk, K):
   rng = np.random.default_rng(Nq * 100 + K)
   ids_GxK = np.stack([np.sort(rng.choice(Nq * Nk, K, replace=False)) for _ in range(3)])
   views = jax.jit(indexing.build_tile_views, static_argnames=("num_q_blocks", "num_k_blocks"))(
-      ids_GxK.astype(np.int32), num_q_blocks=Nq, num_k_blocks=Nk)
+    ids_GxK.astype(np.int32), num_q_blocks=Nq, num_k_blocks=Nk
+  )
   for g in range(3):
     rows, cols = ids_GxK[g] // Nk, ids_GxK[g] % Nk
     row_ptr = np.searchsorted(rows, np.arange(Nq + 1))
@@ -32,8 +33,9 @@ def test_views_match_numpy(Nq, Nk, K):
 
 def test_uneven_rows_include_empty_rows():
   # Global top-k: row 0 holds three tiles, rows 1 and 3 none, row 2 one.
-  views = indexing.build_tile_views(np.array([[0, 1, 3, 9]], np.int32), num_q_blocks=4,
-                                    num_k_blocks=4)
+  views = indexing.build_tile_views(
+    np.array([[0, 1, 3, 9]], np.int32), num_q_blocks=4, num_k_blocks=4
+  )
   np.testing.assert_array_equal(views.row_ptr_GxNq1[0], [0, 3, 3, 4, 4])
   np.testing.assert_array_equal(views.col_ptr_GxNk1[0], [0, 1, 3, 3, 4])
   np.testing.assert_array_equal(views.rows_by_col_GxK[0], [0, 0, 2, 0])

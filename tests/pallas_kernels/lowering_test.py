@@ -19,19 +19,37 @@ _LAUNCHES = {"forward": 1, "vjp": 3}
 
 
 def _lower(platform, mode, *, dtype, block_size, D, L):
-  K = min(24, (L // block_size)**2)
+  K = min(24, (L // block_size) ** 2)
   sds = jax.ShapeDtypeStruct
   B, H = 2, 2
-  shapes = (sds((B, H, L, D), dtype), sds((B, H, L, D), dtype), sds((B, H, L, D), dtype),
-            sds((B, H, K), jnp.int32), sds((B, L), jnp.bool_), sds((B, H, L), jnp.float32),
-            sds((B, H, L), jnp.float32), sds((B, H, L, D), jnp.float32))
+  shapes = (
+    sds((B, H, L, D), dtype),
+    sds((B, H, L, D), dtype),
+    sds((B, H, L, D), dtype),
+    sds((B, H, K), jnp.int32),
+    sds((B, L), jnp.bool_),
+    sds((B, H, L), jnp.float32),
+    sds((B, H, L), jnp.float32),
+    sds((B, H, L, D), jnp.float32),
+  )
   attend = lambda q, k, v, ids, valid, m0, l0, acc0: pallas_kernels.block_sparse_attention(
-      q, k, v, ids, valid, m0, l0, acc0, block_size=block_size, backend=_BACKEND[platform],
-      interpret=False)
+    q,
+    k,
+    v,
+    ids,
+    valid,
+    m0,
+    l0,
+    acc0,
+    block_size=block_size,
+    backend=_BACKEND[platform],
+    interpret=False,
+  )
 
   def vjp(q, k, v, ids, valid, m0, l0, acc0):
     outs, pullback = jax.vjp(
-        lambda q, k, v, l0, acc0: attend(q, k, v, ids, valid, m0, l0, acc0), q, k, v, l0, acc0)
+      lambda q, k, v, l0, acc0: attend(q, k, v, ids, valid, m0, l0, acc0), q, k, v, l0, acc0
+    )
     return pullback(outs)
 
   fn = attend if mode == "forward" else vjp
@@ -39,14 +57,17 @@ def _lower(platform, mode, *, dtype, block_size, D, L):
 
 
 @pytest.mark.parametrize("mode", ["forward", "vjp"])
-@pytest.mark.parametrize("platform, dtype, block_size, D, L", [
+@pytest.mark.parametrize(
+  "platform, dtype, block_size, D, L",
+  [
     ("cuda", jnp.bfloat16, 32, 64, 384),  # L, Nq + 1 not powers of two: only blocks, no loads
     ("cuda", jnp.float32, 64, 128, 512),
     ("cuda", jnp.bfloat16, 64, 40, 512),  # D not a power of two: padded to 64
     ("tpu", jnp.bfloat16, 32, 64, 384),
     ("tpu", jnp.float32, 64, 128, 512),
     ("tpu", jnp.bfloat16, 128, 64, 512),
-])
+  ],
+)
 def test_lowers_to_backend_custom_calls(platform, mode, dtype, block_size, D, L):
   text = _lower(platform, mode, dtype=dtype, block_size=block_size, D=D, L=L)
   assert text.count(_CUSTOM_CALL[platform]) == _LAUNCHES[mode], text[:2000]

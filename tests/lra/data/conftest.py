@@ -38,8 +38,14 @@ def _example(**features) -> bytes:
   return ex.SerializeToString()
 
 
-def write_tfds_dir(root: str, name: str, config: str | None, version: str,
-                   splits: dict[str, list[dict]], file_format: str = "tfrecord") -> str:
+def write_tfds_dir(
+  root: str,
+  name: str,
+  config: str | None,
+  version: str,
+  splits: dict[str, list[dict]],
+  file_format: str = "tfrecord",
+) -> str:
   folder = os.path.join(root, name, *([config] if config else []), version)
   os.makedirs(folder)
   info = {"name": name, "fileFormat": file_format, "splits": []}
@@ -50,6 +56,7 @@ def write_tfds_dir(root: str, name: str, config: str | None, version: str,
       tfds_files.write_tfrecord(path, records)
     else:
       from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
       writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
       for rec in records:
         writer.write(rec)
@@ -91,8 +98,9 @@ def write_aan_dir(root: str, rows: dict[str, list[str]] | None = None) -> str:
   if rows is None:
     rows = {}
     for split, n in (("train", 6), ("eval", 3), ("test", 3)):
-      rows[split] = [f"{i % 2}.0\tid{i}a\tid{i}b\tdoc one {split} {i} \u00e9\tsecond {i}"
-                     for i in range(n)]
+      rows[split] = [
+        f"{i % 2}.0\tid{i}a\tid{i}b\tdoc one {split} {i} \u00e9\tsecond {i}" for i in range(n)
+      ]
   for split, lines in rows.items():
     with open(os.path.join(folder, f"new_aan_pairs.{split}.tsv"), "w") as f:
       f.write("".join(line + "\n" for line in lines))
@@ -108,6 +116,7 @@ def tar_folder(folder: str, path: str) -> str:
 @pytest.fixture(scope="module")
 def listops_dir(tmp_path_factory):
   from lra.data import prepare_lib  # pylint: disable=g-import-not-at-top
+
   data_dir = str(tmp_path_factory.mktemp("listops"))
   prepare_lib.prepare("listops", data_dir, seed=0, num_train=40, num_val=12, num_test=12)
   return data_dir

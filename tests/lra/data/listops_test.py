@@ -18,8 +18,12 @@ def _evaluate_official(source: str) -> int:
       stack.append([tok[1:]])
     elif tok == "]":
       op, *args = stack.pop()
-      value = {"MIN": min(args), "MAX": max(args), "SM": sum(args) % 10,
-               "MED": int(np.median(args))}[op]
+      value = {
+        "MIN": min(args),
+        "MAX": max(args),
+        "SM": sum(args) % 10,
+        "MED": int(np.median(args)),
+      }[op]
       if not stack:
         return value
       stack[-1].append(value)
@@ -51,7 +55,7 @@ def test_lengths_labels_and_uniqueness():
 def test_official_defaults_are_respected():
   cfg = listops.ListOpsConfig()
   assert (cfg.max_depth, cfg.max_args, cfg.min_length, cfg.max_length) == (10, 10, 500, 2000)
-  (tokens, _), = listops.generate(1, seed=0)
+  ((tokens, _),) = listops.generate(1, seed=0)
   assert 500 < len(tokens) < 2000
 
 
@@ -76,12 +80,15 @@ def test_tsv_round_trip(tmp_path):
     np.testing.assert_array_equal(ids, listops.encode(" ".join(tokens)))
 
 
-@pytest.mark.parametrize("content,message", [
+@pytest.mark.parametrize(
+  "content,message",
+  [
     ("Src\tTarget\n[MIN 1 ]\t1\n", "header"),
     ("Source\tTarget\n[MIN 1 2 ]\t12\n", ":2: label 12"),
     ("Source\tTarget\n[MIN 1 2 ]\t1\textra\n", ":2: expected 2"),
     ("Source\tTarget\n[MIN 1 2 ]\t1\n[FOO 1 ]\t1\n", ":3: Token"),
-])
+  ],
+)
 def test_bad_tsv_names_file_and_line(tmp_path, content, message):
   path = os.path.join(tmp_path, "basic_val.tsv")
   with open(path, "w") as f:

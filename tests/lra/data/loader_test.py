@@ -30,8 +30,9 @@ def test_task_specs():
 
 
 def test_batch_layout_and_mask(listops_dir):
-  loader = pipeline.make_loader("listops", "train", listops_dir, batch_size=8, seed=0,
-                                shuffle=False, num_epochs=1)
+  loader = pipeline.make_loader(
+    "listops", "train", listops_dir, batch_size=8, seed=0, shuffle=False, num_epochs=1
+  )
   assert len(loader) == 5 and pipeline.num_examples("listops", "train", listops_dir) == 40
   batches = _batches(loader)
   assert len(batches) == 5
@@ -42,7 +43,7 @@ def test_batch_layout_and_mask(listops_dir):
   assert np.all(lengths > 500) and np.all(lengths < 2000)
   for row, mask in zip(b["inputs"], b["mask"]):
     assert np.all(row[mask] > 0) and np.all(row[~mask] == 0)
-    assert np.all(mask[:mask.sum()])  # padding only at the end
+    assert np.all(mask[: mask.sum()])  # padding only at the end
     assert row[0] in [listops.TOKEN_TO_ID["[" + op] for op in listops.OPERATORS]
   assert set(np.concatenate([x["label"] for x in batches])) <= set(range(10))
   # The stored ids are those of the TSV written next to them.
@@ -53,25 +54,55 @@ def test_batch_layout_and_mask(listops_dir):
 
 
 def test_legacy_padding_changes_nothing_for_token_tasks(listops_dir):
-  make = lambda legacy: _batches(pipeline.make_loader(
-      "listops", "test", listops_dir, batch_size=4, seed=0, shuffle=False, num_epochs=1,
-      legacy_pixel_padding=legacy))[0]
+  make = lambda legacy: _batches(
+    pipeline.make_loader(
+      "listops",
+      "test",
+      listops_dir,
+      batch_size=4,
+      seed=0,
+      shuffle=False,
+      num_epochs=1,
+      legacy_pixel_padding=legacy,
+    )
+  )[0]
   np.testing.assert_array_equal(make(True)["mask"], make(False)["mask"])
 
 
 def test_max_length_truncates_and_pads(listops_dir):
-  short = _batches(pipeline.make_loader("listops", "test", listops_dir, batch_size=4, seed=0,
-                                        shuffle=False, num_epochs=1, max_length=64))[0]
-  long = _batches(pipeline.make_loader("listops", "test", listops_dir, batch_size=4, seed=0,
-                                       shuffle=False, num_epochs=1, max_length=2500))[0]
+  short = _batches(
+    pipeline.make_loader(
+      "listops",
+      "test",
+      listops_dir,
+      batch_size=4,
+      seed=0,
+      shuffle=False,
+      num_epochs=1,
+      max_length=64,
+    )
+  )[0]
+  long = _batches(
+    pipeline.make_loader(
+      "listops",
+      "test",
+      listops_dir,
+      batch_size=4,
+      seed=0,
+      shuffle=False,
+      num_epochs=1,
+      max_length=2500,
+    )
+  )[0]
   assert short["inputs"].shape == (4, 64) and short["mask"].all()
   np.testing.assert_array_equal(long["inputs"][:, :64], short["inputs"])
   assert not long["mask"][:, 2000:].any()
 
 
 def test_same_seed_same_batches_and_epochs_reshuffle(listops_dir):
-  make = lambda seed: pipeline.make_loader("listops", "train", listops_dir, batch_size=8,
-                                           seed=seed, shuffle=True, num_epochs=2)
+  make = lambda seed: pipeline.make_loader(
+    "listops", "train", listops_dir, batch_size=8, seed=seed, shuffle=True, num_epochs=2
+  )
   a, b, c = _batches(make(1)), _batches(make(1)), _batches(make(2))
   assert len(a) == 10
   for x, y in zip(a, b):
@@ -83,8 +114,9 @@ def test_same_seed_same_batches_and_epochs_reshuffle(listops_dir):
 
 
 def test_resume_mid_epoch_is_exact(listops_dir):
-  make = lambda: pipeline.make_loader("listops", "train", listops_dir, batch_size=4, seed=3,
-                                      shuffle=True, num_epochs=None)
+  make = lambda: pipeline.make_loader(
+    "listops", "train", listops_dir, batch_size=4, seed=3, shuffle=True, num_epochs=None
+  )
   reference = _batches(make(), 16)
   loader = make()
   it = iter(loader)
@@ -102,27 +134,47 @@ def test_resume_mid_epoch_is_exact(listops_dir):
 def test_shards_are_disjoint_and_cover(listops_dir):
   seen = []
   for shard in range(4):
-    loader = pipeline.make_loader("listops", "validation", listops_dir, batch_size=3, seed=0,
-                                  shuffle=True, num_epochs=1, shard_index=shard, num_shards=4)
+    loader = pipeline.make_loader(
+      "listops",
+      "validation",
+      listops_dir,
+      batch_size=3,
+      seed=0,
+      shuffle=True,
+      num_epochs=1,
+      shard_index=shard,
+      num_shards=4,
+    )
     assert len(loader) == 1
     seen.extend(tuple(r) for b in _batches(loader) for r in b["inputs"])
   assert len(seen) == len(set(seen)) == 12
 
 
 def test_remainder_kept_when_asked(listops_dir):
-  loader = pipeline.make_loader("listops", "test", listops_dir, batch_size=5, seed=0,
-                                shuffle=False, num_epochs=1, drop_remainder=False)
+  loader = pipeline.make_loader(
+    "listops",
+    "test",
+    listops_dir,
+    batch_size=5,
+    seed=0,
+    shuffle=False,
+    num_epochs=1,
+    drop_remainder=False,
+  )
   sizes = [b["label"].shape[0] for b in _batches(loader)]
   assert len(loader) == 3 and sizes == [5, 5, 2]
 
 
-@pytest.mark.parametrize("kwargs,message", [
+@pytest.mark.parametrize(
+  "kwargs,message",
+  [
     ({"batch_size": 0}, "batch_size=0"),
     ({"max_length": 0}, "max_length=0"),
     ({"num_epochs": 0}, "num_epochs=0"),
     ({"shard_index": 2, "num_shards": 2}, "shard_index=2"),
     ({"batch_size": 64}, "too few"),
-])
+  ],
+)
 def test_bad_arguments(listops_dir, kwargs, message):
   args = dict(batch_size=4, seed=0, shuffle=False)
   args.update(kwargs)
@@ -133,13 +185,17 @@ def test_bad_arguments(listops_dir, kwargs, message):
 
 
 def test_unprepared_data_names_the_command(tmp_path):
-  with pytest.raises(pipeline.DataNotFoundError,
-                     match=f"python -m lra.prepare --task=image --data_dir={tmp_path}"):
+  with pytest.raises(
+    pipeline.DataNotFoundError, match=f"python -m lra.prepare --task=image --data_dir={tmp_path}"
+  ):
     pipeline.make_loader("image", "train", str(tmp_path), batch_size=2, seed=0, shuffle=True)
   assert not prepare_lib.is_prepared("image", str(tmp_path))
 
 
 def test_tensorflow_is_never_imported(listops_dir):
-  _batches(pipeline.make_loader("listops", "test", listops_dir, batch_size=4, seed=0,
-                                shuffle=True, num_epochs=1))
+  _batches(
+    pipeline.make_loader(
+      "listops", "test", listops_dir, batch_size=4, seed=0, shuffle=True, num_epochs=1
+    )
+  )
   assert "tensorflow" not in sys.modules

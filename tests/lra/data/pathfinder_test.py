@@ -71,11 +71,13 @@ def test_layout_is_independent_of_worker_count(tmp_path):
   assert sorted(os.listdir(os.path.join(one, "imgs"))) == ["0", "1", "2"]
   for (p1, l1), (p2, l2) in zip(items_one, items_two):
     assert l1 == l2 and os.path.relpath(p1, one) == os.path.relpath(p2, two)
-    np.testing.assert_array_equal(pathfinder_files.load_png(p1, 32),
-                                  pathfinder_files.load_png(p2, 32))
+    np.testing.assert_array_equal(
+      pathfinder_files.load_png(p1, 32), pathfinder_files.load_png(p2, 32)
+    )
   image, label, _ = pathfinder.generate_image(cfg, 1, 4)  # batch 1, sample 1
   np.testing.assert_array_equal(
-      np.asarray(Image.open(os.path.join(one, "imgs", "1", "sample_1.png"))), image)
+    np.asarray(Image.open(os.path.join(one, "imgs", "1", "sample_1.png"))), image
+  )
   assert items_one[4][1] == label
 
 
@@ -98,20 +100,30 @@ def _write_layout(root, lines, images):
 def test_reader_skips_empty_images_and_finds_nested_root(tmp_path):
   root = os.path.join(tmp_path, "pathfinder32", pathfinder_files.CONTOUR_DIR)
   img = np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)
-  _write_layout(root, ["imgs/0 sample_0.png 0 1", "imgs/0 sample_1.png 1 0"],
-                {"sample_0.png": img, "sample_1.png": None})
+  _write_layout(
+    root,
+    ["imgs/0 sample_0.png 0 1", "imgs/0 sample_1.png 1 0"],
+    {"sample_0.png": img, "sample_1.png": None},
+  )
   assert pathfinder_files.find_root(str(tmp_path), 32) == root
   items, skipped = pathfinder_files.read_index(root)
   assert skipped == 1 and [label for _, label in items] == [1]
   np.testing.assert_array_equal(pathfinder_files.load_png(items[0][0], 32), img)
 
 
-@pytest.mark.parametrize("lines,images,error,message", [
-    (["imgs/0 sample_0.png 0 2"], {"sample_0.png": np.zeros((32, 32), np.uint8)},
-     ValueError, "0.npy:1: label 2"),
+@pytest.mark.parametrize(
+  "lines,images,error,message",
+  [
+    (
+      ["imgs/0 sample_0.png 0 2"],
+      {"sample_0.png": np.zeros((32, 32), np.uint8)},
+      ValueError,
+      "0.npy:1: label 2",
+    ),
     (["imgs/0 sample_0.png"], {}, ValueError, "0.npy:1: expected >= 4"),
     (["imgs/0 sample_9.png 9 1"], {}, FileNotFoundError, "sample_9.png"),
-])
+  ],
+)
 def test_bad_metadata_names_the_file(tmp_path, lines, images, error, message):
   _write_layout(str(tmp_path), lines, images)
   with pytest.raises(error, match=message):
@@ -119,8 +131,11 @@ def test_bad_metadata_names_the_file(tmp_path, lines, images, error, message):
 
 
 def test_bad_png_names_the_file(tmp_path):
-  _write_layout(str(tmp_path), ["imgs/0 a.png 0 1", "imgs/0 b.png 0 1"],
-                {"a.png": b"\x89PNG\r\n\x1a\n truncated", "b.png": np.zeros((16, 16), np.uint8)})
+  _write_layout(
+    str(tmp_path),
+    ["imgs/0 a.png 0 1", "imgs/0 b.png 0 1"],
+    {"a.png": b"\x89PNG\r\n\x1a\n truncated", "b.png": np.zeros((16, 16), np.uint8)},
+  )
   with pytest.raises(ValueError, match="a.png: not a readable PNG"):
     pathfinder_files.load_png(os.path.join(tmp_path, "imgs", "0", "a.png"), 32)
   with pytest.raises(ValueError, match=r"b.png: image shape \(16, 16\)"):
@@ -138,5 +153,6 @@ def test_interrupted_generation_resumes_missing_batches_only(tmp_path):
   os.remove(os.path.join(root, "metadata", "1.npy"))  # batch 1 was interrupted
   pathfinder_files.generate(cfg, root, 4, seed=0, images_per_batch=2, num_workers=1)
   assert pathfinder_files.load_png(kept, 32).max() == 7
-  np.testing.assert_array_equal(pathfinder_files.load_png(redo, 32),
-                                pathfinder.generate_image(cfg, 0, 2)[0])
+  np.testing.assert_array_equal(
+    pathfinder_files.load_png(redo, 32), pathfinder.generate_image(cfg, 0, 2)[0]
+  )

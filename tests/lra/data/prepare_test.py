@@ -21,8 +21,17 @@ from . import conftest as fx  # pylint: disable=relative-beyond-top-level
 
 
 def _all(task, split, data_dir, batch_size=2, **kwargs):
-  loader = pipeline.make_loader(task, split, data_dir, batch_size=batch_size, seed=0,
-                                shuffle=False, num_epochs=1, drop_remainder=False, **kwargs)
+  loader = pipeline.make_loader(
+    task,
+    split,
+    data_dir,
+    batch_size=batch_size,
+    seed=0,
+    shuffle=False,
+    num_epochs=1,
+    drop_remainder=False,
+    **kwargs,
+  )
   batches = list(loader)
   return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
@@ -55,8 +64,11 @@ def test_listops_from_official_tsvs(tmp_path):
   src = tmp_path / "lra_release" / "listops-1000"
   small = listops.ListOpsConfig(max_depth=4, max_args=4, min_length=5, max_length=64)
   examples = listops.generate(9, seed=0, cfg=small)
-  for split, part in (("train", examples[:5]), ("validation", examples[5:7]),
-                      ("test", examples[7:])):
+  for split, part in (
+    ("train", examples[:5]),
+    ("validation", examples[5:7]),
+    ("test", examples[7:]),
+  ):
     listops.write_tsv(str(src / listops.SPLIT_FILES[split]), part)
   out = str(tmp_path / "out")
   prepare_lib.prepare("listops", out, source=str(tmp_path), num_train=4)
@@ -95,8 +107,9 @@ def test_pathfinder_generated_split_and_pixel_masks(tmp_path):
   legacy = _all("pathfinder32", "train", out, legacy_pixel_padding=True)
   np.testing.assert_array_equal(legacy["mask"], data["inputs"] != 0)
   # Every stored image is one the generator made for this seed.
-  generated = {pathfinder.generate_image(pathfinder.CONFIGS[32], 1, i)[0].tobytes()
-               for i in range(10)}
+  generated = {
+    pathfinder.generate_image(pathfinder.CONFIGS[32], 1, i)[0].tobytes() for i in range(10)
+  }
   for row in data["inputs"]:
     assert row.astype(np.uint8).tobytes() in generated
   # Raw images made with other settings are never mixed into a new dataset.
@@ -135,8 +148,9 @@ def test_pathfinder_from_release_layout_skips_empty(tmp_path):
   counts = [pipeline.num_examples("pathfinder32", s, out2) for s in prepare_lib.tasks.SPLITS]
   assert counts == [5, 1, 1]
   with pytest.raises(ValueError, match="holds 10 images, 12 requested"):
-    prepare_lib.prepare("pathfinder32", str(tmp_path / "o3"), source=str(root), num_train=8,
-                        num_test=3)
+    prepare_lib.prepare(
+      "pathfinder32", str(tmp_path / "o3"), source=str(root), num_train=8, num_test=3
+    )
   with pytest.raises(errors.DataNotFoundError, match="metadata"):
     prepare_lib.prepare("pathfinder64", str(tmp_path / "o4"), source=str(tmp_path))
 
@@ -151,17 +165,25 @@ def test_text_from_each_source_form(tmp_path, form):
   else:
     splits = {}
     for split in ("train", "test"):
-      splits[split] = [{"text": t, "label": l}
-                       for t, l in sources.read_imdb(sources.Source("dir", raw), split)]
-    fx.write_tfds_dir(str(tmp_path / "tfds"), "imdb_reviews", "plain_text", "1.0.0", splits,
-                      file_format=form.split("_", 1)[1])
+      splits[split] = [
+        {"text": t, "label": l} for t, l in sources.read_imdb(sources.Source("dir", raw), split)
+      ]
+    fx.write_tfds_dir(
+      str(tmp_path / "tfds"),
+      "imdb_reviews",
+      "plain_text",
+      "1.0.0",
+      splits,
+      file_format=form.split("_", 1)[1],
+    )
     source = str(tmp_path / "tfds")
   out = str(tmp_path / "out")
   prepare_lib.prepare("text", out, source=source)
   data = _all("text", "train", out)
   assert data["inputs"].shape == (6, 4096) and sorted(data["label"]) == [0, 0, 0, 1, 1, 1]
-  texts = {bytes((row[mask] - 1).astype(np.uint8)) for row, mask in zip(data["inputs"],
-                                                                         data["mask"])}
+  texts = {
+    bytes((row[mask] - 1).astype(np.uint8)) for row, mask in zip(data["inputs"], data["mask"])
+  }
   assert fx.IMDB_TEXT.format(i=2, split="train", label="pos").encode() in texts
   assert pipeline.num_examples("text", "validation", out) == 6  # validation reads test
   assert data["inputs"].max() <= 256
@@ -183,7 +205,7 @@ def test_truncated_archive_names_the_file(tmp_path):
   with open(tar, "rb") as f:
     data = f.read()
   with open(tar, "wb") as f:
-    f.write(data[:len(data) // 2])
+    f.write(data[: len(data) // 2])
   with pytest.raises(ValueError, match="aclImdb_v1.tar.gz: corrupt or truncated"):
     prepare_lib.prepare("text", str(tmp_path / "out"), source=tar)
 
@@ -200,7 +222,8 @@ def test_image_grayscale_splits(tmp_path, form):
     for k in range(6):
       images, labels = fx.cifar_rgb(4, k * 4)
       splits["train" if k < 5 else "test"] += [
-          {"image": fx.png_bytes(im), "label": l} for im, l in zip(images, labels)]
+        {"image": fx.png_bytes(im), "label": l} for im, l in zip(images, labels)
+      ]
     fx.write_tfds_dir(str(tmp_path / "tfds"), "cifar10", None, "3.0.2", splits)
     source = str(tmp_path / "tfds")
   out = str(tmp_path / "out")
@@ -237,21 +260,27 @@ def test_retrieval_pairs(tmp_path):
   data = _all("retrieval", "train", out, max_length=32)
   assert data["inputs"].shape == (6, 2, 32) and data["mask"].shape == (6, 2, 32)
   assert sorted(data["label"]) == [0, 0, 0, 1, 1, 1]
-  docs = {bytes((row[m] - 1).astype(np.uint8)) for row, m in zip(data["inputs"][:, 1],
-                                                                   data["mask"][:, 1])}
+  docs = {
+    bytes((row[m] - 1).astype(np.uint8)) for row, m in zip(data["inputs"][:, 1], data["mask"][:, 1])
+  }
   assert b"second 4" in docs
   first = bytes((data["inputs"][0, 0][data["mask"][0, 0]] - 1).astype(np.uint8))
   assert first.startswith(b"doc one train") and len(first) == len("doc one train 0 é".encode())
   assert pipeline.num_examples("retrieval", "validation", out) == 3
 
 
-@pytest.mark.parametrize("line,message", [
+@pytest.mark.parametrize(
+  "line,message",
+  [
     ("3\ta\tb\tx\ty", "label 3"),
     ("1\ta\tb\tx", "expected 5"),
-])
+  ],
+)
 def test_retrieval_bad_rows_name_file_and_line(tmp_path, line, message):
-  fx.write_aan_dir(str(tmp_path), {"train": ["1\ta\tb\tx\ty", line], "eval": ["0\ta\tb\tx\ty"],
-                                   "test": ["0\ta\tb\tx\ty"]})
+  fx.write_aan_dir(
+    str(tmp_path),
+    {"train": ["1\ta\tb\tx\ty", line], "eval": ["0\ta\tb\tx\ty"], "test": ["0\ta\tb\tx\ty"]},
+  )
   with pytest.raises(ValueError, match=f"new_aan_pairs.train.tsv:2: {message}"):
     prepare_lib.prepare("retrieval", str(tmp_path / "out"), source=str(tmp_path))
 
@@ -261,8 +290,13 @@ def test_missing_split_names_the_file(tmp_path):
   os.remove(os.path.join(folder, "new_aan_pairs.eval.tsv"))
   with pytest.raises(ValueError, match="new_aan_pairs.eval.tsv: missing split file"):
     prepare_lib.prepare("retrieval", str(tmp_path / "out"), source=folder)
-  fx.write_tfds_dir(str(tmp_path / "tfds"), "imdb_reviews", "plain_text", "1.0.0",
-                    {"train": [{"text": b"a", "label": 1}]})
+  fx.write_tfds_dir(
+    str(tmp_path / "tfds"),
+    "imdb_reviews",
+    "plain_text",
+    "1.0.0",
+    {"train": [{"text": b"a", "label": 1}]},
+  )
   with pytest.raises(ValueError, match="dataset_info.json: no split 'test'"):
     prepare_lib.prepare("text", str(tmp_path / "out"), source=str(tmp_path / "tfds"))
 
@@ -273,9 +307,13 @@ def test_retrieval_missing_names_release(tmp_path):
 
 
 def test_tfrecord_corruption_is_detected(tmp_path):
-  folder = fx.write_tfds_dir(str(tmp_path), "imdb_reviews", "plain_text", "1.0.0",
-                             {"train": [{"text": b"a", "label": 1}] * 3,
-                              "test": [{"text": b"b", "label": 0}]})
+  folder = fx.write_tfds_dir(
+    str(tmp_path),
+    "imdb_reviews",
+    "plain_text",
+    "1.0.0",
+    {"train": [{"text": b"a", "label": 1}] * 3, "test": [{"text": b"b", "label": 0}]},
+  )
   shard = os.path.join(folder, "imdb_reviews-train.tfrecord-00000-of-00001")
   with open(shard, "rb") as f:
     data = f.read()
@@ -296,8 +334,17 @@ def test_entry_point(tmp_path):
   # A subprocess: importing the absl entry point here would define its flags in the test
   # process, next to other entry points' flags.
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-  cmd = [sys.executable, "-m", "lra.prepare", "--task=listops", f"--data_dir={tmp_path}",
-         "--seed=2", "--num_train=3", "--num_val=1", "--num_test=1"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "lra.prepare",
+    "--task=listops",
+    f"--data_dir={tmp_path}",
+    "--seed=2",
+    "--num_train=3",
+    "--num_val=1",
+    "--num_test=1",
+  ]
   done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr[-2000:]
   assert pipeline.num_examples("listops", "test", str(tmp_path)) == 1

@@ -40,7 +40,8 @@ def test_heads_match_a_naive_pooled_linear_attention():
   q, k, v = np.asarray(jax.random.normal(jax.random.key(0), (3, 1, 2, 22, 4)), np.float64)
   mask = np.arange(22)[None, :] < 19
   got = jax.jit(functools.partial(adamra.adamra_heads, rates=(4, 1)))(
-      *(jnp.asarray(x, jnp.float32) for x in (q, k, v)), jnp.asarray(mask))
+    *(jnp.asarray(x, jnp.float32) for x in (q, k, v)), jnp.asarray(mask)
+  )
   for h, rate in enumerate((4, 1)):
     want = _naive_head(q[0, h], k[0, h], v[0, h], mask[0], rate)
     np.testing.assert_allclose(np.asarray(got[0, h, :19]), want[:19], rtol=1e-4, atol=1e-5)
@@ -48,8 +49,7 @@ def test_heads_match_a_naive_pooled_linear_attention():
 
 
 def _layer(**knobs):
-  return adamra.AdaMraAttention(num_heads=4, head_dim=8, max_length=64, rngs=nnx.Rngs(0),
-                                **knobs)
+  return adamra.AdaMraAttention(num_heads=4, head_dim=8, max_length=64, rngs=nnx.Rngs(0), **knobs)
 
 
 def _qkv(length=32):
@@ -69,9 +69,15 @@ def test_soft_selection_with_a_uniform_gate_is_the_plain_heads():
   layer = _layer(rates=(1, 2, 4, 8))
   layer.router_weight[...] = jnp.zeros_like(layer.router_weight[...])
   q, k, v = _qkv()
-  run = jax.jit(lambda q, k, v: (base.finish(adamra.adamra_heads(
-      *base.prepare(q, k, v, None)[:3], base.prepare(q, k, v, None)[3], rates=(1, 2, 4, 8)),
-      jnp.ones((2, 32), bool), jnp.float32)))
+  run = jax.jit(
+    lambda q, k, v: base.finish(
+      adamra.adamra_heads(
+        *base.prepare(q, k, v, None)[:3], base.prepare(q, k, v, None)[3], rates=(1, 2, 4, 8)
+      ),
+      jnp.ones((2, 32), bool),
+      jnp.float32,
+    )
+  )
   got = nnx.jit(lambda m, q, k, v: m(q, k, v))(layer, q, k, v)
   np.testing.assert_allclose(got, run(q, k, v), rtol=1e-5, atol=1e-6)
 
@@ -98,14 +104,14 @@ def test_bad_knobs_name_themselves():
 
 
 def test_compiled_memory_and_flops_grow_linearly():
-  layer = adamra.AdaMraAttention(num_heads=4, head_dim=16, max_length=8192,
-                                 rngs=nnx.Rngs(0))
+  layer = adamra.AdaMraAttention(num_heads=4, head_dim=16, max_length=8192, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(layer)
 
   def cost(length):
     x = jax.ShapeDtypeStruct((1, length, 4, 16), jnp.float32)
-    fwd_bwd = jax.grad(lambda q, k, v: jnp.sum(nnx.merge(graphdef, state)(q, k, v) ** 2),
-                       argnums=(0, 1, 2))
+    fwd_bwd = jax.grad(
+      lambda q, k, v: jnp.sum(nnx.merge(graphdef, state)(q, k, v) ** 2), argnums=(0, 1, 2)
+    )
     compiled = jax.jit(fwd_bwd).lower(x, x, x).compile()
     return compiled.memory_analysis().temp_size_in_bytes, compiled.cost_analysis()["flops"]
 

@@ -16,8 +16,7 @@ B, L, H, D = 2, 75, 2, 8
 
 
 # One compilation per knob setting, shared by every test in this file.
-_bigbird = jax.jit(bigbird.bigbird_attention,
-                 static_argnames=("block_size", "num_random_blocks"))
+_bigbird = jax.jit(bigbird.bigbird_attention, static_argnames=("block_size", "num_random_blocks"))
 
 
 def _qkv(length=L, seed=0):
@@ -50,7 +49,6 @@ _dense = sparse_testing.dense_pattern_attention
 
 
 class BigBirdPatternTest(parameterized.TestCase):
-
   def test_random_blocks_avoid_window_and_globals_and_are_distinct(self):
     n, r = 12, 3
     idx, ok = (np.asarray(a) for a in _block_pattern(n, H, r, jax.random.key(1)))
@@ -70,14 +68,14 @@ class BigBirdPatternTest(parameterized.TestCase):
 
 
 class BigBirdAttentionTest(parameterized.TestCase):
-
   @parameterized.parameters((8, 2), (4, 3), (16, 9))
   def test_equals_dense_masked_softmax_on_same_pattern(self, block_size, num_random):
     q, k, v = _qkv()
     mask = _mask()
     key = jax.random.key(3)
-    got = _bigbird(q, k, v, mask, block_size=block_size, num_random_blocks=num_random,
-                   random_key=key)
+    got = _bigbird(
+      q, k, v, mask, block_size=block_size, num_random_blocks=num_random, random_key=key
+    )
     want = _dense(q, k, v, _pattern(block_size, num_random, key), mask)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -104,8 +102,9 @@ class BigBirdAttentionTest(parameterized.TestCase):
     got = _bigbird(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask, block_size=8)
     self.assertEqual(got.dtype, jnp.bfloat16)
     self.assertTrue(jnp.all(jnp.isfinite(got)))
-    np.testing.assert_allclose(got.astype(jnp.float32),
-                               _bigbird(q, k, v, mask, block_size=8), atol=5e-2)
+    np.testing.assert_allclose(
+      got.astype(jnp.float32), _bigbird(q, k, v, mask, block_size=8), atol=5e-2
+    )
 
   def test_grad_matches_dense_oracle_under_jit(self):
     q, k, v = _qkv()
@@ -113,17 +112,25 @@ class BigBirdAttentionTest(parameterized.TestCase):
     key = jax.random.key(4)
     ct = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape), jnp.float32)
     loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
-    got = jax.jit(jax.grad(loss(lambda q, k, v: bigbird.bigbird_attention(
-        q, k, v, mask, block_size=8, random_key=key)), argnums=(0, 1, 2)))(q, k, v)
+    got = jax.jit(
+      jax.grad(
+        loss(
+          lambda q, k, v: bigbird.bigbird_attention(q, k, v, mask, block_size=8, random_key=key)
+        ),
+        argnums=(0, 1, 2),
+      )
+    )(q, k, v)
     allowed = _pattern(8, 2, key)
-    want = jax.jit(jax.grad(loss(lambda q, k, v: _dense(q, k, v, allowed, mask)),
-                            argnums=(0, 1, 2)))(q, k, v)
+    want = jax.jit(
+      jax.grad(loss(lambda q, k, v: _dense(q, k, v, allowed, mask)), argnums=(0, 1, 2))
+    )(q, k, v)
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, atol=1e-5)
 
   def test_module_pattern_fixed_per_rngs_and_not_trained(self):
-    make = lambda seed: bigbird.BigBirdAttention(num_heads=H, head_dim=D, max_length=128,
-                                                 rngs=nnx.Rngs(seed), block_size=8)
+    make = lambda seed: bigbird.BigBirdAttention(
+      num_heads=H, head_dim=D, max_length=128, rngs=nnx.Rngs(seed), block_size=8
+    )
     layer = make(0)
     q, k, v = _qkv()
     call = nnx.jit(lambda m, q, k, v: m(q, k, v))
@@ -138,8 +145,9 @@ class BigBirdAttentionTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "block_size=0"):
       bigbird.bigbird_attention(q, k, v, block_size=0)
     with self.assertRaisesRegex(ValueError, "num_random_blocks=-2"):
-      bigbird.BigBirdAttention(num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0),
-                               num_random_blocks=-2)
+      bigbird.BigBirdAttention(
+        num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), num_random_blocks=-2
+      )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,7 @@ B, L, H, D = 2, 45, 2, 8
 
 
 # One compilation per knob setting, shared by every test in this file.
-_h1d = jax.jit(h1d.h_transformer_1d_attention,
-             static_argnames=("block_size",))
+_h1d = jax.jit(h1d.h_transformer_1d_attention, static_argnames=("block_size",))
 
 
 def _qkv(length=L, seed=0):
@@ -50,7 +49,7 @@ def _dense_h_matrix(q, k, v, mask, *, block_size):
   level = np.where(xor <= 1, 0, np.floor(np.log2(np.maximum(xor, 1))).astype(int))
   weights = jnp.zeros((B, H, lp, lp))
   for lvl in range(int(level.max()) + 1):
-    f = 2 ** lvl
+    f = 2**lvl
 
     def group_mean(x):
       s = (x * m[:, :, None, None]).reshape(B, lp // f, f, H, D).sum(2)
@@ -65,7 +64,6 @@ def _dense_h_matrix(q, k, v, mask, *, block_size):
 
 
 class HTransformer1DTest(parameterized.TestCase):
-
   @parameterized.parameters(23, 64)
   def test_top_level_covering_everything_is_softmax(self, block_size):
     # L <= 2 * block_size: only level 0 (a block and its sibling) exists: exact.
@@ -79,9 +77,11 @@ class HTransformer1DTest(parameterized.TestCase):
   def test_equals_dense_h_matrix_oracle(self, block_size):
     q, k, v = _qkv()
     mask = _mask()
-    np.testing.assert_allclose(_h1d(q, k, v, mask, block_size=block_size),
-                               _dense_h_matrix(q, k, v, mask, block_size=block_size),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      _h1d(q, k, v, mask, block_size=block_size),
+      _dense_h_matrix(q, k, v, mask, block_size=block_size),
+      atol=1e-5,
+    )
 
   def test_constant_query_averages_all_values(self):
     # q = 0 makes every weight exp(0) times its token count: the exact mean of v at
@@ -107,24 +107,33 @@ class HTransformer1DTest(parameterized.TestCase):
     got = _h1d(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask, block_size=4)
     self.assertEqual(got.dtype, jnp.bfloat16)
     self.assertTrue(jnp.all(jnp.isfinite(got)))
-    np.testing.assert_allclose(got.astype(jnp.float32), _h1d(q, k, v, mask, block_size=4),
-                               atol=5e-2)
+    np.testing.assert_allclose(
+      got.astype(jnp.float32), _h1d(q, k, v, mask, block_size=4), atol=5e-2
+    )
 
   def test_grad_matches_dense_oracle_under_jit(self):
     q, k, v = _qkv()
     mask = _mask()
     ct = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape), jnp.float32)
     loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
-    got = jax.jit(jax.grad(loss(lambda q, k, v: h1d.h_transformer_1d_attention(
-        q, k, v, mask, block_size=4)), argnums=(0, 1, 2)))(q, k, v)
-    want = jax.jit(jax.grad(loss(lambda q, k, v: _dense_h_matrix(
-        q, k, v, mask, block_size=4)), argnums=(0, 1, 2)))(q, k, v)
+    got = jax.jit(
+      jax.grad(
+        loss(lambda q, k, v: h1d.h_transformer_1d_attention(q, k, v, mask, block_size=4)),
+        argnums=(0, 1, 2),
+      )
+    )(q, k, v)
+    want = jax.jit(
+      jax.grad(
+        loss(lambda q, k, v: _dense_h_matrix(q, k, v, mask, block_size=4)), argnums=(0, 1, 2)
+      )
+    )(q, k, v)
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, atol=1e-4)
 
   def test_module_under_nnx_jit(self):
-    layer = h1d.HTransformer1DAttention(num_heads=H, head_dim=D, max_length=64,
-                                        rngs=nnx.Rngs(0), block_size=4)
+    layer = h1d.HTransformer1DAttention(
+      num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0), block_size=4
+    )
     q, k, v = _qkv()
     mask = _mask()
     out = nnx.jit(lambda m, q, k, v, mask: m(q, k, v, mask))(layer, q, k, v, mask)
@@ -135,8 +144,9 @@ class HTransformer1DTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "block_size=0"):
       h1d.h_transformer_1d_attention(q, k, v, block_size=0)
     with self.assertRaisesRegex(ValueError, "block_size=1.5"):
-      h1d.HTransformer1DAttention(num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0),
-                                  block_size=1.5)
+      h1d.HTransformer1DAttention(
+        num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), block_size=1.5
+      )
 
 
 if __name__ == "__main__":

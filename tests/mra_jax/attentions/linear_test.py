@@ -32,8 +32,9 @@ def _dense_softmax(q, k, v, mask=None):
 def test_softmax_matches_the_formula_with_padding():
   q, k, v = _qkv((2, 24, 2, 8))
   mask = jnp.arange(24)[None, :] < jnp.array([24, 13])[:, None]
-  np.testing.assert_allclose(jax.jit(softmax.softmax_attention)(q, k, v, mask),
-                             _dense_softmax(q, k, v, mask), atol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(softmax.softmax_attention)(q, k, v, mask), _dense_softmax(q, k, v, mask), atol=1e-5
+  )
 
 
 def test_nystromformer_with_landmarks_covering_the_tokens_is_softmax():
@@ -72,14 +73,15 @@ def test_nystromformer_error_shrinks_with_landmarks():
 
 def test_nystromformer_conv_adds_a_depthwise_convolution_of_v():
   q, k, v = _qkv((1, 20, 2, 4))
-  plain = nystromformer.NystromformerAttention(num_heads=2, head_dim=4, max_length=20,
-                                               rngs=nnx.Rngs(0), num_landmarks=5)
-  conv = nystromformer.NystromformerAttention(num_heads=2, head_dim=4, max_length=20,
-                                              rngs=nnx.Rngs(0), num_landmarks=5,
-                                              conv_kernel_size=3)
+  plain = nystromformer.NystromformerAttention(
+    num_heads=2, head_dim=4, max_length=20, rngs=nnx.Rngs(0), num_landmarks=5
+  )
+  conv = nystromformer.NystromformerAttention(
+    num_heads=2, head_dim=4, max_length=20, rngs=nnx.Rngs(0), num_landmarks=5, conv_kernel_size=3
+  )
   w = np.asarray(conv.conv.weight_HxK[...])  # [H, 3]
   vp = np.pad(np.asarray(v), ((0, 0), (1, 1), (0, 0), (0, 0)))
-  expect = sum(w[None, None, :, t, None] * vp[:, t:t + 20] for t in range(3))
+  expect = sum(w[None, None, :, t, None] * vp[:, t : t + 20] for t in range(3))
   run = nnx.jit(lambda m, q, k, v: m(q, k, v))
   np.testing.assert_allclose(run(conv, q, k, v) - run(plain, q, k, v), expect, atol=1e-5)
 
@@ -100,47 +102,59 @@ def test_performer_error_shrinks_as_features_grow():
 
 
 def test_performer_relu_kernel_runs_and_redraw_changes_features():
-  layer = performer.PerformerAttention(num_heads=2, head_dim=16, max_length=32,
-                                       rngs=nnx.Rngs(0), num_features=32)
+  layer = performer.PerformerAttention(
+    num_heads=2, head_dim=16, max_length=32, rngs=nnx.Rngs(0), num_features=32
+  )
   before = np.asarray(layer.projection[...])
   layer.redraw(nnx.Rngs(1))
   assert not np.allclose(before, layer.projection[...])
   with pytest.raises(ValueError, match="kernel_type='tanh'"):
-    performer.PerformerAttention(num_heads=2, head_dim=16, max_length=32, rngs=nnx.Rngs(0),
-                                 kernel_type="tanh")
+    performer.PerformerAttention(
+      num_heads=2, head_dim=16, max_length=32, rngs=nnx.Rngs(0), kernel_type="tanh"
+    )
 
 
 def test_linformer_short_input_equals_zero_padding_to_max_length():
-  layer = linformer.LinformerAttention(num_heads=2, head_dim=8, max_length=32,
-                                       rngs=nnx.Rngs(0), projection_length=8)
+  layer = linformer.LinformerAttention(
+    num_heads=2, head_dim=8, max_length=32, rngs=nnx.Rngs(0), projection_length=8
+  )
   q, k, v = _qkv((1, 20, 2, 8))
   pad = lambda x: jnp.pad(x, ((0, 0), (0, 12), (0, 0), (0, 0)))
   mask = jnp.arange(32)[None, :] < 20
   short = nnx.jit(lambda m, q, k, v: m(q, k, v))(layer, q, k, v)
-  padded = nnx.jit(lambda m, q, k, v, mask: m(q, k, v, mask))(layer, pad(q), pad(k), pad(v),
-                                                                mask)
+  padded = nnx.jit(lambda m, q, k, v, mask: m(q, k, v, mask))(layer, pad(q), pad(k), pad(v), mask)
   np.testing.assert_allclose(short, padded[:, :20], atol=1e-5)
 
 
 def test_linformer_refuses_inputs_longer_than_max_length_and_bad_knobs():
-  layer = linformer.LinformerAttention(num_heads=2, head_dim=8, max_length=16,
-                                       rngs=nnx.Rngs(0), projection_length=8)
+  layer = linformer.LinformerAttention(
+    num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), projection_length=8
+  )
   q, k, v = _qkv((1, 20, 2, 8))
   with pytest.raises(ValueError, match="max_length=16"):
     layer(q, k, v)
   with pytest.raises(ValueError, match="projection_length=0"):
-    linformer.LinformerAttention(num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0),
-                                 projection_length=0)
-  separate = linformer.LinformerAttention(num_heads=2, head_dim=8, max_length=16,
-                                          rngs=nnx.Rngs(0), share_kv=False)
+    linformer.LinformerAttention(
+      num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), projection_length=0
+    )
+  separate = linformer.LinformerAttention(
+    num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), share_kv=False
+  )
   assert separate.f_proj is not None
 
 
 def test_soft_with_every_token_a_landmark_is_gaussian_kernel_attention():
-  layer = soft.SoftAttention(num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0),
-                             num_landmarks=16, landmark_pooling="mean", pinv_iterations=40)
+  layer = soft.SoftAttention(
+    num_heads=2,
+    head_dim=8,
+    max_length=16,
+    rngs=nnx.Rngs(0),
+    num_landmarks=16,
+    landmark_pooling="mean",
+    pinv_iterations=40,
+  )
   q, _, v = _qkv((1, 16, 2, 8), scale=2.0)  # Spread-out points: a well-conditioned kernel.
-  qs = q / 8 ** 0.25
+  qs = q / 8**0.25
   sq = jnp.sum(jnp.square(qs[:, :, None] - qs[:, None, :]), axis=-1)  # [B, L, L, H]
   expect = jnp.einsum("blkh,bkhd->blhd", jnp.exp(-0.5 * sq), v)
   got = nnx.jit(lambda m, q, v: m(q, q, v))(layer, q, v)
@@ -148,19 +162,19 @@ def test_soft_with_every_token_a_landmark_is_gaussian_kernel_attention():
 
 
 def test_soft_conv_landmarks_refuse_inputs_longer_than_max_length():
-  layer = soft.SoftAttention(num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0),
-                             num_landmarks=4)
+  layer = soft.SoftAttention(
+    num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), num_landmarks=4
+  )
   q, k, v = _qkv((1, 20, 2, 8))
   with pytest.raises(ValueError, match="max_length=16"):
     layer(q, k, v)
   with pytest.raises(ValueError, match="landmark_pooling='max'"):
-    soft.SoftAttention(num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0),
-                       landmark_pooling="max")
+    soft.SoftAttention(
+      num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), landmark_pooling="max"
+    )
 
 
 def test_iterative_pinv_matches_numpy_pinv():
   a = jax.random.normal(jax.random.key(3), (2, 1, 6, 6)) + 4 * jnp.eye(6)[None, None]
-  np.testing.assert_allclose(base.iterative_pinv(a, 30, order=3), np.linalg.pinv(a),
-                             atol=1e-4)
-  np.testing.assert_allclose(base.iterative_pinv(a, 40, order=2), np.linalg.pinv(a),
-                             atol=1e-4)
+  np.testing.assert_allclose(base.iterative_pinv(a, 30, order=3), np.linalg.pinv(a), atol=1e-4)
+  np.testing.assert_allclose(base.iterative_pinv(a, 40, order=2), np.linalg.pinv(a), atol=1e-4)

@@ -16,8 +16,7 @@ B, L, H, D = 2, 45, 2, 8
 
 
 # One compilation per knob setting, shared by every test in this file.
-_local = jax.jit(local.local_attention,
-               static_argnames=("window_size", "block_local"))
+_local = jax.jit(local.local_attention, static_argnames=("window_size", "block_local"))
 
 
 def _qkv(length=L, seed=0, dtype=jnp.float32):
@@ -32,7 +31,6 @@ _dense = sparse_testing.dense_pattern_attention
 
 
 class LocalAttentionTest(parameterized.TestCase):
-
   @parameterized.parameters((2 * L, False), (L, True))
   def test_window_covering_sequence_is_softmax(self, window_size, block_local):
     q, k, v = _qkv()
@@ -75,9 +73,9 @@ class LocalAttentionTest(parameterized.TestCase):
     got = _local(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask, window_size=8)
     self.assertEqual(got.dtype, jnp.bfloat16)
     self.assertTrue(jnp.all(jnp.isfinite(got)))
-    np.testing.assert_allclose(got.astype(jnp.float32),
-                               _local(q, k, v, mask, window_size=8),
-                               atol=5e-2)
+    np.testing.assert_allclose(
+      got.astype(jnp.float32), _local(q, k, v, mask, window_size=8), atol=5e-2
+    )
 
   def test_grad_matches_dense_oracle_under_jit(self):
     q, k, v = _qkv()
@@ -86,16 +84,21 @@ class LocalAttentionTest(parameterized.TestCase):
     i = np.arange(L)
     allowed = jnp.array(np.abs(i[:, None] - i[None, :]) <= 3)
     loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
-    got = jax.jit(jax.grad(loss(lambda q, k, v: local.local_attention(
-        q, k, v, mask, window_size=6)), argnums=(0, 1, 2)))(q, k, v)
-    want = jax.jit(jax.grad(loss(lambda q, k, v: _dense(q, k, v, allowed, mask)),
-                            argnums=(0, 1, 2)))(q, k, v)
+    got = jax.jit(
+      jax.grad(
+        loss(lambda q, k, v: local.local_attention(q, k, v, mask, window_size=6)), argnums=(0, 1, 2)
+      )
+    )(q, k, v)
+    want = jax.jit(
+      jax.grad(loss(lambda q, k, v: _dense(q, k, v, allowed, mask)), argnums=(0, 1, 2))
+    )(q, k, v)
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, atol=1e-5)
 
   def test_module_under_nnx_jit(self):
-    layer = local.LocalAttention(num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0),
-                                 window_size=8)
+    layer = local.LocalAttention(
+      num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0), window_size=8
+    )
     q, k, v = _qkv()
     mask = _mask()
     out = nnx.jit(lambda m, q, k, v, mask: m(q, k, v, mask))(layer, q, k, v, mask)
@@ -111,8 +114,7 @@ class LocalAttentionTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "key.shape="):
       local.local_attention(q, k[:, :-1], v[:, :-1])
     with self.assertRaisesRegex(ValueError, "window_size=-1"):
-      local.LocalAttention(num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0),
-                           window_size=-1)
+      local.LocalAttention(num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), window_size=-1)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ B, L, H, D = 2, 45, 2, 8
 
 
 # One compilation per knob setting, shared by every test in this file.
-_longformer = jax.jit(longformer.longformer_attention,
-                    static_argnames=("window_size", "num_global_tokens"))
+_longformer = jax.jit(
+  longformer.longformer_attention, static_argnames=("window_size", "num_global_tokens")
+)
 
 
 def _qkv(length=L, seed=0):
@@ -30,15 +31,17 @@ def _mask(length=L):
 
 def _pattern(window_size, num_global):
   i = np.arange(L)
-  return jnp.array((np.abs(i[:, None] - i[None, :]) <= window_size // 2)
-                   | (i[:, None] < num_global) | (i[None, :] < num_global))
+  return jnp.array(
+    (np.abs(i[:, None] - i[None, :]) <= window_size // 2)
+    | (i[:, None] < num_global)
+    | (i[None, :] < num_global)
+  )
 
 
 _dense = sparse_testing.dense_pattern_attention
 
 
 class LongformerAttentionTest(parameterized.TestCase):
-
   @parameterized.parameters((2 * L, 1), (1000, 3))
   def test_window_covering_sequence_is_softmax(self, window_size, num_global):
     q, k, v = _qkv()
@@ -71,29 +74,41 @@ class LongformerAttentionTest(parameterized.TestCase):
     got = _longformer(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask, window_size=8)
     self.assertEqual(got.dtype, jnp.bfloat16)
     self.assertTrue(jnp.all(jnp.isfinite(got)))
-    np.testing.assert_allclose(got.astype(jnp.float32),
-                               _longformer(q, k, v, mask, window_size=8), atol=5e-2)
+    np.testing.assert_allclose(
+      got.astype(jnp.float32), _longformer(q, k, v, mask, window_size=8), atol=5e-2
+    )
 
   def test_grad_matches_dense_oracle_under_jit(self):
     q, k, v = _qkv()
     mask = _mask()
     ct = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape), jnp.float32)
     loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
-    got = jax.jit(jax.grad(loss(lambda q, k, v: longformer.longformer_attention(
-        q, k, v, mask, window_size=6, num_global_tokens=2)), argnums=(0, 1, 2)))(q, k, v)
-    want = jax.jit(jax.grad(loss(lambda q, k, v: _dense(q, k, v, _pattern(6, 2), mask)),
-                            argnums=(0, 1, 2)))(q, k, v)
+    got = jax.jit(
+      jax.grad(
+        loss(
+          lambda q, k, v: longformer.longformer_attention(
+            q, k, v, mask, window_size=6, num_global_tokens=2
+          )
+        ),
+        argnums=(0, 1, 2),
+      )
+    )(q, k, v)
+    want = jax.jit(
+      jax.grad(loss(lambda q, k, v: _dense(q, k, v, _pattern(6, 2), mask)), argnums=(0, 1, 2))
+    )(q, k, v)
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, atol=1e-5)
 
   def test_module_split_merge_under_jit(self):
-    layer = longformer.LongformerAttention(num_heads=H, head_dim=D, max_length=64,
-                                           rngs=nnx.Rngs(0), window_size=8)
+    layer = longformer.LongformerAttention(
+      num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0), window_size=8
+    )
     graphdef, state = nnx.split(layer)
     q, k, v = _qkv()
     mask = _mask()
     out = jax.jit(lambda s, q, k, v, mask: nnx.merge(graphdef, s)(q, k, v, mask))(
-        state, q, k, v, mask)
+      state, q, k, v, mask
+    )
     np.testing.assert_allclose(out, _longformer(q, k, v, mask, window_size=8), atol=1e-6)
 
   def test_rejects_bad_knobs(self):
@@ -101,8 +116,9 @@ class LongformerAttentionTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "num_global_tokens=-1"):
       longformer.longformer_attention(q, k, v, num_global_tokens=-1)
     with self.assertRaisesRegex(ValueError, "window_size=0"):
-      longformer.LongformerAttention(num_heads=H, head_dim=D, max_length=8,
-                                     rngs=nnx.Rngs(0), window_size=0)
+      longformer.LongformerAttention(
+        num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), window_size=0
+      )
 
 
 if __name__ == "__main__":

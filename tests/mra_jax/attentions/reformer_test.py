@@ -18,9 +18,16 @@ from . import sparse_testing  # pylint: disable=relative-beyond-top-level
 B, L, H, D = 2, 48, 2, 8
 
 # One compilation per knob setting, shared by every test in this file.
-_reformer = jax.jit(reformer.reformer_attention,
-                    static_argnames=("num_hashes", "chunk_length", "num_buckets", "shared_qk",
-                                     "attend_across_buckets"))
+_reformer = jax.jit(
+  reformer.reformer_attention,
+  static_argnames=(
+    "num_hashes",
+    "chunk_length",
+    "num_buckets",
+    "shared_qk",
+    "attend_across_buckets",
+  ),
+)
 _buckets = jax.jit(reformer.lsh_buckets, static_argnames="num_buckets")
 
 
@@ -52,8 +59,9 @@ def _dense_weighted(q, k, v, mask, count_BxHxLxL, shared_qk):
   return jnp.where(mask[:, :, None, None], o, 0.0)
 
 
-def _reach_counts(q, k, mask, *, num_hashes, chunk, num_buckets, shared_qk,
-                  attend_across_buckets, random_key):
+def _reach_counts(
+  q, k, mask, *, num_hashes, chunk, num_buckets, shared_qk, attend_across_buckets, random_key
+):
   """count_ij: rounds where key j sits in query i's sorted chunk or the one before."""
   factors = reformer.bucket_factors(num_buckets, L, chunk)
   rotations = local.hash_normal(random_key, (H, D, num_hashes, sum(n // 2 for n in factors)))
@@ -71,7 +79,6 @@ def _reach_counts(q, k, mask, *, num_hashes, chunk, num_buckets, shared_qk,
 
 
 class LshTest(parameterized.TestCase):
-
   def test_collisions_follow_angle(self):
     # 256 independent rounds at 8 buckets: collision frequency must fall with the
     # angle; equal directions always collide, opposite ones never (argmax of
@@ -82,8 +89,9 @@ class LshTest(parameterized.TestCase):
     angles = np.array([0.0, 0.3, 0.8, 1.5, 2.5, np.pi])  # Radians.
     vecs = jnp.stack([jnp.cos(a) * x + jnp.sin(a) * y for a in angles] + [3.0 * x])
     rotations = local.hash_normal(jax.random.key(5), (1, D, 256, 4))
-    buckets = np.asarray(_buckets(vecs[None, None], rotations, jnp.ones((1, 7), bool),
-                                  num_buckets=8))[0, 0]  # [R, 7]
+    buckets = np.asarray(
+      _buckets(vecs[None, None], rotations, jnp.ones((1, 7), bool), num_buckets=8)
+    )[0, 0]  # [R, 7]
     freq = (buckets[:, :6] == buckets[:, :1]).mean(axis=0)
     self.assertEqual(freq[0], 1.0)
     self.assertTrue(np.all(buckets[:, 6] == buckets[:, 0]))  # 3x collides with x.
@@ -95,8 +103,11 @@ class LshTest(parameterized.TestCase):
     self.assertEqual(reformer.bucket_factors(64, 4096, 64), (64,))
     q = _qkv()[0]
     rotations = local.hash_normal(jax.random.key(3), (H, D, 2, 2 + 4))
-    buckets = np.asarray(_buckets(jnp.transpose(q, (0, 2, 1, 3)), rotations,
-                                  jnp.ones((B, L), bool), num_buckets=(4, 8)))
+    buckets = np.asarray(
+      _buckets(
+        jnp.transpose(q, (0, 2, 1, 3)), rotations, jnp.ones((B, L), bool), num_buckets=(4, 8)
+      )
+    )
     self.assertTrue(buckets.min() >= 0 and buckets.max() < 32)
     self.assertGreater(len(np.unique(buckets)), 16)  # Both digits vary.
 
@@ -106,18 +117,16 @@ class LshTest(parameterized.TestCase):
     rotations = local.hash_normal(jax.random.key(2), (H, D, 3, 4))
     buckets = _buckets(jnp.transpose(q, (0, 2, 1, 3)), rotations, mask, num_buckets=8)
     perm = np.asarray(reformer.sort_by_bucket(buckets))
-    np.testing.assert_array_equal(np.sort(perm, axis=-1),
-                                  np.broadcast_to(np.arange(L), perm.shape))
+    np.testing.assert_array_equal(np.sort(perm, axis=-1), np.broadcast_to(np.arange(L), perm.shape))
     sorted_buckets = np.take_along_axis(np.asarray(buckets), perm, axis=-1)
     self.assertTrue(np.all(np.diff(sorted_buckets, axis=-1) >= 0))
     # Padded positions (bucket 8) sort last; within a bucket, by position.
-    self.assertTrue(np.all(sorted_buckets[1, ..., L - 13:] == 8))
+    self.assertTrue(np.all(sorted_buckets[1, ..., L - 13 :] == 8))
     same = np.diff(sorted_buckets, axis=-1) == 0
     self.assertTrue(np.all(np.diff(perm, axis=-1)[same] > 0))
 
 
 class ReformerAttentionTest(parameterized.TestCase):
-
   def test_one_bucket_one_chunk_is_softmax(self):
     q, k, v = _qkv()
     mask = _mask()
@@ -134,22 +143,31 @@ class ReformerAttentionTest(parameterized.TestCase):
     got = _reformer(q, k, v, mask, num_buckets=1, chunk_length=64)
     np.testing.assert_allclose(got, _dense_weighted(q, k, v, mask, ones, True), atol=1e-5)
     # The key argument is not read.
-    np.testing.assert_array_equal(got, _reformer(q, 0 * k, v, mask, num_buckets=1,
-                                                 chunk_length=64))
+    np.testing.assert_array_equal(got, _reformer(q, 0 * k, v, mask, num_buckets=1, chunk_length=64))
 
   # 32 buckets at L = 48, chunk 8 are hashed as two factors (4, 8), as HF does.
-  @parameterized.parameters((True, True, 4), (False, True, 32), (True, False, 32),
-                            (False, False, 4))
-  def test_equals_dense_oracle_on_lsh_reach(self, shared_qk, attend_across_buckets,
-                                            num_buckets):
+  @parameterized.parameters(
+    (True, True, 4), (False, True, 32), (True, False, 32), (False, False, 4)
+  )
+  def test_equals_dense_oracle_on_lsh_reach(self, shared_qk, attend_across_buckets, num_buckets):
     q, k, v = _qkv()
     mask = jnp.ones((B, L), bool)
-    knobs = dict(num_hashes=2, chunk_length=8, num_buckets=num_buckets, shared_qk=shared_qk,
-                 attend_across_buckets=attend_across_buckets)
+    knobs = dict(
+      num_hashes=2,
+      chunk_length=8,
+      num_buckets=num_buckets,
+      shared_qk=shared_qk,
+      attend_across_buckets=attend_across_buckets,
+    )
     key = jax.random.key(11)
-    counts = _reach_counts(q, k, mask, chunk=8, random_key=key,
-                           **{n: knobs[n] for n in ("num_hashes", "num_buckets", "shared_qk",
-                                                    "attend_across_buckets")})
+    counts = _reach_counts(
+      q,
+      k,
+      mask,
+      chunk=8,
+      random_key=key,
+      **{n: knobs[n] for n in ("num_hashes", "num_buckets", "shared_qk", "attend_across_buckets")},
+    )
     self.assertTrue(np.all(np.asarray(counts).sum(-1) < 2 * L))  # Truly sparse.
     got = _reformer(q, k, v, mask, random_key=key, **knobs)
     want = _dense_weighted(q, k, v, mask, counts, shared_qk)
@@ -171,8 +189,9 @@ class ReformerAttentionTest(parameterized.TestCase):
   def test_bfloat16_finite_and_close(self):
     q, k, v = _qkv()
     mask = _mask()
-    got = _reformer(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask, num_buckets=1,
-                    chunk_length=64)
+    got = _reformer(
+      *(x.astype(jnp.bfloat16) for x in (q, k, v)), mask, num_buckets=1, chunk_length=64
+    )
     self.assertEqual(got.dtype, jnp.bfloat16)
     self.assertTrue(jnp.all(jnp.isfinite(got)))
     want = _reformer(q, k, v, mask, num_buckets=1, chunk_length=64)
@@ -183,18 +202,26 @@ class ReformerAttentionTest(parameterized.TestCase):
     mask = _mask()
     ct = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape), jnp.float32)
     loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
-    got = jax.jit(jax.grad(loss(lambda q, k, v: reformer.reformer_attention(
-        q, k, v, mask, num_buckets=1, chunk_length=64)), argnums=(0, 1, 2)))(q, k, v)
+    got = jax.jit(
+      jax.grad(
+        loss(
+          lambda q, k, v: reformer.reformer_attention(q, k, v, mask, num_buckets=1, chunk_length=64)
+        ),
+        argnums=(0, 1, 2),
+      )
+    )(q, k, v)
     ones = jnp.ones((B, H, L, L))
-    want = jax.jit(jax.grad(loss(lambda q, k, v: _dense_weighted(q, k, v, mask, ones, True)),
-                            argnums=(0, 1, 2)))(q, k, v)
+    want = jax.jit(
+      jax.grad(loss(lambda q, k, v: _dense_weighted(q, k, v, mask, ones, True)), argnums=(0, 1, 2))
+    )(q, k, v)
     for g, w in zip(got, want):
       self.assertTrue(jnp.all(jnp.isfinite(g)))
       np.testing.assert_allclose(g, w, atol=1e-4)
 
   def test_module_fixed_rotations_not_trained(self):
-    make = lambda seed: reformer.ReformerAttention(num_heads=H, head_dim=D, max_length=64,
-                                                   rngs=nnx.Rngs(seed), chunk_length=8)
+    make = lambda seed: reformer.ReformerAttention(
+      num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(seed), chunk_length=8
+    )
     layer = make(0)
     self.assertEqual(nnx.state(layer, nnx.Param), nnx.State({}))
     q, k, v = _qkv()
@@ -211,8 +238,9 @@ class ReformerAttentionTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "chunk_length=0"):
       reformer.reformer_attention(q, k, v, chunk_length=0)
     with self.assertRaisesRegex(ValueError, "num_hashes=0"):
-      reformer.ReformerAttention(num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0),
-                                 num_hashes=0)
+      reformer.ReformerAttention(
+        num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), num_hashes=0
+      )
 
 
 if __name__ == "__main__":

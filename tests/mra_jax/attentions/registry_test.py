@@ -17,21 +17,31 @@ import pytest
 from mra_jax import attentions
 
 B, L, H, D = 2, 48, 2, 16
-ALL = ("adamra bigbird h_transformer_1d linformer local longformer mra2 mra2_s nystromformer "
-       "performer reformer scatterbrain soft softmax yoso").split()
+ALL = (
+  "adamra bigbird h_transformer_1d linformer local longformer mra2 mra2_s nystromformer "
+  "performer reformer scatterbrain soft softmax yoso"
+).split()
 # The sparse ones' padding contract is tested next to them (local_test.py etc.); here they
 # only build, run and differentiate.
 SPARSE = ("bigbird", "h_transformer_1d", "local", "longformer", "reformer", "scatterbrain")
 DENSE_OR_LINEAR = tuple(n for n in ALL if n not in SPARSE)
 # Small settings so every method's own structure (not a degenerate limit) is exercised at L=48.
 SMALL = {
-    "adamra": {"selection": "hard"}, "linformer": {"projection_length": 16}, "nystromformer": {"num_landmarks": 8},
-    "performer": {"num_features": 32}, "soft": {"num_landmarks": 8, "pinv_iterations": 8},
-    "yoso": {"num_hash": 4}, "mra2": {"block_size": 16, "block_per_row": 1},
-    "mra2_s": {"block_size": 16, "block_per_row": 1}, "softmax": {},
-    "local": {"window_size": 16}, "longformer": {"window_size": 16},
-    "bigbird": {"block_size": 8}, "h_transformer_1d": {"block_size": 8},
-    "reformer": {}, "scatterbrain": {"window_size": 16},
+  "adamra": {"selection": "hard"},
+  "linformer": {"projection_length": 16},
+  "nystromformer": {"num_landmarks": 8},
+  "performer": {"num_features": 32},
+  "soft": {"num_landmarks": 8, "pinv_iterations": 8},
+  "yoso": {"num_hash": 4},
+  "mra2": {"block_size": 16, "block_per_row": 1},
+  "mra2_s": {"block_size": 16, "block_per_row": 1},
+  "softmax": {},
+  "local": {"window_size": 16},
+  "longformer": {"window_size": 16},
+  "bigbird": {"block_size": 8},
+  "h_transformer_1d": {"block_size": 8},
+  "reformer": {},
+  "scatterbrain": {"window_size": 16},
 }
 
 
@@ -42,8 +52,7 @@ def _module(name):
   except ImportError as e:
     pytest.skip(f"{name}: module not written yet ({e})")
   knobs = {k: v for k, v in SMALL[name].items() if k in attentions.knob_defaults(name)}
-  return attentions.build(name, num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0),
-                          **knobs)
+  return attentions.build(name, num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0), **knobs)
 
 
 def _inputs(seed=0):
@@ -64,8 +73,12 @@ def _contract_outputs(name):
   garbage = lambda x, c: jnp.where(pad, c, x)
   one_real = jnp.zeros_like(mask).at[0, :5].set(True)
   cat = lambda a, b, c: jnp.concatenate([a, b, c], axis=0)
-  args = (cat(q, garbage(q, 1e4), q), cat(k, garbage(k, jnp.nan), k),
-          cat(v, garbage(v, -3e3), v), cat(mask, mask, one_real))
+  args = (
+    cat(q, garbage(q, 1e4), q),
+    cat(k, garbage(k, jnp.nan), k),
+    cat(v, garbage(v, -3e3), v),
+    cat(mask, mask, one_real),
+  )
 
   @jax.jit
   def run(state, q, k, v, mask):
@@ -74,7 +87,7 @@ def _contract_outputs(name):
     return layer(q, k, v, mask), layer(bf(q), bf(k), bf(v), mask)
 
   out, out_bf16 = jax.tree.map(np.asarray, run(state, *args))
-  return out[:B], out[B:2 * B], out[2 * B:], out_bf16[:B]
+  return out[:B], out[B : 2 * B], out[2 * B :], out_bf16[:B]
 
 
 def test_names_are_the_fifteen_sorted():
@@ -88,8 +101,9 @@ def test_unknown_name_lists_the_names():
 
 def test_unknown_knob_names_it_and_the_allowed_ones():
   with pytest.raises(ValueError, match=r"\['num_landmark'\].*num_landmarks"):
-    attentions.build("nystromformer", num_heads=2, head_dim=8, max_length=8,
-                     rngs=nnx.Rngs(0), num_landmark=4)
+    attentions.build(
+      "nystromformer", num_heads=2, head_dim=8, max_length=8, rngs=nnx.Rngs(0), num_landmark=4
+    )
 
 
 def test_knob_defaults_are_the_paper_configs():
@@ -114,9 +128,16 @@ def test_knob_defaults_are_accepted_by_build(name):
     pytest.skip(f"{name}: module not written yet")
   # Building with every default spelled out must equal building with none (abstractly: no
   # parameters are drawn, so this costs no compile).
-  shapes = lambda **kw: jax.tree.map(lambda x: x.shape, nnx.state(nnx.eval_shape(
-      lambda: attentions.build(name, num_heads=H, head_dim=D, max_length=64,
-                               rngs=nnx.Rngs(0), **kw))))
+  shapes = lambda **kw: jax.tree.map(
+    lambda x: x.shape,
+    nnx.state(
+      nnx.eval_shape(
+        lambda: attentions.build(
+          name, num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0), **kw
+        )
+      )
+    ),
+  )
   assert shapes(**defaults) == shapes()
 
 
@@ -161,6 +182,7 @@ def test_jit_and_grad_through_split_merge(name):
     def loss(state, q, k, v):
       out = nnx.merge(graphdef, state, rest)(q, k, v, mask)
       return jnp.sum(out * target)
+
     return jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(state, q, k, v)
 
   value, grads = loss_and_grads(state, q, k, v)
@@ -169,8 +191,9 @@ def test_jit_and_grad_through_split_merge(name):
   assert float(jnp.abs(grads[3]).sum()) > 0  # v always gets a gradient.
   if name == "adamra":  # Hard routing: the router learns through the straight-through gate.
     assert float(jnp.abs(grads[0]["router_weight"][...]).sum()) > 0
-  np.testing.assert_allclose(float(value), float(jnp.sum(layer(q, k, v, mask) * target)),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    float(value), float(jnp.sum(layer(q, k, v, mask) * target)), rtol=1e-4, atol=1e-4
+  )
 
 
 def test_fixed_random_features_are_not_params():

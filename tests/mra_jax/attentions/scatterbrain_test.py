@@ -52,25 +52,32 @@ def _performer_alone(q, k, v, projection):
   mask = jnp.ones(q.shape[:2], bool)
   phi_q, phi_k, _ = _features(q, k, mask, projection)
   kv = jnp.einsum("bhlm,bkhd->bhmd", phi_k, v)
-  o = (jnp.einsum("bhlm,bhmd->bhld", phi_q, kv)
-       / jnp.einsum("bhlm,bhm->bhl", phi_q, phi_k.sum(2))[..., None])
+  o = (
+    jnp.einsum("bhlm,bhmd->bhld", phi_q, kv)
+    / jnp.einsum("bhlm,bhm->bhl", phi_q, phi_k.sum(2))[..., None]
+  )
   return jnp.transpose(o, (0, 2, 1, 3))
 
 
 class ScatterbrainTest(parameterized.TestCase):
-
   def test_window_covering_sequence_is_softmax(self):
     q, k, v = _qkv()
-    np.testing.assert_allclose(_sb(q, k, v, projection=_P, window_size=2 * L + 2),
-                               jax.nn.dot_product_attention(q, k, v), atol=1e-5)
+    np.testing.assert_allclose(
+      _sb(q, k, v, projection=_P, window_size=2 * L + 2),
+      jax.nn.dot_product_attention(q, k, v),
+      atol=1e-5,
+    )
 
   @parameterized.parameters(4, 7)
   def test_equals_dense_sparse_plus_low_rank_oracle(self, window_size):
     # The window's low-rank estimate is replaced, not added: no double counting.
     q, k, v = _qkv()
     mask = _mask()
-    np.testing.assert_allclose(_sb(q, k, v, mask, projection=_P, window_size=window_size),
-                               _dense_oracle(q, k, v, mask, window_size), atol=1e-5)
+    np.testing.assert_allclose(
+      _sb(q, k, v, mask, projection=_P, window_size=window_size),
+      _dense_oracle(q, k, v, mask, window_size),
+      atol=1e-5,
+    )
 
   def test_beats_performer_alone_on_local_input(self):
     # Tokens carry smooth sinusoidal codes, so ~90% of the softmax mass lies within
@@ -82,8 +89,9 @@ class ScatterbrainTest(parameterized.TestCase):
     projection = sb.orthogonal_random_features(jax.random.key(10), 32, d)
     for seed in range(2):
       rng = np.random.default_rng(seed)
-      noise, q_noise, v = (jnp.asarray(rng.standard_normal((1, length, 2, d)), jnp.float32)
-                           for _ in range(3))
+      noise, q_noise, v = (
+        jnp.asarray(rng.standard_normal((1, length, 2, d)), jnp.float32) for _ in range(3)
+      )
       q, k = 2.0 * code + 0.1 * q_noise, 2.0 * code + 0.1 * noise
       want = jax.nn.dot_product_attention(q, k, v)
       err = lambda x: float(jnp.linalg.norm(x - want) / jnp.linalg.norm(want))
@@ -105,8 +113,7 @@ class ScatterbrainTest(parameterized.TestCase):
   def test_bfloat16_finite_and_close(self):
     q, k, v = _qkv()
     mask = _mask()
-    got = _sb(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask, projection=_P,
-              window_size=8)
+    got = _sb(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask, projection=_P, window_size=8)
     self.assertEqual(got.dtype, jnp.bfloat16)
     self.assertTrue(jnp.all(jnp.isfinite(got)))
     want = _sb(q, k, v, mask, projection=_P, window_size=8)
@@ -117,16 +124,22 @@ class ScatterbrainTest(parameterized.TestCase):
     mask = _mask()
     ct = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape), jnp.float32)
     loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
-    got = jax.jit(jax.grad(loss(lambda q, k, v: sb.scatterbrain_attention(
-        q, k, v, mask, projection=_P, window_size=7)), argnums=(0, 1, 2)))(q, k, v)
-    want = jax.jit(jax.grad(loss(lambda q, k, v: _dense_oracle(q, k, v, mask, 7)),
-                            argnums=(0, 1, 2)))(q, k, v)
+    got = jax.jit(
+      jax.grad(
+        loss(
+          lambda q, k, v: sb.scatterbrain_attention(q, k, v, mask, projection=_P, window_size=7)
+        ),
+        argnums=(0, 1, 2),
+      )
+    )(q, k, v)
+    want = jax.jit(
+      jax.grad(loss(lambda q, k, v: _dense_oracle(q, k, v, mask, 7)), argnums=(0, 1, 2))
+    )(q, k, v)
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, atol=1e-4)
 
   def test_module_owns_fixed_features(self):
-    layer = sb.ScatterbrainAttention(num_heads=H, head_dim=32, max_length=64,
-                                     rngs=nnx.Rngs(0))
+    layer = sb.ScatterbrainAttention(num_heads=H, head_dim=32, max_length=64, rngs=nnx.Rngs(0))
     self.assertEqual(layer.projection[...].shape, (110, 32))  # int(32 ln 32) features.
     self.assertEqual(nnx.state(layer, nnx.Param), nnx.State({}))
     q, k, v = (jnp.concatenate([x] * 4, axis=-1) for x in _qkv())
@@ -141,8 +154,9 @@ class ScatterbrainTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "projection.shape="):
       sb.scatterbrain_attention(q, k, v, projection=_P[:, :4])
     with self.assertRaisesRegex(ValueError, "num_features=0"):
-      sb.ScatterbrainAttention(num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0),
-                               num_features=0)
+      sb.ScatterbrainAttention(
+        num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), num_features=0
+      )
 
 
 if __name__ == "__main__":

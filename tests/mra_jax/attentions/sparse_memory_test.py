@@ -26,12 +26,12 @@ def _scatterbrain(q, k, v):
 
 # (attention, the bound on temp memory at L=4096 as a fraction of one L x L f32 matrix)
 _SPARSE = {
-    "bigbird": (bigbird.bigbird_attention, 1 / 4),
-    "h_transformer_1d": (h_transformer_1d.h_transformer_1d_attention, 1 / 4),
-    "local": (local.local_attention, 1 / 4),
-    "longformer": (longformer.longformer_attention, 1 / 4),
-    "reformer": (reformer.reformer_attention, 1 / 4),
-    "scatterbrain": (_scatterbrain, 1 / 3),
+  "bigbird": (bigbird.bigbird_attention, 1 / 4),
+  "h_transformer_1d": (h_transformer_1d.h_transformer_1d_attention, 1 / 4),
+  "local": (local.local_attention, 1 / 4),
+  "longformer": (longformer.longformer_attention, 1 / 4),
+  "reformer": (reformer.reformer_attention, 1 / 4),
+  "scatterbrain": (_scatterbrain, 1 / 3),
 }
 
 

@@ -5,12 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def random_qkv(batch: int, length: int, heads: int, head_dim: int, *, seed: int = 0,
-               dtype=jnp.float32):
+def random_qkv(
+  batch: int, length: int, heads: int, head_dim: int, *, seed: int = 0, dtype=jnp.float32
+):
   """Standard-normal q, k, v [B, L, H, D] (numpy draws: no threefry compile per shape)."""
   rng = np.random.default_rng(seed)
-  return tuple(jnp.asarray(rng.standard_normal((batch, length, heads, head_dim)), dtype)
-               for _ in range(3))
+  return tuple(
+    jnp.asarray(rng.standard_normal((batch, length, heads, head_dim)), dtype) for _ in range(3)
+  )
 
 
 def two_row_mask(length: int, padding: int):

@@ -28,8 +28,7 @@ def test_collision_frequency_matches_the_closed_form():
   freq = np.mean(np.asarray(codes[:, 1:] == codes[:, :1]), axis=0)
   expect = (1 - angles / np.pi) ** tau
   np.testing.assert_allclose(freq, expect, atol=3.5 * np.sqrt(0.25 / hashes))
-  np.testing.assert_allclose(yoso.collision_probability(jnp.cos(angles), tau), expect,
-                             rtol=1e-5)
+  np.testing.assert_allclose(yoso.collision_probability(jnp.cos(angles), tau), expect, rtol=1e-5)
 
 
 def _setup(length=24, hashes=2000, tau=3, samples=8, seed=0):
@@ -59,8 +58,7 @@ def test_lsh_backward_estimates_the_kappa_w_gradient():
   qp, kp, vp, m = base.prepare(q, k, v, mask)
   qn, kn = yoso._unit(qp), yoso._unit(kp)  # pylint: disable=protected-access
   g = jax.random.normal(jax.random.key(5), qn.shape) * m[:, None, :, None]
-  _, vjp = jax.vjp(lambda a, b, c: yoso.lsh_cumulation(a, b, c, m, planes, signs, tau),
-                   qn, kn, vp)
+  _, vjp = jax.vjp(lambda a, b, c: yoso.lsh_cumulation(a, b, c, m, planes, signs, tau), qn, kn, vp)
   gq, gk, gv = jax.jit(vjp)(g)
   w = yoso.collision_probability(jnp.einsum("bhld,bhkd->bhlk", qn, kn), tau)
   w = w * m[:, None, None, :]
@@ -80,8 +78,9 @@ def test_expectation_backward_is_the_expectation_gradient():
   loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
 
   def via_module(q, k, v):
-    return yoso.yoso_attention(q, k, v, mask, planes=planes, signs=signs,
-                               backward="expectation", normalize_output=False)
+    return yoso.yoso_attention(
+      q, k, v, mask, planes=planes, signs=signs, backward="expectation", normalize_output=False
+    )
 
   grads = jax.jit(jax.grad(loss(via_module), argnums=(0, 1, 2)))(q, k, v)
   # Reference: the same cotangent pushed through the expectation form by autodiff.
@@ -90,8 +89,9 @@ def test_expectation_backward_is_the_expectation_gradient():
 
   def ref(q, k, v):
     qp, kp, vp, m = base.prepare(q, k, v, mask)
-    return base.finish(yoso.yoso_expectation(unit(qp), unit(kp), vp, m, planes.shape[2]), m,
-                       jnp.float32)
+    return base.finish(
+      yoso.yoso_expectation(unit(qp), unit(kp), vp, m, planes.shape[2]), m, jnp.float32
+    )
 
   _, vjp = jax.vjp(ref, q, k, v)
   for got, want in zip(grads, vjp(g)):
@@ -100,14 +100,11 @@ def test_expectation_backward_is_the_expectation_gradient():
 
 def test_redraw_and_knob_errors():
   # The registry test's shape: the jitted draw is already compiled.
-  layer = yoso.YosoAttention(num_heads=2, head_dim=16, max_length=16, rngs=nnx.Rngs(0),
-                             num_hash=4)
+  layer = yoso.YosoAttention(num_heads=2, head_dim=16, max_length=16, rngs=nnx.Rngs(0), num_hash=4)
   before = np.asarray(layer.planes[...])
   layer.redraw(nnx.Rngs(1))
   assert not np.allclose(before, layer.planes[...])
   with pytest.raises(ValueError, match="hash_code_len=0"):
-    yoso.YosoAttention(num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0),
-                       hash_code_len=0)
+    yoso.YosoAttention(num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), hash_code_len=0)
   with pytest.raises(ValueError, match="backward='exact'"):
-    yoso.YosoAttention(num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0),
-                       backward="exact")
+    yoso.YosoAttention(num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), backward="exact")
