@@ -10,7 +10,8 @@ registry defaults (the paper's LRA configs). A swept knob missing from
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from flax import nnx
@@ -62,7 +63,7 @@ class Method:
     return self.name if self.knob is None else f"{self.name}[{self.knob}={self.budget}]"
 
 
-def fits(method: "Method", length: int) -> bool:
+def fits(method: Method, length: int) -> bool:
   """Whether the paper's profiler ran this budget at this length (see SWEEPS)."""
   if method.budget is None:
     return True

@@ -46,10 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import _methods
-from benchmarks import _plots
-from benchmarks import _timing
-from benchmarks import efficiency
+from benchmarks import _methods, _plots, _timing, efficiency
 from lra import capture
 from mra_jax import reference
 

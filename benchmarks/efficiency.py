@@ -34,9 +34,7 @@ import time
 
 import jax
 
-from benchmarks import _methods
-from benchmarks import _plots
-from benchmarks import _timing
+from benchmarks import _methods, _plots, _timing
 
 _CPU_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 _ACCEL_LENGTHS = _CPU_LENGTHS + (32768, 65536)

@@ -20,8 +20,7 @@ import sys
 
 import jax
 
-from benchmarks import _methods
-from benchmarks import _timing
+from benchmarks import _methods, _timing
 
 METHODS = ("adamra", "performer", "linformer", "nystromformer", "soft", "yoso")
 B, H, D = 1, 8, 64

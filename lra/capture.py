@@ -11,16 +11,12 @@ from __future__ import annotations
 import json
 import os
 
-from flax import nnx
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
-from lra import checkpoints
-from lra import inputs
-from lra import models
-from lra import optim
-from lra import train
+from lra import checkpoints, inputs, models, optim, train
 
 
 class _Recorder(nnx.Module):

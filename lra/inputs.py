@@ -11,11 +11,7 @@ import os
 import jax
 import numpy as np
 
-from lra.data import errors
-from lra.data import listops
-from lra.data import pipeline
-from lra.data import prepare_lib
-from lra.data import tasks
+from lra.data import errors, listops, pipeline, prepare_lib, tasks
 
 GENERATED_STAMP = "lra_generated_{task}.json"
 # Data does not depend on the training seed: every seed trains on the same examples.

@@ -10,13 +10,10 @@ import logging as std_logging
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lra import checkpoints
-from lra import train
+from lra import checkpoints, train
 from lra.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -14,15 +14,15 @@ Dropout keys are passed explicitly (`dropout_key`), so a training step is a pure
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from mra_jax import attentions
-from mra_jax import layout
+from mra_jax import attentions, layout
 
 POOLINGS = ("mean", "cls")
 POSITIONS = ("learned", "sinusoidal")
@@ -258,7 +258,7 @@ class MlpHead(nnx.Module):
   ):
     widths = (in_features, *hidden)
     self.hidden = nnx.List(
-      [nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+      [nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in itertools.pairwise(widths)]
     )
     self.out = nnx.Linear(widths[-1], num_classes, dtype=dtype, rngs=rngs)
 

@@ -8,13 +8,9 @@ See docs/data.md for each task's sources and layouts.
 
 import os
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
-from lra.data import pipeline
-from lra.data import prepare_lib
-from lra.data import tasks
+from lra.data import pipeline, prepare_lib, tasks
 
 _TASK = flags.DEFINE_enum("task", None, list(tasks.TASKS), "LRA task to prepare.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Output folder (shared by all tasks).")

@@ -16,19 +16,14 @@ import os
 import time
 import types
 
-from flax import nnx
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import optax
 import tqdm
+from flax import nnx
+from jax.experimental import multihost_utils
 
-from lra import checkpoints
-from lra import inputs
-from lra import memory
-from lra import models
-from lra import optim
-from lra import reporting
+from lra import checkpoints, inputs, memory, models, optim, reporting
 from lra.data import tasks
 
 RESULTS_FILE = "results.json"

@@ -26,9 +26,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
-from mra_jax import chunked
-from mra_jax import pooling
-from mra_jax import selection
+from mra_jax import chunked, pooling, selection
 
 APPROX_MODES = ("full", "sparse")
 IMPLS = ("auto", "reference", "pallas", "pallas_gpu", "pallas_tpu")
@@ -154,7 +152,7 @@ def mra_attention_with_config(
 ) -> jax.Array:
   """`mra_attention` with its knobs in an already validated `MraConfig`."""
   _check_inputs(query, key, value, mask, key_mask)
-  B, Lq, H, D = query.shape
+  B, Lq, _H, _D = query.shape
   Lk = key.shape[1]
   if key_mask is None and mask is not None and Lq == Lk:
     key_mask = mask

@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax import attention
-from mra_jax import layout
+from mra_jax import attention, layout
 
 
 class MraSelfAttention(nnx.Module):

@@ -14,9 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mra_jax import attention
-from mra_jax import pooling
-from mra_jax import selection
+from mra_jax import attention, pooling, selection
 
 
 def softmax_attention(query, key, value, mask=None, *, key_mask=None) -> jax.Array:

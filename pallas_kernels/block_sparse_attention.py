@@ -32,8 +32,7 @@ import jax.numpy as jnp
 
 from pallas_kernels import backend as backend_lib
 from pallas_kernels import block_sparse_kernels as kernels
-from pallas_kernels import indexing
-from pallas_kernels import launch_spec
+from pallas_kernels import indexing, launch_spec
 
 DEFAULT_EPS = 1e-6
 

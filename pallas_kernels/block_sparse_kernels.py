@@ -24,7 +24,8 @@ no tile and no initial state give 0, never `inf - inf`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -8,9 +8,9 @@ grid axes are "parallel" and no output block is ever revisited.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 from jax.experimental import pallas as pl

@@ -9,7 +9,8 @@ explicitly, because since jax 0.9 a bare `pallas_call` on GPU means Mosaic GPU.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 from jax.experimental import pallas as pl

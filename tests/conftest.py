@@ -11,6 +11,6 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 
-import jax  # pylint: disable=g-import-not-at-top
+import jax  # noqa: E402  (XLA_FLAGS must be set before jax starts)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

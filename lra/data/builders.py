@@ -15,9 +15,9 @@ Stored features (`ZLIB` = zlib-compressed tensor):
 import os
 from collections.abc import Callable, Iterable
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from lra.data import tasks
 
@@ -82,8 +82,7 @@ class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(fn) for split, fn in self._split_examples.items()}
 
   def _generate_examples(self, fn):
-    for index, example in enumerate(fn()):
-      yield index, example
+    yield from enumerate(fn())
 
 
 def _make_builder_class(task: tasks.TaskSpec) -> type[_LraBuilder]:

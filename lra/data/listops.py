@@ -7,12 +7,12 @@ pipeline deletes the parentheses and turns `]` into `X`, leaving one token per s
 """
 
 import csv
-from collections.abc import Iterable, Iterator
 import dataclasses
 import hashlib
 import itertools
 import os
 import random
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 

@@ -13,8 +13,7 @@ import dataclasses
 import math
 
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,10 +18,7 @@ import grain.python as grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lra.data import builders
-from lra.data import errors
-from lra.data import prepare_lib
-from lra.data import tasks
+from lra.data import builders, errors, prepare_lib, tasks
 
 # Raised when a task is not prepared; the message gives the `python -m lra.prepare` command.
 DataNotFoundError = errors.DataNotFoundError

@@ -15,13 +15,7 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lra.data import builders
-from lra.data import errors
-from lra.data import listops
-from lra.data import pathfinder
-from lra.data import pathfinder_files
-from lra.data import sources
-from lra.data import tasks
+from lra.data import builders, errors, listops, pathfinder, pathfinder_files, sources, tasks
 
 # Official split sizes; retrieval and text take whatever the files hold.
 DEFAULT_SIZES = {

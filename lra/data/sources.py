@@ -15,8 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from lra.data import errors
-from lra.data import tfds_files
+from lra.data import errors, tfds_files
 
 # Retrieval documents are cut to this many bytes when stored (the official pipeline keeps
 # 10,000 bytes, then 4,000 ids); loaders can use any max_length up to it.

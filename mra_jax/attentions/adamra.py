@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import math
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from mra_jax.attentions import base
-from mra_jax.attentions import performer
+from mra_jax.attentions import base, performer
 
 FEATURE_MAPS = ("elu", "relu", "favor")
 SELECTIONS = ("soft", "hard")

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from mra_jax.attentions import local
 
@@ -104,7 +104,7 @@ def bigbird_attention(
   if random_key is None:
     random_key = jnp.zeros((2,), jnp.uint32)
   q, k, v, m = local.prepare(query, key, value, mask)
-  b, h, length, d = q.shape
+  b, h, _length, d = q.shape
   dv = v.shape[-1]
   bs = block_size
   qp, kp, vp = (local.pad_axis(x, bs, axis=2) for x in (q, k, v))

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from mra_jax.attentions import base
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import functools
 import math
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 
 class FixedRandom(nnx.Variable):

@@ -9,8 +9,8 @@ tokens (`token_order="patch"`); use one or the other, not both.
 
 from __future__ import annotations
 
-from flax import nnx
 import jax
+from flax import nnx
 
 
 class Mra2Attention(nnx.Module):

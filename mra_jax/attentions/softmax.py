@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from mra_jax.attentions import base
 

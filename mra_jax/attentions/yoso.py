@@ -31,9 +31,9 @@ from __future__ import annotations
 import functools
 import math
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from mra_jax.attentions import base
 
@@ -284,7 +284,7 @@ class YosoAttention(nnx.Module):
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     conv_out = None
     if self.conv is not None:
-      _, _, v, m = base.prepare(query, key, value, mask)
+      _, _, v, _m = base.prepare(query, key, value, mask)
       conv_out = self.conv(v)
     return yoso_attention(
       query,

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import _methods
-from benchmarks import efficiency
+from benchmarks import _methods, efficiency
 
 _TINY = ["--lengths=128", "--methods=softmax,mra2", "--heads=2", "--head_dim=16", "--repeats=1"]
 

@@ -4,16 +4,13 @@ import json
 import os
 import shutil
 
-from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from benchmarks import approximation
-from lra import capture
-from lra import inputs
-from lra import models
-from lra import train
+from lra import capture, inputs, models, train
 
 from . import train_test  # pylint: disable=relative-beyond-top-level
 

@@ -4,13 +4,12 @@ import glob
 import importlib
 import os
 
+import pytest
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
-import pytest
 
-from lra import models
-from lra import train
+from lra import models, train
 from mra_jax import attentions
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,10 +1,10 @@
 """The encoder classifier and the two-tower model: masks, pooling, token order, dropout."""
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from lra import models
 

@@ -8,9 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lra import checkpoints
-from lra import reporting
-from lra import train
+from lra import checkpoints, reporting, train
 from lra.data import pipeline
 
 NUM_TEST = 16  # Test examples of every tiny task (tests/lra/conftest.py).
@@ -199,6 +197,7 @@ def test_listops_generates_its_data_when_allowed(tmp_path):
 def test_data_parallel_step_matches_one_device(prepared):
   """The 4-device sharded step and gradient accumulation equal a plain step (round-off)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
   from lra import inputs, models, optim  # pylint: disable=g-import-not-at-top,g-multiple-import
 
   config = tiny_config("listops", prepared("listops"))

@@ -5,8 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mra_jax import pooling
-from mra_jax import selection
+from mra_jax import pooling, selection
 
 
 def _scores(B=2, H=3, N=8, seed=0):

@@ -2,11 +2,11 @@
 # pylint: disable=invalid-name
 
 import jax
-from jax import test_util as jtu
 import jax.numpy as jnp
-from jax.experimental.pallas import tpu as pltpu
 import numpy as np
 import pytest
+from jax import test_util as jtu
+from jax.experimental.pallas import tpu as pltpu
 
 import pallas_kernels
 from pallas_kernels import block_sparse_attention_reference as reference

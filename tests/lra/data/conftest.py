@@ -7,8 +7,8 @@ import pickle
 import tarfile
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 from tensorflow_datasets.proto import tf_example_pb2
 
 from lra.data import tfds_files

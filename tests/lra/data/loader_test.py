@@ -6,10 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from lra.data import listops
-from lra.data import pipeline
-from lra.data import prepare_lib
-from lra.data import tasks
+from lra.data import listops, pipeline, prepare_lib, tasks
 
 
 def _batches(loader, n=None):

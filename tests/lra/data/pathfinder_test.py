@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lra.data import pathfinder
-from lra.data import pathfinder_files
+from lra.data import pathfinder, pathfinder_files
 
 
 @pytest.mark.parametrize("size", [32, 64, 128, 256])

@@ -9,13 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lra.data import errors
-from lra.data import listops
-from lra.data import pathfinder
-from lra.data import pathfinder_files
-from lra.data import pipeline
-from lra.data import prepare_lib
-from lra.data import sources
+from lra.data import errors, listops, pathfinder, pathfinder_files, pipeline, prepare_lib, sources
 
 from . import conftest as fx  # pylint: disable=relative-beyond-top-level
 

@@ -2,14 +2,13 @@
 
 import functools
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from mra_jax.attentions import adamra
-from mra_jax.attentions import base
+from mra_jax.attentions import adamra, base
 
 
 def test_geometric_rates_are_coarse_to_fine_and_capped():

@@ -3,12 +3,12 @@
 
 import functools
 
-from absl.testing import parameterized
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
+from flax import nnx
 
 from mra_jax.attentions import h_transformer_1d as h1d
 

@@ -2,18 +2,13 @@
 
 import functools
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from mra_jax.attentions import base
-from mra_jax.attentions import linformer
-from mra_jax.attentions import nystromformer
-from mra_jax.attentions import performer
-from mra_jax.attentions import soft
-from mra_jax.attentions import softmax
+from mra_jax.attentions import base, linformer, nystromformer, performer, soft, softmax
 
 
 def _qkv(shape, seed=0, scale=1.0):

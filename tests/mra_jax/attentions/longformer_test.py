@@ -1,12 +1,12 @@
 """Tests of Longformer attention against a dense oracle on the same pattern."""
 # pylint: disable=invalid-name
 
-from absl.testing import parameterized
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
+from flax import nnx
 
 from mra_jax.attentions import longformer
 

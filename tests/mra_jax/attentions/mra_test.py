@@ -1,14 +1,13 @@
 """The mra2 / mra2_s registry modules: thin wrappers of mra_jax.mra_attention."""
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import mra_jax
-from mra_jax import attentions
-from mra_jax import layout
+from mra_jax import attentions, layout
 
 
 def _qkv(length=64):

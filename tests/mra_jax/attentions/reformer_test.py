@@ -3,15 +3,14 @@
 
 import functools
 
-from absl.testing import parameterized
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
+from flax import nnx
 
-from mra_jax.attentions import local
-from mra_jax.attentions import reformer
+from mra_jax.attentions import local, reformer
 
 from . import sparse_testing  # pylint: disable=relative-beyond-top-level
 

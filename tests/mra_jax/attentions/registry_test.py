@@ -8,11 +8,11 @@ checks run in one jitted program (eager op-by-op dispatch would dominate the tes
 import functools
 import importlib.util
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from mra_jax import attentions
 
@@ -45,7 +45,7 @@ SMALL = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module(name):
   try:
     attentions.module_class(name)
@@ -61,7 +61,7 @@ def _inputs(seed=0):
   return q, k, v, mask
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _contract_outputs(name):
   """(out, out with garbage in the padding, out with an all-padding row, bf16 out).
 

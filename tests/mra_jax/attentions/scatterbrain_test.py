@@ -1,12 +1,12 @@
 """Tests of Scatterbrain (exact window + Performer features off the window)."""
 # pylint: disable=invalid-name
 
-from absl.testing import parameterized
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
+from flax import nnx
 
 from mra_jax.attentions import scatterbrain as sb
 

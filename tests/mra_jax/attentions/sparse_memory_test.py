@@ -10,12 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mra_jax.attentions import bigbird
-from mra_jax.attentions import h_transformer_1d
-from mra_jax.attentions import local
-from mra_jax.attentions import longformer
-from mra_jax.attentions import reformer
-from mra_jax.attentions import scatterbrain
+from mra_jax.attentions import bigbird, h_transformer_1d, local, longformer, reformer, scatterbrain
 
 
 def _scatterbrain(q, k, v):

@@ -3,14 +3,13 @@
 import functools
 import math
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from mra_jax.attentions import base
-from mra_jax.attentions import yoso
+from mra_jax.attentions import base, yoso
 
 
 def _unit(x):
