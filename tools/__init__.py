@@ -1,0 +1,1 @@
+"""Maintenance scripts run from a checkout (`python -m tools.<name>`); not installed."""
