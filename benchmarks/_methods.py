@@ -1,6 +1,6 @@
 """Which attentions the benchmarks run, at which budgets, and how each is built.
 
-Budgets follow the MRA paper's profiler (`../shared/spec/mra.md` §3.1, §6.2): MRA-2 and
+Budgets follow the MRA paper's profiler (docs/benchmarks.md, "The published figures"): MRA-2 and
 MRA-2-s over `block_per_row`, Nystromformer over landmarks, Longformer and Scatterbrain
 over windows, BigBird over block sizes. Every other registered attention runs once at its
 registry defaults (the paper's LRA configs). A swept knob missing from

@@ -3,9 +3,11 @@
     python -m benchmarks._tables --efficiency=DIR/efficiency.json \
         [--approximation=DIR/approximation.json]
 
-The published numbers are the MRA repository's profiler outputs as transcribed in
-`../shared/spec/mra.md` §6.2 (fwd+bwd ms and MB per instance of a 1-layer, 12x64-head
-model, fp32, GPU not stated) and §6.3 (relative error at N=512, s=1, RoBERTa features).
+The published numbers are transcribed from the MRA repository's profiler outputs
+(mlpen/mra-attention `old_code/supplement_code/outputs/`; docs/benchmarks.md, "The published
+figures"): fwd+bwd ms and MB per instance of a 1-layer, 12x64-head model, fp32, GPU not
+stated (`efficiency-*.json`), and the relative error at N=512, s=1 on RoBERTa features
+(`<method>-512.json`, averaged by us).
 They are keyed by (registry name, budget); budget None is the method's single setting.
 """
 
@@ -34,7 +36,7 @@ def _table(per_name: dict[str, tuple[float, ...]]) -> dict[tuple[str, int | None
   return out
 
 
-# Published fwd+bwd time (ms per instance) and memory (MB per instance), mra.md §6.2.
+# Published fwd+bwd time (ms per instance) and memory (MB per instance), `efficiency-*.json`.
 PUBLISHED_MS = {
   512: _table(
     {
@@ -83,7 +85,7 @@ PUBLISHED_MB = {
     }
   ),
 }
-# Published mean relative error at N=512, s=1 (mra.md §6.3).
+# Published mean relative error at N=512, s=1 (`<method>-512.json`).
 PUBLISHED_ERROR_512 = _table(
   {
     "mra2": (0.506, 0.404, 0.284, 0.153),

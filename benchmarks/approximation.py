@@ -6,7 +6,7 @@
 Relative error of one attention layer's output against exact softmax attention
 (`mra_jax.reference.softmax_attention`), `||Y - Yhat|| / ||Y||` per (instance, head) over
 the real query positions, then averaged, as the MRA paper's profiler does
-(`../shared/spec/mra.md` §6.3).
+(docs/benchmarks.md, "The published figures").
 
 (a) Budgets: every method at each budget of `benchmarks._methods.SWEEPS` (capped per length
     as the paper did), others at their registry defaults, with the forward+backward time

@@ -4,11 +4,11 @@
         [--methods=softmax,mra2,...] [--batch=1 --heads=12 --head_dim=64] [--repeats=5]
     python -m benchmarks.efficiency --plot_only --out=DIR   # redraw from DIR's JSON
 
-The paper's profiler setting (`../shared/spec/mra.md` §3.1): one attention layer, 12 heads
-x 64, float32, gradients of `out.mean()` in q, k, v, swept budgets for MRA-2/MRA-2-s
-(`block_per_row`), Nystromformer (landmarks), Longformer/Scatterbrain (window) and BigBird
-(block size), every other attention at its registry defaults. Here the batch is fixed
-(default B=1) instead of the paper's batch-until-OOM search.
+The paper's profiler setting (docs/benchmarks.md, "The published figures"): one attention
+layer, 12 heads x 64, float32, gradients of `out.mean()` in q, k, v, swept budgets for
+MRA-2/MRA-2-s (`block_per_row`), Nystromformer (landmarks), Longformer/Scatterbrain (window)
+and BigBird (block size), every other attention at its registry defaults. Here the batch is
+fixed (default B=1) instead of the paper's batch-until-OOM search.
 
 Per (method, length): compile once, read XLA's compiled temporary memory
 (`memory_analysis().temp_size_in_bytes`); if it is over --max_temp_gib nothing runs

@@ -9,7 +9,7 @@ projection and SOFT's landmark convolution). Time is the fastest of --repeats ru
 jitted gradient of mean(out) in q, k and v, after one warm-up call (the fastest, not the
 median, because a shared machine only ever adds time); memory is XLA's compiled temporary
 buffer size. Prints a Markdown table with time(L_max) / time(L_min) per method: linear
-scaling gives the length ratio (4 for 4096 -> 16384); issue 6 asks for <= 5.
+scaling gives the length ratio (4 for 4096 -> 16384), quadratic scaling its square (16).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python -m benchmarks.mra_cpu [--lengths=1024,4096,16384,65536] [--out=DIR]
 
-B=1, H=8, D=64, float32, block_per_row=8, approx_mode="full" (MRA-2), as issue 2 asks.
+B=1, H=8, D=64, float32, block_per_row=8, approx_mode="full" (MRA-2).
 Dense is `jax.nn.dot_product_attention` (XLA on CPU), measured in the same process, and
 run only where its compiled temporary memory fits in half of this machine's RAM (its
 memory is still reported from compilation). fwd+bwd is the gradient of mean(out) in q, k

@@ -1,7 +1,8 @@
-"""Block pooling: the low-resolution view of queries, keys and values (mra.md §2.2).
+"""Block pooling: the low-resolution view of queries, keys and values.
 
 Each block of `block_size` consecutive tokens is replaced by the mean of its real
-(unpadded) tokens, and the number of real tokens is kept as the block's count.
+(unpadded) tokens, and the number of real tokens is kept as the block's count
+(docs/algorithm.md, "Block means and counts").
 """
 # pylint: disable=invalid-name
 

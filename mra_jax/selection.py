@@ -1,4 +1,4 @@
-"""Low-resolution logits and block selection (mra.md §2.2 steps 3-5 and §2.3).
+"""Low-resolution logits and block selection.
 
 Selection is a global top-k over the whole Nq x Nk block grid of each (batch, head),
 on row-normalised low-resolution logits plus the optional priors, exactly as the
@@ -7,7 +7,8 @@ published `get_block_idxes`; so rows receive uneven numbers of tiles.
 Ties at the top-k boundary are broken deterministically: among equal scores the
 lowest flat tile index `r * Nk + c` is taken first (`jax.lax.top_k` is stable). The
 published code leaves this to PyTorch's top-k, which documents no order; the golden
-cases avoid ties (see ../shared/testdata/README.md).
+cases avoid ties. The steps are described in docs/algorithm.md, from "Low-resolution
+logits and the padding penalty" to "Ties".
 """
 # pylint: disable=invalid-name
 
