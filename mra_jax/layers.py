@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax import attention, layout
+from mra_jax import attention, checks, layout
 
 
 class MraSelfAttention(nnx.Module):
@@ -32,7 +32,10 @@ class MraSelfAttention(nnx.Module):
     **mra_kwargs,
   ):
     qkv_features = qkv_features or in_features
-    if num_heads < 1 or qkv_features % num_heads:
+    checks.check_int("num_heads", num_heads, minimum=1)
+    checks.check_int("in_features", in_features, minimum=1)
+    checks.check_int("qkv_features", qkv_features, minimum=1)
+    if qkv_features % num_heads:
       raise ValueError(
         f"qkv_features must be divisible by num_heads; got "
         f"qkv_features={qkv_features}, num_heads={num_heads}"

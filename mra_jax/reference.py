@@ -1,11 +1,14 @@
 """Dense O(L^2) oracles for tests and docs: exact softmax attention and dense MRA.
 
-`mra_attention_dense` writes MRA's approximation (mra.md §2.5, closed form) as one
-explicit mixed-resolution weight matrix: exact weights `exp(s_qj)` on the selected
-tiles, the block weight `exp(z_rc)` spread over the real keys of every other block
-pair, zero elsewhere. It shares pooling and selection with the fast path (those are
-tested on their own) but none of the block-sparse machinery, which it checks.
-Only for small L.
+`softmax_attention` is the one explicit softmax formula every attention of the library
+is checked against (with `allowed`, also on a sparse pattern).
+
+`mra_attention_dense` writes MRA's approximation (the closed form of the paper's
+multi-resolution weights) as one explicit mixed-resolution weight matrix: exact weights
+`exp(s_qj)` on the selected tiles, the block weight `exp(z_rc)` spread over the real keys
+of every other block pair, zero elsewhere. It shares pooling and selection with the fast
+path (those are tested on their own) but none of the block-sparse machinery, which it
+checks. Only for small L.
 """
 # pylint: disable=invalid-name
 
@@ -17,10 +20,22 @@ import jax.numpy as jnp
 from mra_jax import attention, pooling, selection
 
 
-def softmax_attention(query, key, value, mask=None, *, key_mask=None) -> jax.Array:
-  """Exact masked softmax attention, [B, L, H, D] in and out (float32 math).
+def softmax_attention(query, key, value, mask=None, *, key_mask=None, allowed=None) -> jax.Array:
+  """Exact masked softmax attention softmax(q k^T / sqrt(D)) v, float32 maths.
 
-  Padded queries and queries without any real key output 0.
+  Args:
+    query: [B, Lq, H, D], any float dtype.
+    key: [B, Lk, H, D].
+    value: [B, Lk, H, Dv].
+    mask: optional [B, Lq] bool or 0/1, True = real query; also the key mask when
+      `key_mask` is None and Lq == Lk.
+    key_mask: optional [B, Lk] bool or 0/1, True = real key.
+    allowed: optional bool pattern [Lq, Lk], [H, Lq, Lk] or [B|1, H|1, Lq, Lk]: query i
+      attends to key j only where it is True (a window, a per-head sparse pattern, ...).
+
+  Returns:
+    [B, Lq, H, Dv] in query's dtype. Padded queries, and queries without any allowed
+    real key, output 0 (never NaN, also in the gradient).
   """
   B, Lq, _, D = query.shape
   Lk = key.shape[1]
@@ -28,14 +43,20 @@ def softmax_attention(query, key, value, mask=None, *, key_mask=None) -> jax.Arr
     key_mask = mask
   q_valid = jnp.ones((B, Lq), bool) if mask is None else jnp.asarray(mask, bool)
   k_valid = jnp.ones((B, Lk), bool) if key_mask is None else jnp.asarray(key_mask, bool)
+  ok_BxHxLqxLk = k_valid[:, None, None, :]
+  if allowed is not None:
+    allowed = jnp.asarray(allowed, bool)
+    ok_BxHxLqxLk = ok_BxHxLqxLk & allowed.reshape((1,) * (4 - allowed.ndim) + allowed.shape)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   s = jnp.einsum("bqhd,bkhd->bhqk", f32(query), f32(key)) * D**-0.5
-  s = jnp.where(k_valid[:, None, None, :], s, -jnp.inf)
+  s = jnp.where(ok_BxHxLqxLk, s, -jnp.inf)
   m = jnp.max(s, axis=-1, keepdims=True)
-  p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+  m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+  p = jnp.where(ok_BxHxLqxLk, jnp.exp(s - m), 0.0)
   v = jnp.where(k_valid[:, :, None, None], f32(value), 0.0)
-  out = jnp.einsum("bhqk,bkhd->bqhd", p, v) / jnp.sum(p, -1)[..., None].swapaxes(1, 2)
-  out = jnp.where(jnp.isfinite(out), out, 0.0)
+  den = jnp.sum(p, -1)[..., None]
+  out_BxHxLqxD = jnp.einsum("bhqk,bkhd->bhqd", p, v) / jnp.where(den > 0, den, 1.0)
+  out = out_BxHxLqxD.swapaxes(1, 2)
   return jnp.where(q_valid[:, :, None, None], out, 0.0).astype(query.dtype)
 
 

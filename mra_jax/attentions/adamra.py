@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import base, performer
+from mra_jax import checks
+from mra_jax.attentions import hash_random, low_rank, performer, working_layout
 
 FEATURE_MAPS = ("elu", "relu", "favor")
 SELECTIONS = ("soft", "hard")
@@ -66,13 +67,13 @@ def adamra_heads(
   outs = []
   for h, rate in enumerate(rates):
     sl = slice(h, h + 1)
-    k_pool, counts_BxN = base.segment_means(k_BxHxLxD[:, sl], mask_BxL, rate)
-    v_pool, _ = base.segment_means(v_BxHxLxD[:, sl], mask_BxL, rate)
+    k_pool, counts_BxN = low_rank.segment_means(k_BxHxLxD[:, sl], mask_BxL, rate)
+    v_pool, _ = low_rank.segment_means(v_BxHxLxD[:, sl], mask_BxL, rate)
     ok_BxN = counts_BxN > 0
     phi_k = _features(k_pool, feature_map, projection, ok_BxN, False)
     phi_k = phi_k * counts_BxN[:, None, :, None]
     phi_q = _features(q_BxHxLxD[:, sl], feature_map, projection, mask_BxL, True)
-    outs.append(base.linear_attention(phi_q, phi_k, v_pool))
+    outs.append(low_rank.linear_attention(phi_q, phi_k, v_pool))
   return jnp.concatenate(outs, axis=1)
 
 
@@ -117,12 +118,12 @@ class AdaMraAttention(nnx.Module):
     temperature: float = 1.0,
   ):
     del max_length  # Any length works (a rate longer than L pools everything into one).
-    base.check_int("num_heads", num_heads, minimum=1)
-    base.check_int("rate_base", rate_base, minimum=1)
-    base.check_int("max_rate", max_rate, minimum=1)
-    base.check_int("num_features", num_features, minimum=1)
-    base.check_choice("feature_map", feature_map, FEATURE_MAPS)
-    base.check_choice("selection", selection, SELECTIONS)
+    checks.check_int("num_heads", num_heads, minimum=1)
+    checks.check_int("rate_base", rate_base, minimum=1)
+    checks.check_int("max_rate", max_rate, minimum=1)
+    checks.check_int("num_features", num_features, minimum=1)
+    checks.check_choice("feature_map", feature_map, FEATURE_MAPS)
+    checks.check_choice("selection", selection, SELECTIONS)
     if not (isinstance(temperature, (int, float)) and temperature > 0):
       raise ValueError(f"temperature must be > 0; got temperature={temperature!r}")
     if rates is None:
@@ -139,13 +140,13 @@ class AdaMraAttention(nnx.Module):
     )
     self.router_bias = nnx.Param(jnp.zeros((num_heads,), jnp.float32))
     self.projection = (
-      base.FixedRandom(performer.orthogonal_features(rngs.params(), num_features, head_dim))
+      hash_random.FixedRandom(performer.orthogonal_features(rngs.params(), num_features, head_dim))
       if feature_map == "favor"
       else None
     )
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    q, k, v, m = base.prepare(query, key, value, mask)
+    q, k, v, m = working_layout.prepare(query, key, value, mask)
     if q.shape[1] != len(self.rates):
       raise ValueError(
         f"inputs have {q.shape[1]} heads but rates has {len(self.rates)}: query.shape={query.shape}"
@@ -161,4 +162,4 @@ class AdaMraAttention(nnx.Module):
       selection=self.selection,
       temperature=self.temperature,
     )
-    return base.finish(o * gate, m, query.dtype)
+    return working_layout.finish(o * gate, m, query.dtype)

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import local
+from mra_jax import checks
+from mra_jax.attentions import hash_random, softmax, working_layout
 
 _NUM_FIXED = 5  # global first, global last, window n-1, n, n+1.
 
@@ -39,7 +40,7 @@ def bigbird_block_pattern(
     num_random_blocks: r, random key blocks per query block (fewer when too few
       blocks are left; the missing slots are marked invalid).
     random_key: a jax.random key (typed or raw uint32); the draw is
-      `local.hash_uniform` of it (cheap to compile, identical on every backend).
+      `hash_random.hash_uniform` of it (cheap to compile, identical on every backend).
 
   Returns:
     (idx_HxMxS int32, valid_HxMxS bool) with M = max(N - 2, 0), S = 5 + min(r, N):
@@ -61,7 +62,7 @@ def bigbird_block_pattern(
       | (cols_N[None, :] == n - 1)
       | (jnp.abs(cols_N[None, :] - rows_M[:, None]) <= 1)
     )
-    scores = local.hash_uniform(random_key, (num_heads, m_rows, n))
+    scores = hash_random.hash_uniform(random_key, (num_heads, m_rows, n))
     scores = jnp.where(excluded_MxN[None], -1.0, scores)
     top_s, top_i = jax.lax.top_k(scores, r)
     idx = jnp.concatenate([idx, top_i.astype(idx.dtype)], axis=-1)
@@ -99,16 +100,16 @@ def bigbird_attention(
   Raises:
     ValueError: bad shapes or knobs.
   """
-  local.check_int("block_size", block_size, minimum=1)
-  local.check_int("num_random_blocks", num_random_blocks, minimum=0)
+  checks.check_int("block_size", block_size, minimum=1)
+  checks.check_int("num_random_blocks", num_random_blocks, minimum=0)
   if random_key is None:
     random_key = jnp.zeros((2,), jnp.uint32)
-  q, k, v, m = local.prepare(query, key, value, mask)
+  q, k, v, m = working_layout.prepare(query, key, value, mask)
   b, h, _length, d = q.shape
   dv = v.shape[-1]
   bs = block_size
-  qp, kp, vp = (local.pad_axis(x, bs, axis=2) for x in (q, k, v))
-  mp = local.pad_axis(m, bs, axis=1)
+  qp, kp, vp = (working_layout.pad_axis(x, bs, axis=2) for x in (q, k, v))
+  mp = working_layout.pad_axis(m, bs, axis=1)
   n = qp.shape[2] // bs
   blocks = lambda x: x.reshape(b, h, n, bs, x.shape[-1])
   qb, kb, vb = blocks(qp), blocks(kp), blocks(vp)
@@ -119,10 +120,10 @@ def bigbird_attention(
   g_rows = [0] if n == 1 else [0, n - 1]
   q_g = qb[:, :, jnp.array(g_rows)].reshape(b, h, len(g_rows) * bs, d)
   logits_g = jnp.einsum("bhgd,bhld->bhgl", q_g, kp) * scale
-  p_g, _ = local.masked_softmax(logits_g, jnp.broadcast_to(mp[:, None, None, :], logits_g.shape))
+  p_g, _ = softmax.masked_softmax(logits_g, jnp.broadcast_to(mp[:, None, None, :], logits_g.shape))
   o_g = jnp.einsum("bhgl,bhld->bhgd", p_g, vp).reshape(b, h, len(g_rows), bs, dv)
   if n <= 2:
-    return local.finish(o_g.reshape(b, h, n * bs, dv), m, query.dtype)
+    return working_layout.finish(o_g.reshape(b, h, n * bs, dv), m, query.dtype)
 
   idx_HxMxS, ok_HxMxS = bigbird_block_pattern(n, h, num_random_blocks, random_key)
   heads = jnp.arange(h)[:, None, None]
@@ -133,10 +134,10 @@ def bigbird_attention(
   msz, ssz = idx_HxMxS.shape[1:]
   logits = logits.reshape(b, h, msz, bs, ssz * bs)
   valid = jnp.broadcast_to(key_ok.reshape(b, h, msz, 1, ssz * bs), logits.shape)
-  p, _ = local.masked_softmax(logits, valid)
+  p, _ = softmax.masked_softmax(logits, valid)
   o_mid = jnp.einsum("bhmqk,bhmkd->bhmqd", p, v_sel.reshape(b, h, msz, ssz * bs, dv))
   o = jnp.concatenate([o_g[:, :, :1], o_mid, o_g[:, :, 1:]], axis=2)
-  return local.finish(o.reshape(b, h, n * bs, dv), m, query.dtype)
+  return working_layout.finish(o.reshape(b, h, n * bs, dv), m, query.dtype)
 
 
 class BigBirdAttention(nnx.Module):
@@ -156,11 +157,11 @@ class BigBirdAttention(nnx.Module):
     num_random_blocks: int = 2,
   ):
     del num_heads, head_dim, max_length  # The pattern is drawn for the runtime length.
-    local.check_int("block_size", block_size, minimum=1)
-    local.check_int("num_random_blocks", num_random_blocks, minimum=0)
+    checks.check_int("block_size", block_size, minimum=1)
+    checks.check_int("num_random_blocks", num_random_blocks, minimum=0)
     self.block_size = block_size
     self.num_random_blocks = num_random_blocks
-    self.random_key = local.FixedRandom(jax.random.key_data(rngs.params()))
+    self.random_key = hash_random.FixedRandom(jax.random.key_data(rngs.params()))
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     return bigbird_attention(

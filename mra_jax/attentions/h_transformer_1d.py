@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import local
+from mra_jax import checks
+from mra_jax.attentions import working_layout
 
 
 def _level_stats(logits, valid, weight, values):
@@ -77,8 +78,8 @@ def h_transformer_1d_attention(
   Raises:
     ValueError: bad shapes or block_size.
   """
-  local.check_int("block_size", block_size, minimum=1)
-  q, k, v, m = local.prepare(query, key, value, mask)
+  checks.check_int("block_size", block_size, minimum=1)
+  q, k, v, m = working_layout.prepare(query, key, value, mask)
   b, h, length, d = q.shape
   dv = v.shape[-1]
   bs = block_size
@@ -127,7 +128,7 @@ def h_transformer_1d_attention(
     s_tot = s_tot + s_l * r
     num_tot = num_tot + num_l * r[..., None]
   o = num_tot / jnp.where(s_tot > 0, s_tot, 1.0)[..., None]
-  return local.finish(o, m, query.dtype)
+  return working_layout.finish(o, m, query.dtype)
 
 
 class HTransformer1DAttention(nnx.Module):
@@ -140,7 +141,7 @@ class HTransformer1DAttention(nnx.Module):
     self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs, block_size: int = 16
   ):
     del num_heads, head_dim, max_length, rngs  # No parameters; any length works.
-    local.check_int("block_size", block_size, minimum=1)
+    checks.check_int("block_size", block_size, minimum=1)
     self.block_size = block_size
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:

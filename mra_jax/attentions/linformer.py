@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import base
+from mra_jax import checks
+from mra_jax.attentions import working_layout
 
 
 def linformer_attention(
@@ -47,7 +48,7 @@ def linformer_attention(
   Raises:
     ValueError: bad shapes, or L longer than the projection.
   """
-  q, k, v, m = base.prepare(query, key, value, mask)
+  q, k, v, m = working_layout.prepare(query, key, value, mask)
   length = q.shape[2]
   f_proj = e_proj if f_proj is None else f_proj
   for name, p in (("e_proj", e_proj), ("f_proj", f_proj)):
@@ -65,7 +66,7 @@ def linformer_attention(
   # of an [L, k] one, and a simpler backward (about 1.5x faster fwd+bwd at L=16384 on CPU).
   e = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
   o = jnp.einsum("bhlk,bhkd->bhld", e, v_BxHxKxD) / jnp.sum(e, axis=-1, keepdims=True)
-  return base.finish(o, m, query.dtype)
+  return working_layout.finish(o, m, query.dtype)
 
 
 class LinformerAttention(nnx.Module):
@@ -87,8 +88,8 @@ class LinformerAttention(nnx.Module):
     share_kv: bool = True,
   ):
     del num_heads, head_dim
-    base.check_int("projection_length", projection_length, minimum=1)
-    base.check_int("max_length", max_length, minimum=1)
+    checks.check_int("projection_length", projection_length, minimum=1)
+    checks.check_int("max_length", max_length, minimum=1)
     self.max_length = max_length
     # N(0, 1/k) entries (the 1/sqrt(k) scale of the Linformer code), fixed at init.
     init = lambda: (

@@ -1,161 +1,22 @@
 """Local attention: a sliding window (or non-overlapping blocks) of exact softmax.
 
-This file also holds the small pieces every sparse baseline in this package shares
-(input checks, the [B, H, L, D] working layout, chunked neighbour windows, a masked
-softmax that never yields NaN), so Longformer, BigBird, Reformer, H-Transformer-1D
-and Scatterbrain compute their patterns the same way.
-
 Only the band is computed: queries are cut into chunks of C tokens and each chunk
 meets the keys of its own and its two neighbouring chunks (3C keys), so time and
-memory are O(L * window), never O(L^2).
+memory are O(L * window), never O(L^2). Longformer and Scatterbrain build their
+windows from `window_logits` and `neighbour_chunks`.
 """
 # pylint: disable=invalid-name
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-class FixedRandom(nnx.Variable):
-  """Random state drawn once from the module's rngs and never trained.
-
-  Not an `nnx.Param`, so an optimiser built with `wrt=nnx.Param` leaves it alone,
-  while it still lives in the module state (checkpointed, split/merged with it).
-  """
-
-
-def _mix32(x):
-  """murmur3's 32-bit finaliser: a bijection that scrambles every input bit."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x85EBCA6B)
-  x = x ^ (x >> 13)
-  x = x * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
-
-
-def hash_uniform(random_key: jax.Array, shape: tuple[int, ...], stream: int = 0):
-  """Uniform [0, 1) float32 numbers from a counter-based hash of (key, index).
-
-  Used for the patterns drawn inside jit (BigBird's random blocks, Reformer's
-  rotations, Scatterbrain's features): `jax.random`'s threefry costs seconds of CPU
-  compile time per new shape, this costs almost nothing, and it is bit-identical on
-  every backend and version. Statistical quality (murmur3 finaliser, two rounds) is
-  ample for choosing blocks and random projections; it is not a cryptographic
-  generator.
-
-  Args:
-    random_key: a typed jax.random key or its raw uint32 key data.
-    shape: output shape.
-    stream: selects an independent stream for the same key.
-  """
-  return _hash_uniform(_key_words(random_key), tuple(shape), stream)
-
-
-def hash_normal(random_key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Standard normal float32 numbers (Box-Muller on two `hash_uniform` streams)."""
-  return _hash_normal(_key_words(random_key), tuple(shape))
-
-
-def _key_words(random_key):
-  if jnp.issubdtype(random_key.dtype, jax.dtypes.prng_key):
-    random_key = jax.random.key_data(random_key)
-  return jnp.ravel(random_key).astype(jnp.uint32)
-
-
-# Jitted whole: run eagerly, each of the ~20 integer ops would compile on its own.
-@functools.partial(jax.jit, static_argnames=("shape", "stream"))
-def _hash_uniform(words, shape, stream):
-  seed_a = _mix32(words[0] ^ jnp.uint32(0x9E3779B9 * (stream + 1) & 0xFFFFFFFF))
-  seed_b = _mix32(words[-1] + seed_a)
-  counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-  bits = _mix32(_mix32(counter ^ seed_a) + seed_b)
-  return (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
-
-
-@functools.partial(jax.jit, static_argnames="shape")
-def _hash_normal(words, shape):
-  u1 = 1.0 - _hash_uniform(words, shape, 1)  # (0, 1]: log is finite.
-  u2 = _hash_uniform(words, shape, 2)
-  return jnp.sqrt(-2.0 * jnp.log(u1)) * jnp.cos(2.0 * jnp.pi * u2)
-
-
-def check_int(name: str, value, *, minimum: int) -> None:
-  """Raises ValueError unless `value` is an int >= minimum (message names it)."""
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}; got {name}={value!r}")
-
-
-def prepare(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None):
-  """Checks shapes and returns float32 [B, H, L, D] tensors and a bool [B, L] mask.
-
-  Padded positions are zeroed in q, k and v so that whatever garbage they held
-  (even inf or NaN) cannot reach a real output through a 0 * x product.
-  """
-  for name, x in (("query", query), ("key", key), ("value", value)):
-    if x.ndim != 4:
-      raise ValueError(f"{name} must be [B, L, H, D]; got {name}.shape={x.shape}")
-  if key.shape != query.shape:
-    raise ValueError(
-      "sparse self-attention patterns need key.shape == query.shape; got "
-      f"key.shape={key.shape}, query.shape={query.shape}"
-    )
-  if value.shape[:3] != query.shape[:3]:
-    raise ValueError(
-      f"value must be [B, L, H, Dv] like query; got value.shape={value.shape}, "
-      f"query.shape={query.shape}"
-    )
-  b, length = query.shape[:2]
-  if mask is None:
-    mask_BxL = jnp.ones((b, length), bool)
-  else:
-    if mask.shape != (b, length):
-      raise ValueError(f"mask must be [B, L] = {(b, length)}; got mask.shape={mask.shape}")
-    mask_BxL = mask.astype(bool)
-  keep = mask_BxL[:, :, None, None]
-
-  def to_bhld(x):
-    x = jnp.where(keep, x.astype(jnp.float32), 0.0)
-    return jnp.transpose(x, (0, 2, 1, 3))
-
-  return to_bhld(query), to_bhld(key), to_bhld(value), mask_BxL
-
-
-def finish(o_BxHxLxD: jax.Array, mask_BxL: jax.Array, dtype) -> jax.Array:
-  """Back to [B, L, H, D] in `dtype`, cut to the mask's length, padded queries 0."""
-  length = mask_BxL.shape[1]
-  o_BxLxHxD = jnp.transpose(o_BxHxLxD[:, :, :length], (0, 2, 1, 3))
-  return jnp.where(mask_BxL[:, :, None, None], o_BxLxHxD, 0.0).astype(dtype)
-
-
-def pad_axis(x: jax.Array, multiple: int, axis: int) -> jax.Array:
-  """Zero-pads `axis` of x up to a multiple of `multiple`."""
-  extra = -x.shape[axis] % multiple
-  if not extra:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, extra)
-  return jnp.pad(x, widths)
-
-
-def masked_softmax(logits: jax.Array, valid: jax.Array, axis: int = -1):
-  """Softmax over `axis` restricted to `valid` entries, in float32.
-
-  Returns (probabilities, logsumexp). A row with no valid entry gets probabilities 0
-  and logsumexp -inf, never NaN.
-  """
-  logits = jnp.where(valid, logits.astype(jnp.float32), -jnp.inf)
-  m = jnp.max(logits, axis=axis, keepdims=True)
-  m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
-  p = jnp.where(valid, jnp.exp(logits - m), 0.0)
-  s = jnp.sum(p, axis=axis, keepdims=True)
-  safe_s = jnp.where(s > 0, s, 1.0)
-  lse = jnp.where(s > 0, jnp.log(safe_s) + m, -jnp.inf)
-  return p / safe_s, jnp.squeeze(lse, axis)
+from mra_jax import checks
+from mra_jax.attentions import softmax, working_layout
 
 
 def neighbour_chunks(x: jax.Array, chunk: int, axis: int) -> jax.Array:
@@ -203,10 +64,10 @@ def sliding_window_attention(
   length = q_BxHxLxD.shape[2]
   left, right = min(left, length), min(right, length)
   chunk = max(left, right, 1)
-  q, k, v = (pad_axis(x, chunk, axis=2) for x in (q_BxHxLxD, k_BxHxLxD, v_BxHxLxD))
-  mask = pad_axis(mask_BxL, chunk, axis=1)
+  q, k, v = (working_layout.pad_axis(x, chunk, axis=2) for x in (q_BxHxLxD, k_BxHxLxD, v_BxHxLxD))
+  mask = working_layout.pad_axis(mask_BxL, chunk, axis=1)
   logits, valid, _ = window_logits(q, k, mask, left=left, right=right, chunk=chunk)
-  p, _ = masked_softmax(logits, valid)
+  p, _ = softmax.masked_softmax(logits, valid)
   v_BxHxNx3CxD = neighbour_chunks(v, chunk, axis=2)
   o = jnp.einsum("bhnck,bhnkd->bhncd", p, v_BxHxNx3CxD)
   return o.reshape(v.shape)[:, :, :length]
@@ -216,13 +77,13 @@ def block_local_attention(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, block: i
   """Exact softmax inside non-overlapping blocks of `block` tokens."""
   b, h, length, d = q_BxHxLxD.shape
   block = min(block, length)
-  q, k, v = (pad_axis(x, block, axis=2) for x in (q_BxHxLxD, k_BxHxLxD, v_BxHxLxD))
-  mask = pad_axis(mask_BxL, block, axis=1)
+  q, k, v = (working_layout.pad_axis(x, block, axis=2) for x in (q_BxHxLxD, k_BxHxLxD, v_BxHxLxD))
+  mask = working_layout.pad_axis(mask_BxL, block, axis=1)
   n = q.shape[2] // block
   split = lambda x: x.reshape(b, h, n, block, x.shape[-1])
   logits = jnp.einsum("bhncd,bhnkd->bhnck", split(q), split(k)) / math.sqrt(d)
   valid = mask.reshape(b, n, block)[:, None, :, None, :]
-  p, _ = masked_softmax(logits, valid)
+  p, _ = softmax.masked_softmax(logits, valid)
   o = jnp.einsum("bhnck,bhnkd->bhncd", p, split(v))
   return o.reshape(v.shape)[:, :, :length]
 
@@ -258,13 +119,13 @@ def local_attention(
   Raises:
     ValueError: bad shapes or window_size.
   """
-  check_int("window_size", window_size, minimum=1)
-  q, k, v, m = prepare(query, key, value, mask)
+  checks.check_int("window_size", window_size, minimum=1)
+  q, k, v, m = working_layout.prepare(query, key, value, mask)
   if block_local:
     o = block_local_attention(q, k, v, m, block=window_size)
   else:
     o = sliding_window_attention(q, k, v, m, left=window_size // 2, right=window_size // 2)
-  return finish(o, m, query.dtype)
+  return working_layout.finish(o, m, query.dtype)
 
 
 class LocalAttention(nnx.Module):
@@ -281,7 +142,7 @@ class LocalAttention(nnx.Module):
     block_local: bool = False,
   ):
     del num_heads, head_dim, max_length, rngs  # No parameters; any length works.
-    check_int("window_size", window_size, minimum=1)
+    checks.check_int("window_size", window_size, minimum=1)
     self.window_size = window_size
     self.block_local = block_local
 

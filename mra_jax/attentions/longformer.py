@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import local
+from mra_jax import checks
+from mra_jax.attentions import local, softmax, working_layout
 
 
 def longformer_attention(
@@ -49,19 +50,19 @@ def longformer_attention(
   Raises:
     ValueError: bad shapes or knobs.
   """
-  local.check_int("window_size", window_size, minimum=1)
-  local.check_int("num_global_tokens", num_global_tokens, minimum=0)
-  q, k, v, m = local.prepare(query, key, value, mask)
+  checks.check_int("window_size", window_size, minimum=1)
+  checks.check_int("num_global_tokens", num_global_tokens, minimum=0)
+  q, k, v, m = working_layout.prepare(query, key, value, mask)
   b, h, length, d = q.shape
   g = min(num_global_tokens, length)
   reach = min(window_size // 2, length)
   if g == 0:
     o = local.sliding_window_attention(q, k, v, m, left=reach, right=reach)
-    return local.finish(o, m, query.dtype)
+    return working_layout.finish(o, m, query.dtype)
 
   chunk = max(reach, 1)
-  qp, kp, vp = (local.pad_axis(x, chunk, axis=2) for x in (q, k, v))
-  mp = local.pad_axis(m, chunk, axis=1)
+  qp, kp, vp = (working_layout.pad_axis(x, chunk, axis=2) for x in (q, k, v))
+  mp = working_layout.pad_axis(m, chunk, axis=1)
   n = qp.shape[2] // chunk
   logits_w, valid_w, kpos_Nx3C = local.window_logits(
     qp, kp, mp, left=reach, right=reach, chunk=chunk
@@ -71,7 +72,7 @@ def longformer_attention(
   q_BxHxNxCxD = qp.reshape(b, h, n, chunk, d)
   logits_g = jnp.einsum("bhncd,bhgd->bhncg", q_BxHxNxCxD, kp[:, :, :g]) / math.sqrt(d)
   valid_g = jnp.broadcast_to(mp[:, None, None, None, :g], logits_g.shape)
-  p, _ = local.masked_softmax(
+  p, _ = softmax.masked_softmax(
     jnp.concatenate([logits_w, logits_g], -1), jnp.concatenate([valid_w, valid_g], -1)
   )
   p_w, p_g = p[..., : 3 * chunk], p[..., 3 * chunk :]
@@ -82,9 +83,11 @@ def longformer_attention(
 
   # Global queries see every real key: a [G, L] strip.
   logits_gq = jnp.einsum("bhgd,bhld->bhgl", q[:, :, :g], k) / math.sqrt(d)
-  p_gq, _ = local.masked_softmax(logits_gq, jnp.broadcast_to(m[:, None, None, :], logits_gq.shape))
+  p_gq, _ = softmax.masked_softmax(
+    logits_gq, jnp.broadcast_to(m[:, None, None, :], logits_gq.shape)
+  )
   o = o.at[:, :, :g].set(jnp.einsum("bhgl,bhld->bhgd", p_gq, v))
-  return local.finish(o, m, query.dtype)
+  return working_layout.finish(o, m, query.dtype)
 
 
 class LongformerAttention(nnx.Module):
@@ -104,8 +107,8 @@ class LongformerAttention(nnx.Module):
     num_global_tokens: int = 1,
   ):
     del num_heads, head_dim, max_length, rngs  # No parameters; any length works.
-    local.check_int("window_size", window_size, minimum=1)
-    local.check_int("num_global_tokens", num_global_tokens, minimum=0)
+    checks.check_int("window_size", window_size, minimum=1)
+    checks.check_int("num_global_tokens", num_global_tokens, minimum=0)
     self.window_size = window_size
     self.num_global_tokens = num_global_tokens
 

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import base
+from mra_jax import checks
+from mra_jax.attentions import low_rank, softmax, working_layout
 
 
 def nystrom_core(
@@ -35,21 +36,21 @@ def nystrom_core(
   scale = d**-0.25  # Split between q and k, so the landmarks see scaled tokens.
   q, k = q_BxHxLxD * scale, k_BxHxLxD * scale
   segment = -(-length // num_landmarks)
-  q_land, counts_BxM = base.segment_means(q, mask_BxL, segment)
-  k_land, _ = base.segment_means(k, mask_BxL, segment)
+  q_land, counts_BxM = low_rank.segment_means(q, mask_BxL, segment)
+  k_land, _ = low_rank.segment_means(k, mask_BxL, segment)
   land_ok_BxM = counts_BxM > 0
-  kernel_1, _ = base.masked_softmax(
+  kernel_1, _ = softmax.masked_softmax(
     jnp.einsum("bhld,bhmd->bhlm", q, k_land), land_ok_BxM[:, None, None, :]
   )
-  kernel_2, _ = base.masked_softmax(
+  kernel_2, _ = softmax.masked_softmax(
     jnp.einsum("bhnd,bhmd->bhnm", q_land, k_land), land_ok_BxM[:, None, None, :]
   )
   kernel_2 = jnp.where(land_ok_BxM[:, None, :, None], kernel_2, 0.0)
-  kernel_3, _ = base.masked_softmax(
+  kernel_3, _ = softmax.masked_softmax(
     jnp.einsum("bhmd,bhld->bhml", q_land, k), mask_BxL[:, None, None, :]
   )
   kernel_3 = jnp.where(land_ok_BxM[:, None, :, None], kernel_3, 0.0)
-  kernel_2_inv = base.iterative_pinv(kernel_2, pinv_iterations, order=3)
+  kernel_2_inv = low_rank.iterative_pinv(kernel_2, pinv_iterations, order=3)
   right_BxHxMxD = jnp.einsum("bhml,bhld->bhmd", kernel_3, v_BxHxLxD)
   return jnp.einsum("bhlm,bhmd->bhld", kernel_1, kernel_2_inv @ right_BxHxMxD)
 
@@ -76,16 +77,16 @@ def nystromformer_attention(
   Returns:
     [B, L, H, Dv] in query's dtype; padded queries are 0.
   """
-  base.check_int("num_landmarks", num_landmarks, minimum=1)
-  base.check_int("pinv_iterations", pinv_iterations, minimum=1)
-  q, k, v, m = base.prepare(query, key, value, mask)
-  return base.finish(_attend(q, k, v, m, num_landmarks, pinv_iterations), m, query.dtype)
+  checks.check_int("num_landmarks", num_landmarks, minimum=1)
+  checks.check_int("pinv_iterations", pinv_iterations, minimum=1)
+  q, k, v, m = working_layout.prepare(query, key, value, mask)
+  return working_layout.finish(_attend(q, k, v, m, num_landmarks, pinv_iterations), m, query.dtype)
 
 
 def _attend(q, k, v, m, num_landmarks, pinv_iterations):
   if num_landmarks >= q.shape[2]:
     logits = jnp.einsum("bhld,bhkd->bhlk", q, k) / math.sqrt(q.shape[-1])
-    p, _ = base.masked_softmax(logits, m[:, None, None, :])
+    p, _ = softmax.masked_softmax(logits, m[:, None, None, :])
     return jnp.einsum("bhlk,bhkd->bhld", p, v)
   return nystrom_core(q, k, v, m, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations)
 
@@ -112,15 +113,17 @@ class NystromformerAttention(nnx.Module):
     conv_kernel_size: int = 0,
   ):
     del head_dim, max_length
-    base.check_int("num_landmarks", num_landmarks, minimum=1)
-    base.check_int("pinv_iterations", pinv_iterations, minimum=1)
-    base.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
+    checks.check_int("num_landmarks", num_landmarks, minimum=1)
+    checks.check_int("pinv_iterations", pinv_iterations, minimum=1)
+    checks.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
     self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
-    self.conv = base.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
+    self.conv = (
+      low_rank.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
+    )
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    q, k, v, m = base.prepare(query, key, value, mask)
+    q, k, v, m = working_layout.prepare(query, key, value, mask)
     o = _attend(q, k, v, m, self.num_landmarks, self.pinv_iterations)
     if self.conv is not None:
       o = o + self.conv(v)
-    return base.finish(o, m, query.dtype)
+    return working_layout.finish(o, m, query.dtype)

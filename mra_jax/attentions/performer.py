@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import base
+from mra_jax import checks
+from mra_jax.attentions import hash_random, low_rank, working_layout
 
 KERNEL_TYPES = ("exp", "relu")
 
@@ -95,15 +96,15 @@ def performer_attention(
   Returns:
     [B, L, H, Dv] in query's dtype; padded queries are 0.
   """
-  base.check_choice("kernel_type", kernel_type, KERNEL_TYPES)
-  q, k, v, m = base.prepare(query, key, value, mask)
+  checks.check_choice("kernel_type", kernel_type, KERNEL_TYPES)
+  q, k, v, m = working_layout.prepare(query, key, value, mask)
   if projection.ndim != 2 or projection.shape[1] != q.shape[-1]:
     raise ValueError(
       f"projection must be [M, D={q.shape[-1]}]; got projection.shape={projection.shape}"
     )
   phi_q = favor_features(q, projection, m, is_query=True, kernel_type=kernel_type)
   phi_k = favor_features(k, projection, m, is_query=False, kernel_type=kernel_type)
-  return base.finish(base.linear_attention(phi_q, phi_k, v), m, query.dtype)
+  return working_layout.finish(low_rank.linear_attention(phi_q, phi_k, v), m, query.dtype)
 
 
 class PerformerAttention(nnx.Module):
@@ -127,11 +128,11 @@ class PerformerAttention(nnx.Module):
     orthogonal: bool = True,
   ):
     del num_heads, max_length  # Shared by the heads (performer-pytorch); any length works.
-    base.check_int("num_features", num_features, minimum=1)
-    base.check_choice("kernel_type", kernel_type, KERNEL_TYPES)
+    checks.check_int("num_features", num_features, minimum=1)
+    checks.check_choice("kernel_type", kernel_type, KERNEL_TYPES)
     self.num_features, self.head_dim = num_features, head_dim
     self.kernel_type, self.orthogonal = kernel_type, orthogonal
-    self.projection = base.FixedRandom(
+    self.projection = hash_random.FixedRandom(
       orthogonal_features(rngs.params(), num_features, head_dim, orthogonal)
     )
 

@@ -23,7 +23,7 @@ paper's "attend within a bucket"); the default True attends to the whole chunk
 window as HF does.
 
 Rotations are Gaussian numbers hashed from a fixed key (the module's; see
-`local.hash_normal`: jax.random would cost seconds of compile time), per head and
+`hash_random.hash_normal`: jax.random would cost seconds of compile time), per head and
 round, for the runtime number of buckets: fixed for a given length (HF redraws each
 call unless `hash_seed` is set; pass a fresh `random_key` to redraw).
 """
@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import local
+from mra_jax import checks
+from mra_jax.attentions import hash_random, softmax, working_layout
 
 _SELF_LOGIT = -1e5  # HF's self-attention mask value for float32.
 
@@ -113,10 +114,10 @@ def _with_previous_chunk(x, num_chunks, axis):
 
 
 def _check_knobs(num_hashes: int, chunk_length: int, num_buckets: int | None) -> None:
-  local.check_int("num_hashes", num_hashes, minimum=1)
-  local.check_int("chunk_length", chunk_length, minimum=1)
+  checks.check_int("num_hashes", num_hashes, minimum=1)
+  checks.check_int("chunk_length", chunk_length, minimum=1)
   if num_buckets is not None:
-    local.check_int("num_buckets", num_buckets, minimum=1)
+    checks.check_int("num_buckets", num_buckets, minimum=1)
     if num_buckets > 1 and num_buckets % 2:
       raise ValueError(f"num_buckets must be 1 or even; got num_buckets={num_buckets}")
 
@@ -159,17 +160,17 @@ def reformer_attention(
   _check_knobs(num_hashes, chunk_length, num_buckets)
   if random_key is None:
     random_key = jnp.zeros((2,), jnp.uint32)
-  q, k, v, m_BxL = local.prepare(query, key, value, mask)
+  q, k, v, m_BxL = working_layout.prepare(query, key, value, mask)
   b, h, length, d = q.shape
   dv = v.shape[-1]
   c = min(chunk_length, length)
-  q, k, v = (local.pad_axis(x, c, axis=2) for x in (q, k, v))
-  m = local.pad_axis(m_BxL, c, axis=1)
+  q, k, v = (working_layout.pad_axis(x, c, axis=2) for x in (q, k, v))
+  m = working_layout.pad_axis(m_BxL, c, axis=1)
   lp = q.shape[2]
   nc = lp // c
   nb = default_num_buckets(lp, c) if num_buckets is None else num_buckets
   factors = bucket_factors(nb, lp, c)
-  rotations = local.hash_normal(
+  rotations = hash_random.hash_normal(
     random_key, (h, d, num_hashes, max(sum(n // 2 for n in factors), 1))
   )
 
@@ -205,7 +206,7 @@ def reformer_attention(
     logits = jnp.where(qpos[..., :, None] == kpos[..., None, :], _SELF_LOGIT, logits)
   if not attend_across_buckets:
     valid = valid & (qbuck[..., :, None] == kbuck[..., None, :])
-  p, lse = local.masked_softmax(logits, valid)
+  p, lse = softmax.masked_softmax(logits, valid)
   o_s = jnp.einsum("bhrnqk,bhrnkd->bhrnqd", p, v_s).reshape(b, h, num_hashes, lp, dv)
   lse = lse.reshape(b, h, num_hashes, lp)
 
@@ -213,9 +214,9 @@ def reformer_attention(
   inverse = jnp.argsort(perm_q, axis=-1)
   o_r = jnp.take_along_axis(o_s, inverse[..., None], axis=3)
   lse = jnp.take_along_axis(lse, inverse, axis=-1)
-  w_r, _ = local.masked_softmax(lse, jnp.isfinite(lse), axis=2)
+  w_r, _ = softmax.masked_softmax(lse, jnp.isfinite(lse), axis=2)
   o = jnp.sum(o_r * w_r[..., None], axis=2)
-  return local.finish(o, m_BxL, query.dtype)
+  return working_layout.finish(o, m_BxL, query.dtype)
 
 
 class ReformerAttention(nnx.Module):
@@ -245,7 +246,7 @@ class ReformerAttention(nnx.Module):
     self.num_buckets = num_buckets
     self.shared_qk = shared_qk
     self.attend_across_buckets = attend_across_buckets
-    self.random_key = local.FixedRandom(jax.random.key_data(rngs.params()))
+    self.random_key = hash_random.FixedRandom(jax.random.key_data(rngs.params()))
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     return reformer_attention(

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import local
+from mra_jax import checks
+from mra_jax.attentions import hash_random, local, softmax, working_layout
 
 _TINY = 1e-24  # Floor of the off-window low-rank normaliser (it is >= 0 exactly).
 
@@ -41,9 +42,9 @@ def orthogonal_random_features(
     [M, D] float32, M = num_features.
   """
   num_blocks = -(-num_features // head_dim)
-  # One hashed Gaussian draw (cheap to compile, see `local.hash_normal`), split into
+  # One hashed Gaussian draw (cheap to compile, see `hash_random.hash_normal`), split into
   # the square blocks to orthogonalise and the rows whose norms scale them.
-  gauss = local.hash_normal(random_key, (num_blocks * head_dim + num_features, head_dim))
+  gauss = hash_random.hash_normal(random_key, (num_blocks * head_dim + num_features, head_dim))
   blocks = gauss[: num_blocks * head_dim].reshape(num_blocks, head_dim, head_dim)
   q_blocks = jnp.linalg.qr(blocks)[0]  # Batched: orthonormal columns per block.
   rows = jnp.swapaxes(q_blocks, 1, 2).reshape(-1, head_dim)[:num_features]
@@ -107,18 +108,18 @@ def scatterbrain_attention(
   Raises:
     ValueError: bad shapes or knobs.
   """
-  local.check_int("window_size", window_size, minimum=1)
+  checks.check_int("window_size", window_size, minimum=1)
   if projection.ndim != 2 or projection.shape[1] != query.shape[-1]:
     raise ValueError(
       f"projection must be [M, D={query.shape[-1]}]; got projection.shape={projection.shape}"
     )
-  q, k, v, m = local.prepare(query, key, value, mask)
+  q, k, v, m = working_layout.prepare(query, key, value, mask)
   b, h, length, _ = q.shape
   left = min(window_size // 2, length)
   right = min((window_size + 1) // 2 - 1, length)
   chunk = max(left, right, 1)
-  qp, kp, vp = (local.pad_axis(x, chunk, axis=2) for x in (q, k, v))
-  mp = local.pad_axis(m, chunk, axis=1)
+  qp, kp, vp = (working_layout.pad_axis(x, chunk, axis=2) for x in (q, k, v))
+  mp = working_layout.pad_axis(m, chunk, axis=1)
   n = qp.shape[2] // chunk
   lp = n * chunk
 
@@ -138,7 +139,7 @@ def scatterbrain_attention(
   dots_w = jnp.where(valid_w, dots_w, 0.0)
 
   # Normaliser: exact window sum, plus the low-rank estimate of everything else.
-  _, lse_local = local.masked_softmax(logits_w, valid_w)
+  _, lse_local = softmax.masked_softmax(logits_w, valid_w)
   lse_local = lse_local.reshape(b, h, lp)
   z_all = jnp.einsum("bhlm,bhm->bhl", phi_q, jnp.sum(phi_k, axis=2))
   z_off = jnp.maximum(z_all - jnp.sum(dots_w, axis=-1).reshape(b, h, lp), _TINY)
@@ -154,7 +155,7 @@ def scatterbrain_attention(
   ).reshape(vp.shape)
   kv_MxDv = jnp.einsum("bhlm,bhld->bhmd", phi_k, vp)
   o_low = jnp.einsum("bhlm,bhmd->bhld", phi_q, kv_MxDv) * prime_scale[..., None]
-  return local.finish((o_local + o_low)[:, :, :length], m, query.dtype)
+  return working_layout.finish((o_local + o_low)[:, :, :length], m, query.dtype)
 
 
 class ScatterbrainAttention(nnx.Module):
@@ -175,13 +176,13 @@ class ScatterbrainAttention(nnx.Module):
     num_features: int | None = None,
   ):
     del num_heads, max_length  # Features are shared by heads; any length works.
-    local.check_int("window_size", window_size, minimum=1)
-    local.check_int("head_dim", head_dim, minimum=1)
+    checks.check_int("window_size", window_size, minimum=1)
+    checks.check_int("head_dim", head_dim, minimum=1)
     if num_features is None:
       num_features = max(int(head_dim * math.log(head_dim)), 1)
-    local.check_int("num_features", num_features, minimum=1)
+    checks.check_int("num_features", num_features, minimum=1)
     self.window_size = window_size
-    self.projection = local.FixedRandom(
+    self.projection = hash_random.FixedRandom(
       orthogonal_random_features(rngs.params(), num_features, head_dim)
     )
 

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import base
+from mra_jax import checks
+from mra_jax.attentions import low_rank, working_layout
 
 LANDMARK_POOLINGS = ("conv", "mean")
 
@@ -60,7 +61,7 @@ def soft_core(
   k_3 = gaussian_kernel(q_land_BxHxMxD, k_BxHxLxD)
   k_3 = jnp.where(land_ok_BxM[:, None, :, None] & mask_BxL[:, None, None, :], k_3, 0.0)
   right_BxHxMxD = jnp.einsum("bhml,bhld->bhmd", k_3, v_BxHxLxD)
-  inv = base.iterative_pinv(k_2, pinv_iterations, order=2)
+  inv = low_rank.iterative_pinv(k_2, pinv_iterations, order=2)
   return jnp.einsum("bhlm,bhmd->bhld", k_1, inv @ right_BxHxMxD)
 
 
@@ -88,14 +89,16 @@ class SoftAttention(nnx.Module):
     tie_qk: bool = True,
     conv_kernel_size: int = 0,
   ):
-    base.check_int("num_landmarks", num_landmarks, minimum=1)
-    base.check_int("pinv_iterations", pinv_iterations, minimum=1)
-    base.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
-    base.check_int("max_length", max_length, minimum=1)
-    base.check_choice("landmark_pooling", landmark_pooling, LANDMARK_POOLINGS)
+    checks.check_int("num_landmarks", num_landmarks, minimum=1)
+    checks.check_int("pinv_iterations", pinv_iterations, minimum=1)
+    checks.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
+    checks.check_int("max_length", max_length, minimum=1)
+    checks.check_choice("landmark_pooling", landmark_pooling, LANDMARK_POOLINGS)
     self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
     self.landmark_pooling, self.tie_qk, self.max_length = landmark_pooling, tie_qk, max_length
-    self.conv = base.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
+    self.conv = (
+      low_rank.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
+    )
     if landmark_pooling == "conv":
       segment = -(-max_length // num_landmarks)
       fan_in = segment * head_dim
@@ -108,12 +111,17 @@ class SoftAttention(nnx.Module):
 
   def _landmarks(self, x_BxHxLxD, mask_BxL, segment):
     if self.landmark_pooling == "mean":
-      return base.segment_means(x_BxHxLxD, mask_BxL, segment)
+      return low_rank.segment_means(x_BxHxLxD, mask_BxL, segment)
     b, h, _, d = x_BxHxLxD.shape
     w_SxDxD = self.pool_kernel_SxDxD[...]
-    x = base.pad_axis(jnp.where(mask_BxL[:, None, :, None], x_BxHxLxD, 0.0), segment, axis=2)
+    x = working_layout.pad_axis(
+      jnp.where(mask_BxL[:, None, :, None], x_BxHxLxD, 0.0), segment, axis=2
+    )
     counts = jnp.sum(
-      base.pad_axis(mask_BxL.astype(jnp.float32), segment, axis=1).reshape(b, -1, segment), axis=-1
+      working_layout.pad_axis(mask_BxL.astype(jnp.float32), segment, axis=1).reshape(
+        b, -1, segment
+      ),
+      axis=-1,
     )
     x = x.reshape(b, h, -1, segment, d)
     y = jnp.einsum("bhnsd,sde->bhne", x, w_SxDxD) + self.pool_bias_D[...][None, None, None]
@@ -122,7 +130,7 @@ class SoftAttention(nnx.Module):
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     if self.tie_qk:
       key = query
-    q, k, v, m = base.prepare(query, key, value, mask)
+    q, k, v, m = working_layout.prepare(query, key, value, mask)
     length = q.shape[2]
     if self.landmark_pooling == "conv" and length > self.max_length:
       raise ValueError(
@@ -140,4 +148,4 @@ class SoftAttention(nnx.Module):
     o = soft_core(q, k, v, m, q_land, k_land, counts > 0, pinv_iterations=self.pinv_iterations)
     if self.conv is not None:
       o = o + self.conv(v)
-    return base.finish(o, m, query.dtype)
+    return working_layout.finish(o, m, query.dtype)

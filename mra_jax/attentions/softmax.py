@@ -1,4 +1,9 @@
-"""Exact softmax attention through `jax.nn.dot_product_attention` (the quadratic baseline)."""
+"""Softmax: the masked softmax the attentions here normalise with, and exact softmax attention.
+
+`softmax_attention` is the registry's quadratic baseline, through
+`jax.nn.dot_product_attention` (the call a user would make); the dense formula that
+tests check it and every other attention against is `mra_jax.reference.softmax_attention`.
+"""
 # pylint: disable=invalid-name
 
 from __future__ import annotations
@@ -7,7 +12,32 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import base
+from mra_jax.attentions import working_layout
+
+
+def masked_softmax(
+  logits: jax.Array, valid: jax.Array, axis: int = -1
+) -> tuple[jax.Array, jax.Array]:
+  """Softmax over `axis` restricted to `valid` entries, in float32.
+
+  Args:
+    logits: any float dtype.
+    valid: bool, broadcastable to `logits`.
+    axis: the axis normalised over.
+
+  Returns:
+    (probabilities, logsumexp): float32 probabilities of the broadcast shape, and the
+    logsumexp over `axis` (that axis removed). A row with no valid entry gets
+    probabilities 0 and logsumexp -inf, never NaN (also in the gradient).
+  """
+  logits = jnp.where(valid, logits.astype(jnp.float32), -jnp.inf)
+  m = jnp.max(logits, axis=axis, keepdims=True)
+  m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+  p = jnp.where(valid, jnp.exp(logits - m), 0.0)
+  s = jnp.sum(p, axis=axis, keepdims=True)
+  safe_s = jnp.where(s > 0, s, 1.0)
+  lse = jnp.where(s > 0, jnp.log(safe_s) + m, -jnp.inf)
+  return p / safe_s, jnp.squeeze(lse, axis)
 
 
 def softmax_attention(
@@ -28,11 +58,11 @@ def softmax_attention(
   Raises:
     ValueError: bad shapes.
   """
-  q, k, v, m = base.prepare(query, key, value, mask)
+  q, k, v, m = working_layout.prepare(query, key, value, mask)
   to_blhd = lambda x: jnp.transpose(x, (0, 2, 1, 3))
   keys_Bx1x1xL = m[:, None, None, :]
   o = jax.nn.dot_product_attention(to_blhd(q), to_blhd(k), to_blhd(v), mask=keys_Bx1x1xL)
-  return base.finish(to_blhd(o), m, query.dtype)
+  return working_layout.finish(to_blhd(o), m, query.dtype)
 
 
 class SoftmaxAttention(nnx.Module):

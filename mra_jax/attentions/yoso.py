@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import base
+from mra_jax import checks
+from mra_jax.attentions import hash_random, low_rank, working_layout
 
 BACKWARDS = ("lsh", "expectation")
 
@@ -208,8 +209,8 @@ def yoso_attention(
   Returns:
     [B, L, H, Dv] in query's dtype; padded queries are 0.
   """
-  base.check_choice("backward", backward, BACKWARDS)
-  q, k, v, m = base.prepare(query, key, value, mask)
+  checks.check_choice("backward", backward, BACKWARDS)
+  q, k, v, m = working_layout.prepare(query, key, value, mask)
   if planes.ndim != 4 or planes.shape[0] != q.shape[1] or planes.shape[3] != q.shape[3]:
     raise ValueError(
       f"planes must be [H, M, tau, D] = [{q.shape[1]}, M, tau, {q.shape[3]}]; "
@@ -221,7 +222,7 @@ def yoso_attention(
     o = o + conv_out
   if normalize_output:
     o = _unit(o)
-  return base.finish(o, m, query.dtype)
+  return working_layout.finish(o, m, query.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -263,19 +264,21 @@ class YosoAttention(nnx.Module):
     conv_kernel_size: int = 0,
   ):
     del max_length
-    base.check_int("hash_code_len", hash_code_len, minimum=1)
+    checks.check_int("hash_code_len", hash_code_len, minimum=1)
     if hash_code_len > 20:  # A 2^tau table per hash: refuse sizes that cannot be meant.
       raise ValueError(f"hash_code_len must be <= 20; got hash_code_len={hash_code_len}")
-    base.check_int("num_hash", num_hash, minimum=1)
-    base.check_int("grad_samples", grad_samples, minimum=1)
-    base.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
-    base.check_choice("backward", backward, BACKWARDS)
+    checks.check_int("num_hash", num_hash, minimum=1)
+    checks.check_int("grad_samples", grad_samples, minimum=1)
+    checks.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
+    checks.check_choice("backward", backward, BACKWARDS)
     self.shape = (num_heads, num_hash, hash_code_len, head_dim, grad_samples)
     self.backward, self.normalize_output = backward, normalize_output
-    self.planes = base.FixedRandom(jnp.zeros((num_heads, num_hash, hash_code_len, head_dim)))
-    self.signs = base.FixedRandom(jnp.zeros((num_heads, num_hash, grad_samples, head_dim)))
+    self.planes = hash_random.FixedRandom(jnp.zeros((num_heads, num_hash, hash_code_len, head_dim)))
+    self.signs = hash_random.FixedRandom(jnp.zeros((num_heads, num_hash, grad_samples, head_dim)))
     self.redraw(rngs)
-    self.conv = base.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
+    self.conv = (
+      low_rank.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
+    )
 
   def redraw(self, rngs: nnx.Rngs) -> None:
     """Draws new hash hyperplanes (YOSO samples new hashes for every batch)."""
@@ -284,7 +287,7 @@ class YosoAttention(nnx.Module):
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     conv_out = None
     if self.conv is not None:
-      _, _, v, _m = base.prepare(query, key, value, mask)
+      _, _, v, _m = working_layout.prepare(query, key, value, mask)
       conv_out = self.conv(v)
     return yoso_attention(
       query,

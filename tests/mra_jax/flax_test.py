@@ -74,14 +74,26 @@ def test_what_mra_cannot_honour_fails_loudly():
 
 
 def test_nnx_self_attention_layer_with_image_patch_order():
-  layer = mra_jax.MraSelfAttention(
-    2, 16, rngs=nnx.Rngs(0), input_shape=(8, 8), block_size=32, block_per_row=1
+  # An 8x16 image: its 4x8 patches are not runs of row-major tokens, so the order matters.
+  shape = (8, 16)
+  make = lambda **kw: mra_jax.MraSelfAttention(
+    2, 16, rngs=nnx.Rngs(0), block_size=32, block_per_row=1, **kw
   )
-  x = jax.random.normal(jax.random.key(2), (2, 64, 16))
-  y = nnx.jit(lambda m, x: m(x))(layer, x)
-  assert y.shape == x.shape and np.isfinite(np.asarray(y)).all()
+  layer, plain = make(input_shape=shape), make()
+  nnx.update(plain, nnx.state(layer))  # Same parameters; only input_shape differs.
+  x = jax.random.normal(jax.random.key(2), (2, 128, 16))
+  valid = jnp.arange(128)[None, :] < jnp.array([[128], [75]])
+  y = nnx.jit(lambda m, x, valid: m(x, valid))(layer, x, valid)
+  # What input_shape promises: attention on tokens in patch order, then back to row-major.
+  to_patches = lambda t: mra_jax.to_patch_order(t, shape)
+  want = mra_jax.from_patch_order(plain(to_patches(x), to_patches(valid)), shape)
+  np.testing.assert_allclose(y, want, atol=1e-5)
+  # Ignoring input_shape would give the row-major result, which differs at this budget.
+  assert float(jnp.max(jnp.abs(y - plain(x, valid)))) > 1e-2
   with pytest.raises(ValueError, match="num_heads=3"):
     mra_jax.MraSelfAttention(3, 16, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="num_heads=0"):
+    mra_jax.MraSelfAttention(0, 16, rngs=nnx.Rngs(0))
 
 
 def test_patch_order_round_trip_and_patch_content():

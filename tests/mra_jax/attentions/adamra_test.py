@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mra_jax.attentions import adamra, base
+from mra_jax.attentions import adamra, working_layout
 
 
 def test_geometric_rates_are_coarse_to_fine_and_capped():
@@ -69,9 +69,11 @@ def test_soft_selection_with_a_uniform_gate_is_the_plain_heads():
   layer.router_weight[...] = jnp.zeros_like(layer.router_weight[...])
   q, k, v = _qkv()
   run = jax.jit(
-    lambda q, k, v: base.finish(
+    lambda q, k, v: working_layout.finish(
       adamra.adamra_heads(
-        *base.prepare(q, k, v, None)[:3], base.prepare(q, k, v, None)[3], rates=(1, 2, 4, 8)
+        *working_layout.prepare(q, k, v, None)[:3],
+        working_layout.prepare(q, k, v, None)[3],
+        rates=(1, 2, 4, 8),
       ),
       jnp.ones((2, 32), bool),
       jnp.float32,

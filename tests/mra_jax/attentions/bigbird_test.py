@@ -45,7 +45,7 @@ def _pattern(block_size, num_random, random_key):
   return jnp.array(allowed[:, :L, :L])
 
 
-_dense = sparse_testing.dense_pattern_attention
+_dense = sparse_testing.softmax_oracle
 
 
 class BigBirdPatternTest(parameterized.TestCase):
@@ -76,12 +76,12 @@ class BigBirdAttentionTest(parameterized.TestCase):
     got = _bigbird(
       q, k, v, mask, block_size=block_size, num_random_blocks=num_random, random_key=key
     )
-    want = _dense(q, k, v, _pattern(block_size, num_random, key), mask)
+    want = _dense(q, k, v, mask, allowed=_pattern(block_size, num_random, key))
     np.testing.assert_allclose(got, want, atol=1e-5)
 
   def test_one_or_two_blocks_is_softmax(self):
     q, k, v = _qkv()
-    want = jax.nn.dot_product_attention(q, k, v)
+    want = sparse_testing.softmax_oracle(q, k, v)
     for block_size in (40, 200):
       np.testing.assert_allclose(_bigbird(q, k, v, block_size=block_size), want, atol=1e-5)
 
@@ -122,7 +122,7 @@ class BigBirdAttentionTest(parameterized.TestCase):
     )(q, k, v)
     allowed = _pattern(8, 2, key)
     want = jax.jit(
-      jax.grad(loss(lambda q, k, v: _dense(q, k, v, allowed, mask)), argnums=(0, 1, 2))
+      jax.grad(loss(lambda q, k, v: _dense(q, k, v, mask, allowed=allowed)), argnums=(0, 1, 2))
     )(q, k, v)
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, atol=1e-5)

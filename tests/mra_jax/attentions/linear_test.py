@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mra_jax.attentions import base, linformer, nystromformer, performer, soft, softmax
+from mra_jax import reference
+from mra_jax.attentions import (
+  linformer,
+  low_rank,
+  nystromformer,
+  performer,
+  soft,
+  softmax,
+  working_layout,
+)
 
 
 def _qkv(shape, seed=0, scale=1.0):
@@ -16,12 +25,8 @@ def _qkv(shape, seed=0, scale=1.0):
   return q * scale, k * scale, v
 
 
-def _dense_softmax(q, k, v, mask=None):
-  logits = jnp.einsum("blhd,bkhd->bhlk", q, k) / np.sqrt(q.shape[-1])
-  if mask is not None:
-    logits = jnp.where(mask[:, None, None, :], logits, -jnp.inf)
-  out = jnp.einsum("bhlk,bkhd->blhd", jax.nn.softmax(logits, axis=-1), v)
-  return out if mask is None else jnp.where(mask[:, :, None, None], out, 0.0)
+# The library's dense softmax formula, compiled once per shape.
+_dense_softmax = jax.jit(reference.softmax_attention)
 
 
 def test_softmax_matches_the_formula_with_padding():
@@ -43,12 +48,14 @@ def test_nystrom_formula_with_every_token_a_landmark_converges_to_softmax():
   # The Nystrom formula itself (no shortcut): landmarks = tokens, so A pinv(A) A = A once the
   # pseudo-inverse has converged; with the published 6 iterations it is still approximate.
   q, k, v = _qkv((1, 16, 2, 8), scale=2.0)  # Peaked softmax: a well-conditioned A.
-  prep = base.prepare(q, k, v, None)
+  prep = working_layout.prepare(q, k, v, None)
 
   @functools.partial(jax.jit, static_argnums=0)
   def err(iterations):
     o = nystromformer.nystrom_core(*prep, num_landmarks=16, pinv_iterations=iterations)
-    return jnp.max(jnp.abs(base.finish(o, prep[3], jnp.float32) - _dense_softmax(q, k, v)))
+    return jnp.max(
+      jnp.abs(working_layout.finish(o, prep[3], jnp.float32) - _dense_softmax(q, k, v))
+    )
 
   assert float(err(30)) < 1e-3
   assert float(err(30)) < float(err(2))
@@ -171,5 +178,5 @@ def test_soft_conv_landmarks_refuse_inputs_longer_than_max_length():
 
 def test_iterative_pinv_matches_numpy_pinv():
   a = jax.random.normal(jax.random.key(3), (2, 1, 6, 6)) + 4 * jnp.eye(6)[None, None]
-  np.testing.assert_allclose(base.iterative_pinv(a, 30, order=3), np.linalg.pinv(a), atol=1e-4)
-  np.testing.assert_allclose(base.iterative_pinv(a, 40, order=2), np.linalg.pinv(a), atol=1e-4)
+  np.testing.assert_allclose(low_rank.iterative_pinv(a, 30, order=3), np.linalg.pinv(a), atol=1e-4)
+  np.testing.assert_allclose(low_rank.iterative_pinv(a, 40, order=2), np.linalg.pinv(a), atol=1e-4)

@@ -27,14 +27,14 @@ def _mask(length=L):
   return sparse_testing.two_row_mask(length, 12)
 
 
-_dense = sparse_testing.dense_pattern_attention
+_dense = sparse_testing.softmax_oracle
 
 
 class LocalAttentionTest(parameterized.TestCase):
   @parameterized.parameters((2 * L, False), (L, True))
   def test_window_covering_sequence_is_softmax(self, window_size, block_local):
     q, k, v = _qkv()
-    want = jax.nn.dot_product_attention(q, k, v)
+    want = sparse_testing.softmax_oracle(q, k, v)
     got = _local(q, k, v, window_size=window_size, block_local=block_local)
     np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -45,14 +45,14 @@ class LocalAttentionTest(parameterized.TestCase):
     i = np.arange(L)
     allowed = np.abs(i[:, None] - i[None, :]) <= window_size // 2
     got = _local(q, k, v, mask, window_size=window_size)
-    np.testing.assert_allclose(got, _dense(q, k, v, jnp.array(allowed), mask), atol=1e-5)
+    np.testing.assert_allclose(got, _dense(q, k, v, mask, allowed=jnp.array(allowed)), atol=1e-5)
 
   def test_block_local_equals_dense_blocks(self, window_size=10):
     q, k, v = _qkv()
     mask = _mask()
     i = np.arange(L) // window_size
     got = _local(q, k, v, mask, window_size=window_size, block_local=True)
-    want = _dense(q, k, v, jnp.array(i[:, None] == i[None, :]), mask)
+    want = _dense(q, k, v, mask, allowed=jnp.array(i[:, None] == i[None, :]))
     np.testing.assert_allclose(got, want, atol=1e-5)
 
   @parameterized.parameters(False, True)
@@ -90,7 +90,7 @@ class LocalAttentionTest(parameterized.TestCase):
       )
     )(q, k, v)
     want = jax.jit(
-      jax.grad(loss(lambda q, k, v: _dense(q, k, v, allowed, mask)), argnums=(0, 1, 2))
+      jax.grad(loss(lambda q, k, v: _dense(q, k, v, mask, allowed=allowed)), argnums=(0, 1, 2))
     )(q, k, v)
     for g, w in zip(got, want):
       np.testing.assert_allclose(g, w, atol=1e-5)

@@ -10,7 +10,7 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 
-from mra_jax.attentions import local, reformer
+from mra_jax.attentions import hash_random, reformer
 
 from . import sparse_testing  # pylint: disable=relative-beyond-top-level
 
@@ -63,7 +63,7 @@ def _reach_counts(
 ):
   """count_ij: rounds where key j sits in query i's sorted chunk or the one before."""
   factors = reformer.bucket_factors(num_buckets, L, chunk)
-  rotations = local.hash_normal(random_key, (H, D, num_hashes, sum(n // 2 for n in factors)))
+  rotations = hash_random.hash_normal(random_key, (H, D, num_hashes, sum(n // 2 for n in factors)))
   to_bhld = lambda x: jnp.transpose(x, (0, 2, 1, 3))
   bq = _buckets(to_bhld(q), rotations, mask, num_buckets=factors)
   bk = bq if shared_qk else _buckets(to_bhld(k), rotations, mask, num_buckets=factors)
@@ -87,7 +87,7 @@ class LshTest(parameterized.TestCase):
     y = y * jnp.linalg.norm(x) / jnp.linalg.norm(y)
     angles = np.array([0.0, 0.3, 0.8, 1.5, 2.5, np.pi])  # Radians.
     vecs = jnp.stack([jnp.cos(a) * x + jnp.sin(a) * y for a in angles] + [3.0 * x])
-    rotations = local.hash_normal(jax.random.key(5), (1, D, 256, 4))
+    rotations = hash_random.hash_normal(jax.random.key(5), (1, D, 256, 4))
     buckets = np.asarray(
       _buckets(vecs[None, None], rotations, jnp.ones((1, 7), bool), num_buckets=8)
     )[0, 0]  # [R, 7]
@@ -101,7 +101,7 @@ class LshTest(parameterized.TestCase):
     self.assertEqual(reformer.bucket_factors(512, 16384, 64), (16, 32))
     self.assertEqual(reformer.bucket_factors(64, 4096, 64), (64,))
     q = _qkv()[0]
-    rotations = local.hash_normal(jax.random.key(3), (H, D, 2, 2 + 4))
+    rotations = hash_random.hash_normal(jax.random.key(3), (H, D, 2, 2 + 4))
     buckets = np.asarray(
       _buckets(
         jnp.transpose(q, (0, 2, 1, 3)), rotations, jnp.ones((B, L), bool), num_buckets=(4, 8)
@@ -113,7 +113,7 @@ class LshTest(parameterized.TestCase):
   def test_sort_is_a_valid_permutation_grouping_buckets(self):
     q = _qkv()[0]
     mask = _mask()
-    rotations = local.hash_normal(jax.random.key(2), (H, D, 3, 4))
+    rotations = hash_random.hash_normal(jax.random.key(2), (H, D, 3, 4))
     buckets = _buckets(jnp.transpose(q, (0, 2, 1, 3)), rotations, mask, num_buckets=8)
     perm = np.asarray(reformer.sort_by_bucket(buckets))
     np.testing.assert_array_equal(np.sort(perm, axis=-1), np.broadcast_to(np.arange(L), perm.shape))
@@ -129,8 +129,7 @@ class ReformerAttentionTest(parameterized.TestCase):
   def test_one_bucket_one_chunk_is_softmax(self):
     q, k, v = _qkv()
     mask = _mask()
-    want = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
-    want = jnp.where(mask[:, :, None, None], want, 0.0)
+    want = sparse_testing.softmax_oracle(q, k, v, mask)
     got = _reformer(q, k, v, mask, num_buckets=1, chunk_length=64, shared_qk=False)
     np.testing.assert_allclose(got, want, atol=1e-5)
 

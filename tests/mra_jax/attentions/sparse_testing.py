@@ -1,8 +1,10 @@
-"""Shared by the sparse attentions' tests: random inputs, a padding mask, a dense oracle."""
+"""Shared by the sparse attentions' tests: random inputs, a padding mask, the dense oracle."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mra_jax import reference
 
 
 def random_qkv(
@@ -20,16 +22,7 @@ def two_row_mask(length: int, padding: int):
   return jnp.arange(length)[None, :] < jnp.array([[length], [length - padding]])
 
 
-@jax.jit
-def dense_pattern_attention(q, k, v, allowed, mask):
-  """Oracle: softmax over the `allowed` ([L, L] or [H, L, L]) real keys, built densely.
-
-  Padded queries give 0. Small L only: this is the L x L computation the sparse
-  attentions avoid.
-  """
-  allowed_1xHxLxL = allowed.reshape((1,) * (4 - allowed.ndim) + allowed.shape)
-  s = jnp.einsum("blhd,bmhd->bhlm", q, k) / np.sqrt(q.shape[-1])
-  ok = allowed_1xHxLxL & mask[:, None, None, :]
-  p = jnp.where(ok, jax.nn.softmax(jnp.where(ok, s, -jnp.inf), -1), 0.0)
-  o = jnp.einsum("bhlm,bmhd->blhd", p, v)
-  return jnp.where(mask[:, :, None, None], o, 0.0)
+# `reference.softmax_attention` (the library's one dense softmax formula), compiled once per
+# shape: `softmax_oracle(q, k, v, mask, allowed=pattern)` is softmax over the `allowed` real
+# keys of each query, the computation the sparse attentions must reproduce. Small L only.
+softmax_oracle = jax.jit(reference.softmax_attention)

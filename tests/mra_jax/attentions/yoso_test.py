@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mra_jax.attentions import base, yoso
+from mra_jax.attentions import working_layout, yoso
 
 
 def _unit(x):
@@ -42,9 +42,11 @@ def test_sampled_output_converges_to_the_expectation_form():
   q, k, v, mask, planes, signs = _setup()
   fn = jax.jit(functools.partial(yoso.yoso_attention, normalize_output=False))
   sampled = fn(q, k, v, mask, planes=planes, signs=signs)
-  qp, kp, vp, m = base.prepare(q, k, v, mask)
+  qp, kp, vp, m = working_layout.prepare(q, k, v, mask)
   unit = yoso._unit  # pylint: disable=protected-access
-  expect = base.finish(yoso.yoso_expectation(unit(qp), unit(kp), vp, m, 3), m, jnp.float32)
+  expect = working_layout.finish(
+    yoso.yoso_expectation(unit(qp), unit(kp), vp, m, 3), m, jnp.float32
+  )
   err = jnp.max(jnp.abs(sampled - expect)) / jnp.max(jnp.abs(expect))
   assert float(err) < 0.08
 
@@ -54,7 +56,7 @@ def test_lsh_backward_estimates_the_kappa_w_gradient():
   # grad_q = kappa sum_k w(q,k) (g.v_k) k and symmetric grad_k, kappa = 2 tau / pi.
   tau = 3
   q, k, v, mask, planes, signs = _setup(tau=tau)
-  qp, kp, vp, m = base.prepare(q, k, v, mask)
+  qp, kp, vp, m = working_layout.prepare(q, k, v, mask)
   qn, kn = yoso._unit(qp), yoso._unit(kp)  # pylint: disable=protected-access
   g = jax.random.normal(jax.random.key(5), qn.shape) * m[:, None, :, None]
   _, vjp = jax.vjp(lambda a, b, c: yoso.lsh_cumulation(a, b, c, m, planes, signs, tau), qn, kn, vp)
@@ -87,8 +89,8 @@ def test_expectation_backward_is_the_expectation_gradient():
   unit = yoso._unit  # pylint: disable=protected-access
 
   def ref(q, k, v):
-    qp, kp, vp, m = base.prepare(q, k, v, mask)
-    return base.finish(
+    qp, kp, vp, m = working_layout.prepare(q, k, v, mask)
+    return working_layout.finish(
       yoso.yoso_expectation(unit(qp), unit(kp), vp, m, planes.shape[2]), m, jnp.float32
     )
 

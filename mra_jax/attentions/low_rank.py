@@ -1,10 +1,8 @@
 """Pieces shared by the low-rank and kernelised attentions of this package.
 
-The input checks, the [B, H, L, D] float32 working layout and the fixed-random
-variable come from `local` (shared by every attention here); this file adds what
-only the low-rank methods need: masked segment means (Nystromformer and SOFT
-landmarks, AdaMRA pooling), the iterative Moore-Penrose pseudo-inverse, the
-depthwise convolution over V, and linear (kernelised) attention.
+Masked segment means (Nystromformer and SOFT landmarks, AdaMRA pooling), the iterative
+Moore-Penrose pseudo-inverse, the depthwise convolution over V (Nystromformer's, SOFT's
+and YOSO's skip connection), and linear (kernelised) attention.
 """
 # pylint: disable=invalid-name
 
@@ -16,20 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax.attentions import local
-
-FixedRandom = local.FixedRandom
-check_int = local.check_int
-prepare = local.prepare
-finish = local.finish
-masked_softmax = local.masked_softmax
-pad_axis = local.pad_axis
-
-
-def check_choice(name: str, value, choices) -> None:
-  """Raises ValueError unless `value` is one of `choices` (message names it)."""
-  if value not in choices:
-    raise ValueError(f"{name} must be one of {tuple(choices)}; got {name}={value!r}")
+from mra_jax import checks
+from mra_jax.attentions import working_layout
 
 
 def segment_means(x_BxHxLxD: jax.Array, mask_BxL: jax.Array, segment: int):
@@ -43,8 +29,10 @@ def segment_means(x_BxHxLxD: jax.Array, mask_BxL: jax.Array, segment: int):
     per segment), N = ceil(L / segment).
   """
   b, h, _, d = x_BxHxLxD.shape
-  x = pad_axis(jnp.where(mask_BxL[:, None, :, None], x_BxHxLxD, 0.0), segment, axis=2)
-  m = pad_axis(mask_BxL.astype(jnp.float32), segment, axis=1)
+  x = working_layout.pad_axis(
+    jnp.where(mask_BxL[:, None, :, None], x_BxHxLxD, 0.0), segment, axis=2
+  )
+  m = working_layout.pad_axis(mask_BxL.astype(jnp.float32), segment, axis=1)
   n = x.shape[2] // segment
   sums_BxHxNxD = jnp.sum(x.reshape(b, h, n, segment, d), axis=3)
   counts_BxN = jnp.sum(m.reshape(b, n, segment), axis=2)
@@ -86,7 +74,7 @@ class DepthwiseConv(nnx.Module):
   """
 
   def __init__(self, num_heads: int, kernel_size: int, rngs: nnx.Rngs):
-    check_int("conv_kernel_size", kernel_size, minimum=1)
+    checks.check_int("conv_kernel_size", kernel_size, minimum=1)
     bound = 1.0 / math.sqrt(kernel_size)  # PyTorch's Conv default, fan_in = k.
     self.weight_HxK = nnx.Param(
       jax.random.uniform(rngs.params(), (num_heads, kernel_size), jnp.float32, -bound, bound)
