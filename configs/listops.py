@@ -28,39 +28,37 @@ Variants (after the colon, comma-separated):
 
 from configs import common
 
-MRA = common.Protocol(
-  max_length=2048,
-  batch_size=32,
-  learning_rate=1e-4,
-  warmup_steps=1000,
-  num_train_steps=5000,
-  eval_every_steps=50,
-  num_eval_batches=62,
-  schedule="one_cycle",
-)
-LRA = common.Protocol(
-  max_length=2000,
-  batch_size=32,
-  learning_rate=0.05,
-  warmup_steps=1000,
-  num_train_steps=5000,
-  eval_every_steps=50,
-  num_eval_batches=-1,
-  schedule="rsqrt",
-  num_layers=4,
-  embed_dim=512,
-  qkv_dim=512,
-  num_heads=8,
-  mlp_dim=1024,
-  classifier_hidden=(1024,),
-  pooling="cls",
-  positions="sinusoidal",
-  embed_init_std=1.0,
-  weight_decay=0.1,
-  b2=0.98,
-  eps=1e-9,
-  cycle_momentum=False,
-)
+MRA = {
+  "max_length": 2048,
+  "batch_size": 32,
+  "learning_rate": 1e-4,
+  "num_train_steps": 5000,
+  "eval_every_steps": 50,
+  "num_eval_batches": 62,
+  "optimizer.schedule": "one_cycle",
+  "optimizer.warmup_steps": 1000,
+}
+LRA = {
+  "max_length": 2000,
+  "batch_size": 32,
+  "learning_rate": 0.05,
+  "num_train_steps": 5000,
+  "eval_every_steps": 50,
+  "num_eval_batches": -1,
+  "model.num_layers": 4,
+  "model.embed_dim": 512,
+  "model.qkv_dim": 512,
+  "model.num_heads": 8,
+  "model.mlp_dim": 1024,
+  "model.classifier_hidden": (1024,),
+  "model.pooling": "cls",
+  "model.positions": "sinusoidal",
+  "model.embed_init_std": 1.0,
+  "optimizer.schedule": "rsqrt",
+  "optimizer.warmup_steps": 1000,
+  "optimizer.weight_decay": 0.1,
+  **common.LRA_OPTIMIZER,
+}
 # MRA paper LRA configs (baselines.md §2.0, lra.md §3.2).
 ATTENTION = {
   "mra2": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
