@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -9,8 +10,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lra import checkpoints, reporting, train
-from lra.data import pipeline
+from lra import checkpoints, inputs, reporting, train
+from lra.data import builders, digests, errors, pipeline, prepare_lib
+
+from .data import digests_test  # pylint: disable=relative-beyond-top-level
 
 NUM_TEST = 16  # Test examples of every tiny task (tests/lra/conftest.py).
 
@@ -221,6 +224,28 @@ def test_missing_data_names_the_prepare_command(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+def test_damaged_data_stops_before_the_first_step(tmp_path, caplog):
+  data_dir = str(tmp_path / "data")
+  prepare_lib.prepare("listops", data_dir, num_train=16, num_val=8, num_test=8)
+  version_dir = builders.version_dir("listops", data_dir)
+  shard = os.path.join(version_dir, "lra_listops-train.array_record-00000-of-00001")
+  digests_test.flip_middle_bytes(shard)
+  config = tiny_config("listops", data_dir)
+  workdir = tmp_path / "run"
+  with pytest.raises(
+    errors.DataCorruptError,
+    match=rf"{shard} does not match .*\n  python -m lra.prepare --task=listops "
+    rf"--data_dir={data_dir} --num_train=16 --num_val=8 --num_test=8 --overwrite",
+  ):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()  # No stamp, no checkpoint, no metrics.
+  # Data prepared before digests existed: said once, and the run goes on.
+  os.remove(os.path.join(version_dir, digests.DIGEST_FILE))
+  with caplog.at_level(logging.WARNING):
+    inputs.ensure_data(config, data_dir)
+  assert caplog.text.count("prepared before digests were written") == 1
+
+
 def test_listops_generates_its_data_when_allowed(tmp_path):
   config = tiny_config(
     "listops",
@@ -239,7 +264,7 @@ def test_data_parallel_step_matches_one_device(prepared):
   """The 4-device sharded step and gradient accumulation equal a plain step (round-off)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from lra import inputs, models, optim  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from lra import models, optim  # pylint: disable=g-import-not-at-top,g-multiple-import
 
   config = tiny_config("listops", prepared("listops"))
   config.model.dropout_rate = 0.0
