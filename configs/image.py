@@ -7,12 +7,12 @@ For mra2/mra2_s, `token_order="auto"` puts the pixels in 4x8 tiles around attent
 32-token block is a 2-D patch (the published setting, `input_shape=[32, 32]`).
 
 Variants:
-  (default)     MRA-paper protocol (mra.md §7): 2 layers x 64, batch 256, 35000 steps,
-                OneCycle 1e-4 with warmup 175. Expected accuracy: the Nystromformer paper
+  (default)     MRA-paper protocol (docs/lra.md "Protocols"): 2 layers x 64, batch 256, 35000
+                steps, OneCycle 1e-4 with warmup 175. Expected accuracy: the Nystromformer paper
                 reports about 38-42 % for softmax. Not yet measured with this code.
-  protocol=lra  Original LRA config (lra.md §3.1.2): 1 layer, emb 128, qkv 64, 8 heads, CLS,
-                dropout 0.3, LR 5e-4 cosine, warmup 175. Leaderboard: Transformer 42.44 %.
-                Not yet measured with this code.
+  protocol=lra  Original LRA config (the LRA paper's release): 1 layer, emb 128, qkv 64, 8
+                heads, CLS, dropout 0.3, LR 5e-4 cosine, warmup 175. Leaderboard: Transformer
+                42.44 %. Not yet measured with this code.
   smoke         40 steps on whatever is prepared in data_dir (needs the data).
 """
 

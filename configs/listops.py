@@ -7,23 +7,23 @@ r"""ListOps (10 classes, up to 2000 tokens).
   python -m lra.main --config=configs/listops.py:cpu --workdir=/tmp/listops_cpu   # CPU
 
 Variants (after the colon, comma-separated):
-  (default)     MRA-paper protocol (mra.md §7): 2 layers x 64, 2 heads, 5000 steps, batch 32,
-                OneCycle peak 1e-4, warmup 1000, length 2048. Expected test accuracy: the
-                MRA/Nystromformer papers report about 37-38 % for softmax and MRA-2 (not yet
-                measured with this code). Runtime: not yet measured.
-  protocol=lra  Original LRA config (lra.md §3.1.1): 4 layers x 512, 8 heads, CLS, sinusoidal
-                positions, LR 0.05 rsqrt, length 2000. LRA leaderboard: Transformer 36.37 %.
-                Not yet measured with this code.
+  (default)     MRA-paper protocol (docs/lra.md "Protocols"): 2 layers x 64, 2 heads, 5000
+                steps, batch 32, OneCycle peak 1e-4, warmup 1000, length 2048. Expected test
+                accuracy: the MRA/Nystromformer papers report about 37-38 % for softmax and
+                MRA-2 (not yet measured with this code). Runtime: not yet measured.
+  protocol=lra  Original LRA config (the LRA paper's release): 4 layers x 512, 8 heads, CLS,
+                sinusoidal positions, LR 0.05 rsqrt, length 2000. LRA leaderboard: Transformer
+                36.37 %. Not yet measured with this code.
   smoke         Generates 640/160/160 short expressions (< 300 tokens) into <workdir>/data,
-                trains 40 steps at batch 16, length 320. Measured 2026-11-22 on a 2-core CPU
-                VM shared with other jobs: 51-75 s end to end (mra2), test accuracy 0.1125
-                (near chance by design: it checks that everything runs).
+                trains 40 steps at batch 16, length 320. Measured 2026-11-22 on a 2-core CPU VM
+                shared with other jobs: 51-75 s end to end (mra2), test accuracy 0.1125 (near
+                chance by design: it checks that everything runs).
   cpu           The CPU accuracy setting (docs/lra.md): 20k/1k/2k short ListOps expressions
-                (< 250 tokens) generated into <workdir>/data, length 256, 1500 steps at
-                batch 32, OneCycle peak 1e-3; mra2 refines 2 of 8 blocks per row.
-                Measured 2026-11-22 on a 2-core CPU VM, both runs sharing it with other
-                jobs: test accuracy mra2 35.8 % (13.4 min), softmax 34.1 % (16.2 min);
-                chance 10 %, majority label 16.6 %. Details in docs/lra.md.
+                (< 250 tokens) generated into <workdir>/data, length 256, 1500 steps at batch 32,
+                OneCycle peak 1e-3; mra2 refines 2 of 8 blocks per row. Measured 2026-11-22 on a
+                2-core CPU VM, both runs sharing it with other jobs: test accuracy mra2 35.8 %
+                (13.4 min), softmax 34.1 % (16.2 min); chance 10 %, majority label 16.6 %.
+                Details in docs/lra.md.
 """
 
 from configs import common
@@ -59,7 +59,7 @@ LRA = {
   "optimizer.weight_decay": 0.1,
   **common.LRA_OPTIMIZER,
 }
-# MRA paper LRA configs (baselines.md §2.0, lra.md §3.2).
+# Attention knobs of the MRA paper's LRA configs (docs/lra.md "Protocols").
 ATTENTION = {
   "mra2": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
   "mra2_s": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},

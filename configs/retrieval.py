@@ -6,11 +6,12 @@ r"""Retrieval: AAN citation matching, two documents of up to 4096 bytes each (2 
 The model is a two-tower encoder with shared weights; the head reads [u, v, u*v, u-v].
 
 Variants:
-  (default)     MRA-paper protocol (mra.md §7): 2 layers x 64, length 4096 per document,
-                batch 32, 30000 steps, OneCycle 1e-4 with warmup 800. Expected accuracy: the
-                Nystromformer paper reports about 79 % for softmax. Not yet measured here.
-  protocol=lra  Original LRA config (lra.md §3.1.1): 4 layers x 128, 4 heads, length 4000,
-                CLS, head on [u, v] -> 512 -> 256, LR 0.05 rsqrt, warmup 8000, 5000 steps.
+  (default)     MRA-paper protocol (docs/lra.md "Protocols"): 2 layers x 64, length 4096 per
+                document, batch 32, 30000 steps, OneCycle 1e-4 with warmup 800. Expected
+                accuracy: the Nystromformer paper reports about 79 % for softmax. Not yet
+                measured here.
+  protocol=lra  Original LRA config (the LRA paper's release): 4 layers x 128, 4 heads, length
+                4000, CLS, head on [u, v] -> 512 -> 256, LR 0.05 rsqrt, warmup 8000, 5000 steps.
                 Leaderboard: Transformer 57.46 %. Not yet measured with this code.
   smoke         40 steps at length 256 on whatever is prepared in data_dir (needs the data).
 """

@@ -5,12 +5,12 @@ r"""Text: byte-level IMDb sentiment (2 classes, up to 4096 bytes).
   python -m lra.main --config=configs/text.py:protocol=lra --workdir=/tmp/text_lra
 
 Variants:
-  (default)     MRA-paper protocol (mra.md §7): 2 layers x 64, length 4096, batch 32, 20000
-                steps, OneCycle 1e-4 with warmup 8000, dev = the test split (IMDb has no
-                dev split, as in LRA and the MRA paper). Expected accuracy: the Nystromformer
+  (default)     MRA-paper protocol (docs/lra.md "Protocols"): 2 layers x 64, length 4096, batch
+                32, 20000 steps, OneCycle 1e-4 with warmup 8000, dev = the test split (IMDb has
+                no dev split, as in LRA and the MRA paper). Expected accuracy: the Nystromformer
                 paper reports about 65 % for softmax. Not yet measured with this code.
-  protocol=lra  Original LRA config (lra.md §3.1.1): 4 layers x 256, 4 heads, length 1000,
-                CLS, LR 0.05 rsqrt, warmup 8000. Leaderboard: Transformer 64.27 %. Not yet
+  protocol=lra  Original LRA config (the LRA paper's release): 4 layers x 256, 4 heads, length
+                1000, CLS, LR 0.05 rsqrt, warmup 8000. Leaderboard: Transformer 64.27 %. Not yet
                 measured with this code.
   smoke         40 steps at length 256 on whatever is prepared in data_dir (needs the data).
 """

@@ -7,7 +7,7 @@ Each batch is a dict of numpy arrays:
 
 Token ids are the task's (`tasks.Task.token_ids`). On pixel tasks 0 is a real token: the
 mask, not the id, marks padding.
-`legacy_pixel_padding=True` reproduces the old harnesses (LRA, mlpen), whose mask is
+`legacy_pixel_padding=True` reproduces the old harnesses (LRA, the MRA authors' code), whose mask is
 `inputs != 0`, so black pixels were treated as padding.
 """
 
