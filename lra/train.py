@@ -248,8 +248,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     The results dict also written to `<workdir>/results.json`.
 
   Raises:
+    ValueError: a bad config value (named in the message); nothing is written.
     checkpoints.ConfigMismatchError: `workdir` was made by another config.
-    lra.data.pipeline.DataNotFoundError: the data is missing (message: the prepare command).
+    lra.data.errors.DataNotFoundError: the data is missing (message: the prepare command).
+    lra.data.errors.DataCorruptError: a stored data file differs from its digest (message:
+      the file and the command that regenerates it).
     NonFiniteLossError: the loss became NaN/Inf (metrics are written first).
   """
   _maybe_initialize_distributed()
@@ -267,6 +270,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     multihost_utils.sync_global_devices("lra data ready")
   if primary:
     checkpoints.store_config(workdir, config)
+  os.makedirs(workdir, exist_ok=True)
   # Auto axes: jit places the gradient all-reduce itself (no explicit-sharding typing).
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   replicated = jax.NamedSharding(mesh, jax.P())
