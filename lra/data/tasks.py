@@ -149,8 +149,9 @@ class ListOps(Task):
     if source is None:
       folder = self._generate(data_dir, seed, counts, max_tokens)
       counts = (None, None, None)
+    elif max_tokens:
+      raise ValueError(f"max_tokens={max_tokens} applies to generated ListOps, not to --source")
     else:
-      self._no_generation_option(max_tokens)
       folder = self._find_release(source, data_dir)
     out = {}
     for split, limit in zip(SPLITS, counts):
@@ -162,10 +163,6 @@ class ListOps(Task):
         for ids, label in _limit(listops.read_tsv(p), n, p)
       )
     return out
-
-  def _no_generation_option(self, max_tokens: int) -> None:
-    if max_tokens:
-      raise ValueError(f"max_tokens={max_tokens} applies to generated ListOps, not to --source")
 
   def _generate(self, data_dir: str, seed: int, counts: Counts, max_tokens: int) -> str:
     """Writes the official TSV layout under `<data_dir>/raw/` and returns its folder."""
