@@ -7,61 +7,59 @@ r"""ListOps (10 classes, up to 2000 tokens).
   python -m lra.main --config=configs/listops.py:cpu --workdir=/tmp/listops_cpu   # CPU
 
 Variants (after the colon, comma-separated):
-  (default)     MRA-paper protocol (mra.md §7): 2 layers x 64, 2 heads, 5000 steps, batch 32,
-                OneCycle peak 1e-4, warmup 1000, length 2048. Expected test accuracy: the
-                MRA/Nystromformer papers report about 37-38 % for softmax and MRA-2 (not yet
-                measured with this code). Runtime: not yet measured.
-  protocol=lra  Original LRA config (lra.md §3.1.1): 4 layers x 512, 8 heads, CLS, sinusoidal
-                positions, LR 0.05 rsqrt, length 2000. LRA leaderboard: Transformer 36.37 %.
-                Not yet measured with this code.
+  (default)     MRA-paper protocol (docs/lra.md "Protocols"): 2 layers x 64, 2 heads, 5000
+                steps, batch 32, OneCycle peak 1e-4, warmup 1000, length 2048. Expected test
+                accuracy: the MRA/Nystromformer papers report about 37-38 % for softmax and
+                MRA-2 (not yet measured with this code). Runtime: not yet measured.
+  protocol=lra  Original LRA config (the LRA paper's release): 4 layers x 512, 8 heads, CLS,
+                sinusoidal positions, LR 0.05 rsqrt, length 2000. LRA leaderboard: Transformer
+                36.37 %. Not yet measured with this code.
   smoke         Generates 640/160/160 short expressions (< 300 tokens) into <workdir>/data,
-                trains 40 steps at batch 16, length 320. Measured 2026-11-22 on a 2-core CPU
-                VM shared with other jobs: 51-75 s end to end (mra2), test accuracy 0.1125
-                (near chance by design: it checks that everything runs).
+                trains 40 steps at batch 16, length 320. Measured 2026-11-22 on a 2-core CPU VM
+                shared with other jobs: 51-75 s end to end (mra2), test accuracy 0.1125 (near
+                chance by design: it checks that everything runs).
   cpu           The CPU accuracy setting (docs/lra.md): 20k/1k/2k short ListOps expressions
-                (< 250 tokens) generated into <workdir>/data, length 256, 1500 steps at
-                batch 32, OneCycle peak 1e-3; mra2 refines 2 of 8 blocks per row.
-                Measured 2026-11-22 on a 2-core CPU VM, both runs sharing it with other
-                jobs: test accuracy mra2 35.8 % (13.4 min), softmax 34.1 % (16.2 min);
-                chance 10 %, majority label 16.6 %. Details in docs/lra.md.
+                (< 250 tokens) generated into <workdir>/data, length 256, 1500 steps at batch 32,
+                OneCycle peak 1e-3; mra2 refines 2 of 8 blocks per row. Measured 2026-11-22 on a
+                2-core CPU VM, both runs sharing it with other jobs: test accuracy mra2 35.8 %
+                (13.4 min), softmax 34.1 % (16.2 min); chance 10 %, majority label 16.6 %.
+                Details in docs/lra.md.
 """
 
 from configs import common
 
-MRA = common.Protocol(
-  max_length=2048,
-  batch_size=32,
-  learning_rate=1e-4,
-  warmup_steps=1000,
-  num_train_steps=5000,
-  eval_every_steps=50,
-  num_eval_batches=62,
-  schedule="one_cycle",
-)
-LRA = common.Protocol(
-  max_length=2000,
-  batch_size=32,
-  learning_rate=0.05,
-  warmup_steps=1000,
-  num_train_steps=5000,
-  eval_every_steps=50,
-  num_eval_batches=-1,
-  schedule="rsqrt",
-  num_layers=4,
-  embed_dim=512,
-  qkv_dim=512,
-  num_heads=8,
-  mlp_dim=1024,
-  classifier_hidden=(1024,),
-  pooling="cls",
-  positions="sinusoidal",
-  embed_init_std=1.0,
-  weight_decay=0.1,
-  b2=0.98,
-  eps=1e-9,
-  cycle_momentum=False,
-)
-# MRA paper LRA configs (baselines.md §2.0, lra.md §3.2).
+MRA = {
+  "max_length": 2048,
+  "batch_size": 32,
+  "learning_rate": 1e-4,
+  "num_train_steps": 5000,
+  "eval_every_steps": 50,
+  "num_eval_batches": 62,
+  "optimizer.schedule": "one_cycle",
+  "optimizer.warmup_steps": 1000,
+}
+LRA = {
+  "max_length": 2000,
+  "batch_size": 32,
+  "learning_rate": 0.05,
+  "num_train_steps": 5000,
+  "eval_every_steps": 50,
+  "num_eval_batches": -1,
+  "model.num_layers": 4,
+  "model.embed_dim": 512,
+  "model.qkv_dim": 512,
+  "model.num_heads": 8,
+  "model.mlp_dim": 1024,
+  "model.classifier_hidden": (1024,),
+  "model.pooling": "cls",
+  "model.positions": "sinusoidal",
+  "model.embed_init_std": 1.0,
+  "optimizer.schedule": "rsqrt",
+  "optimizer.warmup_steps": 1000,
+  "optimizer.weight_decay": 0.1,
+  **common.LRA_OPTIMIZER,
+}
+# Attention knobs of the MRA paper's LRA configs (docs/lra.md "Protocols").
 ATTENTION = {
   "mra2": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},
   "mra2_s": {"initial_prior_first_n_blocks": 1, "initial_prior_diagonal_n_blocks": 0},

@@ -6,11 +6,11 @@ r"""Pathfinder-128: are the two dots connected? (128 x 128 = 16384 pixel tokens,
 For mra2/mra2_s, `token_order="auto"` puts the pixels in 4x8 tiles around attention.
 
 Variants:
-  (default)     Path-X. Pathfinder-32's MRA-paper numbers at 128x128 (the paper has no such
-                run; our choice), 4 micro-batches per step. LRA: every model FAILs (chance,
-                50 %). Not yet measured with this code.
-  protocol=lra  The original LRA base config for this size (lra.md §3.1.2). Not yet
-                measured with this code.
+  (default)     Path-X. Pathfinder-32's MRA-paper numbers at 128x128 (the paper has no such run;
+                our choice), 4 micro-batches per step. LRA: every model FAILs (chance, 50 %).
+                Not yet measured with this code.
+  protocol=lra  The original LRA base config for this size (the LRA release). Not yet measured
+                with this code.
   smoke         40 steps on whatever is prepared in data_dir (needs the data).
 """
 

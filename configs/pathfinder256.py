@@ -6,10 +6,10 @@ r"""Pathfinder-256: are the two dots connected? (256 x 256 = 65536 pixel tokens,
 For mra2/mra2_s, `token_order="auto"` puts the pixels in 4x8 tiles around attention.
 
 Variants:
-  (default)     Pathfinder-32's MRA-paper numbers at 256x256 (our choice), 16 micro-batches
-                per step. Not yet measured with this code.
-  protocol=lra  The original LRA base config for this size (lra.md §3.1.2). Not yet
-                measured with this code.
+  (default)     Pathfinder-32's MRA-paper numbers at 256x256 (our choice), 16 micro-batches per
+                step. Not yet measured with this code.
+  protocol=lra  The original LRA base config for this size (the LRA release). Not yet measured
+                with this code.
   smoke         40 steps on whatever is prepared in data_dir (needs the data).
 """
 

@@ -8,8 +8,8 @@ For mra2/mra2_s, `token_order="auto"` puts the pixels in 4x8 tiles around attent
 Variants:
   (default)     Pathfinder-32's MRA-paper numbers at 64x64 (the paper has no such run; our
                 choice). Not yet measured with this code.
-  protocol=lra  The original LRA base config for this size (lra.md §3.1.2). Not yet
-                measured with this code.
+  protocol=lra  The original LRA base config for this size (the LRA release). Not yet measured
+                with this code.
   smoke         40 steps on whatever is prepared in data_dir (needs the data).
 """
 

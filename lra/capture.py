@@ -59,7 +59,7 @@ def restore_params(config, workdir: str, model: nnx.Module) -> str:
       return f"best step {best[1]['step']}"
     # The newest resumable checkpoint holds {"params", "rest", "opt_state"}; build its
     # shapes from the optimizer the run used.
-    tx = optim.make_optimizer(config.optimizer, config.learning_rate, config.num_train_steps)[0]
+    tx = optim.make_optimizer(train.optimizer_config(config))[0]
     _, _, rest = nnx.split(model, nnx.Param, ...)
     latest = ckpt.restore_latest({"params": params, "rest": rest, "opt_state": tx.init(params)})
   finally:

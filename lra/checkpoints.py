@@ -1,7 +1,7 @@
 """Orbax checkpoints of a run, and the config stamp that ties a workdir to one config.
 
 Layout of a workdir:
-  config.json          the config that made it; another config is refused
+  config.json          the config that made it (`config_record`); another config is refused
   checkpoints/<step>/  resumable state: parameters, optimizer state, and `meta` (JSON: data
                        loader position, best dev accuracy so far, train-metric window)
   best/<step>/         parameters of the best validation accuracy so far
@@ -21,8 +21,20 @@ class ConfigMismatchError(ValueError):
   """The workdir was made by a different config."""
 
 
-def _jsonable(config: ml_collections.ConfigDict) -> dict:
-  return json.loads(json.dumps(config.to_dict(), default=list))
+def config_record(config: ml_collections.ConfigDict | dict) -> dict:
+  """The config as a run records it: JSON types, only the chosen attention's knobs.
+
+  A config carries a knob block for every registered attention (so any of them can be
+  chosen from the command line); the others do not affect the run, so they are left out
+  of the workdir stamp and of results.json, and changing their defaults never blocks a
+  resume. Accepts a ConfigDict or a stored record (which may still hold every block).
+  """
+  record = json.loads(
+    json.dumps(config.to_dict() if hasattr(config, "to_dict") else config, default=list)
+  )
+  knobs = record.get("attention_kwargs", {})
+  record["attention_kwargs"] = {record["attention"]: knobs.get(record["attention"], {})}
+  return record
 
 
 def _diff(old, new, prefix=""):
@@ -33,33 +45,46 @@ def _diff(old, new, prefix=""):
     yield f"{prefix[:-1]}: stored {old!r}, now {new!r}"
 
 
-def check_or_store_config(
-  workdir: str, config: ml_collections.ConfigDict, write: bool = True
-) -> None:
-  """Stores `config` in a new workdir; in an existing one, refuses any other config.
+def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses `config` when `workdir` holds the stamp of another config (writes nothing).
 
   Raises:
     ConfigMismatchError: listing every differing key.
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  current = _jsonable(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      stored = json.load(f)
-    differences = list(_diff(stored, current))
-    if differences:
-      raise ConfigMismatchError(
-        f"workdir={workdir!r} was made by a different config ({path}), so it cannot be "
-        f"resumed with this one. Differences: "
-        + "; ".join(differences)
-        + ". Use a new --workdir, or rerun with the stored config."
-      )
+  if not os.path.exists(path):
     return
+  with open(path) as f:
+    stored = config_record(json.load(f))
+  differences = list(_diff(stored, config_record(config)))
+  if differences:
+    raise ConfigMismatchError(
+      f"workdir={workdir!r} was made by a different config ({path}), so it cannot be "
+      f"resumed with this one. Differences: "
+      + "; ".join(differences)
+      + ". Use a new --workdir, or rerun with the stored config."
+    )
+
+
+def store_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes the stamp of `config` into `workdir` unless it holds one (`check_config` first)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    return
+  os.makedirs(workdir, exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(config_record(config), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def check_or_store_config(
+  workdir: str, config: ml_collections.ConfigDict, write: bool = True
+) -> None:
+  """`check_config`, then (`write`) `store_config`."""
+  check_config(workdir, config)
   if write:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    store_config(workdir, config)
 
 
 def _abstract(tree):

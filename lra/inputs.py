@@ -11,7 +11,7 @@ import os
 import jax
 import numpy as np
 
-from lra.data import errors, listops, pipeline, prepare_lib, tasks
+from lra.data import builders, digests, errors, pipeline, prepare_lib, tasks
 
 GENERATED_STAMP = "lra_generated_{task}.json"
 # Data does not depend on the training seed: every seed trains on the same examples.
@@ -26,73 +26,73 @@ def resolve_data_dir(config, workdir: str) -> str:
 
 
 def _prepare_command(config, data_dir: str) -> str:
-  cmd = errors.prepare_command(config.task, data_dir)
-  if config.generate_data:
-    n_train, n_val, n_test = config.generate_sizes
-    cmd += f" --num_train={n_train} --num_val={n_val} --num_test={n_test}"
-  return cmd
+  if not config.generate_data:
+    return errors.prepare_command(config.task, data_dir)
+  return errors.prepare_command(
+    config.task,
+    data_dir,
+    seed=DATA_SEED,
+    counts=tuple(config.generate_sizes),
+    max_tokens=config.generate_max_tokens,
+  )
 
 
 def ensure_data(config, data_dir: str) -> None:
-  """Generates missing data when the config allows it; otherwise says how to prepare it.
+  """Checks the prepared data against its digests, or generates it when the config allows.
 
   Raises:
-    pipeline.DataNotFoundError: the data is missing and cannot be generated here; the
+    errors.DataNotFoundError: the data is missing and cannot be generated here; the
       message holds the exact `python -m lra.prepare ...` command.
+    errors.DataCorruptError: a stored file differs from its digest; the message names the
+      file and the command that regenerates it.
     ValueError: data generated with other settings is already in `data_dir`.
   """
-  task = config.task
-  stamp_path = os.path.join(data_dir, GENERATED_STAMP.format(task=task))
+  task = tasks.get_task(config.task)
+  stamp_path = os.path.join(data_dir, GENERATED_STAMP.format(task=task.name))
   stamp = {
-    "task": task,
+    "task": task.name,
     "sizes": list(config.generate_sizes),
     "max_tokens": config.generate_max_tokens,
     "seed": DATA_SEED,
   }
-  if prepare_lib.is_prepared(task, data_dir):
+  if prepare_lib.is_prepared(task.name, data_dir):
     if config.generate_data and os.path.exists(stamp_path):
       with open(stamp_path) as f:
         if json.load(f) != stamp:
           raise ValueError(
-            f"{data_dir} holds {task} data generated with other settings "
+            f"{data_dir} holds {task.name} data generated with other settings "
             f"({stamp_path}); set --config.data_dir to another folder"
           )
+    version_dir = builders.version_dir(task.name, data_dir)
+    if digests.has_digest(version_dir):
+      digests.verify(version_dir)
+    else:
+      logging.warning(
+        "%s was prepared before digests were written, so its files cannot be checked "
+        "against damage; `%s` records them as they are.",
+        version_dir,
+        _prepare_command(config, data_dir),
+      )
     return
-  generated = task == "listops" or task.startswith("pathfinder")
-  if not (config.generate_data and generated):
-    raise pipeline.DataNotFoundError(
-      f"No prepared {task!r} data in data_dir={data_dir!r}. Prepare it with:\n  "
+  if not (config.generate_data and task.can_generate):
+    raise errors.DataNotFoundError(
+      f"No prepared {task.name!r} data in data_dir={data_dir!r}. Prepare it with:\n  "
       f"{_prepare_command(config, data_dir)}\n(or point --config.data_dir at prepared data)"
     )
   n_train, n_val, n_test = config.generate_sizes
-  logging.info("Generating %s data (%d/%d/%d) into %s", task, n_train, n_val, n_test, data_dir)
+  logging.info("Generating %s data (%d/%d/%d) into %s", task.name, n_train, n_val, n_test, data_dir)
   os.makedirs(data_dir, exist_ok=True)
-  source = None
-  if config.generate_max_tokens:
-    if task != "listops":
-      raise ValueError(f"generate_max_tokens applies to listops only; got {task=}")
-    source = _write_short_listops(data_dir, config.generate_sizes, config.generate_max_tokens)
   prepare_lib.prepare(
-    task, data_dir, source=source, seed=DATA_SEED, num_train=n_train, num_val=n_val, num_test=n_test
+    task.name,
+    data_dir,
+    seed=DATA_SEED,
+    num_train=n_train,
+    num_val=n_val,
+    num_test=n_test,
+    max_tokens=config.generate_max_tokens,
   )
   with open(stamp_path, "w") as f:
     json.dump(stamp, f)
-
-
-def _write_short_listops(data_dir: str, sizes, max_tokens: int) -> str:
-  """ListOps TSVs (official layout) of expressions shorter than `max_tokens` tokens."""
-  if max_tokens < 8:
-    raise ValueError(f"generate_max_tokens={max_tokens} is too short for ListOps (>= 8)")
-  folder = os.path.join(data_dir, "raw", f"listops-max{max_tokens}")
-  cfg = listops.ListOpsConfig(min_length=max_tokens // 4, max_length=max_tokens)
-  examples = listops.generate(sum(sizes), DATA_SEED, cfg)
-  start = 0
-  for split, size in zip(tasks.SPLITS, sizes):
-    listops.write_tsv(
-      os.path.join(folder, listops.SPLIT_FILES[split]), examples[start : start + size]
-    )
-    start += size
-  return folder
 
 
 def make_loader(config, data_dir: str, split: str, *, batch_size: int, train: bool):

@@ -14,7 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lra import checkpoints, train
-from lra.data import pipeline
+from lra.data import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "A configs/<task>.py file, optionally with :args (e.g. :smoke).", lock_config=True
@@ -41,7 +41,8 @@ def main(argv):
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (
-    pipeline.DataNotFoundError,
+    errors.DataNotFoundError,
+    errors.DataCorruptError,
     checkpoints.ConfigMismatchError,
     train.NonFiniteLossError,
   ) as e:

@@ -2,9 +2,9 @@
 
 The attention core of every block comes from the `mra_jax.attentions` registry, so any
 registered method drops into the same encoder. The encoder follows the MRA paper's LRA model
-(mra.md §7): token + position embeddings, pre-LN blocks, a final LN multiplied by the mask,
-pooling, an MLP head. The original LRA model (lra.md §3.1.3) differs only in settings (CLS
-pooling, sinusoidal positions, sizes), which `ModelConfig` carries.
+(docs/lra.md, "Protocols"): token + position embeddings, pre-LN blocks, a final LN
+multiplied by the mask, pooling, an MLP head. The original LRA model differs only in
+settings (CLS pooling, sinusoidal positions, sizes), which `ModelConfig` carries.
 
 Dropout keys are passed explicitly (`dropout_key`), so a training step is a pure function of
 (parameters, batch, key) and a resumed run replays the same masks.
@@ -27,39 +27,54 @@ from mra_jax import attentions, layout
 POOLINGS = ("mean", "cls")
 POSITIONS = ("learned", "sinusoidal")
 INTERACTIONS = ("nli", "concat")
-TOKEN_ORDERS = ("row_major", "patch")
+TOKEN_ORDERS = ("row_major", "patch")  # After resolving "auto".
 # Attentions whose blocks are 1-D token runs that the published image setting fills with
-# 2-D patches (mra.md §2.7, `input_shape=[32, 32]`).
+# 2-D patches (the published image setting, `input_shape=[32, 32]`).
 PATCH_ORDER_ATTENTIONS = ("mra2", "mra2_s")
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Everything that fixes the model's shape and behaviour (validated on construction)."""
+  """Everything that fixes the model's shape and behaviour, validated on construction.
 
+  The hyperparameters (`num_layers` .. `retrieval_interaction`) are the keys of a run
+  config's `model` block (configs/common.py), so `ModelConfig(**config.model, ...)` builds
+  one; the other fields come from the task and the run (`lra.train.model_config`).
+  """
+
+  # From the config's `model` block.
+  num_layers: int
+  embed_dim: int
+  qkv_dim: int
+  num_heads: int
+  mlp_dim: int
+  classifier_hidden: tuple[int, ...]
+  dropout_rate: float
+  pooling: str
+  positions: str
+  embed_init_std: float
+  qkv_bias: bool
+  retrieval_interaction: str
+  # From the task and the run.
   vocab_size: int
   num_classes: int
   max_length: int
   attention: str
-  attention_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-  num_layers: int = 2
-  embed_dim: int = 64
-  qkv_dim: int = 64
-  num_heads: int = 2
-  mlp_dim: int = 128
-  classifier_hidden: tuple[int, ...] = (128,)
-  dropout_rate: float = 0.1
-  pooling: str = "mean"
-  positions: str = "learned"
-  embed_init_std: float = 0.02
-  qkv_bias: bool = True
   dual_input: bool = False
-  retrieval_interaction: str = "nli"
-  token_order: str = "row_major"
   image_shape: tuple[int, int] | None = None
-  dtype: Any = jnp.float32
+  attention_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  token_order: str = "row_major"  # "auto": patch order where it applies, else row-major.
+  dtype: Any = "float32"  # "float32" | "bfloat16" (or the jnp dtype); stored as a jnp dtype.
 
   def __post_init__(self):
+    # JSON and ConfigDicts hand sequences over as lists; the dataclass is frozen and hashed.
+    object.__setattr__(self, "classifier_hidden", tuple(self.classifier_hidden))
+    if self.image_shape is not None:
+      object.__setattr__(self, "image_shape", tuple(self.image_shape))
+    object.__setattr__(self, "attention_kwargs", dict(self.attention_kwargs))
     for name in (
       "vocab_size",
       "num_classes",
@@ -78,8 +93,27 @@ class ModelConfig:
         f"qkv_dim must be divisible by num_heads; got qkv_dim={self.qkv_dim}, "
         f"num_heads={self.num_heads}"
       )
+    if not all(isinstance(w, int) and w >= 1 for w in self.classifier_hidden):
+      raise ValueError(f"classifier_hidden must hold positive ints; got {self.classifier_hidden=}")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"dropout_rate must be in [0, 1); got dropout_rate={self.dropout_rate}")
+    if self.attention not in attentions.names():
+      raise ValueError(
+        f"attention must be a registered name; got attention={self.attention!r}, "
+        f"known: {attentions.names()}"
+      )
+    unknown = set(self.attention_kwargs) - set(attentions.knob_defaults(self.attention))
+    if unknown:
+      raise ValueError(
+        f"attention_kwargs name knobs that {self.attention!r} does not have: {sorted(unknown)}"
+      )
+    dtype_names = {jnp.dtype(v).name: v for v in DTYPES.values()}
+    name = self.dtype if isinstance(self.dtype, str) else jnp.dtype(self.dtype).name
+    if name not in dtype_names:
+      raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got dtype={self.dtype!r}")
+    object.__setattr__(self, "dtype", DTYPES[name])
+    if self.token_order == "auto":
+      object.__setattr__(self, "token_order", self._auto_token_order())
     for name, allowed in (
       ("pooling", POOLINGS),
       ("positions", POSITIONS),
@@ -100,6 +134,15 @@ class ModelConfig:
           f"max_length; got image_shape={self.image_shape}, "
           f"max_length={self.max_length}"
         )
+
+  def _auto_token_order(self) -> str:
+    """Patch order for the attentions that profit from it, where the image fills the input."""
+    fits = (
+      self.image_shape is not None
+      and self.pooling == "mean"
+      and math.prod(self.image_shape) == self.max_length
+    )
+    return "patch" if fits and self.attention in PATCH_ORDER_ATTENTIONS else "row_major"
 
   @property
   def sequence_length(self) -> int:

@@ -1,12 +1,13 @@
 """Learning-rate schedules and the AdamW optimizer of both LRA protocols.
 
 `one_cycle` reproduces PyTorch's `OneCycleLR(anneal_strategy="linear")` as the MRA paper's
-harness used it (mra.md §7): start at peak/25, rise linearly to the peak over the warmup,
+harness used it: start at peak/25, rise linearly to the peak over the warmup,
 fall linearly to start/1e4 at the last step, and (`cycle_momentum`) move Adam's beta1
 inversely between 0.95 and 0.85. `rsqrt` and `cosine` are the original LRA factor products
-(lra.md §3.1).
+(docs/lra.md, "Protocols").
 """
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -92,25 +93,66 @@ def learning_rate_schedule(
   raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule=}")
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """AdamW and its schedule, validated on construction (hashable: a cache key).
+
+  The fields but `learning_rate` and `total_steps` are the keys of a run config's
+  `optimizer` block (configs/common.py): `OptimizerConfig(**config.optimizer,
+  learning_rate=config.learning_rate, total_steps=config.num_train_steps)`.
+  """
+
+  schedule: str  # One of SCHEDULES.
+  warmup_steps: int
+  weight_decay: float  # Decoupled, on every parameter.
+  b1: float  # Unused when cycle_momentum.
+  b2: float
+  eps: float
+  cycle_momentum: bool  # one_cycle only: beta1 moves 0.95 -> 0.85 -> 0.95.
+  grad_clip_norm: float  # Global-norm clipping; 0 = off.
+  learning_rate: float  # Peak (one_cycle) or constant factor (rsqrt, cosine).
+  total_steps: int  # Optimizer steps of the run.
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"schedule must be one of {SCHEDULES}; got schedule={self.schedule!r}")
+    if self.total_steps < 1:
+      raise ValueError(f"total_steps must be >= 1; got total_steps={self.total_steps}")
+    if self.warmup_steps < 0:
+      raise ValueError(f"warmup_steps must be >= 0; got warmup_steps={self.warmup_steps}")
+    if self.schedule == "one_cycle" and not 0 < self.warmup_steps < self.total_steps:
+      raise ValueError(
+        "one_cycle needs 0 < warmup_steps < num_train_steps; got "
+        f"warmup_steps={self.warmup_steps}, num_train_steps={self.total_steps}"
+      )
+    if self.cycle_momentum and self.schedule != "one_cycle":
+      raise ValueError(
+        f"cycle_momentum=True applies to schedule='one_cycle' only; got "
+        f"schedule={self.schedule!r} (set optimizer.cycle_momentum=False)"
+      )
+    if not self.learning_rate > 0:
+      raise ValueError(f"learning_rate must be > 0; got learning_rate={self.learning_rate}")
+    for name in ("b1", "b2"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1); got {name}={getattr(self, name)}")
+    for name in ("eps", "weight_decay", "grad_clip_norm"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0; got {name}={getattr(self, name)}")
+
+
 def make_optimizer(
-  opt_cfg, learning_rate: float, total_steps: int
+  cfg: OptimizerConfig,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (decoupled weight decay on every parameter), optional global-norm clipping.
-
-  Args:
-    opt_cfg: the config's `optimizer` block (schedule, warmup_steps, weight_decay, b1, b2,
-      eps, cycle_momentum, grad_clip_norm).
-    learning_rate: peak (one_cycle) or constant factor (rsqrt, cosine).
-    total_steps: optimizer steps of the run.
 
   Returns:
     (optimizer, learning-rate schedule) — the schedule for logging.
   """
-  lr = learning_rate_schedule(opt_cfg.schedule, learning_rate, opt_cfg.warmup_steps, total_steps)
-  b1 = one_cycle_b1(opt_cfg.warmup_steps, total_steps) if opt_cfg.cycle_momentum else opt_cfg.b1
+  lr = learning_rate_schedule(cfg.schedule, cfg.learning_rate, cfg.warmup_steps, cfg.total_steps)
+  b1 = one_cycle_b1(cfg.warmup_steps, cfg.total_steps) if cfg.cycle_momentum else cfg.b1
   adamw = optax.inject_hyperparams(optax.adamw)(
-    learning_rate=lr, b1=b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay
+    learning_rate=lr, b1=b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay
   )
-  if opt_cfg.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip_norm), adamw), lr
+  if cfg.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adamw), lr
   return adamw, lr

@@ -1,16 +1,20 @@
 r"""Generates or converts the data of one LRA task.
 
   python -m lra.prepare --task=listops --data_dir=DIR [--source=PATH] [--seed=S] \
-      [--num_train=N --num_val=N --num_test=N]
+      [--num_train=N --num_val=N --num_test=N] [--max_tokens=N] [--overwrite]
+
+Data already prepared is checked against the sha256 digests written with it; `--overwrite`
+deletes it and prepares it anew (the remedy a digest mismatch names).
 
 See docs/data.md for each task's sources and layouts.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 
-from lra.data import pipeline, prepare_lib, tasks
+from lra.data import errors, pipeline, prepare_lib, tasks
 
 _TASK = flags.DEFINE_enum("task", None, list(tasks.TASKS), "LRA task to prepare.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Output folder (shared by all tasks).")
@@ -24,6 +28,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "Generator and subset seed.")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", None, "Train examples (default: official).")
 _NUM_VAL = flags.DEFINE_integer("num_val", None, "Validation examples (default: official).")
 _NUM_TEST = flags.DEFINE_integer("num_test", None, "Test examples (default: official).")
+_MAX_TOKENS = flags.DEFINE_integer(
+  "max_tokens", 0, "ListOps generation only: > 0 makes expressions shorter than this."
+)
+_OVERWRITE = flags.DEFINE_boolean(
+  "overwrite", False, "Delete the task's stored files first and prepare them anew."
+)
 
 
 def main(argv):
@@ -35,15 +45,21 @@ def main(argv):
     raise app.UsageError("--task and --data_dir are required")
   # Shells leave "~" alone after "--data_dir=", so expand it here rather than make "./~".
   data_dir = os.path.abspath(os.path.expanduser(_DATA_DIR.value))
-  prepare_lib.prepare(
-    _TASK.value,
-    data_dir,
-    source=_SOURCE.value,
-    seed=_SEED.value,
-    num_train=_NUM_TRAIN.value,
-    num_val=_NUM_VAL.value,
-    num_test=_NUM_TEST.value,
-  )
+  try:
+    prepare_lib.prepare(
+      _TASK.value,
+      data_dir,
+      source=_SOURCE.value,
+      seed=_SEED.value,
+      num_train=_NUM_TRAIN.value,
+      num_val=_NUM_VAL.value,
+      num_test=_NUM_TEST.value,
+      max_tokens=_MAX_TOKENS.value,
+      overwrite=_OVERWRITE.value,
+    )
+  except (errors.DataNotFoundError, errors.DataCorruptError) as e:
+    # Expected failures with a remedy in the message: say it plainly, no traceback.
+    sys.exit(f"{type(e).__name__}: {e}")
   for split in tasks.SPLITS:
     logging.info(
       "%s %s: %d examples", _TASK.value, split, pipeline.num_examples(_TASK.value, split, data_dir)

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import time
-import types
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,6 @@ from lra import checkpoints, inputs, memory, models, optim, reporting
 from lra.data import tasks
 
 RESULTS_FILE = "results.json"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -35,50 +33,28 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def model_config(config) -> models.ModelConfig:
-  """The validated `ModelConfig` of a run config (resolves token_order="auto")."""
+  """The validated `ModelConfig` of a run config: its `model` block plus task and run fields."""
   spec = tasks.get_task(config.task)
-  if config.compute_dtype not in DTYPES:
-    raise ValueError(
-      f"compute_dtype must be one of {sorted(DTYPES)}; got compute_dtype={config.compute_dtype!r}"
-    )
-  token_order = config.token_order
-  if token_order == "auto":
-    fits = (
-      spec.image_shape is not None
-      and config.model.pooling == "mean"
-      and math.prod(spec.image_shape) == config.max_length
-    )
-    token_order = (
-      "patch" if fits and config.attention in models.PATCH_ORDER_ATTENTIONS else "row_major"
-    )
-  if config.attention not in config.attention_kwargs:
-    raise ValueError(
-      f"attention={config.attention!r} has no knob block in attention_kwargs "
-      f"(known: {sorted(config.attention_kwargs)})"
-    )
-  m = config.model
   return models.ModelConfig(
+    **config.model,
     vocab_size=spec.vocab_size,
     num_classes=spec.num_classes,
+    dual_input=spec.dual_input,
+    image_shape=spec.image_shape,
     max_length=config.max_length,
     attention=config.attention,
-    attention_kwargs=dict(config.attention_kwargs[config.attention].to_dict()),
-    num_layers=m.num_layers,
-    embed_dim=m.embed_dim,
-    qkv_dim=m.qkv_dim,
-    num_heads=m.num_heads,
-    mlp_dim=m.mlp_dim,
-    classifier_hidden=tuple(m.classifier_hidden),
-    dropout_rate=m.dropout_rate,
-    pooling=m.pooling,
-    positions=m.positions,
-    embed_init_std=m.embed_init_std,
-    qkv_bias=m.qkv_bias,
-    dual_input=spec.dual_input,
-    retrieval_interaction=m.retrieval_interaction,
-    token_order=token_order,
-    image_shape=spec.image_shape,
-    dtype=DTYPES[config.compute_dtype],
+    attention_kwargs=config.attention_kwargs.get(config.attention, {}),
+    token_order=config.token_order,
+    dtype=config.compute_dtype,
+  )
+
+
+def optimizer_config(config) -> optim.OptimizerConfig:
+  """The validated `OptimizerConfig` of a run config: its `optimizer` block, LR and steps."""
+  return optim.OptimizerConfig(
+    **config.optimizer,
+    learning_rate=config.learning_rate,
+    total_steps=config.num_train_steps,
   )
 
 
@@ -99,13 +75,10 @@ def init_state(
 
 
 @functools.lru_cache(maxsize=4)
-def _programs(
-  graphdef, optimizer_items: tuple, learning_rate: float, total_steps: int, grad_accum_steps: int
-):
+def _programs(graphdef, opt_cfg: optim.OptimizerConfig, grad_accum_steps: int):
   """Optimizer and jitted steps, shared by runs of one process with the same settings
   (a resumed or repeated run in the same process skips recompiling)."""
-  opt_cfg = types.SimpleNamespace(**dict(optimizer_items))
-  tx, lr_schedule = optim.make_optimizer(opt_cfg, learning_rate, total_steps)
+  tx, lr_schedule = optim.make_optimizer(opt_cfg)
   return (
     tx,
     lr_schedule,
@@ -275,38 +248,38 @@ def train_and_evaluate(config, workdir: str) -> dict:
     The results dict also written to `<workdir>/results.json`.
 
   Raises:
+    ValueError: a bad config value (named in the message); nothing is written.
     checkpoints.ConfigMismatchError: `workdir` was made by another config.
-    lra.data.pipeline.DataNotFoundError: the data is missing (message: the prepare command).
+    lra.data.errors.DataNotFoundError: the data is missing (message: the prepare command).
+    lra.data.errors.DataCorruptError: a stored data file differs from its digest (message:
+      the file and the command that regenerates it).
     NonFiniteLossError: the loss became NaN/Inf (metrics are written first).
   """
   _maybe_initialize_distributed()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   primary = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  checkpoints.check_or_store_config(workdir, config, write=primary)
-  # Auto axes: jit places the gradient all-reduce itself (no explicit-sharding typing).
-  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  replicated = jax.NamedSharding(mesh, jax.P())
-  batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
+  # Everything is checked before anything is written: a bad config, another run's workdir
+  # or missing or corrupt data leaves the workdir as it was.
   _check_sizes(config, jax.device_count())
-  cfg = model_config(config)
-
+  cfg, opt_cfg = model_config(config), optimizer_config(config)
+  checkpoints.check_config(workdir, config)
   data_dir = inputs.resolve_data_dir(config, workdir)
   if primary:
     inputs.ensure_data(config, data_dir)
   if jax.process_count() > 1:  # The other hosts read what process 0 may have generated.
     multihost_utils.sync_global_devices("lra data ready")
+  if primary:
+    checkpoints.store_config(workdir, config)
+  os.makedirs(workdir, exist_ok=True)
+  # Auto axes: jit places the gradient all-reduce itself (no explicit-sharding typing).
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = jax.NamedSharding(mesh, jax.P())
+  batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
   if config.check_memory:
     _warn_if_memory_is_short(config, cfg)
 
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0))))
-  tx, lr_schedule, train_step, eval_step = _programs(
-    graphdef,
-    tuple(sorted(config.optimizer.to_dict().items())),
-    config.learning_rate,
-    config.num_train_steps,
-    config.grad_accum_steps,
-  )
+  tx, lr_schedule, train_step, eval_step = _programs(graphdef, opt_cfg, config.grad_accum_steps)
   state = init_state(cfg, tx, config.seed, replicated)
   params = state["params"]
   num_params = sum(x.size for x in jax.tree.leaves(params))
@@ -450,7 +423,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     "device_kind": jax.devices()[0].device_kind,
     "train_seconds_this_session": round(train_seconds, 1),
     "steps_this_session": timed_steps,
-    "config": json.loads(json.dumps(config.to_dict(), default=list)),
+    "config": checkpoints.config_record(config),
   }
   if primary:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:

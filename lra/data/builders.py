@@ -1,60 +1,27 @@
 """TFDS builders that store every LRA task as array_record files.
 
 array_record output and reading through `as_data_source` need no TensorFlow (checked by
-tests). The builders take their examples from callables handed in by `prepare_lib`, so
-the same builder serves generated data, the official release files and raw downloads.
-Stored features (`ZLIB` = zlib-compressed tensor):
-
-  listops        tokens uint8 [n] (fixed-vocabulary ids, see listops.VOCAB), label 0..9
-  text           tokens uint8 [n] ZLIB (raw UTF-8 bytes), label 0..1
-  retrieval      tokens1, tokens2 uint8 [n] ZLIB (raw bytes), label 0..1
-  image          image uint8 [32, 32] (grayscale), label 0..9
-  pathfinderS    image uint8 [S, S] ZLIB, label 0..1
+tests). A builder's features are its task's (`tasks.Task.features`), and its examples come
+from callables handed in by `prepare_lib` (`tasks.Task.split_examples`), so the same
+builder serves generated data, the official release files and raw downloads.
 """
 
 import os
 from collections.abc import Callable, Iterable
 
-import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
 from lra.data import tasks
 
 VERSION = "1.0.0"
-_ZLIB = tfds.features.Encoding.ZLIB
-
-
-def _features(task: tasks.TaskSpec) -> tfds.features.FeaturesDict:
-  label = tfds.features.ClassLabel(num_classes=task.num_classes)
-  if task.name == "listops":
-    return tfds.features.FeaturesDict(
-      {"tokens": tfds.features.Tensor(shape=(None,), dtype=np.uint8), "label": label}
-    )
-  if task.name == "text":
-    return tfds.features.FeaturesDict(
-      {
-        "tokens": tfds.features.Tensor(shape=(None,), dtype=np.uint8, encoding=_ZLIB),
-        "label": label,
-      }
-    )
-  if task.name == "retrieval":
-    doc = lambda: tfds.features.Tensor(shape=(None,), dtype=np.uint8, encoding=_ZLIB)
-    return tfds.features.FeaturesDict({"tokens1": doc(), "tokens2": doc(), "label": label})
-  encoding = _ZLIB if task.name.startswith("pathfinder") else tfds.features.Encoding.NONE
-  return tfds.features.FeaturesDict(
-    {
-      "image": tfds.features.Tensor(shape=task.image_shape, dtype=np.uint8, encoding=encoding),
-      "label": label,
-    }
-  )
 
 
 class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Writes the splits given as {split: callable returning an iterable of examples}."""
 
   VERSION = tfds.core.Version(VERSION)
-  TASK: tasks.TaskSpec
+  TASK: tasks.Task
 
   def __init__(
     self, *, split_examples: dict[str, Callable[[], Iterable[dict]]] | None = None, **kwargs
@@ -73,7 +40,7 @@ class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return tfds.core.DatasetInfo(
       builder=self,
       description=f"Long Range Arena task {self.TASK.name!r} (lra.data).",
-      features=_features(self.TASK),
+      features=self.TASK.features(),
       supervised_keys=None,
     )
 
@@ -85,7 +52,7 @@ class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     yield from enumerate(fn())
 
 
-def _make_builder_class(task: tasks.TaskSpec) -> type[_LraBuilder]:
+def _make_builder_class(task: tasks.Task) -> type[_LraBuilder]:
   name = "Lra" + "".join(p.capitalize() for p in task.name.split("_"))
   return type(name, (_LraBuilder,), {"TASK": task, "__module__": __name__}, skip_registration=True)
 

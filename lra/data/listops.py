@@ -1,6 +1,6 @@
 """ListOps: a seeded re-implementation of the LRA generator, its vocabulary and TSV files.
 
-Grammar (lra.md §2.1): an expression is a digit 0..9 or `[OP e1 ... en ]` with OP one of
+Grammar (as in the LRA generator): an expression is a digit 0..9 or `[OP e1 ... en ]` with OP one of
 MIN, MAX, MED, SM (sum mod 10) and 2 <= n <= max_args. The official text form wraps every
 step of a left-nested tuple in parentheses: `( ( ( [MIN 1 ) 2 ) ] )`; the official input
 pipeline deletes the parentheses and turns `]` into `X`, leaving one token per symbol.

@@ -4,7 +4,8 @@ An image holds two target snakes (dashed curves of short "paddles"), a few short
 distractor snakes and two disc markers. Label 1: both markers sit on the ends of the same
 target snake; label 0: one marker on each target snake. The first paddles of the two target
 snakes start `seed_distance` apart, so the origin marker's neighbourhood looks alike in both
-classes. Geometry follows lra.md §2.2; each image draws its randomness from
+classes. Geometry follows the original PF-gen code (its parameters per image size are in
+`CONFIGS`); each image draws its randomness from
 `np.random.default_rng([seed, index])`, so the output does not depend on how the work is
 split over processes.
 """

@@ -5,9 +5,9 @@ Each batch is a dict of numpy arrays:
   mask    bool, same shape as inputs   (True = real token)
   label   int32 [batch]
 
-Token ids: ListOps its fixed vocabulary (pad 0), text/retrieval byte + 1 (pad 0), pixel
-tasks the pixel value 0..255. Pixel 0 is a real token: the mask, not the id, marks padding.
-`legacy_pixel_padding=True` reproduces the old harnesses (LRA, mlpen), whose mask is
+Token ids are the task's (`tasks.Task.token_ids`). On pixel tasks 0 is a real token: the
+mask, not the id, marks padding.
+`legacy_pixel_padding=True` reproduces the old harnesses (LRA, the MRA authors' code), whose mask is
 `inputs != 0`, so black pixels were treated as padding.
 """
 
@@ -24,14 +24,8 @@ from lra.data import builders, errors, prepare_lib, tasks
 DataNotFoundError = errors.DataNotFoundError
 
 
-def _stored_split(task: str, split: str) -> str:
-  tasks.check_split(split)
-  return prepare_lib.SPLIT_ALIASES.get(task, {}).get(split, split)
-
-
 def _data_source(task: str, split: str, data_dir: str):
-  tasks.get_task(task)
-  stored = _stored_split(task, split)
+  stored = tasks.get_task(task).stored_split(split)
   if not prepare_lib.is_prepared(task, data_dir):
     raise errors.DataNotFoundError(
       f"No prepared {task!r} data in {builders.version_dir(task, data_dir)}; run "
@@ -49,7 +43,7 @@ def num_examples(task: str, split: str, data_dir: str) -> int:
 class _Encode(grain.MapTransform):
   """Stored example -> padded int32 ids, bool mask and int32 label."""
 
-  def __init__(self, task: tasks.TaskSpec, max_length: int, legacy_pixel_padding: bool):
+  def __init__(self, task: tasks.Task, max_length: int, legacy_pixel_padding: bool):
     self._task = task
     self._max_length = max_length
     self._legacy = legacy_pixel_padding
@@ -63,17 +57,11 @@ class _Encode(grain.MapTransform):
     return inputs, mask
 
   def map(self, element):
-    name = self._task.name
-    if name == "retrieval":
-      pairs = [self._pad(element[k].astype(np.int32) + 1) for k in ("tokens1", "tokens2")]
-      inputs = np.stack([p[0] for p in pairs])
-      mask = np.stack([p[1] for p in pairs])
-    elif name == "text":
-      inputs, mask = self._pad(element["tokens"].astype(np.int32) + 1)
-    elif name == "listops":
-      inputs, mask = self._pad(element["tokens"].astype(np.int32))
+    padded = [self._pad(ids) for ids in self._task.token_ids(element)]
+    if self._task.dual_input:  # [2, max_length]: one row per document.
+      inputs, mask = np.stack([p[0] for p in padded]), np.stack([p[1] for p in padded])
     else:
-      inputs, mask = self._pad(element["image"].reshape(-1).astype(np.int32))  # row-major
+      (inputs, mask), *_ = padded
     if self._legacy:
       # Old harnesses: mask = inputs != 0. Only pixel tasks differ (ids elsewhere are >= 1).
       mask = inputs != 0

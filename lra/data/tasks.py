@@ -1,11 +1,74 @@
-"""The eight LRA tasks as the MRA-paper protocol sees them."""
+"""The eight LRA tasks, each in one place: its numbers, stored features, token ids and splits.
+
+A task is one `Task` object in `TASKS`. Everything that differs between tasks lives on its
+class: what is stored (`features`), how a stored example becomes token ids (`token_ids`),
+which splits are stored (`stored_splits`, `stored_split`) and where the examples come from
+(`split_examples`: generated, or converted from the official release or a download). The
+builders, `prepare`, the loader and the harness ask the task and never switch on its name,
+so a new task is a new class here (plus its `configs/<task>.py`).
+
+Token ids: ListOps its fixed vocabulary (`listops.VOCAB`, pad 0); text and retrieval byte
++ 1 (pad 0); pixel tasks the pixel value itself, so 0 is a real token there and only the
+mask tells padding apart.
+"""
 
 import dataclasses
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lra.data import errors, listops, pathfinder, pathfinder_files, sources
+
+SPLITS = ("train", "validation", "test")
+_ZLIB = tfds.features.Encoding.ZLIB
+
+# {split: a callable returning that split's stored examples}, as the builders take them.
+SplitExamples = dict[str, Callable[[], Iterable[dict]]]
+# Requested (train, validation, test) sizes; None = the task's default or the whole source.
+Counts = tuple[int | None, int | None, int | None]
+
+
+def check_split(split: str) -> None:
+  if split not in SPLITS:
+    raise ValueError(f"Unknown {split=}; expected one of {SPLITS}")
+
+
+def _limit(examples, limit: int | None, where: str):
+  """Yields the first `limit` examples; ValueError if the source holds fewer."""
+  count = 0
+  for ex in examples:
+    if limit is not None and count >= limit:
+      return
+    count += 1
+    yield ex
+  if limit is not None and count < limit:
+    raise ValueError(f"{where}: holds {count} examples, {limit} requested")
+
+
+def _subset(items: list, limit: int | None, seed: int, where: str) -> list:
+  """A seeded random subset (kept in source order) of `limit` items, or all of them."""
+  if limit is None:
+    return items
+  if limit > len(items):
+    raise ValueError(f"{where}: holds {len(items)} examples, {limit} requested")
+  keep = np.sort(np.random.default_rng(seed).permutation(len(items))[:limit])
+  return [items[i] for i in keep]
+
+
+def _bytes_tensor() -> tfds.features.Tensor:
+  return tfds.features.Tensor(shape=(None,), dtype=np.uint8, encoding=_ZLIB)
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskSpec:
-  """Static description of one LRA task.
+class Task:
+  """Static description of one LRA task, and the task-specific parts of its data path.
 
   Attributes:
     name: task name, e.g. "listops" or "pathfinder32".
@@ -20,38 +83,317 @@ class TaskSpec:
   num_classes: int
   max_length: int
   vocab_size: int
-  dual_input: bool
-  image_shape: tuple[int, int] | None
+  dual_input: bool = False
+  image_shape: tuple[int, int] | None = None
+
+  # Generated tasks make their data from a seed (`prepare` without --source); the others
+  # convert downloads and say where to get them.
+  can_generate: ClassVar[bool] = False
+  stored_splits: ClassVar[tuple[str, ...]] = SPLITS
 
   @property
   def is_image(self) -> bool:
     return self.image_shape is not None
 
+  def stored_split(self, split: str) -> str:
+    """The stored split that serves `split` (a task without a validation split reads test)."""
+    check_split(split)
+    return split
 
-# ListOps ids come from the fixed table in `listops.VOCAB` (pad 0 + 15 symbols); text and
-# retrieval use byte + 1 (pad 0); pixel tasks use the pixel value itself, so 0 is a real
-# token there and only the mask tells padding apart.
-TASKS: dict[str, TaskSpec] = {
-  "listops": TaskSpec("listops", 10, 2048, 16, False, None),
-  "text": TaskSpec("text", 2, 4096, 257, False, None),
-  "retrieval": TaskSpec("retrieval", 2, 4096, 257, True, None),
-  "image": TaskSpec("image", 10, 1024, 256, False, (32, 32)),
-  "pathfinder32": TaskSpec("pathfinder32", 2, 1024, 256, False, (32, 32)),
-  "pathfinder64": TaskSpec("pathfinder64", 2, 4096, 256, False, (64, 64)),
-  "pathfinder128": TaskSpec("pathfinder128", 2, 16384, 256, False, (128, 128)),
-  "pathfinder256": TaskSpec("pathfinder256", 2, 65536, 256, False, (256, 256)),
+  def features(self) -> tfds.features.FeaturesDict:
+    """The TFDS features of one stored example."""
+    raise NotImplementedError
+
+  def token_ids(self, example: dict) -> list[np.ndarray]:
+    """A stored example's int32 token ids, one 1-D array per document (row-major pixels)."""
+    raise NotImplementedError
+
+  def split_examples(
+    self, data_dir: str, *, source: str | None, seed: int, counts: Counts, max_tokens: int = 0
+  ) -> SplitExamples:
+    """Where each stored split's examples come from (generated or read from `source`).
+
+    Args:
+      data_dir: the output folder (generated raw files and downloads live under it).
+      source: release files or downloads to convert; None generates (generated tasks) or
+        looks in the default places.
+      seed: generator seed, and the seed of subset selection.
+      counts: requested split sizes.
+      max_tokens: ListOps only: > 0 generates expressions shorter than this.
+    """
+    raise NotImplementedError
+
+  def _no_max_tokens(self, max_tokens: int) -> None:
+    if max_tokens:
+      raise ValueError(f"max_tokens applies to listops only; got {max_tokens=} for {self.name}")
+
+
+class ListOps(Task):
+  """Nested MIN/MAX/MED/SM expressions; tokens uint8 [n] (fixed-vocabulary ids), label 0..9."""
+
+  can_generate = True
+  default_sizes = (96_000, 2_000, 2_000)
+
+  def features(self):
+    return tfds.features.FeaturesDict(
+      {
+        "tokens": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+        "label": tfds.features.ClassLabel(num_classes=self.num_classes),
+      }
+    )
+
+  def token_ids(self, example):
+    return [example["tokens"].astype(np.int32)]
+
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0):
+    if source is None:
+      folder = self._generate(data_dir, seed, counts, max_tokens)
+      counts = (None, None, None)
+    elif max_tokens:
+      raise ValueError(f"max_tokens={max_tokens} applies to generated ListOps, not to --source")
+    else:
+      folder = self._find_release(source, data_dir)
+    out = {}
+    for split, limit in zip(SPLITS, counts):
+      path = os.path.join(folder, listops.SPLIT_FILES[split])
+      if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing split file for {split!r}")
+      out[split] = lambda p=path, n=limit: (
+        {"tokens": ids.astype(np.uint8), "label": label}
+        for ids, label in _limit(listops.read_tsv(p), n, p)
+      )
+    return out
+
+  def _generate(self, data_dir: str, seed: int, counts: Counts, max_tokens: int) -> str:
+    """Writes the official TSV layout under `<data_dir>/raw/` and returns its folder."""
+    sizes = [c if c is not None else d for c, d in zip(counts, self.default_sizes)]
+    if max_tokens:
+      if max_tokens < 8:
+        raise ValueError(f"max_tokens={max_tokens} is too short for ListOps (>= 8)")
+      cfg = listops.ListOpsConfig(min_length=max_tokens // 4, max_length=max_tokens)
+      folder = os.path.join(data_dir, "raw", f"listops-max{max_tokens}")
+    else:
+      cfg = listops.ListOpsConfig()
+      folder = os.path.join(data_dir, "raw", "listops-1000")
+    start = time.time()
+    # One stream for all splits, so no expression appears in two of them.
+    stream = listops.generate_iter(seed, cfg)
+    for split, n in zip(SPLITS, sizes):
+      listops.write_tsv(
+        os.path.join(folder, listops.SPLIT_FILES[split]), itertools.islice(stream, n)
+      )
+    logging.info(
+      "listops: generated %d examples in %.1fs into %s", sum(sizes), time.time() - start, folder
+    )
+    return folder
+
+  def _find_release(self, source: str, data_dir: str) -> str:
+    for folder in (
+      source,
+      os.path.join(source, "listops-1000"),
+      os.path.join(source, "lra_release", "listops-1000"),
+    ):
+      if os.path.isfile(os.path.join(folder, listops.SPLIT_FILES["train"])):
+        return folder
+    raise errors.DataNotFoundError(
+      f"No {listops.SPLIT_FILES['train']} under --source={source} (or its listops-1000/). "
+      f"Pass the release's listops-1000 folder, or omit --source to generate: "
+      f"{errors.prepare_command(self.name, data_dir)}"
+    )
+
+
+class Text(Task):
+  """Byte-level IMDb; tokens uint8 [n] ZLIB (raw UTF-8 bytes), label 0..1.
+
+  IMDb has no validation split: like LRA and the MRA paper, validation reads test.
+  """
+
+  stored_splits = ("train", "test")
+
+  def stored_split(self, split):
+    check_split(split)
+    return "test" if split == "validation" else split
+
+  def features(self):
+    return tfds.features.FeaturesDict(
+      {"tokens": _bytes_tensor(), "label": tfds.features.ClassLabel(num_classes=self.num_classes)}
+    )
+
+  def token_ids(self, example):
+    return [example["tokens"].astype(np.int32) + 1]
+
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0):
+    self._no_max_tokens(max_tokens)
+    src = sources.find_imdb(source, data_dir)
+    out = {}
+    for split, limit in (("train", counts[0]), ("test", counts[2])):
+      examples = _subset(list(sources.read_imdb(src, split)), limit, seed, f"{src.path} {split}")
+      out[split] = lambda e=examples: (
+        {"tokens": np.frombuffer(text, np.uint8), "label": label} for text, label in e
+      )
+    return out
+
+
+class Retrieval(Task):
+  """AAN citation pairs; tokens1, tokens2 uint8 [n] ZLIB (raw bytes), label 0..1."""
+
+  def features(self):
+    return tfds.features.FeaturesDict(
+      {
+        "tokens1": _bytes_tensor(),
+        "tokens2": _bytes_tensor(),
+        "label": tfds.features.ClassLabel(num_classes=self.num_classes),
+      }
+    )
+
+  def token_ids(self, example):
+    return [example[k].astype(np.int32) + 1 for k in ("tokens1", "tokens2")]
+
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0):
+    del seed
+    self._no_max_tokens(max_tokens)
+    folder = sources.find_aan(source, data_dir)
+    out = {}
+    for split, limit in zip(SPLITS, counts):
+      where = os.path.join(folder, sources.AAN_FILES[split])
+      out[split] = lambda s=split, n=limit, w=where: (
+        {
+          "tokens1": np.frombuffer(d1, np.uint8),
+          "tokens2": np.frombuffer(d2, np.uint8),
+          "label": label,
+        }
+        for d1, d2, label in _limit(sources.read_aan(folder, s), n, w)
+      )
+    return out
+
+
+class _Pixels(Task):
+  """A pixel task: image uint8 [H, W], label; ids are the pixel values in row-major order."""
+
+  image_encoding = tfds.features.Encoding.NONE
+
+  def features(self):
+    return tfds.features.FeaturesDict(
+      {
+        "image": tfds.features.Tensor(
+          shape=self.image_shape, dtype=np.uint8, encoding=self.image_encoding
+        ),
+        "label": tfds.features.ClassLabel(num_classes=self.num_classes),
+      }
+    )
+
+  def token_ids(self, example):
+    return [example["image"].reshape(-1).astype(np.int32)]
+
+
+class Image(_Pixels):
+  """Grayscale CIFAR-10: image uint8 [32, 32], label 0..9; validation is train's last 10 %."""
+
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0):
+    self._no_max_tokens(max_tokens)
+    src = sources.find_cifar10(source, data_dir)
+    train_all = list(sources.read_cifar10(src, "train"))
+    n_train = len(train_all) * 9 // 10  # LRA: train[:90%] / train[90%:]
+    parts = {
+      "train": train_all[:n_train],
+      "validation": train_all[n_train:],
+      "test": list(sources.read_cifar10(src, "test")),
+    }
+    out = {}
+    for (split, examples), limit in zip(parts.items(), counts):
+      examples = _subset(examples, limit, seed, f"{src.path} {split}")
+      out[split] = lambda e=examples: ({"image": im, "label": label} for im, label in e)
+    return out
+
+
+class Pathfinder(_Pixels):
+  """Are the two dots connected? image uint8 [S, S] ZLIB, label 0..1; 80/10/10 split."""
+
+  can_generate = True
+  default_sizes = (160_000, 20_000, 20_000)
+  image_encoding = _ZLIB
+
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0):
+    self._no_max_tokens(max_tokens)
+    size = self.image_shape[0]
+    if source is None:
+      counts = tuple(c if c is not None else d for c, d in zip(counts, self.default_sizes))
+      root = self._generate(data_dir, seed, sum(counts))
+    else:
+      try:
+        root = pathfinder_files.find_root(source, size)
+      except FileNotFoundError as e:
+        raise errors.DataNotFoundError(
+          f"{e}. Pass the release's pathfinder{size}/{pathfinder_files.CONTOUR_DIR} folder "
+          f"(from {errors.LRA_RELEASE_URL}), or omit --source to generate: "
+          f"{errors.prepare_command(self.name, data_dir)}"
+        ) from e
+    items, skipped = pathfinder_files.read_index(root)
+    if skipped:
+      logging.warning("%s: skipped %d empty PNGs under %s", self.name, skipped, root)
+    order = np.random.default_rng(seed).permutation(len(items))
+    # Unset sizes follow LRA's 80/10/10 split of what the folder holds.
+    n_val = len(items) // 10 if counts[1] is None else counts[1]
+    n_test = len(items) // 10 if counts[2] is None else counts[2]
+    n_train = len(items) - n_val - n_test if counts[0] is None else counts[0]
+    if n_train + n_val + n_test > len(items):
+      raise ValueError(f"{root}: holds {len(items)} images, {n_train + n_val + n_test} requested")
+    bounds = {
+      "train": (0, n_train),
+      "validation": (n_train, n_train + n_val),
+      "test": (n_train + n_val, n_train + n_val + n_test),
+    }
+    out = {}
+    for split, (lo, hi) in bounds.items():
+      chosen = [items[i] for i in order[lo:hi]]
+      if not chosen:
+        raise ValueError(f"{root}: split {split!r} would be empty")
+      out[split] = lambda c=chosen: (
+        {"image": pathfinder_files.load_png(p, size), "label": label} for p, label in c
+      )
+    return out
+
+  def _generate(self, data_dir: str, seed: int, total: int) -> str:
+    """Writes `total` images in the release layout under `<data_dir>/raw/` (resumable)."""
+    root = os.path.join(data_dir, "raw", self.name, pathfinder_files.CONTOUR_DIR)
+    stamp = {"seed": seed, "num_images": total, "generator": "lra.data.pathfinder v1"}
+    stamp_path = os.path.join(root, "generator.json")
+    if os.path.isfile(stamp_path):
+      with open(stamp_path) as f:
+        if json.load(f) != stamp:
+          raise ValueError(
+            f"{root} holds images generated with other settings "
+            f"({stamp_path}); delete the folder or use another --data_dir"
+          )
+    os.makedirs(root, exist_ok=True)
+    with open(stamp_path, "w") as f:
+      json.dump(stamp, f)
+    config = pathfinder.CONFIGS[self.image_shape[0]]
+    seconds = pathfinder_files.generate(config, root, total, seed)
+    logging.info(
+      "%s: %d images in %.1fs (%.1f images/s)",
+      self.name,
+      total,
+      seconds,
+      total / max(seconds, 1e-9),
+    )
+    return root
+
+
+TASKS: dict[str, Task] = {
+  t.name: t
+  for t in (
+    ListOps("listops", 10, 2048, len(listops.VOCAB)),
+    Text("text", 2, 4096, 257),
+    Retrieval("retrieval", 2, 4096, 257, dual_input=True),
+    Image("image", 10, 1024, 256, image_shape=(32, 32)),
+    *(Pathfinder(f"pathfinder{s}", 2, s * s, 256, image_shape=(s, s)) for s in (32, 64, 128, 256)),
+  )
 }
 
-SPLITS = ("train", "validation", "test")
 
-
-def get_task(name: str) -> TaskSpec:
-  """Returns the `TaskSpec` of task `name`; ValueError listing the known tasks otherwise."""
+def get_task(name: str) -> Task:
+  """Returns the `Task` named `name`; ValueError listing the known tasks otherwise."""
   if name not in TASKS:
     raise ValueError(f"Unknown LRA task {name=}; known tasks: {sorted(TASKS)}")
   return TASKS[name]
-
-
-def check_split(split: str) -> None:
-  if split not in SPLITS:
-    raise ValueError(f"Unknown {split=}; expected one of {SPLITS}")

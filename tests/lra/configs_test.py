@@ -10,6 +10,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from lra import models, train
+from lra.data import tasks
 from mra_jax import attentions
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,18 +19,6 @@ TASK_FILES = sorted(
   for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
   if os.path.basename(p)[:-3] not in ("__init__", "common", "pathfinder_common")
 )
-REQUIRED_KEYS = (
-  "attention",
-  "attention_kwargs",
-  "num_train_steps",
-  "eval_every_steps",
-  "checkpoint_every_steps",
-  "seed",
-  "data_dir",
-  "batch_size",
-  "learning_rate",
-  "max_length",
-)
 
 
 def _module(path):
@@ -37,43 +26,52 @@ def _module(path):
 
 
 def test_one_config_per_task():
-  assert [os.path.basename(p)[:-3] for p in TASK_FILES] == sorted(
-    [
-      "listops",
-      "text",
-      "retrieval",
-      "image",
-      "pathfinder32",
-      "pathfinder64",
-      "pathfinder128",
-      "pathfinder256",
-    ]
-  )
+  assert [os.path.basename(p)[:-3] for p in TASK_FILES] == sorted(tasks.TASKS)
 
 
 def _abstract_model(config):
   cfg = train.model_config(config)
-  return nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+  return cfg, nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+
+
+def _check_shapes(config):
+  """The abstract model has the config's depth, widths and the task's vocabulary and classes."""
+  cfg, model = _abstract_model(config)
+  spec = tasks.get_task(config.task)
+  m = config.model
+  assert len(model.encoder.blocks) == m.num_layers
+  assert model.encoder.embed.embedding.shape == (spec.vocab_size, m.embed_dim)
+  assert model.encoder.blocks[0].attention.query.kernel.shape == (m.embed_dim, m.qkv_dim)
+  assert model.encoder.blocks[0].mlp_in.kernel.shape == (m.embed_dim, m.mlp_dim)
+  assert model.head.out.kernel.shape == (m.classifier_hidden[-1], spec.num_classes)
+  assert isinstance(model.encoder.blocks[0].attention.core, attentions.module_class(cfg.attention))
+  assert model.encoder.position_LxE.shape == (cfg.sequence_length, m.embed_dim)
 
 
 @pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: os.path.basename(p))
 def test_config_builds_with_every_attention(path):
   module = _module(path)
   assert "python -m lra.main --config=configs/" in module.__doc__
+  task = os.path.basename(path)[:-3]
   for arg in (None, "protocol=lra", "smoke"):
     config = module.get_config(arg)
-    for key in REQUIRED_KEYS:
-      assert key in config
-    assert config.task == os.path.basename(path)[:-3]
-  config = module.get_config("protocol=lra")
-  config.max_length = 256  # Abstract build only: the length just has to be legal.
-  assert _abstract_model(config) is not None
+    # The protocols and variants fill every required key with a value of its type.
+    for key in ("max_length", "batch_size", "eval_batch_size", "num_train_steps"):
+      assert isinstance(config[key], int) and config[key] >= 1, (arg, key)
+    train.optimizer_config(config)  # Raises on a bad optimizer block.
+  for arg in (None, "protocol=lra"):
+    config = module.get_config(arg)
+    config.max_length = 256  # Abstract build only: the length just has to be legal.
+    config.token_order = "row_major"
+    _check_shapes(config)
   for name in attentions.names():
     for arg in (f"attention={name}", f"attention={name},protocol=lra"):
       config = module.get_config(arg)
-      # Every knob of the config is one the registry knows (build() would reject others).
-      assert set(config.attention_kwargs[name]) <= set(attentions.knob_defaults(name))
-      assert train.model_config(config).attention == name
+      cfg = train.model_config(config)
+      assert cfg.attention == name and cfg.num_classes == tasks.get_task(task).num_classes
+      # The knobs handed to the attention are the registry's defaults and this task's.
+      assert cfg.attention_kwargs == config.attention_kwargs[name].to_dict()
+      assert set(cfg.attention_kwargs) <= set(attentions.knob_defaults(name))
 
 
 @pytest.mark.parametrize("name", attentions.names())
@@ -82,7 +80,18 @@ def test_every_attention_builds_into_the_encoder(name):
 
   config = listops.get_config(f"attention={name}")
   config.max_length = 256
-  assert _abstract_model(config) is not None
+  _check_shapes(config)
+
+
+def test_lra_protocol_model_differs_where_the_papers_differ():
+  from configs import retrieval  # pylint: disable=g-import-not-at-top
+
+  config = retrieval.get_config("protocol=lra,attention=softmax")
+  config.max_length = 64
+  cfg, model = _abstract_model(config)
+  # Two towers, [u, v] head, CLS token (one more position).
+  assert cfg.dual_input and model.head.hidden[0].kernel.shape == (2 * 128, 512)
+  assert model.encoder.cls_E.shape == (128,) and cfg.sequence_length == 65
 
 
 def test_mra_paper_defaults():
@@ -156,3 +165,31 @@ def test_model_config_rejects_bad_values():
   config.attention = "no_such_attention"
   with pytest.raises(ValueError, match="no_such_attention"):
     train.model_config(config)
+  config = listops.get_config("smoke")
+  config.optimizer.schedule = "rsqrt"  # cycle_momentum is still on: one_cycle only.
+  with pytest.raises(ValueError, match="cycle_momentum"):
+    train.optimizer_config(config)
+
+
+def test_protocol_overrides_name_declared_keys_only():
+  from configs import common  # pylint: disable=g-import-not-at-top
+
+  base = {
+    "max_length": 64,
+    "batch_size": 8,
+    "learning_rate": 1e-3,
+    "num_train_steps": 10,
+    "eval_every_steps": 5,
+    "num_eval_batches": 1,
+    "optimizer.schedule": "one_cycle",
+    "optimizer.warmup_steps": 2,
+  }
+  c = common.make_config("listops", None, mra=base, lra=base, attention_overrides={})
+  assert c.eval_batch_size == 8  # Defaults to batch_size.
+  with pytest.raises(KeyError, match="model.num_layer"):
+    common.make_config(
+      "listops", None, mra={**base, "model.num_layer": 3}, lra=base, attention_overrides={}
+    )
+  unset = {k: v for k, v in base.items() if k != "optimizer.warmup_steps"}
+  with pytest.raises(ValueError, match="optimizer.warmup_steps"):
+    common.make_config("listops", None, mra=unset, lra=base, attention_overrides={})

@@ -1,5 +1,8 @@
 """The out-of-memory warning: sizes that cannot fit are flagged, small ones are not."""
 
+import os
+
+import jax
 import pytest
 
 from lra import memory
@@ -18,6 +21,19 @@ def _estimate(attention, length, batch, **kw):
     knobs=kw,
     bytes_per_value=4,
   )
+
+
+def test_estimate_counts_what_the_backward_pass_keeps():
+  # Per token and layer: 6 E + 4 QKV + 3 MLP values; per head 3 float32 scores per key;
+  # plus the embeddings (4 E values per token).
+  L, B = 4096, 3
+  per_token = 6 * 64 + 4 * 64 + 3 * 128
+  for attention, keys in (("softmax", L), ("mra2", 32 * 8 + L // 32), ("performer", 256)):
+    assert memory.keys_per_query(attention, L, {}) == keys
+    expected = 2 * B * L * (per_token * 4 + 3 * 2 * keys * 4) + B * L * 64 * 4 * 4
+    assert _estimate(attention, L, B) == expected, attention
+  assert memory.keys_per_query("mra2", L, {"block_size": 64, "block_per_row": 2}) == 128 + 64
+  assert memory.keys_per_query("mra2", 128, {}) == 128 + 4  # Refinement capped by length.
 
 
 def test_softmax_grows_quadratically_and_mra_linearly():
@@ -39,9 +55,9 @@ def test_path_x_softmax_at_paper_batch_warns(monkeypatch):
   assert not memory.warn_if_too_large(estimate, None, what="unknown device")
 
 
-def test_available_bytes_is_positive_on_cpu():
-  available = memory.available_bytes()
-  assert available is None or available > 2**20
+def test_available_bytes_on_cpu_is_host_ram_per_device():
+  ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  assert memory.available_bytes() == ram // jax.local_device_count()
 
 
 @pytest.mark.parametrize("attention", ["performer", "local"])

@@ -33,6 +33,12 @@ def _cfg(**kw):
     num_heads=2,
     mlp_dim=32,
     classifier_hidden=(8,),
+    dropout_rate=0.1,
+    pooling="mean",
+    positions="learned",
+    embed_init_std=0.02,
+    qkv_bias=True,
+    retrieval_interaction="nli",
   )
   return models.ModelConfig(**{**base, **kw})
 
@@ -109,11 +115,30 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     (dict(pooling="max"), "pooling"),
     (dict(dropout_rate=1.0), "dropout_rate"),
     (dict(num_layers=0), "num_layers"),
+    (dict(classifier_hidden=(8, 0)), "classifier_hidden"),
+    (dict(attention="no_such_attention"), "no_such_attention"),
+    (dict(attention_kwargs={"block_per_row": 2}), "block_per_row"),
+    (dict(dtype="float16"), "dtype='float16'"),
+    (dict(token_order="diagonal"), "token_order='diagonal'"),
   ],
 )
 def test_bad_model_config_raises(bad, match):
   with pytest.raises(ValueError, match=match):
     _cfg(**bad)
+
+
+def test_auto_token_order_picks_patches_only_where_they_apply():
+  image = dict(max_length=64, image_shape=(8, 8), token_order="auto")
+  assert _cfg(attention="mra2", **image).token_order == "patch"
+  assert _cfg(attention="softmax", **image).token_order == "row_major"
+  assert _cfg(attention="mra2", pooling="cls", **image).token_order == "row_major"
+  assert _cfg(attention="mra2", token_order="auto").token_order == "row_major"  # No image.
+
+
+def test_config_from_json_lists_is_hashable_and_equal():
+  a = _cfg(classifier_hidden=[8], image_shape=[8, 8], dtype="float32")
+  assert a == _cfg(image_shape=(8, 8), dtype=jnp.float32) and a.dtype == jnp.float32
+  assert a.classifier_hidden == (8,) and a.image_shape == (8, 8)
 
 
 def test_wrong_length_raises():

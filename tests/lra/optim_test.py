@@ -1,7 +1,5 @@
 """The schedules against their definitions (PyTorch OneCycleLR, LRA factor products)."""
 
-import types
-
 import numpy as np
 import optax
 import pytest
@@ -31,8 +29,8 @@ def test_lra_schedules():
   np.testing.assert_allclose(float(cosine(600)), 0.5e-3, rtol=1e-5)
 
 
-def test_optimizer_follows_the_schedule_and_rejects_bad_ones():
-  cfg = types.SimpleNamespace(
+def _cfg(**kw):
+  base = dict(
     schedule="one_cycle",
     warmup_steps=2,
     weight_decay=0.0,
@@ -41,15 +39,35 @@ def test_optimizer_follows_the_schedule_and_rejects_bad_ones():
     eps=1e-6,
     cycle_momentum=True,
     grad_clip_norm=1.0,
+    learning_rate=1e-3,
+    total_steps=10,
   )
-  tx, lr = optim.make_optimizer(cfg, 1e-3, 10)
+  return optim.OptimizerConfig(**{**base, **kw})
+
+
+def test_optimizer_follows_the_schedule():
+  tx, lr = optim.make_optimizer(_cfg())
   params = {"w": np.ones(3, np.float32)}
   state = tx.init(params)
   updates, _ = tx.update({"w": np.full(3, 5.0, np.float32)}, state, params)
   # First Adam step moves each weight by lr(0) (sign of the gradient), clipped or not.
   np.testing.assert_allclose(np.asarray(updates["w"]), -float(lr(0)), rtol=1e-3)
-  with pytest.raises(ValueError, match="warmup_steps"):
-    optim.learning_rate_schedule("one_cycle", 1e-3, 10, 10)
-  with pytest.raises(ValueError, match="schedule='step'"):
-    optim.learning_rate_schedule("step", 1e-3, 1, 10)
+  np.testing.assert_allclose(float(lr(0)), 1e-3 / optim.DIV_FACTOR, rtol=1e-6)
   assert isinstance(tx, optax.GradientTransformation)
+
+
+@pytest.mark.parametrize(
+  "bad,match",
+  [
+    (dict(warmup_steps=10), "warmup_steps=10, num_train_steps=10"),
+    (dict(schedule="step"), "schedule='step'"),
+    (dict(schedule="rsqrt"), "cycle_momentum"),
+    (dict(b2=1.0), "b2=1.0"),
+    (dict(learning_rate=0.0), "learning_rate=0.0"),
+    (dict(total_steps=0), "total_steps=0"),
+    (dict(grad_clip_norm=-1.0), "grad_clip_norm=-1.0"),
+  ],
+)
+def test_bad_optimizer_config_raises(bad, match):
+  with pytest.raises(ValueError, match=match):
+    _cfg(**bad)

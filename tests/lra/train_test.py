@@ -1,6 +1,8 @@
 """End-to-end harness runs on tiny data: every task, resume, NaN stop, data parallel."""
 
+import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -8,8 +10,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lra import checkpoints, reporting, train
-from lra.data import pipeline
+from lra import checkpoints, inputs, reporting, train
+from lra.data import builders, digests, errors, pipeline, prepare_lib
+
+from .data import digests_test  # pylint: disable=relative-beyond-top-level
 
 NUM_TEST = 16  # Test examples of every tiny task (tests/lra/conftest.py).
 
@@ -79,16 +83,24 @@ def test_every_task_trains_evaluates_and_reports(task, protocol, prepared, tmp_p
   if task == "pathfinder128":
     config.compute_dtype = "bfloat16"
   results = train.train_and_evaluate(config, str(tmp_path))
-  assert 0.0 <= results["test_accuracy"] <= 1.0
-  assert results["num_test_examples"] == (48 if task == "text" else NUM_TEST)
+  num_test = 48 if task == "text" else NUM_TEST
+  assert results["num_test_examples"] == num_test
+  # An accuracy over the whole test split is a count of right answers over its size.
+  correct = results["test_accuracy"] * num_test
+  assert correct == pytest.approx(round(correct), abs=1e-6)
   assert results["num_devices"] == 4
   events = reporting.read_metrics(str(tmp_path))
   splits = [e["split"] for e in events]
   assert splits.count("train") == 4 and splits.count("validation") == 2
   assert splits[-1] == "test"
   assert all(np.isfinite(e["loss"]) and {"step", "accuracy"} <= set(e) for e in events)
+  assert events[-1]["accuracy"] == results["test_accuracy"]
   with open(tmp_path / "results.json") as f:
-    assert json.load(f)["config"]["task"] == task
+    stored = json.load(f)
+  assert stored["test_accuracy"] == results["test_accuracy"]
+  # Only the chosen attention's knobs are recorded, here and in the workdir stamp.
+  assert stored["config"]["attention_kwargs"] == {"softmax": {}}
+  assert stored["config"] == checkpoints.config_record(config)
   assert os.listdir(tmp_path / "tensorboard")
 
 
@@ -152,11 +164,43 @@ def test_resume_after_crash_is_bit_identical(prepared, tmp_path, monkeypatch):
   assert _loss_events(straight) == _loss_events(crashed)
 
 
-def test_other_config_is_refused(prepared, tmp_path):
+def test_other_config_is_refused_before_anything_is_written(prepared, tmp_path):
   config = tiny_config("listops", prepared("listops"))
   checkpoints.check_or_store_config(str(tmp_path), config)
   config.learning_rate = 0.5
   with pytest.raises(checkpoints.ConfigMismatchError, match=r"learning_rate: stored 0.001"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert os.listdir(tmp_path) == [checkpoints.CONFIG_FILE]
+
+
+def test_other_attentions_defaults_never_block_a_resume(prepared, tmp_path):
+  config = tiny_config("listops", prepared("listops"), num_train_steps=2)
+  config.attention = "mra2"
+  config.attention_kwargs.mra2.block_per_row = 2
+  train.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / checkpoints.CONFIG_FILE) as f:
+    assert json.load(f)["attention_kwargs"] == {"mra2": config.attention_kwargs.mra2.to_dict()}
+  # Another attention's defaults change (e.g. a new registry default): the run resumes.
+  config.attention_kwargs.performer.num_features = 17
+  config.num_train_steps = 3
+  with pytest.raises(checkpoints.ConfigMismatchError, match=r"num_train_steps: stored 2, now 3"):
+    train.train_and_evaluate(config, str(tmp_path))
+  config.num_train_steps = 2
+  assert train.train_and_evaluate(config, str(tmp_path))["steps_this_session"] == 0
+  # A stamp written when every attention's block was stored still matches.
+  with open(tmp_path / checkpoints.CONFIG_FILE) as f:
+    stored = json.load(f)
+  stored["attention_kwargs"] = config.attention_kwargs.to_dict()
+  stored["attention_kwargs"]["softmax"] = {"made_up_knob": 1}
+  with open(tmp_path / checkpoints.CONFIG_FILE, "w") as f:
+    json.dump(stored, f)
+  checkpoints.check_config(str(tmp_path), config)
+  # The chosen attention's own knob still refuses, naming the key.
+  config.attention_kwargs.mra2.block_per_row = 4
+  with pytest.raises(
+    checkpoints.ConfigMismatchError,
+    match=r"attention_kwargs\.mra2\.block_per_row: stored 2, now 4",
+  ):
     train.train_and_evaluate(config, str(tmp_path))
 
 
@@ -180,6 +224,28 @@ def test_missing_data_names_the_prepare_command(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+def test_damaged_data_stops_before_the_first_step(tmp_path, caplog):
+  data_dir = str(tmp_path / "data")
+  prepare_lib.prepare("listops", data_dir, num_train=16, num_val=8, num_test=8)
+  version_dir = builders.version_dir("listops", data_dir)
+  shard = os.path.join(version_dir, "lra_listops-train.array_record-00000-of-00001")
+  digests_test.flip_middle_bytes(shard)
+  config = tiny_config("listops", data_dir)
+  workdir = tmp_path / "run"
+  with pytest.raises(
+    errors.DataCorruptError,
+    match=rf"{shard} does not match .*\n  python -m lra.prepare --task=listops "
+    rf"--data_dir={data_dir} --num_train=16 --num_val=8 --num_test=8 --overwrite",
+  ):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()  # No stamp, no checkpoint, no metrics.
+  # Data prepared before digests existed: said once, and the run goes on.
+  os.remove(os.path.join(version_dir, digests.DIGEST_FILE))
+  with caplog.at_level(logging.WARNING):
+    inputs.ensure_data(config, data_dir)
+  assert caplog.text.count("prepared before digests were written") == 1
+
+
 def test_listops_generates_its_data_when_allowed(tmp_path):
   config = tiny_config(
     "listops",
@@ -198,13 +264,15 @@ def test_data_parallel_step_matches_one_device(prepared):
   """The 4-device sharded step and gradient accumulation equal a plain step (round-off)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from lra import inputs, models, optim  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from lra import models, optim  # pylint: disable=g-import-not-at-top,g-multiple-import
 
   config = tiny_config("listops", prepared("listops"))
   config.model.dropout_rate = 0.0
   cfg = train.model_config(config)
   graphdef, params, rest = nnx.split(models.build(cfg, rngs=nnx.Rngs(params=0)), nnx.Param, ...)
-  tx, _ = optim.make_optimizer(config.optimizer, 1e-3, 10)
+  tx, _ = optim.make_optimizer(
+    dataclasses.replace(train.optimizer_config(config), learning_rate=1e-3, total_steps=10)
+  )
   rng = np.random.default_rng(0)
   batch = {
     "inputs": rng.integers(1, 16, (8, 64)).astype(np.int32),
@@ -241,5 +309,6 @@ def test_every_attention_trains(name, prepared, tmp_path):
   config = tiny_config("listops", prepared("listops"), attention=name, num_train_steps=2)
   results = train.train_and_evaluate(config, str(tmp_path))
   events = reporting.read_metrics(str(tmp_path))
+  assert [e["split"] for e in events] == ["train", "train", "validation", "test"]
   assert all(np.isfinite(e["loss"]) for e in events)
-  assert results["attention"] == name
+  assert results["config"]["attention_kwargs"] == {name: config.attention_kwargs[name].to_dict()}

@@ -26,6 +26,38 @@ def test_task_specs():
     tasks.get_task("nope")
 
 
+def test_each_task_says_how_its_examples_become_ids():
+  u8 = lambda *x: np.array(x, np.uint8)
+  listops_ids = tasks.get_task("listops").token_ids({"tokens": u8(11, 3, 15)})
+  np.testing.assert_array_equal(listops_ids, [[11, 3, 15]])  # The vocabulary's ids.
+  text = tasks.get_task("text")
+  np.testing.assert_array_equal(text.token_ids({"tokens": u8(0, 255)}), [[1, 256]])  # Byte + 1.
+  assert text.vocab_size == 257
+  pair = tasks.get_task("retrieval").token_ids({"tokens1": u8(7), "tokens2": u8(0, 1)})
+  assert [p.tolist() for p in pair] == [[8], [1, 2]]
+  image = {"image": np.arange(1024, dtype=np.uint32).reshape(32, 32).astype(np.uint8)}
+  (pixels,) = tasks.get_task("pathfinder32").token_ids(image)
+  np.testing.assert_array_equal(pixels, np.arange(1024) % 256)  # Row-major pixel values.
+  assert pixels.dtype == np.int32
+  # Text has no validation split: it reads test. The other tasks store all three.
+  assert text.stored_splits == ("train", "test") and text.stored_split("validation") == "test"
+  assert tasks.get_task("image").stored_split("validation") == "validation"
+  assert [n for n, t in tasks.TASKS.items() if t.can_generate] == [
+    "listops",
+    "pathfinder32",
+    "pathfinder64",
+    "pathfinder128",
+    "pathfinder256",
+  ]
+  features = tasks.get_task("retrieval").features()
+  assert set(features.keys()) == {"tokens1", "tokens2", "label"}
+  assert tasks.get_task("pathfinder64").features()["image"].shape == (64, 64)
+  with pytest.raises(ValueError, match="max_tokens applies to listops only"):
+    tasks.get_task("image").split_examples(
+      "/nowhere", source=None, seed=0, counts=(1, 1, 1), max_tokens=5
+    )
+
+
 def test_batch_layout_and_mask(listops_dir):
   loader = pipeline.make_loader(
     "listops", "train", listops_dir, batch_size=8, seed=0, shuffle=False, num_epochs=1

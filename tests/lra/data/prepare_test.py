@@ -9,9 +9,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lra.data import errors, listops, pathfinder, pathfinder_files, pipeline, prepare_lib, sources
+from lra.data import (
+  builders,
+  errors,
+  listops,
+  pathfinder,
+  pathfinder_files,
+  pipeline,
+  prepare_lib,
+  sources,
+)
 
 from . import conftest as fx  # pylint: disable=relative-beyond-top-level
+from . import digests_test  # pylint: disable=relative-beyond-top-level
 
 
 def _all(task, split, data_dir, batch_size=2, **kwargs):
@@ -345,3 +355,12 @@ def test_entry_point(tmp_path):
   assert "listops train: 3 examples" in done.stderr
   bad = subprocess.run(cmd[:3], cwd=root, capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0 and "--task and --data_dir are required" in bad.stderr
+  # Damaged data: one message naming the file and the command that regenerates it.
+  shard = os.path.join(
+    builders.version_dir("listops", str(tmp_path)), "lra_listops-train.array_record-00000-of-00001"
+  )
+  digests_test.flip_middle_bytes(shard)
+  damaged = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+  assert damaged.returncode != 0 and "Traceback" not in damaged.stderr
+  assert f"DataCorruptError: {shard} does not match" in damaged.stderr
+  assert " ".join(["python", *cmd[1:], "--overwrite"]) in damaged.stderr
