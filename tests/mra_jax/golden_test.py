@@ -1,4 +1,4 @@
-"""Parity with the published MRA code (../shared/testdata/mra_published_golden.npz)."""
+"""Parity with the published MRA code: outputs and gradients it computed, stored as golden data."""
 
 import os
 
@@ -13,7 +13,7 @@ _GOLDEN = os.path.join(
   os.path.dirname(__file__), "..", "..", "..", "shared", "testdata", "mra_published_golden.npz"
 )
 
-# The cases of ../shared/testdata/README.md.
+# The golden file's cases: knobs of the published `mra2_attention` call that made each.
 _CASES = {
   "full_nomask_nb16": dict(masked=False, num_blocks=16, approx_mode="full"),
   "sparse_nomask_nb16": dict(masked=False, num_blocks=16, approx_mode="sparse"),
@@ -50,11 +50,12 @@ def _rel(a, b):
   return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
 
 
+@pytest.mark.parametrize("impl", ["xla_chunked", "reference"])
 @pytest.mark.parametrize("case", sorted(_CASES))
-def test_matches_published_output_and_gradients(golden, case):
+def test_matches_published_output_and_gradients(golden, case, impl):
   knobs = dict(_CASES[case])
   mask = golden["mask"] if knobs.pop("masked") else None
-  run = jax.jit(lambda q, k, v: mra_jax.mra_attention(q, k, v, mask, impl="reference", **knobs))
+  run = jax.jit(lambda q, k, v: mra_jax.mra_attention(q, k, v, mask, impl=impl, **knobs))
   q, k, v = golden["query"], golden["key"], golden["value"]
   assert _rel(run(q, k, v), golden[f"{case}/output"]) < _RTOL
   if f"{case}/dquery" in golden:
