@@ -2,6 +2,9 @@
 
 The op lives in `pallas_kernels.block_sparse_attention` (contract, reference, chunked XLA,
 Pallas Triton and Mosaic TPU implementations); its public names are re-exported here.
+The re-exported function shadows the subpackage as an attribute, so reach the package's
+modules with `from pallas_kernels.block_sparse_attention import api, base, ...` (not
+`import pallas_kernels.block_sparse_attention as ...`, which gives the function).
 `pallas_kernels` depends on `jax` only (no Flax), so it can be used on its own.
 """
 
