@@ -1,12 +1,12 @@
 """`mra_attention`: MRA-2 and MRA-2-s (Zeng et al., ICML 2022), any length, any platform.
 
-The computation follows the published `mra2_attention` step by step (mra.md §2):
+The computation follows the published `mra2_attention` step by step:
 block pooling with token counts -> low-resolution logits -> row-normalised scores
 plus priors -> global top-k tiles -> exact attention on the selected 32x32 tiles,
 with (MRA-2) the low-resolution term for the remaining block pairs. The two parts
 share one softmax: the low-resolution term is the initial online-softmax state of the
-block-sparse attention in `pallas_kernels`, whose reference or kernel then adds the
-selected tiles. Nothing of size L x L is ever built.
+block-sparse attention in `pallas_kernels.block_sparse_attention`, one of whose
+implementations (`impl`) then adds the selected tiles. Nothing of size L x L is ever built.
 
 Two deliberate differences from the published code, both invisible at float32
 round-off on valid inputs (the golden parity tests hold us to 1e-6):
@@ -26,18 +26,12 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
-from mra_jax import chunked, pooling, selection
+from mra_jax import pooling, selection
+from mra_jax.checks import check_int
 
 APPROX_MODES = ("full", "sparse")
-IMPLS = ("auto", "reference", "pallas", "pallas_gpu", "pallas_tpu")
-# impl -> (Pallas backend, interpret). "pallas" is the platform's own backend (interpret
-# mode on CPU); the forced backends always compile, so they can be lowered for a GPU or
-# TPU from a CPU-only machine.
-_PALLAS_BACKENDS = {
-  "pallas": ("auto", None),
-  "pallas_gpu": ("triton", False),
-  "pallas_tpu": ("mosaic_tpu", False),
-}
+# The block-sparse op's implementation names, and "auto".
+IMPLS = ("auto", *pallas_kernels.IMPLEMENTATIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +46,13 @@ class MraConfig:
     approx_mode: "full" = MRA-2 (high + low resolution), "sparse" = MRA-2-s.
     initial_prior_first_n_blocks: always select the first n block rows and columns.
     initial_prior_diagonal_n_blocks: always select a diagonal band of width n (odd).
-    impl: "auto" (Pallas on GPU/TPU, reference on CPU), "reference" (pure jnp),
-      "pallas" (the platform's kernels; interpret mode on CPU), "pallas_gpu" or
-      "pallas_tpu" (force one backend).
+    impl: the implementation of the block-sparse part (`pallas_kernels.block_sparse_attention`):
+      "auto" ("pallas_triton" on GPU, "pallas_mosaic_tpu" on TPU, "xla_chunked"
+      elsewhere), "reference" (one shot of pure jnp, memory grows with the selected
+      tiles: for tests), "xla_chunked" (chunked pure jnp, O(L) memory: the CPU path),
+      "pallas_triton" (Triton kernels, block_size 32 or 64) or "pallas_mosaic_tpu"
+      (Mosaic TPU kernels, block_size 32, 64 or 128). A Pallas implementation runs in
+      interpret mode where jax's default backend is not its device.
   """
 
   block_size: int = 32
@@ -66,18 +64,18 @@ class MraConfig:
   impl: str = "auto"
 
   def __post_init__(self):
-    _check_int("block_size", self.block_size, minimum=2)
+    check_int("block_size", self.block_size, minimum=2)
     if self.block_size & (self.block_size - 1):
       raise ValueError(f"block_size must be a power of two; got block_size={self.block_size!r}")
-    _check_int("block_per_row", self.block_per_row, minimum=1)
+    check_int("block_per_row", self.block_per_row, minimum=1)
     if self.num_blocks is not None:
-      _check_int("num_blocks", self.num_blocks, minimum=1)
+      check_int("num_blocks", self.num_blocks, minimum=1)
     if self.approx_mode not in APPROX_MODES:
       raise ValueError(
         f"approx_mode must be one of {APPROX_MODES}; got approx_mode={self.approx_mode!r}"
       )
-    _check_int("initial_prior_first_n_blocks", self.initial_prior_first_n_blocks, minimum=0)
-    _check_int("initial_prior_diagonal_n_blocks", self.initial_prior_diagonal_n_blocks, minimum=0)
+    check_int("initial_prior_first_n_blocks", self.initial_prior_first_n_blocks, minimum=0)
+    check_int("initial_prior_diagonal_n_blocks", self.initial_prior_diagonal_n_blocks, minimum=0)
     if self.impl not in IMPLS:
       raise ValueError(f"impl must be one of {IMPLS}; got impl={self.impl!r}")
 
@@ -87,11 +85,6 @@ class MraConfig:
       self.num_blocks if self.num_blocks is not None else num_query_blocks * self.block_per_row
     )
     return min(wanted, num_query_blocks * num_key_blocks)
-
-
-def _check_int(name: str, value, *, minimum: int):
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}; got {name}={value!r}")
 
 
 def mra_attention(
@@ -126,7 +119,8 @@ def mra_attention(
     approx_mode: "full" (MRA-2) or "sparse" (MRA-2-s).
     initial_prior_first_n_blocks: always select the first n block rows and columns.
     initial_prior_diagonal_n_blocks: always select the diagonal band of width n.
-    impl: "auto", "reference", "pallas", "pallas_gpu" or "pallas_tpu" (see `MraConfig`).
+    impl: "auto", "reference", "xla_chunked", "pallas_triton" or "pallas_mosaic_tpu"
+      (see `MraConfig`).
 
   Returns:
     [B, Lq, H, D] in `query`'s dtype (statistics are float32 inside). Padded queries
@@ -219,19 +213,9 @@ def _mra_heads_first(
     acc0 = jnp.zeros((B, H, Lq, D), jnp.float32)
 
   args = (q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, tile_ids_BxHxK, k_valid_BxLk, m0, l0, acc0)
-  impl = cfg.impl
-  if impl == "auto":
-    impl = "reference" if jax.default_backend() == "cpu" else "pallas"
-  if impl == "reference":
-    f32 = lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
-    out, _ = chunked.chunked_block_sparse_attention(
-      *map(f32, args), bs, scale, pallas_kernels.DEFAULT_EPS
-    )
-  else:
-    backend, interpret = _PALLAS_BACKENDS[impl]
-    out, _ = pallas_kernels.block_sparse_attention(
-      *args, block_size=bs, scale=scale, backend=backend, interpret=interpret
-    )
+  out, _ = pallas_kernels.block_sparse_attention(
+    *args, block_size=bs, scale=scale, implementation=cfg.impl
+  )
   return jnp.where(q_valid_BxLq[:, None, :, None], out.astype(jnp.float32), 0.0)
 
 
@@ -241,8 +225,8 @@ def _low_resolution_state(
   """MRA-2's low-resolution term as an online-softmax state per query block.
 
   Each unselected block pair (r, c) contributes `count_c * exp(z_rc)` with value
-  `v_hat_c` ("exp of the average times count", mra.md §2.5). The state is kept on the
-  scale of m0_r = max_c z_rc over pairs with real tokens on both sides (the selected
+  `v_hat_c`: the exponential of the pair's average logit z_rc, times its key count, stands
+  in for the sum over its tokens. The state is kept on the scale of m0_r = max_c z_rc over pairs with real tokens on both sides (the selected
   ones included, as the published `rmax`), so no term overflows.
   """
   real_pair = (count_q_BxNq[:, :, None] > 0) & (count_k_BxNk[:, None, :] > 0)

@@ -1,4 +1,4 @@
-"""mra_attention's reference path against the dense oracle, softmax, and its contract."""
+"""mra_attention against the dense oracle and softmax, across implementations, and its contract."""
 # pylint: disable=invalid-name
 
 import functools
@@ -28,7 +28,7 @@ def _lengths_mask(lengths, L):
 
 @functools.partial(jax.jit, static_argnames=("knobs",))
 def _fast(q, k, v, mask, knobs):
-  return mra_jax.mra_attention(q, k, v, mask, impl="reference", **dict(knobs))
+  return mra_jax.mra_attention(q, k, v, mask, impl="xla_chunked", **dict(knobs))
 
 
 @functools.partial(jax.jit, static_argnames=("knobs",))
@@ -180,11 +180,64 @@ def test_budget_follows_runtime_length_and_is_capped():
   np.testing.assert_allclose(out, reference.softmax_attention(q, k, v), atol=3e-6)
 
 
-def test_auto_uses_reference_on_cpu():
+def test_auto_uses_xla_chunked_on_cpu():
   q, k, v = _qkv(L=96)
   np.testing.assert_array_equal(
-    mra_jax.mra_attention(q, k, v, impl="auto"), mra_jax.mra_attention(q, k, v, impl="reference")
+    mra_jax.mra_attention(q, k, v, impl="auto"), mra_jax.mra_attention(q, k, v, impl="xla_chunked")
   )
+
+
+@pytest.mark.parametrize(
+  "impl, approx_mode",
+  [
+    ("reference", "full"),
+    ("pallas_triton", "full"),
+    ("pallas_triton", "sparse"),
+    ("pallas_mosaic_tpu", "sparse"),
+  ],
+)
+def test_implementations_match_xla_chunked_with_gradients(impl, approx_mode):
+  # Pallas implementations run in interpret mode on CPU.
+  ks = jax.random.split(jax.random.key(0), 4)
+  q, k, v = (jax.random.normal(key, (1, 80, 1, 16)) for key in ks[:3])
+  mask = jnp.arange(80)[None, :] < 70
+  cot = jax.random.normal(ks[3], q.shape)
+  run = lambda impl: jax.vjp(
+    jax.jit(
+      lambda q, k, v: mra_jax.mra_attention(
+        q, k, v, mask, block_per_row=1, approx_mode=approx_mode, impl=impl
+      )
+    ),
+    q,
+    k,
+    v,
+  )
+  (out, vjp), (want, want_vjp) = run(impl), run("xla_chunked")
+  np.testing.assert_allclose(out, want, atol=1e-6)
+  for got, expected in zip(vjp(cot), want_vjp(cot)):
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "impl, device_platform, lowering_platform, marker",
+  [
+    ("pallas_triton", "gpu", "cuda", "__gpu$xla.gpu.triton"),
+    ("pallas_mosaic_tpu", "tpu", "tpu", "tpu_custom_call"),
+  ],
+)
+def test_forward_and_backward_lower_for_accelerators(
+  impl, device_platform, lowering_platform, marker, monkeypatch
+):
+  # As on a host with that device: the kernels compile rather than interpret.
+  monkeypatch.setattr(jax, "default_backend", lambda: device_platform)
+  sds = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16)
+  loss = lambda q, k, v: jnp.sum(
+    mra_jax.mra_attention(q, k, v, block_per_row=2, impl=impl).astype(jnp.float32)
+  )
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  text = grad.trace(sds, sds, sds).lower(lowering_platforms=(lowering_platform,)).as_text()
+  # forward, dq and dk/dv kernels
+  assert text.count(marker) == 3, text.count(marker)
 
 
 _BAD = [
@@ -200,6 +253,7 @@ _BAD = [
   (dict(block_per_row=0), "block_per_row=0"),
   (dict(approx_mode="dense"), "approx_mode='dense'"),
   (dict(impl="cuda"), "impl='cuda'"),
+  (dict(impl="pallas"), "impl='pallas'"),
   (dict(initial_prior_first_n_blocks=-1), "initial_prior_first_n_blocks=-1"),
   (dict(initial_prior_diagonal_n_blocks=1.5), "initial_prior_diagonal_n_blocks=1.5"),
 ]

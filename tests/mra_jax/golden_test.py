@@ -51,11 +51,12 @@ def _rel(a, b):
   return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
 
 
+@pytest.mark.parametrize("impl", ["xla_chunked", "reference"])
 @pytest.mark.parametrize("case", sorted(_CASES))
-def test_matches_published_output_and_gradients(golden, case):
+def test_matches_published_output_and_gradients(golden, case, impl):
   knobs = dict(_CASES[case])
   mask = golden["mask"] if knobs.pop("masked") else None
-  run = jax.jit(lambda q, k, v: mra_jax.mra_attention(q, k, v, mask, impl="reference", **knobs))
+  run = jax.jit(lambda q, k, v: mra_jax.mra_attention(q, k, v, mask, impl=impl, **knobs))
   q, k, v = golden["query"], golden["key"], golden["value"]
   assert _rel(run(q, k, v), golden[f"{case}/output"]) < _RTOL
   if f"{case}/dquery" in golden:

@@ -13,7 +13,7 @@ import pytest
 import pallas_kernels
 
 _CUSTOM_CALL = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
-_BACKEND = {"cuda": "triton", "tpu": "mosaic_tpu"}
+_IMPLEMENTATION = {"cuda": "pallas_triton", "tpu": "pallas_mosaic_tpu"}
 # Kernel launches: the forward alone; forward, dQ and dK/dV for the VJP.
 _LAUNCHES = {"forward": 1, "vjp": 3}
 
@@ -42,7 +42,7 @@ def _lower(platform, mode, *, dtype, block_size, D, L):
     l0,
     acc0,
     block_size=block_size,
-    backend=_BACKEND[platform],
+    implementation=_IMPLEMENTATION[platform],
     interpret=False,
   )
 

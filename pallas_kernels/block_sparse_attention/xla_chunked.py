@@ -1,7 +1,7 @@
-"""The reference path's block-sparse attention: chunked, flash-style, pure `jnp`.
+"""Block-sparse attention as chunked, flash-style, pure `jnp`: the implementation for CPUs.
 
-Computes exactly `pallas_kernels.block_sparse_attention_reference` (same contract,
-tested against it), but organised for CPUs and for long sequences:
+Computes exactly `base.block_sparse_attention_reference` (same contract, tested against
+it), but organised for CPUs and for long sequences:
 
 - one (batch, head) at a time (`lax.map`), and within a head the sorted tile list in
   chunks of about 2 MiB of gathered keys, so every intermediate stays in cache and no
@@ -25,6 +25,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from pallas_kernels.block_sparse_attention import base
 
 _CHUNK_BYTES = 2 * 2**20
 
@@ -144,26 +146,32 @@ def _over_heads(one_head, valid, *operands):
   return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
-def chunked_block_sparse_attention(
-  q_BxHxLqxD,
-  k_BxHxLkxD,
-  v_BxHxLkxD,
-  tile_ids_BxHxK,
-  key_valid_BxLk,
-  m0_BxHxLq,
-  l0_BxHxLq,
-  acc0_BxHxLqxD,
-  block_size,
-  scale,
-  eps,
-):
-  """Same contract as `pallas_kernels.block_sparse_attention_reference`; float32 inputs.
+def xla_chunked_block_sparse_attention(
+  q_BxHxLqxD: jax.Array,
+  k_BxHxLkxD: jax.Array,
+  v_BxHxLkxD: jax.Array,
+  tile_ids_BxHxK: jax.Array,
+  key_valid_BxLk: jax.Array,
+  m0_BxHxLq: jax.Array,
+  l0_BxHxLq: jax.Array,
+  acc0_BxHxLqxD: jax.Array,
+  *,
+  block_size: int,
+  scale: float | None = None,
+  eps: float = base.DEFAULT_EPS,
+) -> tuple[jax.Array, jax.Array]:
+  """Block-sparse attention from an initial softmax state, chunked (see `base`).
 
-  Returns `(out_BxHxLqxD, lse_BxHxLq)`, float32, both differentiable in q, k, v, l0
-  and acc0 (m0 is a reference point and gets no gradient, as in the reference).
+  Arguments as `base.block_sparse_attention_reference` (any positive `block_size`); the
+  inputs are computed in float32 and the gradients come back in their own dtypes.
+
+  Returns:
+    `(out_BxHxLqxD, lse_BxHxLq)`, both float32, differentiable in q, k, v, l0 and acc0.
+
+  Raises:
+    ValueError: on bad shapes or dtypes (see `base.check_inputs`).
   """
-  return _forward(
+  args = (
     q_BxHxLqxD,
     k_BxHxLkxD,
     v_BxHxLkxD,
@@ -172,10 +180,30 @@ def chunked_block_sparse_attention(
     m0_BxHxLq,
     l0_BxHxLq,
     acc0_BxHxLqxD,
+  )
+  base.check_inputs(*args, block_size=block_size, implementation="xla_chunked")
+  scale = q_BxHxLqxD.shape[-1] ** -0.5 if scale is None else float(scale)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  q, k, v, ids, valid, m0, l0, acc0 = args
+  return _chunked_attention(
+    f32(q),
+    f32(k),
+    f32(v),
+    ids.astype(jnp.int32),
+    valid.astype(bool),
+    jax.lax.stop_gradient(f32(m0)),
+    f32(l0),
+    f32(acc0),
     block_size,
     scale,
-    eps,
-  )[0]
+    float(eps),
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
+def _chunked_attention(q, k, v, ids, valid, m0, l0, acc0, block_size, scale, eps):
+  """The op on float32 arrays; m0 is a reference point and gets no gradient."""
+  return _forward(q, k, v, ids, valid, m0, l0, acc0, block_size, scale, eps)[0]
 
 
 def _forward(q, k, v, ids, valid, m0, l0, acc0, block_size, scale, eps):
@@ -195,4 +223,4 @@ def _backward(block_size, scale, eps, residuals, cotangents):
   return dq, dk, dv, None, None, None, dl0, dacc0
 
 
-chunked_block_sparse_attention.defvjp(_forward, _backward)
+_chunked_attention.defvjp(_forward, _backward)

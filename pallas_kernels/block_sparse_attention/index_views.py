@@ -8,6 +8,9 @@ shape: `K` (tiles per head) is static and offsets are stored per row / per colum
   `row_ptr[r]..row_ptr[r+1]` indexes `cols_by_row`.
 * Column view (dK, dV): the same tiles re-sorted by `(c, r)`. `col_ptr[c]..col_ptr[c+1]`
   indexes `rows_by_col`; `perm` maps a column-view position to its row-view position.
+
+The Pallas implementations read both views: dQ walks rows and dK/dV walk columns, so no
+output block has two writers.
 """
 # pylint: disable=invalid-name
 
@@ -60,9 +63,21 @@ def build_tile_views(tile_ids_GxK: jax.Array, *, num_q_blocks: int, num_k_blocks
     num_k_blocks: Nk, the number of key blocks.
 
   Returns:
-    A `TileViews` (int32, no gradient).
+    A `TileViews` (int32, no gradient). With no tile at all (K = 0) every row and column
+    is empty and the index arrays hold one entry that no loop reads, so that no kernel
+    operand has a zero-sized dimension.
   """
   ids_GxK = jax.lax.stop_gradient(tile_ids_GxK).astype(jnp.int32)
+  if ids_GxK.shape[1] == 0:
+    G = ids_GxK.shape[0]
+    unread_Gx1 = jnp.zeros((G, 1), jnp.int32)
+    return TileViews(
+      row_ptr_GxNq1=jnp.zeros((G, num_q_blocks + 1), jnp.int32),
+      cols_by_row_GxK=unread_Gx1,
+      col_ptr_GxNk1=jnp.zeros((G, num_k_blocks + 1), jnp.int32),
+      rows_by_col_GxK=unread_Gx1,
+      perm_GxK=unread_Gx1,
+    )
   rows_GxK = ids_GxK // num_k_blocks
   cols_GxK = ids_GxK % num_k_blocks
   # The transposed flat id orders tiles by column, then row; the ids are unique, so

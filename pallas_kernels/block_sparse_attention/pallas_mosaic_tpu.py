@@ -1,0 +1,241 @@
+"""Block-sparse attention as Pallas kernels lowered through Mosaic (TPU): forward and op.
+
+Layouts (G = batch * heads, one program per (head, query block), grid `(G, Nq)`): the
+program's query block `(bs, D)`, the whole head's K/V `(Lk, D)` resident in VMEM, from which
+the row's key blocks are sliced with `pl.ds`, the key mask as rows `(Nk, bs)`, per-query
+vectors as columns `(bs, 1)`. The tile views' index arrays are scalar-prefetched into SMEM
+(whole `(G, n)` arrays; each program reads its row with `ref[g, i]`; program ids are read at
+the kernel's top level, as the HLO interpreter does not rewrite them inside loop bodies).
+
+Every grid step writes its own output block exactly once, so both grid axes are "parallel".
+Every matmul is `A @ B` or `A @ B^T`, 2-D, accumulated in float32. The backward kernels live
+in `pallas_mosaic_tpu_vjp`.
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels.block_sparse_attention import base, index_views, pallas_mosaic_tpu_vjp
+
+BLOCK_SIZES = (32, 64, 128)
+# None: Mosaic's default scoped-VMEM limit. Whole-head K/V blocks are double-buffered, so
+# long heads may need it raised.
+VMEM_LIMIT_BYTES = None
+
+
+def _dot_nt(a_MxD, b_NxD, precision):
+  """`a @ b^T` in float32."""
+  return jax.lax.dot_general(
+    a_MxD, b_NxD, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+  )
+
+
+def _dot_nn(a_MxK, b_KxN, precision):
+  """`a @ b` in float32."""
+  return jax.lax.dot_general(
+    a_MxK, b_KxN, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+  )
+
+
+def _precision(dtype):
+  # f32 inputs: IEEE f32 on the MXU.
+  return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
+
+
+def _forward_kernel(
+  row_ptr_ref,
+  cols_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  kmask_ref,
+  m0_ref,
+  l0_ref,
+  acc0_ref,
+  out_ref,
+  lse_ref,
+  *,
+  block_size: int,
+  scale: float,
+  eps: float,
+  precision,
+):
+  """Online softmax over one query block's selected key blocks, from (m0, l0, acc0)."""
+  bs = block_size
+  g, r = pl.program_id(0), pl.program_id(1)
+  start, stop = row_ptr_ref[g, r], row_ptr_ref[g, r + 1]
+  q_BsxD = q_ref[...]
+  m0_Bsx1 = m0_ref[...]
+  # An empty initial state (m0 = -inf) starts at the finite mask value: its l0/acc0 weigh 0.
+  m_Bsx1 = jnp.maximum(m0_Bsx1, base.MASK_VALUE)
+  init_scale_Bsx1 = jnp.exp(m0_Bsx1 - m_Bsx1)
+  l_Bsx1 = l0_ref[...] * init_scale_Bsx1
+  acc_BsxD = acc0_ref[...] * init_scale_Bsx1
+
+  def body(t, carry):
+    m_Bsx1, l_Bsx1, acc_BsxD = carry
+    c = cols_ref[g, t]
+    k_BsxD = k_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
+    v_BsxD = v_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
+    valid_1xBs = kmask_ref[pl.ds(c, 1), :] > 0.5
+    s_BsxBs = jnp.where(valid_1xBs, _dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+    m_new_Bsx1 = jnp.maximum(m_Bsx1, jnp.max(s_BsxBs, axis=1, keepdims=True))
+    alpha_Bsx1 = jnp.exp(m_Bsx1 - m_new_Bsx1)
+    # Zeroed explicitly: while every key so far is masked, s - m_new is 0, not -inf.
+    p_BsxBs = jnp.where(valid_1xBs, jnp.exp(s_BsxBs - m_new_Bsx1), 0.0)
+    l_Bsx1 = alpha_Bsx1 * l_Bsx1 + jnp.sum(p_BsxBs, axis=1, keepdims=True)
+    acc_BsxD = alpha_Bsx1 * acc_BsxD + _dot_nn(p_BsxBs.astype(v_BsxD.dtype), v_BsxD, precision)
+    return m_new_Bsx1, l_Bsx1, acc_BsxD
+
+  m_Bsx1, l_Bsx1, acc_BsxD = jax.lax.fori_loop(start, stop, body, (m_Bsx1, l_Bsx1, acc_BsxD))
+  # No valid key and no initial state: l = acc = 0, and the reference's maximum is 0.
+  m_Bsx1 = jnp.where(m_Bsx1 > 0.5 * base.MASK_VALUE, m_Bsx1, 0.0)
+  out_ref[...] = (acc_BsxD / (l_Bsx1 + eps)).astype(out_ref.dtype)
+  lse_ref[...] = m_Bsx1 + jnp.log(l_Bsx1 + eps)
+
+
+def _forward(
+  q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+):
+  """Launches the forward kernel on the `(G, L, D)` layouts; returns `(out, lse)` float32."""
+  G, Lq, D = q.shape
+  Lk = k.shape[1]
+  bs, Nq, Nk = block_size, Lq // block_size, Lk // block_size
+  # Index maps get the scalar-prefetch refs as trailing arguments; these ignore them.
+  row_blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i, *_: (g, i, 0))
+  head_blk = pl.BlockSpec((None, Lk, D), lambda g, i, *_: (g, 0, 0))
+  # lax.div, not `//`: g >= 0, and floor division lowers through `sign`, which Mosaic only
+  # lowers on a known TPU generation.
+  kmask_blk = pl.BlockSpec((None, Nk, bs), lambda g, i, *_: (jax.lax.div(g, num_heads), 0, 0))
+  kernel = functools.partial(
+    _forward_kernel, block_size=bs, scale=scale, eps=eps, precision=_precision(q.dtype)
+  )
+  grid_spec = pltpu.PrefetchScalarGridSpec(
+    num_scalar_prefetch=2,
+    grid=(G, Nq),
+    in_specs=[row_blk(D), head_blk, head_blk, kmask_blk, row_blk(1), row_blk(1), row_blk(D)],
+    out_specs=(row_blk(D), row_blk(1)),
+  )
+  return pl.pallas_call(
+    kernel,
+    out_shape=(
+      jax.ShapeDtypeStruct((G, Lq, D), jnp.float32),
+      jax.ShapeDtypeStruct((G, Lq, 1), jnp.float32),
+    ),
+    grid_spec=grid_spec,
+    interpret=interpret,
+    compiler_params=pltpu.CompilerParams(
+      dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT_BYTES
+    ),
+    name="mra_block_sparse_fwd",
+  )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, m0, l0, acc0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13))
+def _attention(
+  q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+):
+  """The op on the kernel layouts (leading axis G = B * H); see `_attention_fwd`."""
+  del kmask_col  # only the backward pass reads the column layout
+  return _forward(
+    q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+  )
+
+
+def _attention_fwd(
+  q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+):
+  out, lse = _forward(
+    q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+  )
+  return (out, lse), (q, k, v, views, kmask_rows, kmask_col, m0, out, lse)
+
+
+_attention.defvjp(_attention_fwd, pallas_mosaic_tpu_vjp.attention_bwd)
+
+
+def pallas_mosaic_tpu_block_sparse_attention(
+  q_BxHxLqxD: jax.Array,
+  k_BxHxLkxD: jax.Array,
+  v_BxHxLkxD: jax.Array,
+  tile_ids_BxHxK: jax.Array,
+  key_valid_BxLk: jax.Array,
+  m0_BxHxLq: jax.Array,
+  l0_BxHxLq: jax.Array,
+  acc0_BxHxLqxD: jax.Array,
+  *,
+  block_size: int,
+  scale: float | None = None,
+  eps: float = base.DEFAULT_EPS,
+  interpret: bool | pltpu.InterpretParams | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Block-sparse attention from an initial softmax state, as Pallas Mosaic TPU kernels.
+
+  Arguments and results as `base.block_sparse_attention_reference`, with `block_size` in
+  `BLOCK_SIZES`. Differentiable (custom VJP) in q, k, v, l0 and acc0.
+
+  Args:
+    q_BxHxLqxD ... eps: as `base.block_sparse_attention_reference`.
+    interpret: None (interpret mode unless jax's default backend is a TPU), a bool, or a
+      `pltpu.InterpretParams` (TPU interpret mode: simulated memories, DMAs and
+      output-revisit checks).
+
+  Returns:
+    `(out_BxHxLqxD, lse_BxHxLq)`, both float32 whatever q's dtype.
+
+  Raises:
+    ValueError: on bad shapes, dtypes, block size or `interpret`, before any kernel is built.
+  """
+  args = (
+    q_BxHxLqxD,
+    k_BxHxLkxD,
+    v_BxHxLkxD,
+    tile_ids_BxHxK,
+    key_valid_BxLk,
+    m0_BxHxLq,
+    l0_BxHxLq,
+    acc0_BxHxLqxD,
+  )
+  base.check_inputs(
+    *args, block_size=block_size, block_sizes=BLOCK_SIZES, implementation="pallas_mosaic_tpu"
+  )
+  if interpret is None:
+    interpret = jax.default_backend() != "tpu"
+  if not isinstance(interpret, (bool, pltpu.InterpretParams)):
+    raise ValueError(
+      f"interpret must be None, a bool or a pltpu.InterpretParams for pallas_mosaic_tpu, got "
+      f"{interpret=}"
+    )
+  B, H, Lq, D = q_BxHxLqxD.shape
+  Lk = k_BxHxLkxD.shape[2]
+  G, Nq, Nk = B * H, Lq // block_size, Lk // block_size
+  scale = D**-0.5 if scale is None else float(scale)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  views = index_views.build_tile_views(
+    tile_ids_BxHxK.reshape(G, -1), num_q_blocks=Nq, num_k_blocks=Nk
+  )
+  valid = jax.lax.stop_gradient(key_valid_BxLk.astype(jnp.float32))
+  out_GxLqxD, lse_GxLqx1 = _attention(
+    (q_BxHxLqxD.reshape(G, Lq, D)),
+    (k_BxHxLkxD.reshape(G, Lk, D)),
+    (v_BxHxLkxD.reshape(G, Lk, D)),
+    views,
+    valid.reshape(B, Nk, block_size),
+    valid.reshape(B, Lk, 1),
+    jax.lax.stop_gradient(f32(m0_BxHxLq)).reshape(G, Lq, 1),
+    f32(l0_BxHxLq).reshape(G, Lq, 1),
+    (f32(acc0_BxHxLqxD).reshape(G, Lq, D)),
+    H,
+    block_size,
+    scale,
+    float(eps),
+    interpret,
+  )
+  return out_GxLqxD.reshape(B, H, Lq, D), lse_GxLqx1.reshape(B, H, Lq)

@@ -1,0 +1,241 @@
+"""Block-sparse attention as Pallas kernels lowered through Triton (GPU): forward and op.
+
+Layouts (G = batch * heads, one program per (head, query block), grid `(G, Nq)`): the
+program's query block `(bs, D)`, the whole head's K/V `(Lk, D)` in global memory, from which
+the row's key blocks are sliced with `pl.ds`, the key mask as rows `(Nk, bs)`, per-query
+vectors as columns `(bs, 1)`. The Triton lowering has no scalar prefetch, so the tile
+views' index rows are ordinary inputs, one row per program (block `(None, n)`).
+
+`compiler_params` is always given explicitly, because since jax 0.9 a bare `pallas_call` on
+GPU means Mosaic GPU. Triton loads only power-of-two sizes and its dot needs every dim >= 16,
+so the head dim is zero-padded up to such a size (zeros change no dot product). Every matmul
+is `A @ B` or `A @ B^T`, 2-D, accumulated in float32. The backward kernels live in
+`pallas_triton_vjp`.
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.block_sparse_attention import base, index_views, pallas_triton_vjp
+
+BLOCK_SIZES = (32, 64)
+# Follow jax's own Triton flash-attention forward for small tiles; not yet tuned on a device.
+NUM_WARPS, NUM_STAGES = 4, 2
+
+
+def _dot_nt(a_MxD, b_NxD, precision):
+  """`a @ b^T` in float32."""
+  return jax.lax.dot_general(
+    a_MxD, b_NxD, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+  )
+
+
+def _dot_nn(a_MxK, b_KxN, precision):
+  """`a @ b` in float32."""
+  return jax.lax.dot_general(
+    a_MxK, b_KxN, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+  )
+
+
+def _precision(dtype):
+  # f32 inputs: IEEE f32 (the Triton lowering turns DEFAULT into TF32).
+  return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
+
+
+def _forward_kernel(
+  row_ptr_ref,
+  cols_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  kmask_ref,
+  m0_ref,
+  l0_ref,
+  acc0_ref,
+  out_ref,
+  lse_ref,
+  *,
+  block_size: int,
+  scale: float,
+  eps: float,
+  precision,
+):
+  """Online softmax over one query block's selected key blocks, from (m0, l0, acc0)."""
+  bs = block_size
+  r = pl.program_id(1)
+  start, stop = row_ptr_ref[r], row_ptr_ref[r + 1]
+  q_BsxD = q_ref[...]
+  m0_Bsx1 = m0_ref[...]
+  # An empty initial state (m0 = -inf) starts at the finite mask value: its l0/acc0 weigh 0.
+  m_Bsx1 = jnp.maximum(m0_Bsx1, base.MASK_VALUE)
+  init_scale_Bsx1 = jnp.exp(m0_Bsx1 - m_Bsx1)
+  l_Bsx1 = l0_ref[...] * init_scale_Bsx1
+  acc_BsxD = acc0_ref[...] * init_scale_Bsx1
+
+  def body(t, carry):
+    m_Bsx1, l_Bsx1, acc_BsxD = carry
+    c = cols_ref[t]
+    k_BsxD = k_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
+    v_BsxD = v_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
+    valid_1xBs = kmask_ref[pl.ds(c, 1), :] > 0.5
+    s_BsxBs = jnp.where(valid_1xBs, _dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+    m_new_Bsx1 = jnp.maximum(m_Bsx1, jnp.max(s_BsxBs, axis=1, keepdims=True))
+    alpha_Bsx1 = jnp.exp(m_Bsx1 - m_new_Bsx1)
+    # Zeroed explicitly: while every key so far is masked, s - m_new is 0, not -inf.
+    p_BsxBs = jnp.where(valid_1xBs, jnp.exp(s_BsxBs - m_new_Bsx1), 0.0)
+    l_Bsx1 = alpha_Bsx1 * l_Bsx1 + jnp.sum(p_BsxBs, axis=1, keepdims=True)
+    acc_BsxD = alpha_Bsx1 * acc_BsxD + _dot_nn(p_BsxBs.astype(v_BsxD.dtype), v_BsxD, precision)
+    return m_new_Bsx1, l_Bsx1, acc_BsxD
+
+  m_Bsx1, l_Bsx1, acc_BsxD = jax.lax.fori_loop(start, stop, body, (m_Bsx1, l_Bsx1, acc_BsxD))
+  # No valid key and no initial state: l = acc = 0, and the reference's maximum is 0.
+  m_Bsx1 = jnp.where(m_Bsx1 > 0.5 * base.MASK_VALUE, m_Bsx1, 0.0)
+  out_ref[...] = (acc_BsxD / (l_Bsx1 + eps)).astype(out_ref.dtype)
+  lse_ref[...] = m_Bsx1 + jnp.log(l_Bsx1 + eps)
+
+
+def _forward(
+  q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+):
+  """Launches the forward kernel on the `(G, L, D)` layouts; returns `(out, lse)` float32."""
+  G, Lq, D = q.shape
+  Lk = k.shape[1]
+  bs, Nq, Nk = block_size, Lq // block_size, Lk // block_size
+  row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
+  row_blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
+  head_blk = pl.BlockSpec((None, Lk, D), lambda g, i: (g, 0, 0))
+  # lax.div, not `//`: g >= 0, and floor division lowers through `sign`.
+  kmask_blk = pl.BlockSpec((None, Nk, bs), lambda g, i: (jax.lax.div(g, num_heads), 0, 0))
+  kernel = functools.partial(
+    _forward_kernel, block_size=bs, scale=scale, eps=eps, precision=_precision(q.dtype)
+  )
+  return pl.pallas_call(
+    kernel,
+    out_shape=(
+      jax.ShapeDtypeStruct((G, Lq, D), jnp.float32),
+      jax.ShapeDtypeStruct((G, Lq, 1), jnp.float32),
+    ),
+    grid=(G, Nq),
+    in_specs=[
+      row(Nq + 1),
+      row(views.cols_by_row_GxK.shape[1]),
+      row_blk(D),
+      head_blk,
+      head_blk,
+      kmask_blk,
+      row_blk(1),
+      row_blk(1),
+      row_blk(D),
+    ],
+    out_specs=(row_blk(D), row_blk(1)),
+    interpret=interpret,
+    compiler_params=pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+    name="mra_block_sparse_fwd",
+  )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, m0, l0, acc0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13))
+def _attention(
+  q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+):
+  """The op on the kernel layouts (leading axis G = B * H); see `_attention_fwd`."""
+  del kmask_col  # only the backward pass reads the column layout
+  return _forward(
+    q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+  )
+
+
+def _attention_fwd(
+  q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+):
+  out, lse = _forward(
+    q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+  )
+  return (out, lse), (q, k, v, views, kmask_rows, kmask_col, m0, out, lse)
+
+
+_attention.defvjp(_attention_fwd, pallas_triton_vjp.attention_bwd)
+
+
+def pallas_triton_block_sparse_attention(
+  q_BxHxLqxD: jax.Array,
+  k_BxHxLkxD: jax.Array,
+  v_BxHxLkxD: jax.Array,
+  tile_ids_BxHxK: jax.Array,
+  key_valid_BxLk: jax.Array,
+  m0_BxHxLq: jax.Array,
+  l0_BxHxLq: jax.Array,
+  acc0_BxHxLqxD: jax.Array,
+  *,
+  block_size: int,
+  scale: float | None = None,
+  eps: float = base.DEFAULT_EPS,
+  interpret: bool | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Block-sparse attention from an initial softmax state, as Pallas Triton kernels.
+
+  Arguments and results as `base.block_sparse_attention_reference`, with `block_size` in
+  `BLOCK_SIZES`. Differentiable (custom VJP) in q, k, v, l0 and acc0.
+
+  Args:
+    q_BxHxLqxD ... eps: as `base.block_sparse_attention_reference`.
+    interpret: None (interpret mode unless jax's default backend is a GPU) or a bool.
+
+  Returns:
+    `(out_BxHxLqxD, lse_BxHxLq)`, both float32 whatever q's dtype.
+
+  Raises:
+    ValueError: on bad shapes, dtypes, block size or `interpret`, before any kernel is built.
+  """
+  args = (
+    q_BxHxLqxD,
+    k_BxHxLkxD,
+    v_BxHxLkxD,
+    tile_ids_BxHxK,
+    key_valid_BxLk,
+    m0_BxHxLq,
+    l0_BxHxLq,
+    acc0_BxHxLqxD,
+  )
+  base.check_inputs(
+    *args, block_size=block_size, block_sizes=BLOCK_SIZES, implementation="pallas_triton"
+  )
+  if interpret is None:
+    interpret = jax.default_backend() not in ("gpu", "cuda", "rocm")
+  if not isinstance(interpret, bool):
+    raise ValueError(f"interpret must be None or a bool for pallas_triton, got {interpret=}")
+  B, H, Lq, D = q_BxHxLqxD.shape
+  Lk = k_BxHxLkxD.shape[2]
+  G, Nq, Nk = B * H, Lq // block_size, Lk // block_size
+  scale = D**-0.5 if scale is None else float(scale)
+  Dp = max(16, 1 << (D - 1).bit_length())
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, Dp - D))) if Dp != D else x
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  views = index_views.build_tile_views(
+    tile_ids_BxHxK.reshape(G, -1), num_q_blocks=Nq, num_k_blocks=Nk
+  )
+  valid = jax.lax.stop_gradient(key_valid_BxLk.astype(jnp.float32))
+  out_GxLqxDp, lse_GxLqx1 = _attention(
+    pad(q_BxHxLqxD.reshape(G, Lq, D)),
+    pad(k_BxHxLkxD.reshape(G, Lk, D)),
+    pad(v_BxHxLkxD.reshape(G, Lk, D)),
+    views,
+    valid.reshape(B, Nk, block_size),
+    valid.reshape(B, Lk, 1),
+    jax.lax.stop_gradient(f32(m0_BxHxLq)).reshape(G, Lq, 1),
+    f32(l0_BxHxLq).reshape(G, Lq, 1),
+    pad(f32(acc0_BxHxLqxD).reshape(G, Lq, D)),
+    H,
+    block_size,
+    scale,
+    float(eps),
+    interpret,
+  )
+  return out_GxLqxDp[:, :, :D].reshape(B, H, Lq, D), lse_GxLqx1.reshape(B, H, Lq)

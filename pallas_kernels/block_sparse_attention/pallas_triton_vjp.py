@@ -1,0 +1,202 @@
+"""The backward pass of `pallas_triton`: dQ and dK/dV kernels (Pallas Triton) and the VJP.
+
+With P = exp(s - lse) and delta = rowsum(dO * out) - dlse (a cotangent on lse adds
+dlse * P to dS, so it folds into delta):
+
+    dS = P (dO V^T - delta),  dQ = scale dS K,  dK = scale dS^T Q,  dV = P^T dO,
+    dacc0 = dO exp(m0 - lse), dl0 = -delta exp(m0 - lse).
+
+dQ runs over query blocks, grid `(G, Nq)`, walking each row's tiles as the forward does.
+dK/dV run over key blocks, grid `(G, Nk)`, walking each column's tiles from the column view,
+so every output block has one writer and no atomics are needed. Their layouts: the
+program's key block, the whole head's Q/dO, the key mask as a column `(bs, 1)`, and the
+per-query vectors (lse, delta) as rows `(Nq, bs)`, so that the transposed score tile
+`(keys, queries)` broadcasts against them without an in-kernel transpose.
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.block_sparse_attention import base
+
+# As the forward (see `pallas_triton`).
+NUM_WARPS, NUM_STAGES = 4, 2
+
+
+def _dot_nt(a_MxD, b_NxD, precision):
+  """`a @ b^T` in float32."""
+  return jax.lax.dot_general(
+    a_MxD, b_NxD, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+  )
+
+
+def _dot_nn(a_MxK, b_KxN, precision):
+  """`a @ b` in float32."""
+  return jax.lax.dot_general(
+    a_MxK, b_KxN, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
+  )
+
+
+def _dq_kernel(
+  row_ptr_ref,
+  cols_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  kmask_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dq_ref,
+  *,
+  block_size: int,
+  scale: float,
+  precision,
+):
+  """dQ of one query block: sum over its tiles of `dS @ K`."""
+  bs = block_size
+  r = pl.program_id(1)
+  start, stop = row_ptr_ref[r], row_ptr_ref[r + 1]
+  q_BsxD, do_BsxD = q_ref[...], do_ref[...]
+  lse_Bsx1, delta_Bsx1 = lse_ref[...], delta_ref[...]
+
+  def body(t, dq_BsxD):
+    c = cols_ref[t]
+    k_BsxD = k_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
+    v_BsxD = v_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
+    valid_1xBs = kmask_ref[pl.ds(c, 1), :] > 0.5
+    s_BsxBs = jnp.where(valid_1xBs, _dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+    p_BsxBs = jnp.exp(s_BsxBs - lse_Bsx1)
+    dp_BsxBs = _dot_nt(do_BsxD, v_BsxD, precision)
+    ds_BsxBs = p_BsxBs * (dp_BsxBs - delta_Bsx1)
+    return dq_BsxD + _dot_nn(ds_BsxBs.astype(k_BsxD.dtype), k_BsxD, precision)
+
+  dq_BsxD = jax.lax.fori_loop(start, stop, body, jnp.zeros(q_BsxD.shape, jnp.float32))
+  dq_ref[...] = (dq_BsxD * scale).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(
+  col_ptr_ref,
+  rows_ref,
+  k_ref,
+  v_ref,
+  kmask_ref,
+  q_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  dk_ref,
+  dv_ref,
+  *,
+  block_size: int,
+  scale: float,
+  precision,
+):
+  """dK, dV of one key block from its column of tiles."""
+  bs = block_size
+  c = pl.program_id(1)
+  start, stop = col_ptr_ref[c], col_ptr_ref[c + 1]
+  k_BsxD, v_BsxD = k_ref[...], v_ref[...]
+  valid_Bsx1 = kmask_ref[...] > 0.5
+
+  def body(t, carry):
+    dk_BsxD, dv_BsxD = carry
+    r = rows_ref[t]
+    q_BsxD = q_ref[pl.ds(pl.multiple_of(r * bs, bs), bs), :]
+    do_BsxD = do_ref[pl.ds(pl.multiple_of(r * bs, bs), bs), :]
+    lse_1xBs = lse_ref[pl.ds(r, 1), :]
+    delta_1xBs = delta_ref[pl.ds(r, 1), :]
+    # Transposed tile: rows are this block's keys, columns the query block's queries.
+    sT_BsxBs = jnp.where(valid_Bsx1, _dot_nt(k_BsxD, q_BsxD, precision) * scale, base.MASK_VALUE)
+    pT_BsxBs = jnp.exp(sT_BsxBs - lse_1xBs)
+    dv_BsxD = dv_BsxD + _dot_nn(pT_BsxBs.astype(do_BsxD.dtype), do_BsxD, precision)
+    dpT_BsxBs = _dot_nt(v_BsxD, do_BsxD, precision)
+    dsT_BsxBs = pT_BsxBs * (dpT_BsxBs - delta_1xBs)
+    dk_BsxD = dk_BsxD + _dot_nn(dsT_BsxBs.astype(q_BsxD.dtype), q_BsxD, precision)
+    return dk_BsxD, dv_BsxD
+
+  zeros_BsxD = jnp.zeros(k_BsxD.shape, jnp.float32)
+  dk_BsxD, dv_BsxD = jax.lax.fori_loop(start, stop, body, (zeros_BsxD, zeros_BsxD))
+  dk_ref[...] = (dk_BsxD * scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv_BsxD.astype(dv_ref.dtype)
+
+
+def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotangents):
+  """The custom-VJP backward of `pallas_triton._attention` (G = B * H layouts)."""
+  del eps
+  q, k, v, views, kmask_rows, kmask_col, m0, out, lse = residuals
+  dout, dlse = cotangents
+  G, Lq, D = q.shape
+  Lk = k.shape[1]
+  bs, Nq, Nk = block_size, Lq // block_size, Lk // block_size
+  delta = jnp.sum(dout * out, axis=-1, keepdims=True) - dlse
+  do = dout.astype(q.dtype)
+  precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
+  compiler_params = pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+  row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
+  blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
+  whole = lambda n, d: pl.BlockSpec((None, n, d), lambda g, i: (g, 0, 0))
+  batch = lambda g: jax.lax.div(g, num_heads)  # g >= 0; `//` lowers through `sign`
+  K = views.cols_by_row_GxK.shape[1]
+
+  dq = pl.pallas_call(
+    functools.partial(_dq_kernel, block_size=bs, scale=scale, precision=precision),
+    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    grid=(G, Nq),
+    in_specs=[
+      row(Nq + 1),
+      row(K),
+      blk(D),
+      whole(Lk, D),
+      whole(Lk, D),
+      pl.BlockSpec((None, Nk, bs), lambda g, i: (batch(g), 0, 0)),
+      blk(D),
+      blk(1),
+      blk(1),
+    ],
+    out_specs=blk(D),
+    interpret=interpret,
+    compiler_params=compiler_params,
+    name="mra_block_sparse_dq",
+  )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, do, lse, delta)
+
+  dk, dv = pl.pallas_call(
+    functools.partial(_dkv_kernel, block_size=bs, scale=scale, precision=precision),
+    out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
+    grid=(G, Nk),
+    in_specs=[
+      row(Nk + 1),
+      row(K),
+      blk(D),
+      blk(D),
+      pl.BlockSpec((None, bs, 1), lambda g, i: (batch(g), i, 0)),
+      whole(Lq, D),
+      whole(Lq, D),
+      whole(Nq, bs),
+      whole(Nq, bs),
+    ],
+    out_specs=(blk(D), blk(D)),
+    interpret=interpret,
+    compiler_params=compiler_params,
+    name="mra_block_sparse_dkv",
+  )(
+    views.col_ptr_GxNk1,
+    views.rows_by_col_GxK,
+    k,
+    v,
+    kmask_col,
+    q,
+    do,
+    lse.reshape(G, Nq, bs),
+    delta.reshape(G, Nq, bs),
+  )
+  # d out / d acc0 = exp(m0 - m) / (l + eps) = exp(m0 - lse); d lse / d l0 likewise.
+  init_weight = jnp.exp(m0 - lse)
+  return dq, dk, dv, None, None, None, None, -delta * init_weight, dout * init_weight

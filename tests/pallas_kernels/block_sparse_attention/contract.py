@@ -1,0 +1,193 @@
+"""The block-sparse attention contract as one test class that every implementation subclasses.
+
+Not collected itself (no `_test` suffix). A subclass names the implementation and how to run
+it, and may narrow the cases (interpreters are slow):
+
+    class TestPallasTriton(contract.BlockSparseAttentionContract):
+      IMPLEMENTATION = "pallas_triton"
+      INTERPRET = True
+
+Every case runs the forward and the VJP under a random cotangent on (out, lse), in one
+jitted program, and compares out, lse, dq, dk, dv, dl0 and dacc0 with `expected`, which is
+`block_sparse_attention_reference` unless a subclass says otherwise.
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels.block_sparse_attention import api, base
+
+# Max abs error allowed, relative to the largest reference magnitude of the same array.
+# bf16: kernels feed P and dO to the MXU / tensor cores in bf16, the reference stays f32.
+TOLERANCE = {jnp.float32: 2e-5, jnp.bfloat16: 3e-2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One contract case: shapes, tile pattern, initial state, padding and options.
+
+  `rows` picks the tile pattern: "uneven" (row 0 holds every key block, row 1 none, the
+  rest a random share: the shape of MRA's global top-k), "one_row" (every tile in row 2)
+  or "none" (no tile at all). `state` is "mra" (an initial state on every other query
+  block, empty elsewhere), "full" (on every query block) or "empty" (m0 = -inf). `pad`
+  keys at the end of each batch element are invalid (`pad[b]`).
+  """
+
+  block_size: int = 32
+  dtype: Any = jnp.float32
+  B: int = 1
+  H: int = 2
+  Lq: int = 128
+  Lk: int = 128
+  D: int = 32
+  rows: str = "uneven"
+  state: str = "mra"
+  pad: tuple[int, ...] = (40,)
+  scale: float | None = None
+  eps: float = base.DEFAULT_EPS
+
+
+CASES = {
+  "f32_bs32_mra_state": Case(),
+  "bf16_bs32_mra_state": Case(dtype=jnp.bfloat16),
+  "f32_bs64_full_state": Case(block_size=64, Lq=256, Lk=256, state="full", pad=(100,)),
+  "bf16_bs64_empty_state": Case(block_size=64, Lq=256, Lk=256, dtype=jnp.bfloat16, state="empty"),
+  # Heads share their batch element's key mask; batch elements differ in padding.
+  "f32_batch_padding_cross_lengths": Case(B=2, Lk=192, D=48, state="empty", pad=(0, 70)),
+  "f32_one_row_scale_eps": Case(rows="one_row", pad=(0,), scale=0.3, eps=1e-3),
+  "f32_no_tiles": Case(Lq=64, Lk=64, rows="none", pad=(10,)),
+  # Not in the default CASE_NAMES. Small, for slow interpreters: two query blocks, one with
+  # every tile, one with none, and a fully padded key block.
+  "f32_bs64_two_rows": Case(block_size=64, H=1, pad=(70,)),
+  # For implementations that take block 128: the same shape at L=256.
+  "bf16_bs128_two_rows": Case(block_size=128, Lq=256, Lk=256, dtype=jnp.bfloat16, pad=(150,)),
+}
+_EXTRA_CASE_NAMES = ("f32_bs64_two_rows", "bf16_bs128_two_rows")
+DEFAULT_CASE_NAMES = tuple(name for name in CASES if name not in _EXTRA_CASE_NAMES)
+
+
+def tile_ids(rng: np.random.Generator, case: Case) -> jax.Array:
+  """Sorted unique flat tile ids `(B, H, K)` following `case.rows`."""
+  Nq, Nk = case.Lq // case.block_size, case.Lk // case.block_size
+  per_head = []
+  for _ in range(case.B * case.H):
+    if case.rows == "none":
+      ids = np.zeros((0,), np.int64)
+    elif case.rows == "one_row":
+      ids = 2 * Nk + np.arange(Nk)
+    else:
+      others = [t for t in range(2 * Nk, Nq * Nk) if rng.random() < 0.4]
+      ids = np.concatenate([np.arange(Nk), np.asarray(others, np.int64)])
+    per_head.append(np.sort(ids))
+  K = min(len(ids) for ids in per_head)
+  # Equal K per head: drop tiles from the end of longer heads (rows stay uneven).
+  stacked = np.stack([ids[:K] for ids in per_head]).reshape(case.B, case.H, K)
+  return jnp.asarray(stacked, jnp.int32)
+
+
+def inputs(case: Case, seed: int = 0):
+  """`(args, cotangents)`: the op's 8 arrays and a random cotangent on (out, lse)."""
+  rng = np.random.default_rng(seed)
+  B, H, Lq, Lk, D, bs = case.B, case.H, case.Lq, case.Lk, case.D, case.block_size
+  normal = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  q, k, v = normal(B, H, Lq, D), normal(B, H, Lk, D), normal(B, H, Lk, D)
+  pad = np.broadcast_to(np.asarray(case.pad), (B,))
+  key_valid = jnp.asarray(np.arange(Lk)[None, :] < (Lk - pad)[:, None])
+  if case.state == "empty":
+    has_state = np.zeros((1, 1, Lq), bool)
+  elif case.state == "full":
+    has_state = np.ones((1, 1, Lq), bool)
+  else:
+    has_state = np.arange(Lq)[None, None, :] // bs % 2 == 0
+  m0 = jnp.where(has_state, normal(B, H, Lq), -jnp.inf)
+  l0 = jnp.where(has_state, jnp.asarray(rng.uniform(0.5, 3.0, (B, H, Lq)), jnp.float32), 0.0)
+  acc0 = jnp.where(has_state[..., None], normal(B, H, Lq, D), 0.0)
+  args = (
+    q.astype(case.dtype),
+    k.astype(case.dtype),
+    v.astype(case.dtype),
+    tile_ids(rng, case),
+    key_valid,
+    m0,
+    l0,
+    acc0,
+  )
+  return args, (normal(B, H, Lq, D), normal(B, H, Lq))
+
+
+def outputs_and_grads(fn, args, cotangents, **options):
+  """`((out, lse), (dq, dk, dv, dl0, dacc0))` of `fn`, in one jitted program."""
+  q, k, v, ids, valid, m0, l0, acc0 = args
+  f = lambda q, k, v, l0, acc0: fn(q, k, v, ids, valid, m0, l0, acc0, **options)
+
+  @jax.jit
+  def run(q, k, v, l0, acc0, cotangents):
+    outs, vjp = jax.vjp(f, q, k, v, l0, acc0)
+    return outs, vjp(cotangents)
+
+  return run(q, k, v, l0, acc0, cotangents)
+
+
+def assert_close(actual, expected, dtype, name):
+  actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+  assert np.all(np.isfinite(actual)), f"{name}: non-finite values"
+  atol = TOLERANCE[dtype] * max(1.0, float(np.max(np.abs(expected))))
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=atol, err_msg=name)
+
+
+class BlockSparseAttentionContract:
+  """The cases every implementation passes. Subclasses set the class attributes.
+
+  Attributes:
+    IMPLEMENTATION: a key of `api.IMPLEMENTATIONS`.
+    INTERPRET: passed as `interpret=` (Pallas implementations; None elsewhere).
+    CASE_NAMES: the keys of `CASES` this subclass runs (block sizes 32 and 64 by default).
+  """
+
+  IMPLEMENTATION: str = ""
+  INTERPRET: Any = None
+  CASE_NAMES: tuple[str, ...] = DEFAULT_CASE_NAMES
+
+  def pytest_generate_tests(self, metafunc):
+    # pytest calls a test class's own hook: each subclass parametrizes its own cases.
+    if "case_name" in metafunc.fixturenames:
+      metafunc.parametrize("case_name", metafunc.cls.CASE_NAMES)
+
+  def attend(self, *args, **options):
+    return api.block_sparse_attention(
+      *args, implementation=self.IMPLEMENTATION, interpret=self.INTERPRET, **options
+    )
+
+  def expected(self, *args, **options):
+    """What the implementation must compute: the one-shot reference."""
+    return base.block_sparse_attention_reference(*args, **options)
+
+  def test_matches_reference_forward_and_vjp(self, case_name):
+    case = CASES[case_name]
+    args, cotangents = inputs(case)
+    options = dict(block_size=case.block_size, scale=case.scale, eps=case.eps)
+    (out, lse), grads = outputs_and_grads(self.attend, args, cotangents, **options)
+    (ref_out, ref_lse), ref_grads = outputs_and_grads(self.expected, args, cotangents, **options)
+    assert out.dtype == jnp.float32 and lse.dtype == jnp.float32
+    assert out.shape == ref_out.shape and lse.shape == ref_lse.shape
+    assert_close(out, ref_out, case.dtype, "out")
+    assert_close(lse, ref_lse, case.dtype, "lse")
+    q, k, v, _, _, _, l0, acc0 = args
+    for name, g, ref_g, x in zip(
+      ("dq", "dk", "dv", "dl0", "dacc0"), grads, ref_grads, (q, k, v, l0, acc0)
+    ):
+      assert g.dtype == x.dtype, name
+      assert_close(g, ref_g, case.dtype, name)
+    if case.state == "empty" and case.rows == "uneven":
+      # Query block 1 has no tile and no state: exactly 0, lse = log(eps), zero dq.
+      rows = slice(case.block_size, 2 * case.block_size)
+      np.testing.assert_array_equal(np.asarray(out[:, :, rows]), 0.0)
+      np.testing.assert_allclose(np.asarray(lse[:, :, rows]), np.log(case.eps), rtol=1e-6)
+      np.testing.assert_array_equal(np.asarray(grads[0][:, :, rows], np.float32), 0.0)
