@@ -17,6 +17,9 @@ if os.environ["JAX_PLATFORMS"] == "cpu":
     ("TPU_SKIP_MDS_QUERY", "1"),
     ("TPU_WORKER_HOSTNAMES", "localhost"),
     ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
+    # libtpu takes a machine-wide lockfile, so a second process (another pytest-xdist worker)
+    # would fail to load it; the compile-only client touches no chip, so sharing is safe.
+    ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
   ):
     os.environ.setdefault(_name, _value)
 _flags = os.environ.get("XLA_FLAGS", "")
