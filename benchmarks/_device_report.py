@@ -67,7 +67,9 @@ def markdown(report: dict[str, Any]) -> str:
   env = report["environment"]
   dirty = {True: " (dirty tree)", False: "", None: " (dirtiness unknown)"}[env["dirty"]]
   lines = [
-    "# Device check" + (" (--quick: CPU smoke run, times mean nothing)" if report["quick"] else ""),
+    "# Device check"
+    + (" (--quick: CPU smoke run, times mean nothing)" if report["quick"] else "")
+    + ("" if report["complete"] else " (INCOMPLETE: the run stopped or is still running)"),
     "",
     f"- device: {env['device']} ({env['platform']}, {env['device_count']} device(s))",
     f"- jax {env['jax']}, jaxlib {env['jaxlib']}, python {env['python']}; "

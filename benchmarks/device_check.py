@@ -40,7 +40,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import _device_report, _timing
 
@@ -48,9 +47,9 @@ from benchmarks import _device_report, _timing
 # install them, instead of a traceback.
 try:
   import mra_jax
-  import pallas_kernels
+  from benchmarks import _device_cases
   from pallas_kernels import jax_compat
-  from pallas_kernels.block_sparse_attention import api, pallas_triton
+  from pallas_kernels.block_sparse_attention import api
   from tools import source_stamp
 
   _IMPORT_ERROR = None
@@ -64,10 +63,6 @@ INSTALL_HINT = (
   "--no-index --no-deps --no-build-isolation -e ."
 )
 GPU_IMPLEMENTATIONS = ("xla_chunked", "pallas_triton")
-# Relative error (max |got - want| / max |want|) allowed per (dtype, f32 dot kind).
-TOLERANCE = {"float32:full": 1e-4, "float32:reduced": 2e-2, "bfloat16:full": 3e-2}
-# Precision names that keep float32 dots in float32 (anything else may round to TF32/bf16).
-_FULL_F32_NAMES = ("highest", "float32", "ieee", "f32", "precision.highest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +72,7 @@ class Plan:
   check_dtypes: tuple[str, ...]
   check_modes: tuple[str, ...]  # MRA's approx modes checked (MRA-2-s: first block size only)
   block_sizes: tuple[int, ...]
-  check_blocks: int  # query/key blocks per sequence in the op check
-  check_heads: int
-  check_dim: int
+  check_sizes: _device_cases.CheckSizes
   speed_dtypes: tuple[str, ...]
   speed_shapes: tuple[tuple[int, int, int, int], ...]  # (B, H, L, D)
   block_per_row: int
@@ -93,9 +86,7 @@ def gpu_plan(memory_bytes: int) -> Plan:
     check_dtypes=("float32", "bfloat16"),
     check_modes=("full", "sparse"),
     block_sizes=(32, 64),
-    check_blocks=6,
-    check_heads=2,
-    check_dim=64,
+    check_sizes=_device_cases.CheckSizes(blocks=6, heads=2, head_dim=64),
     speed_dtypes=("bfloat16", "float32"),
     speed_shapes=tuple((1, 8, L, 64) for L in lengths) + ((8, 12, 4096, 64),),
     block_per_row=8,
@@ -109,9 +100,7 @@ def quick_plan() -> Plan:
     check_dtypes=("float32",),
     check_modes=("full",),
     block_sizes=(32,),
-    check_blocks=3,
-    check_heads=1,
-    check_dim=16,
+    check_sizes=_device_cases.CheckSizes(blocks=3, heads=1, head_dim=16),
     speed_dtypes=("bfloat16",),
     speed_shapes=((1, 2, 256, 16),),
     block_per_row=2,
@@ -123,34 +112,6 @@ def quick_plan() -> Plan:
 def repeats_for(length: int) -> int:
   """Timed runs after one warm-up: fewer on long sequences, where one run says enough."""
   return 10 if length <= 8192 else 5 if length <= 16384 else 3
-
-
-def f32_precisions() -> tuple[Any, ...]:
-  """The float32 dot precisions the Triton implementation offers; (None,) = its default only.
-
-  Reads `F32_PRECISIONS` from `pallas_kernels.block_sparse_attention.pallas_triton`; each
-  value is passed on as `precision=` to the op and to `mra_attention`.
-  """
-  return tuple(getattr(pallas_triton, "F32_PRECISIONS", (None,)))
-
-
-def tolerance(
-  dtype: str, implementation: str, precision: Any, default_is_f32: bool
-) -> tuple[float, str]:
-  """The allowed relative error, and the dot kind it assumes ("full" or "reduced").
-
-  `default_is_f32`: jax's default matmul precision keeps float32 (on CPU, or inside
-  `jax.default_matmul_precision("highest")`); on GPUs the default may use TF32.
-  """
-  if dtype != "float32":
-    return TOLERANCE[f"{dtype}:full"], "full"
-  if implementation == "xla_chunked":  # plain jnp: jax's default precision
-    kind = "full" if default_is_f32 else "reduced"
-  elif precision is None or str(precision).lower() in _FULL_F32_NAMES:
-    kind = "full"
-  else:
-    kind = "reduced"
-  return TOLERANCE[f"float32:{kind}"], kind
 
 
 def source_state() -> dict[str, Any]:
@@ -247,104 +208,6 @@ def compile_all(
 # ----------------------------------------------------------------------------- correctness
 
 
-def op_inputs(dtype, block_size: int, plan: Plan, seed: int = 0) -> dict[str, jax.Array]:
-  """Block-sparse op inputs with key padding, uneven and empty rows, empty initial states."""
-  B, H, N, D = 2, plan.check_heads, plan.check_blocks, plan.check_dim
-  L = N * block_size
-  keys = jax.random.split(jax.random.key(seed), 9)
-  q, k, v = (jax.random.normal(keys[i], (B, H, L, D)).astype(dtype) for i in range(3))
-  scores = jax.random.uniform(keys[3], (B, H, N, N)).at[:, :, 1].set(-1.0)  # row 1: no tiles
-  budget = (N * N) // 2  # fewer than the tiles outside row 1: row 1 stays empty
-  _, ids = jax.lax.top_k(scores.reshape(B, H, N * N), budget)
-  # batch 1: a partly padded block and a fully padded last block
-  valid = jnp.arange(L)[None, :] < jnp.array([L, L - block_size - 7])[:, None]
-  has_state = (jnp.arange(L) // block_size) % 2 == 0  # odd query blocks: empty state
-  m0 = jnp.where(has_state, jax.random.normal(keys[4], (B, H, L)), -jnp.inf)
-  l0 = jnp.where(has_state, jax.random.uniform(keys[5], (B, H, L), minval=0.5, maxval=2.0), 0.0)
-  acc0 = l0[..., None] * jax.random.normal(keys[6], (B, H, L, D))
-  d_out = jax.random.normal(keys[7], (B, H, L, D))
-  # lse of an empty row is log(eps): its gradient in l0 is 1/eps, which says nothing
-  d_lse = jnp.where(has_state, jax.random.normal(keys[8], (B, H, L)), 0.0)
-  return dict(
-    q=q,
-    k=k,
-    v=v,
-    ids=jnp.sort(ids, axis=-1).astype(jnp.int32),
-    valid=valid,
-    m0=m0,
-    l0=l0,
-    acc0=acc0,
-    d_out=d_out,
-    d_lse=d_lse,
-  )
-
-
-def op_program(implementation: str, block_size: int, options: dict[str, Any]):
-  """`(q, k, v, ...) -> (out, lse, dq, dk, dv, dl0, dacc0)` for one implementation."""
-
-  def program(q, k, v, ids, valid, m0, l0, acc0, d_out, d_lse):
-    attend = lambda q, k, v, l0, acc0: pallas_kernels.block_sparse_attention(
-      q,
-      k,
-      v,
-      ids,
-      valid,
-      m0,
-      l0,
-      acc0,
-      block_size=block_size,
-      implementation=implementation,
-      **options,
-    )
-    outs, pullback = jax.vjp(attend, q, k, v, l0, acc0)
-    return (*outs, *pullback((d_out, d_lse)))
-
-  return program
-
-
-OP_OUTPUTS = ("out", "lse", "dq", "dk", "dv", "dl0", "dacc0")
-MRA_OUTPUTS = ("out", "dq", "dk", "dv")
-
-
-def mra_inputs(dtype, block_size: int, plan: Plan, seed: int = 1) -> dict[str, jax.Array]:
-  """[B, L, H, D] inputs whose length is no multiple of the block, one batch row padded."""
-  B, H, D = 2, plan.check_heads, plan.check_dim
-  L = (plan.check_blocks - 1) * block_size + 17
-  keys = jax.random.split(jax.random.key(seed), 4)
-  q, k, v = (jax.random.normal(keys[i], (B, L, H, D)).astype(dtype) for i in range(3))
-  mask = jnp.arange(L)[None, :] < jnp.array([L, 2 * block_size + 3])[:, None]
-  d_out = jax.random.normal(keys[3], (B, L, H, D)) * mask[:, :, None, None]
-  return dict(q=q, k=k, v=v, mask=mask, d_out=d_out.astype(dtype))
-
-
-def mra_program(implementation: str, block_size: int, approx_mode: str, options: dict[str, Any]):
-  """`(q, k, v, mask, d_out) -> (out, dq, dk, dv)` of `mra_attention`."""
-
-  def program(q, k, v, mask, d_out):
-    attend = lambda q, k, v: mra_jax.mra_attention(
-      q,
-      k,
-      v,
-      mask,
-      block_size=block_size,
-      block_per_row=2,
-      approx_mode=approx_mode,
-      impl=implementation,
-      **options,
-    )
-    out, pullback = jax.vjp(attend, q, k, v)
-    return (out, *pullback(d_out))
-
-  return program
-
-
-def relative_error(got, want) -> float:
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  if not np.all(np.isfinite(got)):
-    return float("inf")
-  return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-6))
-
-
 def check_jobs(plan: Plan) -> list[tuple[dict[str, Any], Job, Job, dict[str, jax.Array]]]:
   """Every (case, program, reference program, inputs) of the correctness part."""
   cases = []
@@ -354,7 +217,7 @@ def check_jobs(plan: Plan) -> list[tuple[dict[str, Any], Job, Job, dict[str, jax
       for implementation in GPU_IMPLEMENTATIONS:
         precisions = (None,)
         if implementation == "pallas_triton" and dtype == "float32":
-          precisions = f32_precisions()
+          precisions = _device_cases.f32_precisions()
         variants += [(implementation, p) for p in precisions]
       targets = [("block_sparse_attention", None)]
       for mode in plan.check_modes:
@@ -363,15 +226,17 @@ def check_jobs(plan: Plan) -> list[tuple[dict[str, Any], Job, Job, dict[str, jax
           targets.append(("mra_attention", mode))
       for target, mode in targets:
         op = target == "block_sparse_attention"
-        inputs = (op_inputs if op else mra_inputs)(jnp.dtype(dtype), block_size, plan)
+        inputs = (_device_cases.op_inputs if op else _device_cases.mra_inputs)(
+          jnp.dtype(dtype), block_size, plan.check_sizes
+        )
         specs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs.values())
-        names = OP_OUTPUTS if op else MRA_OUTPUTS
+        names = _device_cases.OP_OUTPUTS if op else _device_cases.MRA_OUTPUTS
 
         def make(implementation, options, precision_context):
           program = (
-            op_program(implementation, block_size, options)
+            _device_cases.op_program(implementation, block_size, options)
             if op
-            else mra_program(implementation, block_size, mode, options)
+            else _device_cases.mra_program(implementation, block_size, mode, options)
           )
           return Job(f"{target} {implementation}", program, specs, precision_context)
 
@@ -382,7 +247,7 @@ def check_jobs(plan: Plan) -> list[tuple[dict[str, Any], Job, Job, dict[str, jax
           options = {} if precision is None else {"precision": precision}
           context = None if op else "highest"
           default_is_f32 = context == "highest" or jax.default_backend() == "cpu"
-          tol, kind = tolerance(dtype, implementation, precision, default_is_f32)
+          tol, kind = _device_cases.tolerance(dtype, implementation, precision, default_is_f32)
           case = dict(
             target=target if op else f"mra_attention ({'MRA-2' if mode == 'full' else 'MRA-2-s'})",
             implementation=implementation,
@@ -416,7 +281,7 @@ def run_checks(plan: Plan, clock) -> list[dict[str, Any]]:
         raise RuntimeError(job.error)
       got = jax.device_get(job.compiled(*args))
       errors = {
-        name: relative_error(g, w)
+        name: _device_cases.relative_error(g, w)
         for name, g, w in zip(case["outputs"], got, results[id(reference)])
       }
       row["errors"] = errors
@@ -471,7 +336,10 @@ def _dense_cannot_fit(B: int, H: int, L: int, plan: Plan) -> bool:
   return 4 * B * H * L * L > plan.max_memory_bytes
 
 
-def run_speed(plan: Plan, on_gpu: bool, clock, deadline: float) -> list[dict[str, Any]]:
+def run_speed(
+  plan: Plan, on_gpu: bool, clock, deadline: float, save: Callable[[list], None]
+) -> list[dict[str, Any]]:
+  """Compiles, then times every speed job; `save(rows)` is called with the rows so far."""
   pairs = speed_jobs(plan, on_gpu)
   todo = [job for _, job in pairs if job.error is None]
   compile_all(todo, plan.compile_threads, "speed", clock, deadline)
@@ -520,6 +388,8 @@ def run_speed(plan: Plan, on_gpu: bool, clock, deadline: float) -> list[dict[str
         f"ETA {spent / len(rows) * (len(pairs) - len(rows)):.0f}s",
         flush=True,
       )
+      _device_report.add_ratios(rows)
+      save(rows)
   _device_report.add_ratios(rows)
   return rows
 
@@ -538,6 +408,12 @@ def _parse_args(argv=None):
   p.add_argument("--out", required=True, help="folder for device_check.json and .md")
   p.add_argument("--quick", action="store_true", help="CPU smoke run: interpret mode, tiny sizes")
   p.add_argument("--skip_speed", action="store_true", help="correctness only")
+  p.add_argument(
+    "--compile_threads",
+    type=int,
+    default=0,
+    help="threads compiling at once; 0: the plan's (12 on a GPU, 2 with --quick), 1: serial",
+  )
   p.add_argument(
     "--time_budget_s",
     type=float,
@@ -573,26 +449,37 @@ def main(argv=None) -> int:
   jax_compat.ignore_triton_deprecation()
   stats = jax.devices()[0].memory_stats() or {}
   plan = quick_plan() if args.quick else gpu_plan(stats.get("bytes_limit", 80 * 2**30))
+  if args.compile_threads:
+    plan = dataclasses.replace(plan, compile_threads=args.compile_threads)
   env = environment()
   print(f"{clock()} {json.dumps(env)}", flush=True)
-  checks = run_checks(plan, clock)
-  speed = []
-  if not args.skip_speed:
-    speed = run_speed(plan, on_gpu, clock, deadline=start + args.time_budget_s)
-  final = jax.devices()[0].memory_stats() or {}
-  report = dict(
-    environment=env,
-    quick=args.quick,
-    seconds=time.perf_counter() - start,
-    device_peak_bytes=final.get("peak_bytes_in_use"),
-    mismatches=sum(row["status"] != "ok" for row in checks),
-    checks=checks,
-    speed=speed,
-  )
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "device_check.json").write_text(json.dumps(report, indent=1, default=str))
-  (out / "device_check.md").write_text(_device_report.markdown(report))
+
+  def save(checks, speed, complete=False):
+    # Written after each stage, so a run cut short by a timeout still leaves its results.
+    final = jax.devices()[0].memory_stats() or {}
+    report = dict(
+      environment=env,
+      quick=args.quick,
+      complete=complete,
+      seconds=time.perf_counter() - start,
+      device_peak_bytes=final.get("peak_bytes_in_use"),
+      mismatches=sum(row["status"] != "ok" for row in checks),
+      checks=checks,
+      speed=speed,
+    )
+    (out / "device_check.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "device_check.md").write_text(_device_report.markdown(report))
+    return report
+
+  checks = run_checks(plan, clock)
+  save(checks, [])
+  speed = []
+  if not args.skip_speed:
+    deadline = start + args.time_budget_s
+    speed = run_speed(plan, on_gpu, clock, deadline, save=lambda rows: save(checks, rows))
+  report = save(checks, speed, complete=True)
   print(
     f"{clock()} {report['mismatches']} correctness problems; wrote {out}/device_check.{{json,md}}"
   )

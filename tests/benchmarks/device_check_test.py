@@ -84,6 +84,7 @@ def test_speed_rows_compare_mra_with_dense_and_say_why_one_is_missing(report):
 
 def test_markdown_holds_provenance_and_both_tables(report):
   data, text = report
+  assert data["complete"] and "INCOMPLETE" not in text
   assert data["environment"]["commit"] in text
   assert re.search(
     r"\| MISMATCH \| block_sparse_attention \| xla_chunked \| float32 \| 32 \|", text
