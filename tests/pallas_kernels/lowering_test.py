@@ -80,9 +80,22 @@ def test_lowers_to_backend_custom_calls(platform, mode, dtype, block_size, D, L)
   assert text.count(_CUSTOM_CALL[platform]) == _LAUNCHES[mode], text[:2000]
 
 
-@pytest.mark.skipif(
+_NO_DEPRECATION = pytest.mark.skipif(
   not jax_compat.TRITON_NEEDS_ABSTRACT_GPU, reason="jax < 0.11 does not deprecate Pallas Triton"
 )
+
+
+@_NO_DEPRECATION
+def test_triton_lowering_warns_without_the_filter():
+  # What the filter below is for: jax's warning, with the message the filter matches.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    _lower("cuda", "forward", dtype=jnp.float32, block_size=32, D=64, L=320)
+  messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+  assert any(m.startswith(jax_compat.TRITON_DEPRECATION_MESSAGE) for m in messages), messages
+
+
+@_NO_DEPRECATION
 def test_triton_deprecation_is_filtered_by_message():
   # pytest re-enables DeprecationWarnings per test; the filter jax_compat installs hides exactly
   # jax's Triton message (and setup.cfg's filterwarnings does the same for the suite).
