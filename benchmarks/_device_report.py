@@ -79,7 +79,8 @@ def markdown(report: dict[str, Any]) -> str:
     + _number(report["device_peak_bytes"] and report["device_peak_bytes"] / 2**30, ".2f", "n/a")
     + (" GiB" if report["device_peak_bytes"] else ""),
     "",
-    f"## Correctness against the reference ({report['mismatches']} problems)",
+    f"## Correctness against the reference ({report['mismatches']} mismatches, "
+    f"{report['check_errors']} errors)",
     "",
     "Relative error: max |got - want| / max |want| over the output and each VJP cotangent.",
     "",

@@ -465,7 +465,8 @@ def main(argv=None) -> int:
       complete=complete,
       seconds=time.perf_counter() - start,
       device_peak_bytes=final.get("peak_bytes_in_use"),
-      mismatches=sum(row["status"] != "ok" for row in checks),
+      mismatches=sum(row["status"] == "MISMATCH" for row in checks),
+      check_errors=sum(row["status"] == "error" for row in checks),
       checks=checks,
       speed=speed,
     )
@@ -481,7 +482,8 @@ def main(argv=None) -> int:
     speed = run_speed(plan, on_gpu, clock, deadline, save=lambda rows: save(checks, rows))
   report = save(checks, speed, complete=True)
   print(
-    f"{clock()} {report['mismatches']} correctness problems; wrote {out}/device_check.{{json,md}}"
+    f"{clock()} {report['mismatches']} mismatches, {report['check_errors']} checks that failed "
+    f"to run; wrote {out}/device_check.{{json,md}}"
   )
   return 0
 

@@ -60,6 +60,7 @@ def test_wrong_implementation_is_a_mismatch_and_the_others_pass(report):
     assert row["status"] == "ok", row
     assert row["max_error"] < 1e-5
   assert report[0]["mismatches"] == len(by_impl[_WRONG]) == 2
+  assert report[0]["check_errors"] == 0
   op_row = next(row for row in checks if row["target"] == "block_sparse_attention")
   assert set(op_row["errors"]) == {"out", "lse", "dq", "dk", "dv", "dl0", "dacc0"}
 
@@ -85,6 +86,7 @@ def test_speed_rows_compare_mra_with_dense_and_say_why_one_is_missing(report):
 def test_markdown_holds_provenance_and_both_tables(report):
   data, text = report
   assert data["complete"] and "INCOMPLETE" not in text
+  assert "(2 mismatches, 0 errors)" in text
   assert data["environment"]["commit"] in text
   assert re.search(
     r"\| MISMATCH \| block_sparse_attention \| xla_chunked \| float32 \| 32 \|", text
