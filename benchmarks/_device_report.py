@@ -47,6 +47,11 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     row["hi_res_tflops"] = factor * row["hi_res_flops"] / row["seconds"] / 1e12
 
 
+def shape_order(row: dict[str, Any]) -> tuple[int, int, int]:
+  """Sort key of speed rows: single sequences by length, then batches (stable within)."""
+  return (row["B"], row["H"], row["L"])
+
+
 def _number(value, spec: str, missing: str = "") -> str:
   return missing if value is None else format(value, spec)
 
@@ -108,7 +113,7 @@ def markdown(report: dict[str, Any]) -> str:
       "| temp MiB | peak GiB | note |",
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in report["speed"]:
+    for row in sorted(report["speed"], key=shape_order):
       seconds = row.get("seconds")
       peak = row.get("peak_bytes")
       temp = row.get("temp_bytes")
