@@ -48,7 +48,6 @@ from benchmarks import _device_report, _timing
 try:
   import mra_jax
   from benchmarks import _device_cases
-  from pallas_kernels import jax_compat
   from pallas_kernels.block_sparse_attention import api
   from tools import source_stamp
 
@@ -453,7 +452,6 @@ def main(argv=None) -> int:
       file=sys.stderr,
     )
     return 2
-  jax_compat.ignore_triton_deprecation()
   stats = jax.devices()[0].memory_stats() or {}
   plan = quick_plan() if args.quick else gpu_plan(stats.get("bytes_limit", 80 * 2**30))
   if args.compile_threads:
