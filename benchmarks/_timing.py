@@ -54,6 +54,63 @@ def _peak_bytes() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
+def compile_program(
+  fn: Callable[..., object], arg_specs: tuple[jax.ShapeDtypeStruct | jax.Array, ...]
+) -> tuple[jax.stages.Compiled, float, int]:
+  """Lowers and compiles `fn` for `arg_specs` (shapes suffice): `(compiled, seconds, temp_bytes)`.
+
+  Safe to call from several threads at once (XLA compiles outside the GIL), which is how
+  `benchmarks.device_check` overlaps many compilations. Raises what jax raises.
+  """
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*arg_specs).compile()
+  seconds = time.perf_counter() - start
+  analysis = compiled.memory_analysis()
+  temp = int(analysis.temp_size_in_bytes) if analysis is not None else 0
+  return compiled, seconds, temp
+
+
+def time_compiled(
+  compiled: Callable[..., object],
+  args: tuple[jax.Array, ...],
+  *,
+  repeats: int,
+  max_call_seconds: float,
+  temp_bytes: int | None = None,
+  compile_seconds: float | None = None,
+) -> Measurement:
+  """Times an already compiled `compiled(*args)`: one warm-up call, then `repeats` runs.
+
+  Failures while running are captured in the `Measurement`, never raised.
+  """
+  if repeats < 1:
+    raise ValueError(f"repeats must be >= 1; got {repeats=}")
+  known = dict(temp_bytes=temp_bytes, compile_seconds=compile_seconds)
+  try:
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    warm = time.perf_counter() - start
+    if warm > max_call_seconds:
+      return Measurement(
+        "too_slow", seconds=warm, all_seconds=[warm], peak_bytes=_peak_bytes(), **known
+      )
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times.append(time.perf_counter() - start)
+  except Exception as e:  # pylint: disable=broad-except
+    return Measurement("error", error=f"run: {type(e).__name__}: {e}"[:500], **known)
+  return Measurement(
+    "ok",
+    seconds=statistics.median(times),
+    min_seconds=min(times),
+    all_seconds=times,
+    peak_bytes=_peak_bytes(),
+    **known,
+  )
+
+
 def measure(
   fn: Callable[..., object],
   args: tuple[jax.Array, ...],
@@ -77,48 +134,36 @@ def measure(
   if repeats < 1:
     raise ValueError(f"repeats must be >= 1; got {repeats=}")
   try:
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_seconds = time.perf_counter() - start
-    temp = compiled.memory_analysis().temp_size_in_bytes
+    compiled, compile_seconds, temp = compile_program(fn, args)
   except Exception as e:  # pylint: disable=broad-except
     return Measurement("error", error=f"compile: {type(e).__name__}: {e}"[:500])
   if temp > max_temp_bytes:
     return Measurement("too_big", temp_bytes=temp, compile_seconds=compile_seconds)
-  try:
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    warm = time.perf_counter() - start
-    if warm > max_call_seconds:
-      return Measurement(
-        "too_slow",
-        seconds=warm,
-        all_seconds=[warm],
-        temp_bytes=temp,
-        peak_bytes=_peak_bytes(),
-        compile_seconds=compile_seconds,
-      )
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(*args))
-      times.append(time.perf_counter() - start)
-  except Exception as e:  # pylint: disable=broad-except
-    return Measurement(
-      "error",
-      temp_bytes=temp,
-      compile_seconds=compile_seconds,
-      error=f"run: {type(e).__name__}: {e}"[:500],
-    )
-  return Measurement(
-    "ok",
-    seconds=statistics.median(times),
-    min_seconds=min(times),
-    all_seconds=times,
+  return time_compiled(
+    compiled,
+    args,
+    repeats=repeats,
+    max_call_seconds=max_call_seconds,
     temp_bytes=temp,
-    peak_bytes=_peak_bytes(),
     compile_seconds=compile_seconds,
   )
+
+
+# FLOPs follow the flash-attention convention: QK^T and PV are 2 * Lq * Lk * D each; the
+# backward is 2.5x the forward (its recomputation of QK^T not counted).
+FWD_BWD_FLOP_FACTOR = 3.5
+
+
+def dense_attention_flops(batch: int, heads: int, length: int, head_dim: int) -> float:
+  """Forward FLOPs of dense self-attention over `length` tokens."""
+  return 4.0 * batch * heads * length * length * head_dim
+
+
+def selected_tile_flops(
+  batch: int, heads: int, tiles_per_head: int, block_size: int, head_dim: int
+) -> float:
+  """Forward FLOPs of block-sparse attention over `tiles_per_head` selected tiles."""
+  return 4.0 * batch * heads * tiles_per_head * block_size * block_size * head_dim
 
 
 def random_qkv(

@@ -3,14 +3,19 @@
 Interpret mode ignores backend rules (Triton power-of-two sizes and 2-D dots, Mosaic block
 shapes, unsupported primitives); lowering for "cuda" and "tpu" runs the real Pallas ->
 Triton-IR / Mosaic lowering and catches them. It does not run Triton -> PTX or libtpu.
+Triton lowers for an abstract H100 (`jax_compat.abstract_gpu`): jax 0.11 needs a target GPU.
 """
 # pylint: disable=invalid-name
+
+import contextlib
+import warnings
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 import pallas_kernels
+from pallas_kernels import jax_compat
 
 _CUSTOM_CALL = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
 _IMPLEMENTATION = {"cuda": "pallas_triton", "tpu": "pallas_mosaic_tpu"}
@@ -53,7 +58,9 @@ def _lower(platform, mode, *, dtype, block_size, D, L):
     return pullback(outs)
 
   fn = attend if mode == "forward" else vjp
-  return jax.jit(fn).trace(*shapes).lower(lowering_platforms=(platform,)).as_text()
+  target = jax_compat.abstract_gpu() if platform == "cuda" else contextlib.nullcontext()
+  with target:
+    return jax.jit(fn).trace(*shapes).lower(lowering_platforms=(platform,)).as_text()
 
 
 @pytest.mark.parametrize("mode", ["forward", "vjp"])
@@ -71,3 +78,35 @@ def _lower(platform, mode, *, dtype, block_size, D, L):
 def test_lowers_to_backend_custom_calls(platform, mode, dtype, block_size, D, L):
   text = _lower(platform, mode, dtype=dtype, block_size=block_size, D=D, L=L)
   assert text.count(_CUSTOM_CALL[platform]) == _LAUNCHES[mode], text[:2000]
+
+
+_NO_DEPRECATION = pytest.mark.skipif(
+  not jax_compat.TRITON_NEEDS_ABSTRACT_GPU, reason="jax < 0.11 does not deprecate Pallas Triton"
+)
+
+
+@_NO_DEPRECATION
+def test_triton_lowering_warns_without_the_filter():
+  # What the filter below is for: jax's warning, with the message the filter matches.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    _lower("cuda", "forward", dtype=jnp.float32, block_size=32, D=64, L=320)
+  messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+  assert any(m.startswith(jax_compat.TRITON_DEPRECATION_MESSAGE) for m in messages), messages
+
+
+@_NO_DEPRECATION
+def test_triton_deprecation_is_filtered_by_message():
+  # pytest re-enables DeprecationWarnings per test; the filter jax_compat installs hides exactly
+  # jax's Triton message (and setup.cfg's filterwarnings does the same for the suite).
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    jax_compat.ignore_triton_deprecation()
+    _lower("cuda", "forward", dtype=jnp.bfloat16, block_size=32, D=64, L=256)
+  assert not [w for w in caught if jax_compat.TRITON_DEPRECATION_MESSAGE in str(w.message)]
+
+
+def test_abstract_gpu_rejects_an_empty_kind():
+  with pytest.raises(ValueError, match="device_kind=''"):
+    with jax_compat.abstract_gpu(""):
+      pass
