@@ -1,11 +1,13 @@
 """Block-sparse attention as Pallas kernels lowered through Mosaic (TPU): forward and op.
 
 Layouts (G = batch * heads, one program per (head, query block), grid `(G, Nq)`): the
-program's query block `(bs, D)`, the whole head's K/V `(Lk, D)` resident in VMEM, from which
-the row's key blocks are sliced with `pl.ds`, the key mask as rows `(Nk, bs)`, per-query
-vectors as columns `(bs, 1)`. The tile views' index arrays are scalar-prefetched into SMEM
-(whole `(G, n)` arrays; each program reads its row with `ref[g, i]`; program ids are read at
-the kernel's top level, as the HLO interpreter does not rewrite them inside loop bodies).
+program's query block `(bs, D)` and its initial state through the BlockSpec pipeline; K, V
+and the key mask stay in HBM and only the row's selected tiles are copied in, one at a time,
+double-buffered (`pallas_mosaic_tpu_common.stream_tiles`), with the row's tile list read
+from HBM in fixed SMEM chunks. VMEM and SMEM use are fixed by the block size and D
+(`pallas_mosaic_tpu_common.vmem_bytes`): no B, H, L or tile count in them. Per-query vectors
+(m0, l0, lse) and the key mask travel as `(1, bs)` rows: `(bs, 1)` columns pad to 128 lanes
+in HBM, 128 times their size.
 
 Every grid step writes its own output block exactly once, so both grid axes are "parallel".
 Every matmul is `A @ B` or `A @ B^T`, 2-D, accumulated in float32. The backward kernels live
@@ -64,11 +66,11 @@ def _forward_kernel(
   b = jax.lax.div(g, num_heads)
   start, stop = common.read_offsets(offsets_hbm, g, r, offsets_smem, index_sem)
   q_BsxD = q_ref[...]
-  m0_Bsx1 = m0_ref[...]
+  m0_Bsx1 = common.row_to_column(m0_ref[...])
   # An empty initial state (m0 = -inf) starts at the finite mask value: its l0/acc0 weigh 0.
   m_Bsx1 = jnp.maximum(m0_Bsx1, base.MASK_VALUE)
   init_scale_Bsx1 = jnp.exp(m0_Bsx1 - m_Bsx1)
-  l_Bsx1 = l0_ref[...] * init_scale_Bsx1
+  l_Bsx1 = common.row_to_column(l0_ref[...]) * init_scale_Bsx1
   acc_BsxD = acc0_ref[...] * init_scale_Bsx1
 
   def tile_copies(c, slot):
@@ -110,14 +112,17 @@ def _forward_kernel(
   # No valid key and no initial state: l = acc = 0, and the reference's maximum is 0.
   m_Bsx1 = jnp.where(m_Bsx1 > 0.5 * base.MASK_VALUE, m_Bsx1, 0.0)
   out_ref[...] = (acc_BsxD / (l_Bsx1 + eps)).astype(out_ref.dtype)
-  lse_ref[...] = m_Bsx1 + jnp.log(l_Bsx1 + eps)
+  lse_ref[...] = common.column_to_row(m_Bsx1 + jnp.log(l_Bsx1 + eps))
 
 
-def forward_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, eps, interpret):
+def forward_call(
+  G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, eps, interpret, vmem_limit_bytes=None
+):
   """The forward `pallas_call` on the `(G, L, D)` layouts (see `_forward` for operands)."""
   bs, Nq = block_size, Lq // block_size
   del Lk
   row_blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
+  rows = common.row_block_spec(bs)
   hbm = pl.BlockSpec(memory_space=pl.ANY)
   kernel = functools.partial(
     _forward_kernel,
@@ -131,11 +136,11 @@ def forward_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, eps, inte
     kernel,
     out_shape=(
       jax.ShapeDtypeStruct((G, Lq, D), jnp.float32),
-      jax.ShapeDtypeStruct((G, Lq, 1), jnp.float32),
+      jax.ShapeDtypeStruct((G, Nq, 1, bs), jnp.float32),
     ),
     grid=(G, Nq),
-    in_specs=[hbm, hbm, row_blk(D), hbm, hbm, hbm, row_blk(1), row_blk(1), row_blk(D)],
-    out_specs=(row_blk(D), row_blk(1)),
+    in_specs=[hbm, hbm, row_blk(D), hbm, hbm, hbm, rows, rows, row_blk(D)],
+    out_specs=(row_blk(D), rows),
     scratch_shapes=[
       *common.index_scratch_shapes(),
       pltpu.VMEM((2, bs, D), dtype),
@@ -145,7 +150,8 @@ def forward_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, eps, inte
     ],
     interpret=interpret,
     compiler_params=pltpu.CompilerParams(
-      dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT_BYTES
+      dimension_semantics=("parallel", "parallel"),
+      vmem_limit_bytes=vmem_limit_bytes or VMEM_LIMIT_BYTES,
     ),
     name="mra_block_sparse_fwd",
   )
@@ -182,24 +188,23 @@ def _forward(
   return common.call(build, operands, interpret)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12))
 def _attention(
-  q, k, v, views, kmask_tiles, kmask_col, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+  q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
 ):
   """The op on the kernel layouts (leading axis G = B * H); see `_attention_fwd`."""
-  del kmask_col  # only the backward pass reads the column layout
   return _forward(
     q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
   )
 
 
 def _attention_fwd(
-  q, k, v, views, kmask_tiles, kmask_col, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+  q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
 ):
   out, lse = _forward(
     q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
   )
-  return (out, lse), (q, k, v, views, kmask_tiles, kmask_col, m0, out, lse)
+  return (out, lse), (q, k, v, views, kmask_tiles, m0, out, lse)
 
 
 _attention.defvjp(_attention_fwd, pallas_mosaic_tpu_vjp.attention_bwd)
@@ -265,15 +270,16 @@ def pallas_mosaic_tpu_block_sparse_attention(
     tile_ids_BxHxK.reshape(G, -1), num_q_blocks=Nq, num_k_blocks=Nk
   )
   valid = jax.lax.stop_gradient(key_valid_BxLk.astype(jnp.float32))
-  out_GxLqxD, lse_GxLqx1 = _attention(
+  # Per-query vectors as (1, bs) rows of each query block (`common.row_to_column`).
+  as_rows = lambda x_BxHxLq: x_BxHxLq.reshape(G, Nq, 1, block_size)
+  out_GxLqxD, lse_GxNqx1xBs = _attention(
     (q_BxHxLqxD.reshape(G, Lq, D)),
     (k_BxHxLkxD.reshape(G, Lk, D)),
     (v_BxHxLkxD.reshape(G, Lk, D)),
     views,
     valid.reshape(B, Nk, 1, block_size),
-    valid.reshape(B, Lk, 1),
-    jax.lax.stop_gradient(f32(m0_BxHxLq)).reshape(G, Lq, 1),
-    f32(l0_BxHxLq).reshape(G, Lq, 1),
+    as_rows(jax.lax.stop_gradient(f32(m0_BxHxLq))),
+    as_rows(f32(l0_BxHxLq)),
     (f32(acc0_BxHxLqxD).reshape(G, Lq, D)),
     H,
     block_size,
@@ -281,4 +287,4 @@ def pallas_mosaic_tpu_block_sparse_attention(
     float(eps),
     interpret,
   )
-  return out_GxLqxD.reshape(B, H, Lq, D), lse_GxLqx1.reshape(B, H, Lq)
+  return out_GxLqxD.reshape(B, H, Lq, D), lse_GxNqx1xBs.reshape(B, H, Lq)

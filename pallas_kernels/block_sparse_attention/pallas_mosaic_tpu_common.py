@@ -148,6 +148,32 @@ def call(build, operands, interpret):
   return build(interpret)(*operands)
 
 
+def _diagonal(n):
+  return jax.lax.broadcasted_iota(jnp.int32, (n, n), 0) == jax.lax.broadcasted_iota(
+    jnp.int32, (n, n), 1
+  )
+
+
+def row_to_column(x_1xN):
+  """`(1, n)` -> `(n, 1)`, exactly, through a diagonal mask and a lane sum (no transpose).
+
+  Per-query vectors travel as `(1, bs)` rows: a `(bs, 1)` column pads to 128 lanes in HBM.
+  """
+  n = x_1xN.shape[1]
+  return jnp.sum(jnp.where(_diagonal(n), x_1xN, 0.0), axis=1, keepdims=True)
+
+
+def column_to_row(x_Nx1):
+  """`(n, 1)` -> `(1, n)`, exactly (see `row_to_column`)."""
+  n = x_Nx1.shape[0]
+  return jnp.sum(jnp.where(_diagonal(n), x_Nx1, 0.0), axis=0, keepdims=True)
+
+
+def row_block_spec(block_size):
+  """BlockSpec of a `(G, N, 1, bs)` per-query (or per-key) row array: program (g, i)'s row."""
+  return pl.BlockSpec((None, None, 1, block_size), lambda g, i: (g, i, 0, 0))
+
+
 def padded_bytes(rows: int, cols: int, dtype) -> int:
   """VMEM bytes of a `(rows, cols)` buffer padded to TPU tiles (sublanes x 128 lanes).
 
@@ -175,18 +201,19 @@ def vmem_bytes(kernel: str, *, block_size: int, head_dim: int, dtype) -> int:
   """
   bs, D, f32 = block_size, head_dim, jnp.float32
   blk = lambda cols, dt=f32: padded_bytes(bs, cols, dt)
-  row = padded_bytes(1, bs, f32)  # a (1, bs) key-mask or per-query row
+  # A (1, bs) row (key mask, per-query vector) is one 128-lane row of 32-bit words.
+  row = -(-bs // _LANES) * _LANES * 4
   if kernel == "forward":
     # in: q, m0, l0, acc0; out: out, lse (x2 buffers); scratch: K, V, key-mask slots.
-    pipelined = blk(D, dtype) + 2 * blk(1) + blk(D) + blk(D) + blk(1)
+    pipelined = blk(D, dtype) + 2 * row + blk(D) + blk(D) + row
     scratch = 2 * (2 * blk(D, dtype) + row)
   elif kernel == "dq":
     # in: q, dO, lse, delta; out: dq; scratch: K, V, key-mask slots.
-    pipelined = 2 * blk(D, dtype) + 2 * blk(1) + blk(D, dtype)
+    pipelined = 2 * blk(D, dtype) + 2 * row + blk(D, dtype)
     scratch = 2 * (2 * blk(D, dtype) + row)
   elif kernel == "dkv":
-    # in: k, v, key mask column; out: dk, dv; scratch: Q, dO, lse, delta slots.
-    pipelined = 2 * blk(D, dtype) + blk(1) + 2 * blk(D, dtype)
+    # in: k, v, key-mask row; out: dk, dv; scratch: Q, dO, lse, delta slots.
+    pipelined = 2 * blk(D, dtype) + row + 2 * blk(D, dtype)
     scratch = 2 * (2 * blk(D, dtype) + 2 * row)
   else:
     raise ValueError(f"kernel must be 'forward', 'dq' or 'dkv', got {kernel=}")

@@ -9,10 +9,9 @@ dlse * P to dS, so it folds into delta):
 dQ runs over query blocks, grid `(G, Nq)`, walking each row's tiles as the forward does.
 dK/dV run over key blocks, grid `(G, Nk)`, walking each column's tiles from the column view,
 so every output block has one writer (no output block is revisited: both grid axes are
-"parallel"). Their layouts: the
-program's key block, the whole head's Q/dO, the key mask as a column `(bs, 1)`, and the
-per-query vectors (lse, delta) as rows `(Nq, bs)`, so that the transposed score tile
-`(keys, queries)` broadcasts against them without an in-kernel transpose.
+"parallel"). Both stream as the forward does: dQ copies the row's K/V tiles, dK/dV the
+column's Q/dO tiles with their lse and delta rows `(1, bs)`, which broadcast against the
+transposed score tile `(keys, queries)` as they are.
 """
 # pylint: disable=invalid-name
 
@@ -62,7 +61,8 @@ def _dq_kernel(
   b = jax.lax.div(g, num_heads)
   start, stop = common.read_offsets(offsets_hbm, g, r, offsets_smem, index_sem)
   q_BsxD, do_BsxD = q_ref[...], do_ref[...]
-  lse_Bsx1, delta_Bsx1 = lse_ref[...], delta_ref[...]
+  lse_Bsx1 = common.row_to_column(lse_ref[...])
+  delta_Bsx1 = common.row_to_column(delta_ref[...])
 
   def tile_copies(c, slot):
     rows = pl.ds(pl.multiple_of(c * bs, bs), bs)
@@ -127,7 +127,7 @@ def _dkv_kernel(
   g, c = pl.program_id(0), pl.program_id(1)
   start, stop = common.read_offsets(offsets_hbm, g, c, offsets_smem, index_sem)
   k_BsxD, v_BsxD = k_ref[...], v_ref[...]
-  valid_Bsx1 = kmask_ref[...] > 0.5
+  valid_Bsx1 = common.row_to_column(kmask_ref[...]) > 0.5
 
   def tile_copies(r, slot):
     rows = pl.ds(pl.multiple_of(r * bs, bs), bs)
@@ -161,17 +161,19 @@ def _dkv_kernel(
   dv_ref[...] = dv_BsxD.astype(dv_ref.dtype)
 
 
-def _compiler_params():
+def _compiler_params(vmem_limit_bytes):
   return pltpu.CompilerParams(
-    dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT_BYTES
+    dimension_semantics=("parallel", "parallel"),
+    vmem_limit_bytes=vmem_limit_bytes or VMEM_LIMIT_BYTES,
   )
 
 
-def dq_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret):
+def dq_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret, vmem_limit_bytes=None):
   """The dQ `pallas_call`: grid `(G, Nq)`, K/V/key mask in HBM, streamed."""
   del Lk
   bs = block_size
   blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
+  rows = common.row_block_spec(bs)
   hbm = pl.BlockSpec(memory_space=pl.ANY)
   kernel = functools.partial(
     _dq_kernel,
@@ -184,7 +186,7 @@ def dq_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret):
     kernel,
     out_shape=jax.ShapeDtypeStruct((G, Lq, D), dtype),
     grid=(G, Lq // bs),
-    in_specs=[hbm, hbm, blk(D), hbm, hbm, hbm, blk(D), blk(1), blk(1)],
+    in_specs=[hbm, hbm, blk(D), hbm, hbm, hbm, blk(D), rows, rows],
     out_specs=blk(D),
     scratch_shapes=[
       *common.index_scratch_shapes(),
@@ -194,12 +196,14 @@ def dq_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret):
       pltpu.SemaphoreType.DMA((3, 2)),
     ],
     interpret=interpret,
-    compiler_params=_compiler_params(),
+    compiler_params=_compiler_params(vmem_limit_bytes),
     name="mra_block_sparse_dq",
   )
 
 
-def dkv_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret):
+def dkv_call(
+  G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret, vmem_limit_bytes=None
+):
   """The dK/dV `pallas_call`: grid `(G, Nk)`, Q/dO/lse/delta in HBM, streamed."""
   del Lq
   bs = block_size
@@ -207,7 +211,7 @@ def dkv_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret):
   hbm = pl.BlockSpec(memory_space=pl.ANY)
   # lax.div, not `//`: g >= 0, and floor division lowers through `sign`, which Mosaic only
   # lowers on a known TPU generation.
-  kmask_blk = pl.BlockSpec((None, bs, 1), lambda g, i: (jax.lax.div(g, num_heads), i, 0))
+  kmask_blk = pl.BlockSpec((None, None, 1, bs), lambda g, i: (jax.lax.div(g, num_heads), i, 0, 0))
   kernel = functools.partial(
     _dkv_kernel, block_size=bs, scale=scale, precision=common.precision_for(dtype)
   )
@@ -229,23 +233,25 @@ def dkv_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret):
       pltpu.SemaphoreType.DMA((4, 2)),
     ],
     interpret=interpret,
-    compiler_params=_compiler_params(),
+    compiler_params=_compiler_params(vmem_limit_bytes),
     name="mra_block_sparse_dkv",
   )
 
 
 def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotangents):
-  """The custom-VJP backward of `pallas_mosaic_tpu._attention` (G = B * H layouts)."""
+  """The custom-VJP backward of `pallas_mosaic_tpu._attention` (G = B * H layouts).
+
+  Per-query vectors (m0, lse, their cotangents, delta) are `(G, Nq, 1, bs)` rows.
+  """
   del eps
-  q, k, v, views, kmask_tiles, kmask_col, m0, out, lse = residuals
+  q, k, v, views, kmask_tiles, m0, out, lse = residuals
   dout, dlse = cotangents
   G, Lq, D = q.shape
   Lk = k.shape[1]
-  bs, Nq = block_size, Lq // block_size
-  delta = jnp.sum(dout * out, axis=-1, keepdims=True) - dlse
+  delta = jnp.sum(dout * out, axis=-1).reshape(lse.shape) - dlse
   do = dout.astype(q.dtype)
   shape_args = (G, Lq, Lk, D, q.dtype)
-  options = dict(num_heads=num_heads, block_size=bs, scale=scale)
+  options = dict(num_heads=num_heads, block_size=block_size, scale=scale)
 
   dq = common.call(
     lambda interp: dq_call(*shape_args, **options, interpret=interp),
@@ -262,9 +268,6 @@ def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotan
     ),
     interpret,
   )
-  # Per-query vectors as (1, bs) rows of each query block: they broadcast against the
-  # transposed (keys, queries) score tile.
-  as_rows = lambda x: x.reshape(G, Nq, 1, bs)
   dk, dv = common.call(
     lambda interp: dkv_call(*shape_args, **options, interpret=interp),
     (
@@ -272,14 +275,15 @@ def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotan
       common.chunked_indices(views.rows_by_col_GxK),
       k,
       v,
-      kmask_col,
+      kmask_tiles,
       q,
       do,
-      as_rows(lse),
-      as_rows(delta),
+      lse,
+      delta,
     ),
     interpret,
   )
   # d out / d acc0 = exp(m0 - m) / (l + eps) = exp(m0 - lse); d lse / d l0 likewise.
   init_weight = jnp.exp(m0 - lse)
-  return dq, dk, dv, None, None, None, None, -delta * init_weight, dout * init_weight
+  dacc0 = dout * init_weight.reshape(G, Lq, 1)
+  return dq, dk, dv, None, None, None, -delta * init_weight, dacc0
