@@ -4,9 +4,11 @@
 
 Needs the `compile` extra (libtpu) and runs on a CPU-only host (it sets JAX_PLATFORMS=cpu).
 For every kernel (forward, dQ, dK/dV), block size and dtype it prints the grid, the VMEM the
-buffers need by `pallas_mosaic_tpu_common.vmem_bytes`, and the scoped VMEM the compiler
-allocates: the kernel is compiled once under a 4 KiB limit, and libtpu's refusal names the
-size it needed ("Scoped allocation with size X"). Then it compiles at the default limit. SMEM
+buffers need by `pallas_mosaic_tpu_common.vmem_bytes`, and two measurements: the size
+libtpu names when it refuses a 4 KiB scoped-VMEM limit ("Scoped allocation with size X",
+its first request: the streamed-tile scratch), and the smallest limit the kernel compiles
+under (bisection to 4 KiB: everything the kernel needs). Then it compiles at the default
+limit and times that. SMEM
 is the fixed index scratch (two offsets and one chunk of indices) plus Mosaic's own words.
 """
 # pylint: disable=invalid-name
@@ -51,12 +53,13 @@ def kernel_operands(kernel, *, B, H, L, D, block_size, dtype):
   chunks = -(-(N * 8) // common.INDEX_CHUNK)  # 8 tiles per row on average
   index = [((G, N, 2), i32), ((G, chunks, common.INDEX_CHUNK), i32)]
   x = ((G, L, D), dtype)
-  col = ((G, L, 1), f32)
+  rows = ((G, N, 1, bs), f32)  # per-query vectors
+  kmask = ((B, N, 1, bs), f32)
   if kernel == "forward":
-    return [*index, x, x, x, ((B, N, 1, bs), f32), col, col, ((G, L, D), f32)]
+    return [*index, x, x, x, kmask, rows, rows, ((G, L, D), f32)]
   if kernel == "dq":
-    return [*index, x, x, x, ((B, N, 1, bs), f32), x, col, col]
-  return [*index, x, x, ((B, L, 1), f32), x, x, ((G, N, 1, bs), f32), ((G, N, 1, bs), f32)]
+    return [*index, x, x, x, kmask, x, rows, rows]
+  return [*index, x, x, kmask, x, x, rows, rows]
 
 
 def build_call(kernel, *, B, H, L, D, block_size, dtype, vmem_limit_bytes=None):
@@ -84,24 +87,47 @@ def compile_kernel(chip, kernel, *, vmem_limit_bytes=None, **config):
   return jax.jit(call).trace(*operands).lower().compile()
 
 
-def measured_vmem_bytes(chip, kernel, **config) -> int | None:
-  """The scoped VMEM libtpu allocates for one kernel, read from its refusal of a 4 KiB limit."""
+def _compiles(chip, kernel, limit, config) -> bool:
+  try:
+    compile_kernel(chip, kernel, vmem_limit_bytes=limit, **config)
+  except Exception as error:  # pylint: disable=broad-except  (libtpu raises JaxRuntimeError)
+    if _SCOPED.search(str(error)) is None:
+      raise
+    return False
+  return True
+
+
+def first_scoped_allocation(chip, kernel, **config) -> int | None:
+  """The size libtpu names when it refuses a 4 KiB scoped-VMEM limit (its first request)."""
   try:
     compile_kernel(chip, kernel, vmem_limit_bytes=_PROBE_LIMIT, **config)
-  except Exception as error:  # pylint: disable=broad-except  (libtpu raises JaxRuntimeError)
+  except Exception as error:  # pylint: disable=broad-except
     match = _SCOPED.search(str(error))
     if match is None:
       raise
     return int(float(match.group(1)) * _UNIT[match.group(2)])
-  return None  # fits in 4 KiB
+  return None
+
+
+def smallest_vmem_limit(chip, kernel, low, high, **config) -> int | None:
+  """The smallest scoped-VMEM limit (to 4 KiB) the kernel compiles under, by bisection."""
+  if not _compiles(chip, kernel, high, config):
+    return None
+  while high - low > _PROBE_LIMIT:
+    middle = (low + high) // 2 // 1024 * 1024
+    if _compiles(chip, kernel, middle, config):
+      high = middle
+    else:
+      low = middle
+  return high
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--chips", default="v5e,v6e")
   parser.add_argument("--length", type=int, default=65536)
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--heads", type=int, default=12)
+  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--heads", type=int, default=8)
   parser.add_argument("--head-dim", type=int, default=64)
   args = parser.parse_args()
   print(
@@ -109,10 +135,11 @@ def main():
     f"index chunk {common.INDEX_CHUNK} (SMEM per program: {4 * (2 + common.INDEX_CHUNK)} B)\n"
   )
   print(
-    "| chip | kernel | block | dtype | grid | VMEM formula | VMEM measured "
-    "| compiles at default limit | compile s |"
+    "| chip | kernel | block | dtype | grid | VMEM formula: pipelined + scratch "
+    "| first scoped request | smallest limit that compiles | compiles at default limit "
+    "| compile s |"
   )
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for chip in args.chips.split(","):
     for dtype in (jnp.bfloat16, jnp.float32):
       for block_size in tpu_fwd.BLOCK_SIZES:
@@ -128,7 +155,8 @@ def main():
           formula = common.vmem_bytes(
             kernel, block_size=block_size, head_dim=args.head_dim, dtype=dtype
           )
-          measured = measured_vmem_bytes(chip, kernel, **config)
+          first = first_scoped_allocation(chip, kernel, **config) or 0
+          smallest = smallest_vmem_limit(chip, kernel, first, 4 * formula["total"], **config)
           start = time.perf_counter()
           try:
             compile_kernel(chip, kernel, **config)
@@ -139,8 +167,10 @@ def main():
           grid = (args.batch * args.heads, args.length // block_size)
           print(
             f"| {chip} | {kernel} | {block_size} | {jnp.dtype(dtype).name} | {grid} "
-            f"| {formula / 2**10:.0f} KiB "
-            f"| {'-' if measured is None else f'{measured / 2**10:.0f} KiB'} "
+            f"| {formula['pipelined'] / 2**10:.0f} + {formula['scratch'] / 2**10:.0f} "
+            f"= {formula['total'] / 2**10:.0f} KiB "
+            f"| {first / 2**10:.0f} KiB "
+            f"| {'-' if smallest is None else f'{smallest / 2**10:.0f} KiB'} "
             f"| {fits} | {seconds:.1f} |",
             flush=True,
           )

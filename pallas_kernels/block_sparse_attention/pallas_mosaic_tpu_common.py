@@ -184,11 +184,8 @@ def padded_bytes(rows: int, cols: int, dtype) -> int:
   return -(-rows // sublanes) * sublanes * -(-cols // _LANES) * _LANES * itemsize
 
 
-def vmem_bytes(kernel: str, *, block_size: int, head_dim: int, dtype) -> int:
-  """VMEM bytes of one kernel's buffers: pipelined blocks (double-buffered) and scratch.
-
-  Mosaic adds its own scratch for intermediate values (score tiles and the like) on top;
-  `benchmarks.compile_report_tpu` prints both this and what the compiler allocates.
+def vmem_bytes(kernel: str, *, block_size: int, head_dim: int, dtype) -> dict[str, int]:
+  """VMEM bytes of one kernel's buffers, padded to TPU tiles; none grows with B, H, L or K.
 
   Args:
     kernel: "forward", "dq" or "dkv".
@@ -197,24 +194,29 @@ def vmem_bytes(kernel: str, *, block_size: int, head_dim: int, dtype) -> int:
     dtype: q/k/v's dtype.
 
   Returns:
-    Bytes; independent of B, H, L and the number of selected tiles.
+    {"pipelined": the program's own blocks, two buffers each (BlockSpec pipeline);
+     "scratch": the two slots of streamed tiles; "total": their sum}. Mosaic adds its own
+    scratch for intermediate values; `benchmarks.compile_report_tpu` prints these beside
+    what the compiler allocates.
   """
   bs, D, f32 = block_size, head_dim, jnp.float32
   blk = lambda cols, dt=f32: padded_bytes(bs, cols, dt)
   # A (1, bs) row (key mask, per-query vector) is one 128-lane row of 32-bit words.
   row = -(-bs // _LANES) * _LANES * 4
   if kernel == "forward":
-    # in: q, m0, l0, acc0; out: out, lse (x2 buffers); scratch: K, V, key-mask slots.
-    pipelined = blk(D, dtype) + 2 * row + blk(D) + blk(D) + row
-    scratch = 2 * (2 * blk(D, dtype) + row)
+    # in: q, m0, l0, acc0; out: out, lse; slots: K, V, key-mask row.
+    own = blk(D, dtype) + 2 * row + blk(D) + blk(D) + row
+    slot = 2 * blk(D, dtype) + row
   elif kernel == "dq":
-    # in: q, dO, lse, delta; out: dq; scratch: K, V, key-mask slots.
-    pipelined = 2 * blk(D, dtype) + 2 * row + blk(D, dtype)
-    scratch = 2 * (2 * blk(D, dtype) + row)
+    # in: q, dO, lse, delta; out: dq; slots: K, V, key-mask row.
+    own = 2 * blk(D, dtype) + 2 * row + blk(D, dtype)
+    slot = 2 * blk(D, dtype) + row
   elif kernel == "dkv":
-    # in: k, v, key-mask row; out: dk, dv; scratch: Q, dO, lse, delta slots.
-    pipelined = 2 * blk(D, dtype) + row + 2 * blk(D, dtype)
-    scratch = 2 * (2 * blk(D, dtype) + 2 * row)
+    # in: k, v, key-mask row; out: dk, dv; slots: Q, dO, lse row, delta row.
+    own = 2 * blk(D, dtype) + row + 2 * blk(D, dtype)
+    slot = 2 * blk(D, dtype) + 2 * row
   else:
     raise ValueError(f"kernel must be 'forward', 'dq' or 'dkv', got {kernel=}")
-  return 2 * pipelined + scratch
+  sizes = {"pipelined": 2 * own, "scratch": 2 * slot}
+  sizes["total"] = sizes["pipelined"] + sizes["scratch"]
+  return sizes
