@@ -1,11 +1,13 @@
 """Block-sparse attention as Pallas kernels lowered through Mosaic (TPU): forward and op.
 
 Layouts (G = batch * heads, one program per (head, query block), grid `(G, Nq)`): the
-program's query block `(bs, D)`, the whole head's K/V `(Lk, D)` resident in VMEM, from which
-the row's key blocks are sliced with `pl.ds`, the key mask as rows `(Nk, bs)`, per-query
-vectors as columns `(bs, 1)`. The tile views' index arrays are scalar-prefetched into SMEM
-(whole `(G, n)` arrays; each program reads its row with `ref[g, i]`; program ids are read at
-the kernel's top level, as the HLO interpreter does not rewrite them inside loop bodies).
+program's query block `(bs, D)` and its initial state through the BlockSpec pipeline; K, V
+and the key mask stay in HBM and only the row's selected tiles are copied in, one at a time,
+double-buffered (`pallas_mosaic_tpu_common.stream_tiles`), with the row's tile list read
+from HBM in fixed SMEM chunks. VMEM and SMEM use are fixed by the block size and D
+(`pallas_mosaic_tpu_common.vmem_bytes`): no B, H, L or tile count in them. Per-query vectors
+(m0, l0, lse) and the key mask travel as `(1, bs)` rows: `(bs, 1)` columns pad to 128 lanes
+in HBM, 128 times their size.
 
 Every grid step writes its own output block exactly once, so both grid axes are "parallel".
 Every matmul is `A @ B` or `A @ B^T`, 2-D, accumulated in float32. The backward kernels live
@@ -23,45 +25,35 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.block_sparse_attention import base, index_views, pallas_mosaic_tpu_vjp
+from pallas_kernels.block_sparse_attention import pallas_mosaic_tpu_common as common
 
 BLOCK_SIZES = (32, 64, 128)
-# None: Mosaic's default scoped-VMEM limit. Whole-head K/V blocks are double-buffered, so
-# long heads may need it raised.
+# None: Mosaic's default scoped-VMEM limit, which the streamed kernels fit at any length
+# (`common.vmem_bytes`).
 VMEM_LIMIT_BYTES = None
 
 
-def _dot_nt(a_MxD, b_NxD, precision):
-  """`a @ b^T` in float32."""
-  return jax.lax.dot_general(
-    a_MxD, b_NxD, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
-  )
-
-
-def _dot_nn(a_MxK, b_KxN, precision):
-  """`a @ b` in float32."""
-  return jax.lax.dot_general(
-    a_MxK, b_KxN, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
-  )
-
-
-def _precision(dtype):
-  # f32 inputs: IEEE f32 on the MXU.
-  return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
-
-
 def _forward_kernel(
-  row_ptr_ref,
-  cols_ref,
+  offsets_hbm,
+  cols_hbm,
   q_ref,
-  k_ref,
-  v_ref,
-  kmask_ref,
+  k_hbm,
+  v_hbm,
+  kmask_hbm,
   m0_ref,
   l0_ref,
   acc0_ref,
   out_ref,
   lse_ref,
+  offsets_smem,
+  cols_smem,
+  index_sem,
+  k_buf,
+  v_buf,
+  kmask_buf,
+  tile_sems,
   *,
+  num_heads: int,
   block_size: int,
   scale: float,
   eps: float,
@@ -69,93 +61,150 @@ def _forward_kernel(
 ):
   """Online softmax over one query block's selected key blocks, from (m0, l0, acc0)."""
   bs = block_size
+  # Program ids at the top level: the HLO interpreter does not rewrite them in loop bodies.
   g, r = pl.program_id(0), pl.program_id(1)
-  start, stop = row_ptr_ref[g, r], row_ptr_ref[g, r + 1]
+  b = jax.lax.div(g, num_heads)
+  start, stop = common.read_offsets(offsets_hbm, g, r, offsets_smem, index_sem)
   q_BsxD = q_ref[...]
-  m0_Bsx1 = m0_ref[...]
+  m0_Bsx1 = common.row_to_column(m0_ref[...])
   # An empty initial state (m0 = -inf) starts at the finite mask value: its l0/acc0 weigh 0.
   m_Bsx1 = jnp.maximum(m0_Bsx1, base.MASK_VALUE)
   init_scale_Bsx1 = jnp.exp(m0_Bsx1 - m_Bsx1)
-  l_Bsx1 = l0_ref[...] * init_scale_Bsx1
+  l_Bsx1 = common.row_to_column(l0_ref[...]) * init_scale_Bsx1
   acc_BsxD = acc0_ref[...] * init_scale_Bsx1
 
-  def body(t, carry):
+  def tile_copies(c, slot):
+    rows = pl.ds(pl.multiple_of(c * bs, bs), bs)
+    return [
+      pltpu.make_async_copy(k_hbm.at[g, rows], k_buf.at[slot], tile_sems.at[0, slot]),
+      pltpu.make_async_copy(v_hbm.at[g, rows], v_buf.at[slot], tile_sems.at[1, slot]),
+      pltpu.make_async_copy(kmask_hbm.at[b, c], kmask_buf.at[slot], tile_sems.at[2, slot]),
+    ]
+
+  def compute(slot, carry):
     m_Bsx1, l_Bsx1, acc_BsxD = carry
-    c = cols_ref[g, t]
-    k_BsxD = k_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
-    v_BsxD = v_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
-    valid_1xBs = kmask_ref[pl.ds(c, 1), :] > 0.5
-    s_BsxBs = jnp.where(valid_1xBs, _dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+    k_BsxD, v_BsxD = k_buf[slot], v_buf[slot]
+    valid_1xBs = kmask_buf[slot] > 0.5
+    s_BsxBs = jnp.where(
+      valid_1xBs, common.dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE
+    )
     m_new_Bsx1 = jnp.maximum(m_Bsx1, jnp.max(s_BsxBs, axis=1, keepdims=True))
     alpha_Bsx1 = jnp.exp(m_Bsx1 - m_new_Bsx1)
     # Zeroed explicitly: while every key so far is masked, s - m_new is 0, not -inf.
     p_BsxBs = jnp.where(valid_1xBs, jnp.exp(s_BsxBs - m_new_Bsx1), 0.0)
     l_Bsx1 = alpha_Bsx1 * l_Bsx1 + jnp.sum(p_BsxBs, axis=1, keepdims=True)
-    acc_BsxD = alpha_Bsx1 * acc_BsxD + _dot_nn(p_BsxBs.astype(v_BsxD.dtype), v_BsxD, precision)
+    acc_BsxD = alpha_Bsx1 * acc_BsxD + common.dot_nn(
+      p_BsxBs.astype(v_BsxD.dtype), v_BsxD, precision
+    )
     return m_new_Bsx1, l_Bsx1, acc_BsxD
 
-  m_Bsx1, l_Bsx1, acc_BsxD = jax.lax.fori_loop(start, stop, body, (m_Bsx1, l_Bsx1, acc_BsxD))
+  m_Bsx1, l_Bsx1, acc_BsxD = common.stream_tiles(
+    g,
+    start,
+    stop,
+    cols_hbm,
+    cols_smem,
+    index_sem,
+    tile_copies,
+    compute,
+    (m_Bsx1, l_Bsx1, acc_BsxD),
+  )
   # No valid key and no initial state: l = acc = 0, and the reference's maximum is 0.
   m_Bsx1 = jnp.where(m_Bsx1 > 0.5 * base.MASK_VALUE, m_Bsx1, 0.0)
   out_ref[...] = (acc_BsxD / (l_Bsx1 + eps)).astype(out_ref.dtype)
-  lse_ref[...] = m_Bsx1 + jnp.log(l_Bsx1 + eps)
+  lse_ref[...] = common.column_to_row(m_Bsx1 + jnp.log(l_Bsx1 + eps))
 
 
-def _forward(
-  q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+def forward_call(
+  G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, eps, interpret, vmem_limit_bytes=None
 ):
-  """Launches the forward kernel on the `(G, L, D)` layouts; returns `(out, lse)` float32."""
-  G, Lq, D = q.shape
-  Lk = k.shape[1]
-  bs, Nq, Nk = block_size, Lq // block_size, Lk // block_size
-  # Index maps get the scalar-prefetch refs as trailing arguments; these ignore them.
-  row_blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i, *_: (g, i, 0))
-  head_blk = pl.BlockSpec((None, Lk, D), lambda g, i, *_: (g, 0, 0))
-  # lax.div, not `//`: g >= 0, and floor division lowers through `sign`, which Mosaic only
-  # lowers on a known TPU generation.
-  kmask_blk = pl.BlockSpec((None, Nk, bs), lambda g, i, *_: (jax.lax.div(g, num_heads), 0, 0))
+  """The forward `pallas_call` on the `(G, L, D)` layouts (see `_forward` for operands)."""
+  bs, Nq = block_size, Lq // block_size
+  del Lk
+  row_blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
+  rows = common.row_block_spec(bs)
+  hbm = pl.BlockSpec(memory_space=pl.ANY)
   kernel = functools.partial(
-    _forward_kernel, block_size=bs, scale=scale, eps=eps, precision=_precision(q.dtype)
-  )
-  grid_spec = pltpu.PrefetchScalarGridSpec(
-    num_scalar_prefetch=2,
-    grid=(G, Nq),
-    in_specs=[row_blk(D), head_blk, head_blk, kmask_blk, row_blk(1), row_blk(1), row_blk(D)],
-    out_specs=(row_blk(D), row_blk(1)),
+    _forward_kernel,
+    num_heads=num_heads,
+    block_size=bs,
+    scale=scale,
+    eps=eps,
+    precision=common.precision_for(dtype),
   )
   return pl.pallas_call(
     kernel,
     out_shape=(
       jax.ShapeDtypeStruct((G, Lq, D), jnp.float32),
-      jax.ShapeDtypeStruct((G, Lq, 1), jnp.float32),
+      jax.ShapeDtypeStruct((G, Nq, 1, bs), jnp.float32),
     ),
-    grid_spec=grid_spec,
+    grid=(G, Nq),
+    in_specs=[hbm, hbm, row_blk(D), hbm, hbm, hbm, rows, rows, row_blk(D)],
+    out_specs=(row_blk(D), rows),
+    scratch_shapes=[
+      *common.index_scratch_shapes(),
+      pltpu.VMEM((2, bs, D), dtype),
+      pltpu.VMEM((2, bs, D), dtype),
+      pltpu.VMEM((2, 1, bs), jnp.float32),
+      pltpu.SemaphoreType.DMA((3, 2)),
+    ],
     interpret=interpret,
     compiler_params=pltpu.CompilerParams(
-      dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT_BYTES
+      dimension_semantics=("parallel", "parallel"),
+      vmem_limit_bytes=vmem_limit_bytes or VMEM_LIMIT_BYTES,
     ),
     name="mra_block_sparse_fwd",
-  )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, m0, l0, acc0)
+  )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13))
+def _forward(
+  q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+):
+  """Launches the forward kernel on the `(G, L, D)` layouts; returns `(out, lse)` float32."""
+  G, Lq, D = q.shape
+  build = lambda interp: forward_call(
+    G,
+    Lq,
+    k.shape[1],
+    D,
+    q.dtype,
+    num_heads=num_heads,
+    block_size=block_size,
+    scale=scale,
+    eps=eps,
+    interpret=interp,
+  )
+  operands = (
+    common.offsets_by_program(views.row_ptr_GxNq1),
+    common.chunked_indices(views.cols_by_row_GxK),
+    q,
+    k,
+    v,
+    kmask_tiles,
+    m0,
+    l0,
+    acc0,
+  )
+  return common.call(build, operands, interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12))
 def _attention(
-  q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+  q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
 ):
   """The op on the kernel layouts (leading axis G = B * H); see `_attention_fwd`."""
-  del kmask_col  # only the backward pass reads the column layout
   return _forward(
-    q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+    q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
   )
 
 
 def _attention_fwd(
-  q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+  q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
 ):
   out, lse = _forward(
-    q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
+    q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
   )
-  return (out, lse), (q, k, v, views, kmask_rows, kmask_col, m0, out, lse)
+  return (out, lse), (q, k, v, views, kmask_tiles, m0, out, lse)
 
 
 _attention.defvjp(_attention_fwd, pallas_mosaic_tpu_vjp.attention_bwd)
@@ -183,7 +232,8 @@ def pallas_mosaic_tpu_block_sparse_attention(
 
   Args:
     q_BxHxLqxD ... eps: as `base.block_sparse_attention_reference`.
-    interpret: None (interpret mode unless jax's default backend is a TPU), a bool, or a
+    interpret: None (the compiled kernels where the program is lowered for TPU, interpret
+      mode elsewhere, decided at lowering), a bool, or a
       `pltpu.InterpretParams` (TPU interpret mode: simulated memories, DMAs and
       output-revisit checks).
 
@@ -206,9 +256,7 @@ def pallas_mosaic_tpu_block_sparse_attention(
   base.check_inputs(
     *args, block_size=block_size, block_sizes=BLOCK_SIZES, implementation="pallas_mosaic_tpu"
   )
-  if interpret is None:
-    interpret = jax.default_backend() != "tpu"
-  if not isinstance(interpret, (bool, pltpu.InterpretParams)):
+  if interpret is not None and not isinstance(interpret, (bool, pltpu.InterpretParams)):
     raise ValueError(
       f"interpret must be None, a bool or a pltpu.InterpretParams for pallas_mosaic_tpu, got "
       f"{interpret=}"
@@ -222,15 +270,16 @@ def pallas_mosaic_tpu_block_sparse_attention(
     tile_ids_BxHxK.reshape(G, -1), num_q_blocks=Nq, num_k_blocks=Nk
   )
   valid = jax.lax.stop_gradient(key_valid_BxLk.astype(jnp.float32))
-  out_GxLqxD, lse_GxLqx1 = _attention(
+  # Per-query vectors as (1, bs) rows of each query block (`common.row_to_column`).
+  as_rows = lambda x_BxHxLq: x_BxHxLq.reshape(G, Nq, 1, block_size)
+  out_GxLqxD, lse_GxNqx1xBs = _attention(
     (q_BxHxLqxD.reshape(G, Lq, D)),
     (k_BxHxLkxD.reshape(G, Lk, D)),
     (v_BxHxLkxD.reshape(G, Lk, D)),
     views,
-    valid.reshape(B, Nk, block_size),
-    valid.reshape(B, Lk, 1),
-    jax.lax.stop_gradient(f32(m0_BxHxLq)).reshape(G, Lq, 1),
-    f32(l0_BxHxLq).reshape(G, Lq, 1),
+    valid.reshape(B, Nk, 1, block_size),
+    as_rows(jax.lax.stop_gradient(f32(m0_BxHxLq))),
+    as_rows(f32(l0_BxHxLq)),
     (f32(acc0_BxHxLqxD).reshape(G, Lq, D)),
     H,
     block_size,
@@ -238,4 +287,4 @@ def pallas_mosaic_tpu_block_sparse_attention(
     float(eps),
     interpret,
   )
-  return out_GxLqxD.reshape(B, H, Lq, D), lse_GxLqx1.reshape(B, H, Lq)
+  return out_GxLqxD.reshape(B, H, Lq, D), lse_GxNqx1xBs.reshape(B, H, Lq)

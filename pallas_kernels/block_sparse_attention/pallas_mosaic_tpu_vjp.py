@@ -9,10 +9,9 @@ dlse * P to dS, so it folds into delta):
 dQ runs over query blocks, grid `(G, Nq)`, walking each row's tiles as the forward does.
 dK/dV run over key blocks, grid `(G, Nk)`, walking each column's tiles from the column view,
 so every output block has one writer (no output block is revisited: both grid axes are
-"parallel"). Their layouts: the
-program's key block, the whole head's Q/dO, the key mask as a column `(bs, 1)`, and the
-per-query vectors (lse, delta) as rows `(Nq, bs)`, so that the transposed score tile
-`(keys, queries)` broadcasts against them without an in-kernel transpose.
+"parallel"). Both stream as the forward does: dQ copies the row's K/V tiles, dK/dV the
+column's Q/dO tiles with their lse and delta rows `(1, bs)`, which broadcast against the
+transposed score tile `(keys, queries)` as they are.
 """
 # pylint: disable=invalid-name
 
@@ -26,181 +25,265 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.block_sparse_attention import base
+from pallas_kernels.block_sparse_attention import pallas_mosaic_tpu_common as common
 
 # None: Mosaic's default scoped-VMEM limit (as the forward's `VMEM_LIMIT_BYTES`).
 VMEM_LIMIT_BYTES = None
 
 
-def _dot_nt(a_MxD, b_NxD, precision):
-  """`a @ b^T` in float32."""
-  return jax.lax.dot_general(
-    a_MxD, b_NxD, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
-  )
-
-
-def _dot_nn(a_MxK, b_KxN, precision):
-  """`a @ b` in float32."""
-  return jax.lax.dot_general(
-    a_MxK, b_KxN, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
-  )
-
-
 def _dq_kernel(
-  row_ptr_ref,
-  cols_ref,
+  offsets_hbm,
+  cols_hbm,
   q_ref,
-  k_ref,
-  v_ref,
-  kmask_ref,
+  k_hbm,
+  v_hbm,
+  kmask_hbm,
   do_ref,
   lse_ref,
   delta_ref,
   dq_ref,
+  offsets_smem,
+  cols_smem,
+  index_sem,
+  k_buf,
+  v_buf,
+  kmask_buf,
+  tile_sems,
   *,
+  num_heads: int,
   block_size: int,
   scale: float,
   precision,
 ):
-  """dQ of one query block: sum over its tiles of `dS @ K`."""
+  """dQ of one query block: sum over its tiles of `dS @ K`, K/V streamed tile by tile."""
   bs = block_size
   g, r = pl.program_id(0), pl.program_id(1)
-  start, stop = row_ptr_ref[g, r], row_ptr_ref[g, r + 1]
+  b = jax.lax.div(g, num_heads)
+  start, stop = common.read_offsets(offsets_hbm, g, r, offsets_smem, index_sem)
   q_BsxD, do_BsxD = q_ref[...], do_ref[...]
-  lse_Bsx1, delta_Bsx1 = lse_ref[...], delta_ref[...]
+  lse_Bsx1 = common.row_to_column(lse_ref[...])
+  delta_Bsx1 = common.row_to_column(delta_ref[...])
 
-  def body(t, dq_BsxD):
-    c = cols_ref[g, t]
-    k_BsxD = k_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
-    v_BsxD = v_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
-    valid_1xBs = kmask_ref[pl.ds(c, 1), :] > 0.5
-    s_BsxBs = jnp.where(valid_1xBs, _dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+  def tile_copies(c, slot):
+    rows = pl.ds(pl.multiple_of(c * bs, bs), bs)
+    return [
+      pltpu.make_async_copy(k_hbm.at[g, rows], k_buf.at[slot], tile_sems.at[0, slot]),
+      pltpu.make_async_copy(v_hbm.at[g, rows], v_buf.at[slot], tile_sems.at[1, slot]),
+      pltpu.make_async_copy(kmask_hbm.at[b, c], kmask_buf.at[slot], tile_sems.at[2, slot]),
+    ]
+
+  def compute(slot, dq_BsxD):
+    k_BsxD, v_BsxD = k_buf[slot], v_buf[slot]
+    valid_1xBs = kmask_buf[slot] > 0.5
+    s_BsxBs = jnp.where(
+      valid_1xBs, common.dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE
+    )
     p_BsxBs = jnp.exp(s_BsxBs - lse_Bsx1)
-    dp_BsxBs = _dot_nt(do_BsxD, v_BsxD, precision)
+    dp_BsxBs = common.dot_nt(do_BsxD, v_BsxD, precision)
     ds_BsxBs = p_BsxBs * (dp_BsxBs - delta_Bsx1)
-    return dq_BsxD + _dot_nn(ds_BsxBs.astype(k_BsxD.dtype), k_BsxD, precision)
+    return dq_BsxD + common.dot_nn(ds_BsxBs.astype(k_BsxD.dtype), k_BsxD, precision)
 
-  dq_BsxD = jax.lax.fori_loop(start, stop, body, jnp.zeros(q_BsxD.shape, jnp.float32))
+  dq_BsxD = common.stream_tiles(
+    g,
+    start,
+    stop,
+    cols_hbm,
+    cols_smem,
+    index_sem,
+    tile_copies,
+    compute,
+    jnp.zeros(q_BsxD.shape, jnp.float32),
+  )
   dq_ref[...] = (dq_BsxD * scale).astype(dq_ref.dtype)
 
 
 def _dkv_kernel(
-  col_ptr_ref,
-  rows_ref,
+  offsets_hbm,
+  rows_hbm,
   k_ref,
   v_ref,
   kmask_ref,
-  q_ref,
-  do_ref,
-  lse_ref,
-  delta_ref,
+  q_hbm,
+  do_hbm,
+  lse_hbm,
+  delta_hbm,
   dk_ref,
   dv_ref,
+  offsets_smem,
+  rows_smem,
+  index_sem,
+  q_buf,
+  do_buf,
+  lse_buf,
+  delta_buf,
+  tile_sems,
   *,
   block_size: int,
   scale: float,
   precision,
 ):
-  """dK, dV of one key block from its column of tiles."""
+  """dK, dV of one key block from its column of tiles, Q/dO streamed tile by tile."""
   bs = block_size
   g, c = pl.program_id(0), pl.program_id(1)
-  start, stop = col_ptr_ref[g, c], col_ptr_ref[g, c + 1]
+  start, stop = common.read_offsets(offsets_hbm, g, c, offsets_smem, index_sem)
   k_BsxD, v_BsxD = k_ref[...], v_ref[...]
-  valid_Bsx1 = kmask_ref[...] > 0.5
+  valid_Bsx1 = common.row_to_column(kmask_ref[...]) > 0.5
 
-  def body(t, carry):
+  def tile_copies(r, slot):
+    rows = pl.ds(pl.multiple_of(r * bs, bs), bs)
+    return [
+      pltpu.make_async_copy(q_hbm.at[g, rows], q_buf.at[slot], tile_sems.at[0, slot]),
+      pltpu.make_async_copy(do_hbm.at[g, rows], do_buf.at[slot], tile_sems.at[1, slot]),
+      pltpu.make_async_copy(lse_hbm.at[g, r], lse_buf.at[slot], tile_sems.at[2, slot]),
+      pltpu.make_async_copy(delta_hbm.at[g, r], delta_buf.at[slot], tile_sems.at[3, slot]),
+    ]
+
+  def compute(slot, carry):
     dk_BsxD, dv_BsxD = carry
-    r = rows_ref[g, t]
-    q_BsxD = q_ref[pl.ds(pl.multiple_of(r * bs, bs), bs), :]
-    do_BsxD = do_ref[pl.ds(pl.multiple_of(r * bs, bs), bs), :]
-    lse_1xBs = lse_ref[pl.ds(r, 1), :]
-    delta_1xBs = delta_ref[pl.ds(r, 1), :]
+    q_BsxD, do_BsxD = q_buf[slot], do_buf[slot]
+    lse_1xBs, delta_1xBs = lse_buf[slot], delta_buf[slot]
     # Transposed tile: rows are this block's keys, columns the query block's queries.
-    sT_BsxBs = jnp.where(valid_Bsx1, _dot_nt(k_BsxD, q_BsxD, precision) * scale, base.MASK_VALUE)
+    sT_BsxBs = jnp.where(
+      valid_Bsx1, common.dot_nt(k_BsxD, q_BsxD, precision) * scale, base.MASK_VALUE
+    )
     pT_BsxBs = jnp.exp(sT_BsxBs - lse_1xBs)
-    dv_BsxD = dv_BsxD + _dot_nn(pT_BsxBs.astype(do_BsxD.dtype), do_BsxD, precision)
-    dpT_BsxBs = _dot_nt(v_BsxD, do_BsxD, precision)
+    dv_BsxD = dv_BsxD + common.dot_nn(pT_BsxBs.astype(do_BsxD.dtype), do_BsxD, precision)
+    dpT_BsxBs = common.dot_nt(v_BsxD, do_BsxD, precision)
     dsT_BsxBs = pT_BsxBs * (dpT_BsxBs - delta_1xBs)
-    dk_BsxD = dk_BsxD + _dot_nn(dsT_BsxBs.astype(q_BsxD.dtype), q_BsxD, precision)
+    dk_BsxD = dk_BsxD + common.dot_nn(dsT_BsxBs.astype(q_BsxD.dtype), q_BsxD, precision)
     return dk_BsxD, dv_BsxD
 
   zeros_BsxD = jnp.zeros(k_BsxD.shape, jnp.float32)
-  dk_BsxD, dv_BsxD = jax.lax.fori_loop(start, stop, body, (zeros_BsxD, zeros_BsxD))
+  dk_BsxD, dv_BsxD = common.stream_tiles(
+    g, start, stop, rows_hbm, rows_smem, index_sem, tile_copies, compute, (zeros_BsxD, zeros_BsxD)
+  )
   dk_ref[...] = (dk_BsxD * scale).astype(dk_ref.dtype)
   dv_ref[...] = dv_BsxD.astype(dv_ref.dtype)
 
 
+def _compiler_params(vmem_limit_bytes):
+  return pltpu.CompilerParams(
+    dimension_semantics=("parallel", "parallel"),
+    vmem_limit_bytes=vmem_limit_bytes or VMEM_LIMIT_BYTES,
+  )
+
+
+def dq_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret, vmem_limit_bytes=None):
+  """The dQ `pallas_call`: grid `(G, Nq)`, K/V/key mask in HBM, streamed."""
+  del Lk
+  bs = block_size
+  blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
+  rows = common.row_block_spec(bs)
+  hbm = pl.BlockSpec(memory_space=pl.ANY)
+  kernel = functools.partial(
+    _dq_kernel,
+    num_heads=num_heads,
+    block_size=bs,
+    scale=scale,
+    precision=common.precision_for(dtype),
+  )
+  return pl.pallas_call(
+    kernel,
+    out_shape=jax.ShapeDtypeStruct((G, Lq, D), dtype),
+    grid=(G, Lq // bs),
+    in_specs=[hbm, hbm, blk(D), hbm, hbm, hbm, blk(D), rows, rows],
+    out_specs=blk(D),
+    scratch_shapes=[
+      *common.index_scratch_shapes(),
+      pltpu.VMEM((2, bs, D), dtype),
+      pltpu.VMEM((2, bs, D), dtype),
+      pltpu.VMEM((2, 1, bs), jnp.float32),
+      pltpu.SemaphoreType.DMA((3, 2)),
+    ],
+    interpret=interpret,
+    compiler_params=_compiler_params(vmem_limit_bytes),
+    name="mra_block_sparse_dq",
+  )
+
+
+def dkv_call(
+  G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret, vmem_limit_bytes=None
+):
+  """The dK/dV `pallas_call`: grid `(G, Nk)`, Q/dO/lse/delta in HBM, streamed."""
+  del Lq
+  bs = block_size
+  blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
+  hbm = pl.BlockSpec(memory_space=pl.ANY)
+  # lax.div, not `//`: g >= 0, and floor division lowers through `sign`, which Mosaic only
+  # lowers on a known TPU generation.
+  kmask_blk = pl.BlockSpec((None, None, 1, bs), lambda g, i: (jax.lax.div(g, num_heads), i, 0, 0))
+  kernel = functools.partial(
+    _dkv_kernel, block_size=bs, scale=scale, precision=common.precision_for(dtype)
+  )
+  return pl.pallas_call(
+    kernel,
+    out_shape=(
+      jax.ShapeDtypeStruct((G, Lk, D), dtype),
+      jax.ShapeDtypeStruct((G, Lk, D), dtype),
+    ),
+    grid=(G, Lk // bs),
+    in_specs=[hbm, hbm, blk(D), blk(D), kmask_blk, hbm, hbm, hbm, hbm],
+    out_specs=(blk(D), blk(D)),
+    scratch_shapes=[
+      *common.index_scratch_shapes(),
+      pltpu.VMEM((2, bs, D), dtype),
+      pltpu.VMEM((2, bs, D), dtype),
+      pltpu.VMEM((2, 1, bs), jnp.float32),
+      pltpu.VMEM((2, 1, bs), jnp.float32),
+      pltpu.SemaphoreType.DMA((4, 2)),
+    ],
+    interpret=interpret,
+    compiler_params=_compiler_params(vmem_limit_bytes),
+    name="mra_block_sparse_dkv",
+  )
+
+
 def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotangents):
-  """The custom-VJP backward of `pallas_mosaic_tpu._attention` (G = B * H layouts)."""
+  """The custom-VJP backward of `pallas_mosaic_tpu._attention` (G = B * H layouts).
+
+  Per-query vectors (m0, lse, their cotangents, delta) are `(G, Nq, 1, bs)` rows.
+  """
   del eps
-  q, k, v, views, kmask_rows, kmask_col, m0, out, lse = residuals
+  q, k, v, views, kmask_tiles, m0, out, lse = residuals
   dout, dlse = cotangents
   G, Lq, D = q.shape
   Lk = k.shape[1]
-  bs, Nq, Nk = block_size, Lq // block_size, Lk // block_size
-  delta = jnp.sum(dout * out, axis=-1, keepdims=True) - dlse
+  delta = jnp.sum(dout * out, axis=-1).reshape(lse.shape) - dlse
   do = dout.astype(q.dtype)
-  precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
-  compiler_params = pltpu.CompilerParams(
-    dimension_semantics=("parallel", "parallel"), vmem_limit_bytes=VMEM_LIMIT_BYTES
+  shape_args = (G, Lq, Lk, D, q.dtype)
+  options = dict(num_heads=num_heads, block_size=block_size, scale=scale)
+
+  dq = common.call(
+    lambda interp: dq_call(*shape_args, **options, interpret=interp),
+    (
+      common.offsets_by_program(views.row_ptr_GxNq1),
+      common.chunked_indices(views.cols_by_row_GxK),
+      q,
+      k,
+      v,
+      kmask_tiles,
+      do,
+      lse,
+      delta,
+    ),
+    interpret,
   )
-  # Index maps get the scalar-prefetch refs as trailing arguments; these ignore them.
-  blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i, *_: (g, i, 0))
-  whole = lambda n, d: pl.BlockSpec((None, n, d), lambda g, i, *_: (g, 0, 0))
-  batch = lambda g: jax.lax.div(g, num_heads)  # g >= 0; `//` lowers through `sign`
-
-  dq = pl.pallas_call(
-    functools.partial(_dq_kernel, block_size=bs, scale=scale, precision=precision),
-    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-    grid_spec=pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=2,
-      grid=(G, Nq),
-      in_specs=[
-        blk(D),
-        whole(Lk, D),
-        whole(Lk, D),
-        pl.BlockSpec((None, Nk, bs), lambda g, i, *_: (batch(g), 0, 0)),
-        blk(D),
-        blk(1),
-        blk(1),
-      ],
-      out_specs=blk(D),
+  dk, dv = common.call(
+    lambda interp: dkv_call(*shape_args, **options, interpret=interp),
+    (
+      common.offsets_by_program(views.col_ptr_GxNk1),
+      common.chunked_indices(views.rows_by_col_GxK),
+      k,
+      v,
+      kmask_tiles,
+      q,
+      do,
+      lse,
+      delta,
     ),
-    interpret=interpret,
-    compiler_params=compiler_params,
-    name="mra_block_sparse_dq",
-  )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, do, lse, delta)
-
-  dk, dv = pl.pallas_call(
-    functools.partial(_dkv_kernel, block_size=bs, scale=scale, precision=precision),
-    out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-    grid_spec=pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=2,
-      grid=(G, Nk),
-      in_specs=[
-        blk(D),
-        blk(D),
-        pl.BlockSpec((None, bs, 1), lambda g, i, *_: (batch(g), i, 0)),
-        whole(Lq, D),
-        whole(Lq, D),
-        whole(Nq, bs),
-        whole(Nq, bs),
-      ],
-      out_specs=(blk(D), blk(D)),
-    ),
-    interpret=interpret,
-    compiler_params=compiler_params,
-    name="mra_block_sparse_dkv",
-  )(
-    views.col_ptr_GxNk1,
-    views.rows_by_col_GxK,
-    k,
-    v,
-    kmask_col,
-    q,
-    do,
-    lse.reshape(G, Nq, bs),
-    delta.reshape(G, Nq, bs),
+    interpret,
   )
   # d out / d acc0 = exp(m0 - m) / (l + eps) = exp(m0 - lse); d lse / d l0 likewise.
   init_weight = jnp.exp(m0 - lse)
-  return dq, dk, dv, None, None, None, None, -delta * init_weight, dout * init_weight
+  dacc0 = dout * init_weight.reshape(G, Lq, 1)
+  return dq, dk, dv, None, None, None, -delta * init_weight, dacc0

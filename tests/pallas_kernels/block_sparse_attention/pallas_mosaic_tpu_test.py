@@ -1,8 +1,18 @@
-"""The Pallas Mosaic TPU kernels against the contract, in both interpret modes on CPU."""
+"""The Pallas Mosaic TPU kernels against the contract, in both interpret modes on CPU.
+
+Both interpreters run the kernels' DMAs and semaphores: `interpret=True` as HLO, and
+`pltpu.InterpretParams` with simulated HBM/VMEM/SMEM, DMA completion on wait, and a race
+detector. The small-chunk classes read the tile lists a few entries at a time, so that rows
+cross index-chunk boundaries (the default chunk is larger than any row here).
+"""
 
 import pytest
+
+# The race detector's findings are kept only in the interpreter's module state.
+from jax._src.pallas.mosaic.interpret import interpret_pallas_call as tpu_interpreter
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels.block_sparse_attention import pallas_mosaic_tpu_common as common
 from tests.pallas_kernels.block_sparse_attention import contract
 
 
@@ -12,15 +22,30 @@ class TestPallasMosaicTpuInterpret(contract.BlockSparseAttentionContract):
   CASE_NAMES = (*contract.DEFAULT_CASE_NAMES, "bf16_bs128_two_rows")
 
 
-class TestPallasMosaicTpuTpuInterpret(contract.BlockSparseAttentionContract):
-  """TPU semantics (simulated VMEM/SMEM, scalar prefetch, output-revisit checks), which cost
-  milliseconds per grid step: one small case."""
+class TestPallasMosaicTpuInterpretSmallIndexChunks(contract.BlockSparseAttentionContract):
+  """Chunks of 3 tile indices: rows start and end mid-chunk and span several chunks."""
 
   IMPLEMENTATION = "pallas_mosaic_tpu"
-  INTERPRET = pltpu.InterpretParams()
+  INTERPRET = True
+  CASE_NAMES = ("f32_bs32_mra_state", "f32_batch_padding_cross_lengths")
+
+  @pytest.fixture(autouse=True)
+  def _small_chunks(self, monkeypatch):
+    monkeypatch.setattr(common, "INDEX_CHUNK", 3)
+
+
+class TestPallasMosaicTpuTpuInterpret(contract.BlockSparseAttentionContract):
+  """TPU semantics (simulated memories and DMAs, race detection, output-revisit checks), which
+  cost milliseconds per grid step: one small case, its tile list read one index at a time."""
+
+  IMPLEMENTATION = "pallas_mosaic_tpu"
+  INTERPRET = pltpu.InterpretParams(detect_races=True)
   CASE_NAMES = ("f32_bs64_two_rows",)
 
   @pytest.fixture(autouse=True)
-  def _reset_interpreter(self):
+  def _one_index_chunks_and_reset(self, monkeypatch):
+    monkeypatch.setattr(common, "INDEX_CHUNK", 1)
     yield
+    races = tpu_interpreter.races
     pltpu.reset_tpu_interpret_mode_state()
+    assert races is not None and not races.races_found, "the race detector found a race"

@@ -1,0 +1,130 @@
+"""The Mosaic TPU kernels compiled by libtpu for real TPU targets, from a CPU-only host.
+
+Each program is MRA's forward and gradient (three kernels: forward, dQ, dK/dV) compiled at
+the default scoped-VMEM limit (16 MiB on v5e, 32 MiB on v6e), at the lengths where kernels
+that keep a whole head resident overflowed it. What passes here fits the chip's memories and
+layouts; numbers and speed need a device.
+"""
+# pylint: disable=invalid-name
+
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import SingleDeviceSharding
+
+import mra_jax
+from pallas_kernels import compile_only
+from pallas_kernels.block_sparse_attention import api
+from pallas_kernels.block_sparse_attention import pallas_mosaic_tpu as tpu_kernels
+from pallas_kernels.block_sparse_attention import pallas_mosaic_tpu_vjp as tpu_kernels_vjp
+
+# Test processes running side by side (pytest -n) each load libtpu; without this it refuses
+# every process but the first. It must be set before libtpu starts, which is the first
+# `compile_only.tpu_devices` call.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+pytestmark = pytest.mark.usefixtures("tpu_compile")
+
+_TOPOLOGY = {"v5e": "v5e:2x2", "v6e": "v6e:2x2"}
+_KERNELS = 3  # forward, dQ, dK/dV
+
+
+def _placed(device):
+  sharding = SingleDeviceSharding(device)
+  return lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+
+def _compile_mra_forward_and_grad(chip, *, L, dtype, B, H, D=64):
+  """MRA-2 forward and the gradient in q, k, v, as one program compiled for `chip`."""
+  sds = _placed(compile_only.tpu_devices(_TOPOLOGY[chip])[0])
+  x = sds((B, L, H, D), dtype)
+
+  def forward_and_grad(q, k, v):
+    out, pullback = jax.vjp(
+      lambda q, k, v: mra_jax.mra_attention(q, k, v, impl="pallas_mosaic_tpu"), q, k, v
+    )
+    return out, pullback(out)
+
+  return jax.jit(forward_and_grad).trace(x, x, x).lower().compile()
+
+
+def test_kernels_keep_the_default_vmem_limit():
+  assert tpu_kernels.VMEM_LIMIT_BYTES is None
+  assert tpu_kernels_vjp.VMEM_LIMIT_BYTES is None
+
+
+# Compile times on a 2-core CPU (bf16 and f32 alike): v5e L=65536 ~45 s, v6e L=32768 ~65 s,
+# each program; B and H do not change the kernels, only the grid. The default run holds one
+# program per chip and the HBM check; the rest of the matrix is slow.
+_DEFAULT = (("v5e", "bf16", 1), ("v6e", "f32", 8), ("v5e", "bf16", 8))
+_LONG = [
+  pytest.param(
+    chip,
+    L,
+    dtype,
+    B,
+    H,
+    id=f"{chip}-L{L}-{name}-B{B}H{H}",
+    marks=() if (chip, name, B) in _DEFAULT else pytest.mark.slow,
+  )
+  for chip, L in (("v5e", 65536), ("v6e", 32768))
+  for dtype, name in ((jnp.bfloat16, "bf16"), (jnp.float32, "f32"))
+  for B, H in ((1, 8), (8, 12))
+]
+
+
+@pytest.mark.parametrize("chip, L, dtype, B, H", _LONG)
+def test_mra_forward_and_grad_compile_at_long_lengths(chip, L, dtype, B, H):
+  if chip == "v5e" and B * H * L > 8 * 12 * 32768:
+    # A v5e holds 16 GiB of HBM: MRA's forward and gradient for 96 heads of 65536 tokens
+    # (q, k, v, the float32 initial state and output, and their gradients) do not fit,
+    # whatever the kernels do. What must hold: the refusal is HBM's, not VMEM's.
+    with pytest.raises(jax.errors.JaxRuntimeError, match="Ran out of memory on HBM"):
+      _compile_mra_forward_and_grad(chip, L=L, dtype=dtype, B=B, H=H)
+    return
+  compiled = _compile_mra_forward_and_grad(chip, L=L, dtype=dtype, B=B, H=H)
+  calls = compile_only.custom_calls(compiled, "tpu_custom_call")
+  assert len(calls) == _KERNELS
+  # The kernels see the whole (B * H, L, D) arrays: nothing was split to fit.
+  dtype_name = "bf16" if dtype == jnp.bfloat16 else "f32"
+  assert all(f"{dtype_name}[{B * H},{L},64]" in call.operands for call in calls)
+
+
+def _op_args(sds, *, B, H, L, D, K, dtype):
+  return (
+    sds((B, H, L, D), dtype),
+    sds((B, H, L, D), dtype),
+    sds((B, H, L, D), dtype),
+    sds((B, H, K), jnp.int32),
+    sds((B, L), jnp.bool_),
+    sds((B, H, L), jnp.float32),
+    sds((B, H, L), jnp.float32),
+    sds((B, H, L, D), jnp.float32),
+  )
+
+
+@pytest.mark.parametrize("chip", ["v5e", "v6e"])
+@pytest.mark.parametrize(
+  "dtype, block_size, D", [(jnp.bfloat16, 32, 64), (jnp.float32, 64, 128), (jnp.bfloat16, 128, 32)]
+)
+def test_op_forward_and_vjp_compile(chip, dtype, block_size, D):
+  sds = _placed(compile_only.tpu_devices(_TOPOLOGY[chip])[0])
+  B, H, L = 2, 2, 512
+  args = _op_args(sds, B=B, H=H, L=L, D=D, K=(L // block_size) * 3, dtype=dtype)
+
+  def forward(*args):
+    return api.block_sparse_attention(
+      *args, block_size=block_size, implementation="pallas_mosaic_tpu"
+    )
+
+  def vjp(q, k, v, ids, valid, m0, l0, acc0):
+    outs, pullback = jax.vjp(
+      lambda q, k, v, l0, acc0: forward(q, k, v, ids, valid, m0, l0, acc0), q, k, v, l0, acc0
+    )
+    return pullback(outs)
+
+  for fn, kernels in ((forward, 1), (vjp, _KERNELS)):
+    compiled = jax.jit(fn).trace(*args).lower().compile()
+    assert len(compile_only.custom_calls(compiled, "tpu_custom_call")) == kernels
