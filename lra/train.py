@@ -24,8 +24,8 @@ import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from lra import checkpoints, inputs, memory, models, optim, reporting
-from lra.data import tasks
+from lra import checkpoints, inputs, memory, models, optim, provenance, reporting
+from lra.data import builders, tasks
 
 RESULTS_FILE = "results.json"
 
@@ -101,6 +101,8 @@ def _check_sizes(config, num_devices: int) -> None:
   ):
     if getattr(config, name) < 1:
       raise ValueError(f"{name} must be >= 1; got {name}={getattr(config, name)}")
+  if config.data_workers < -1:
+    raise ValueError(f"data_workers must be -1 (auto) or >= 0; got {config.data_workers}")
   micro, rem = divmod(config.batch_size, config.grad_accum_steps)
   if rem or micro % num_devices:
     raise ValueError(
@@ -276,6 +278,18 @@ class _EvalBatches:
     return kept
 
 
+def _provenance(config, data_dir: str) -> dict:
+  """The code, software, device and data fingerprint of this session (`lra.provenance`)."""
+  version_dir = builders.version_dir(config.task, data_dir)
+  stamp = os.path.join(data_dir, inputs.GENERATED_STAMP.format(task=config.task))
+  return {
+    "code": provenance.code_version(),
+    "software": provenance.software_versions(),
+    "device": provenance.device_record(),
+    "data": provenance.data_fingerprint(version_dir, stamp),
+  }
+
+
 def _read_metrics(metrics: dict) -> tuple[float, float]:
   """A step's (loss, accuracy) on the host; waits for that step to finish."""
   loss, accuracy = jax.device_get((metrics["loss"], metrics["accuracy"]))
@@ -322,6 +336,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if primary:
     checkpoints.store_config(workdir, config)
   os.makedirs(workdir, exist_ok=True)
+  made_with = _provenance(config, data_dir)
   # Auto axes: jit places the gradient all-reduce itself (no explicit-sharding typing).
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   replicated = jax.NamedSharding(mesh, jax.P())
@@ -344,7 +359,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   )
 
   train_loader = inputs.make_loader(
-    config, data_dir, "train", batch_size=config.batch_size, train=True
+    config,
+    data_dir,
+    "train",
+    batch_size=config.batch_size,
+    train=True,
+    workers=inputs.data_workers(config),
   )
   ckpt = checkpoints.Checkpointer(workdir)
   writer = reporting.MetricsWriter(workdir, enabled=primary)
@@ -402,6 +422,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       )
       writer.close()
       bar.close()
+      train_loader.close()
       raise NonFiniteLossError(
         f"Training loss is {loss} at step {step}; stopped (metrics written to "
         f"{os.path.join(workdir, reporting.METRICS_FILE)}). Try a lower learning_rate "
@@ -471,6 +492,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       meta = {"loader": position, "best": best, "window": dataclasses.asdict(window)}
       ckpt.save(step, state, meta)
   bar.close()
+  train_loader.close()
   train_seconds = time.time() - train_start
 
   best_params = state["params"]
@@ -503,6 +525,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     "train_seconds_this_session": round(train_seconds, 1),
     "steps_this_session": timed_steps,
     "config": checkpoints.config_record(config),
+    # The code, software, device and data of the session that wrote this file; never part
+    # of the workdir's config stamp, so a new commit or library version resumes.
+    "provenance": made_with,
   }
   if primary:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:

@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lra import checkpoints, inputs, reporting, train
+from lra import checkpoints, inputs, provenance, reporting, train
 from lra.data import builders, digests, errors, pipeline, prepare_lib
 
 from .data import digests_test  # pylint: disable=relative-beyond-top-level
@@ -358,3 +358,29 @@ def test_every_attention_trains(name, prepared, tmp_path):
   assert [e["split"] for e in events] == ["train", "train", "validation", "test"]
   assert all(np.isfinite(e["loss"]) for e in events)
   assert results["config"]["attention_kwargs"] == {name: config.attention_kwargs[name].to_dict()}
+
+
+def test_results_record_provenance_and_the_stamp_does_not(prepared, tmp_path, monkeypatch):
+  data_dir = prepared("listops")
+  config = tiny_config("listops", data_dir, num_train_steps=2)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  made = results["provenance"]
+  assert made["code"] == provenance.code_version()
+  assert made["code"]["source"] == "git" and len(made["code"]["commit"]) == 40
+  assert made["software"]["jax"] == jax.__version__
+  assert made["device"]["platform"] == "cpu" and made["device"]["num_devices"] == 4
+  with open(os.path.join(builders.version_dir("listops", data_dir), digests.DIGEST_FILE)) as f:
+    stored = json.load(f)
+  splits = {k: v for k, v in stored["sha256"].items() if ".array_record" in k}
+  assert made["data"]["split_sha256"] == splits and len(splits) == 3
+  assert made["data"]["command"] == stored["command"]
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["provenance"] == made
+  with open(tmp_path / checkpoints.CONFIG_FILE) as f:
+    stamp_text = f.read()
+  assert "provenance" not in stamp_text and made["code"]["commit"] not in stamp_text
+  # Another commit (or library version) resumes the workdir and is recorded.
+  other = {"commit": "f" * 40, "dirty": True, "source": "git"}
+  monkeypatch.setattr(provenance, "code_version", lambda: other)
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again["steps_this_session"] == 0 and again["provenance"]["code"] == other
