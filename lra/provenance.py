@@ -133,8 +133,21 @@ def device_record() -> dict:
     "device_kind": first.device_kind,
     "num_devices": jax.device_count(),
     "num_processes": jax.process_count(),
-    "host_cpus": os.cpu_count(),
+    # XLA's CPU code splits work by the cores it sees, so CPU results depend on both.
+    "host_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    "host_cpu_model": _cpu_model(),
   }
+
+
+def _cpu_model() -> str | None:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or None
 
 
 def data_fingerprint(version_dir: str, generated_stamp: str | None = None) -> dict:
