@@ -24,7 +24,7 @@ Variants (after the colon, comma-separated):
                 expressions (< 250 tokens) generated into <workdir>/data, length 256, 1500
                 steps at batch 32, OneCycle peak 1e-3; mra2 refines 2 of 8 blocks per row.
                 Measured on a 2-core CPU VM (2026-11-22, rerun 2026-11-27 on commit 33df942
-                with the same figures): test accuracy mra2 35.8 %, softmax SOFTMAX_SHORT; chance
+                with the same figures): test accuracy mra2 35.8 %, softmax 34.1 %; chance
                 10 %, majority label 16.6 %. Reproduces bit for bit only on the same CPU and
                 core count (docs/lra.md says why). 13-16 min per run on 2 cores shared with
                 other jobs, 40-60 min at load 15-19.
