@@ -34,6 +34,9 @@ _STEPS = flags.DEFINE_integer("steps", 0, "Train steps (0: the protocol's 5000).
 _WORKERS = flags.DEFINE_integer(
   "workers", 0, "Data generation processes (0: every core); training uses the config default."
 )
+_DATA_WORKERS = flags.DEFINE_integer(
+  "data_workers", -1, "Training input processes (-1: the config's default, from the core count)."
+)
 _TINY = flags.DEFINE_boolean(
   "tiny", False, "Tiny data and model, a few steps: checks the command end to end on a CPU."
 )
@@ -43,7 +46,9 @@ TINY_SIZES = (96, 32, 32)
 TINY_MAX_TOKENS = 64
 
 
-def run_config(attention: str, data_dir: str, *, steps: int = 0, tiny: bool = False):
+def run_config(
+  attention: str, data_dir: str, *, steps: int = 0, tiny: bool = False, data_workers: int = -1
+):
   """The `configs/listops.py` config of one run of this command.
 
   The default protocol unchanged except for `data_dir`, `steps` (> 0 replaces
@@ -52,6 +57,7 @@ def run_config(attention: str, data_dir: str, *, steps: int = 0, tiny: bool = Fa
   c = listops_config.get_config(f"attention={attention}")
   c.data_dir = data_dir
   c.plot = False
+  c.data_workers = data_workers
   if steps:
     c.num_train_steps = steps
   if tiny:
@@ -100,6 +106,7 @@ def run(
   steps: int = 0,
   tiny: bool = False,
   workers: int = 0,
+  data_workers: int = -1,
 ) -> dict:
   """Generates the data, trains every attention, writes and returns the summary."""
   if not attentions:
@@ -147,7 +154,12 @@ def main(argv):
     raise app.UsageError("--out is required")
   try:
     summary = run(
-      _OUT.value, _ATTENTIONS.value, steps=_STEPS.value, tiny=_TINY.value, workers=_WORKERS.value
+      _OUT.value,
+      _ATTENTIONS.value,
+      steps=_STEPS.value,
+      tiny=_TINY.value,
+      workers=_WORKERS.value,
+      data_workers=_DATA_WORKERS.value,
     )
   except (errors.DataNotFoundError, errors.DataCorruptError, train.NonFiniteLossError) as e:
     sys.exit(f"{type(e).__name__}: {e}")
