@@ -119,6 +119,8 @@ def make_config(
   c.token_order = "auto"                 # "auto" | "row_major" | "patch" (4x8 tiles, images).
   c.check_memory = True                  # Warn before training if activations may not fit.
   c.plot = True                          # Write learning_curve.png at the end.
+  c.data_workers = -1                    # Input processes; -1 = from the core count (0 on
+                                         # < 4 cores). Any count gives the same batches.
 
   # lra.models.ModelConfig(**c.model, <task and run fields>): the same keys.
   c.model = ml_collections.ConfigDict()

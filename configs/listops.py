@@ -10,7 +10,9 @@ Variants (after the colon, comma-separated):
   (default)     MRA-paper protocol (docs/lra.md "Protocols"): 2 layers x 64, 2 heads, 5000
                 steps, batch 32, OneCycle peak 1e-4, warmup 1000, length 2048. Expected test
                 accuracy: the MRA/Nystromformer papers report about 37-38 % for softmax and
-                MRA-2 (not yet measured with this code). Runtime: not yet measured.
+                MRA-2 (not yet measured with this code). Runtime on one GPU: estimated 1-2 min
+                per attention on an H100, not yet measured (`python -m lra.gpu_run`,
+                docs/gpu.md "LRA on one GPU").
   protocol=lra  Original LRA config (the LRA paper's release): 4 layers x 512, 8 heads, CLS,
                 sinusoidal positions, LR 0.05 rsqrt, length 2000. LRA leaderboard: Transformer
                 36.37 %. Not yet measured with this code.
@@ -18,12 +20,14 @@ Variants (after the colon, comma-separated):
                 trains 40 steps at batch 16, length 320. Measured 2026-11-22 on a 2-core CPU VM
                 shared with other jobs: 51-75 s end to end (mra2), test accuracy 0.1125 (near
                 chance by design: it checks that everything runs).
-  cpu           The CPU accuracy setting (docs/lra.md): 20k/1k/2k short ListOps expressions
-                (< 250 tokens) generated into <workdir>/data, length 256, 1500 steps at batch 32,
-                OneCycle peak 1e-3; mra2 refines 2 of 8 blocks per row. Measured 2026-11-22 on a
-                2-core CPU VM, both runs sharing it with other jobs: test accuracy mra2 35.8 %
-                (13.4 min), softmax 34.1 % (16.2 min); chance 10 %, majority label 16.6 %.
-                Details in docs/lra.md.
+  cpu           The CPU accuracy setting (docs/lra.md "Accuracy"): 20k/1k/2k short ListOps
+                expressions (< 250 tokens) generated into <workdir>/data, length 256, 1500
+                steps at batch 32, OneCycle peak 1e-3; mra2 refines 2 of 8 blocks per row.
+                Measured on a 2-core CPU VM (2026-11-22, rerun 2026-11-27 on commit 33df942
+                with the same figures): test accuracy mra2 35.8 %, softmax 34.1 %; chance
+                10 %, majority label 16.6 %. Reproduces bit for bit only on the same CPU and
+                core count (docs/lra.md says why). 13-16 min per run on 2 cores shared with
+                other jobs, 40-60 min at load 15-19.
 """
 
 from configs import common

@@ -15,6 +15,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 CONFIG_FILE = "config.json"
+# Keys that change how a run goes, never what it computes: a different value resumes.
+RUN_ONLY_KEYS = ("data_workers", "plot", "check_memory")
 
 
 class ConfigMismatchError(ValueError):
@@ -23,6 +25,9 @@ class ConfigMismatchError(ValueError):
 
 def config_record(config: ml_collections.ConfigDict | dict) -> dict:
   """The config as a run records it: JSON types, only the chosen attention's knobs.
+
+  Keys in `RUN_ONLY_KEYS` (input workers, plotting, the memory check) are recorded but not
+  compared: changing them resumes a run.
 
   A config carries a knob block for every registered attention (so any of them can be
   chosen from the command line); the others do not affect the run, so they are left out
@@ -56,7 +61,11 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     return
   with open(path) as f:
     stored = config_record(json.load(f))
-  differences = list(_diff(stored, config_record(config)))
+  current = config_record(config)
+  for key in RUN_ONLY_KEYS:
+    stored.pop(key, None)
+    current.pop(key, None)
+  differences = list(_diff(stored, current))
   if differences:
     raise ConfigMismatchError(
       f"workdir={workdir!r} was made by a different config ({path}), so it cannot be "

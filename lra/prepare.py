@@ -1,7 +1,7 @@
 r"""Generates or converts the data of one LRA task.
 
   python -m lra.prepare --task=listops --data_dir=DIR [--source=PATH] [--seed=S] \
-      [--num_train=N --num_val=N --num_test=N] [--max_tokens=N] [--overwrite]
+      [--num_train=N --num_val=N --num_test=N] [--max_tokens=N] [--overwrite] [--workers=N]
 
 Data already prepared is checked against the sha256 digests written with it; `--overwrite`
 deletes it and prepares it anew (the remedy a digest mismatch names).
@@ -31,6 +31,9 @@ _NUM_TEST = flags.DEFINE_integer("num_test", None, "Test examples (default: offi
 _MAX_TOKENS = flags.DEFINE_integer(
   "max_tokens", 0, "ListOps generation only: > 0 makes expressions shorter than this."
 )
+_WORKERS = flags.DEFINE_integer(
+  "workers", 0, "Generator processes (0: every core); the data is the same for any count."
+)
 _OVERWRITE = flags.DEFINE_boolean(
   "overwrite", False, "Delete the task's stored files first and prepare them anew."
 )
@@ -56,6 +59,7 @@ def main(argv):
       num_test=_NUM_TEST.value,
       max_tokens=_MAX_TOKENS.value,
       overwrite=_OVERWRITE.value,
+      workers=_WORKERS.value,
     )
   except (errors.DataNotFoundError, errors.DataCorruptError) as e:
     # Expected failures with a remedy in the message: say it plainly, no traceback.

@@ -9,11 +9,13 @@ replays the same steps and ends bit-identical (on CPU) to an uninterrupted one.
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +24,8 @@ import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from lra import checkpoints, inputs, memory, models, optim, reporting
-from lra.data import tasks
+from lra import checkpoints, inputs, memory, models, optim, provenance, reporting
+from lra.data import builders, tasks
 
 RESULTS_FILE = "results.json"
 
@@ -99,6 +101,8 @@ def _check_sizes(config, num_devices: int) -> None:
   ):
     if getattr(config, name) < 1:
       raise ValueError(f"{name} must be >= 1; got {name}={getattr(config, name)}")
+  if config.data_workers < -1:
+    raise ValueError(f"data_workers must be -1 (auto) or >= 0; got {config.data_workers}")
   micro, rem = divmod(config.batch_size, config.grad_accum_steps)
   if rem or micro % num_devices:
     raise ValueError(
@@ -179,17 +183,22 @@ def make_eval_step(graphdef):
 
 
 def evaluate(
-  eval_step, params, rest, loader, *, batch_size: int, num_batches: int, sharding
+  eval_step, params, rest, batches: Iterable[dict], *, batch_size: int, num_batches: int, sharding
 ) -> dict:
-  """Mean loss and accuracy over the first `num_batches` batches (-1: all) of `loader`."""
-  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-  for i, batch in enumerate(loader):
+  """Mean loss and accuracy over the first `num_batches` (-1: all) of `batches`.
+
+  The per-batch sums stay on the device and are read once at the end, so the host never
+  waits for one batch before sending the next.
+  """
+  totals = None
+  for i, batch in enumerate(batches):
     if 0 <= num_batches <= i:
       break
     local = batch_size // jax.process_count()
     sums = eval_step(params, rest, inputs.to_global(inputs.pad_batch(batch, local), sharding))
-    for key, value in jax.device_get(sums).items():
-      totals[key] += float(value)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0} if totals is None else totals
+  totals = {key: float(value) for key, value in jax.device_get(totals).items()}
   count = max(totals["count"], 1.0)
   return {
     "loss": totals["loss"] / count,
@@ -229,6 +238,62 @@ def _warn_if_memory_is_short(config, cfg: models.ModelConfig) -> None:
     what=f"{config.task} with {config.attention} at batch {micro} "
     f"per device, length {cfg.sequence_length}",
   )
+
+
+# Validation batches are kept in host memory up to this size: a run evaluates the same
+# batches every `eval_every_steps`, and rereading them cost as much input work as training
+# on the MRA protocol's ListOps (62 batches every 50 steps).
+EVAL_CACHE_BYTES = 2 << 30
+
+
+class _EvalBatches:
+  """The evaluation batches of a run; validation is read once and kept while it fits."""
+
+  def __init__(self, config, data_dir: str):
+    self._config = config
+    self._data_dir = data_dir
+    self._cache: dict[tuple[str, int], list[dict]] = {}
+
+  def _loader(self, split: str):
+    return inputs.make_loader(
+      self._config, self._data_dir, split, batch_size=self._config.eval_batch_size, train=False
+    )
+
+  def batches(self, split: str, num_batches: int) -> Iterable[dict]:
+    """The first `num_batches` (-1: all) host batches of `split`, in order."""
+    key = (split, num_batches)
+    if key in self._cache:
+      return self._cache[key]
+    if split != "validation":
+      return self._loader(split)
+    kept, size = [], 0
+    stream = itertools.islice(self._loader(split), None if num_batches < 0 else num_batches)
+    for batch in stream:
+      kept.append(batch)
+      size += sum(v.nbytes for v in batch.values())
+      if size > EVAL_CACHE_BYTES:
+        logging.info("validation batches exceed %d bytes: reread at every evaluation", size)
+        return itertools.chain(kept, stream)
+    self._cache[key] = kept
+    return kept
+
+
+def _provenance(config, data_dir: str) -> dict:
+  """The code, software, device and data fingerprint of this session (`lra.provenance`)."""
+  version_dir = builders.version_dir(config.task, data_dir)
+  stamp = os.path.join(data_dir, inputs.GENERATED_STAMP.format(task=config.task))
+  return {
+    "code": provenance.code_version(),
+    "software": provenance.software_versions(),
+    "device": provenance.device_record(),
+    "data": provenance.data_fingerprint(version_dir, stamp),
+  }
+
+
+def _read_metrics(metrics: dict) -> tuple[float, float]:
+  """A step's (loss, accuracy) on the host; waits for that step to finish."""
+  loss, accuracy = jax.device_get((metrics["loss"], metrics["accuracy"]))
+  return float(loss), float(accuracy)
 
 
 @dataclasses.dataclass
@@ -271,6 +336,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if primary:
     checkpoints.store_config(workdir, config)
   os.makedirs(workdir, exist_ok=True)
+  made_with = _provenance(config, data_dir)
   # Auto axes: jit places the gradient all-reduce itself (no explicit-sharding typing).
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   replicated = jax.NamedSharding(mesh, jax.P())
@@ -293,7 +359,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   )
 
   train_loader = inputs.make_loader(
-    config, data_dir, "train", batch_size=config.batch_size, train=True
+    config,
+    data_dir,
+    "train",
+    batch_size=config.batch_size,
+    train=True,
+    workers=inputs.data_workers(config),
   )
   ckpt = checkpoints.Checkpointer(workdir)
   writer = reporting.MetricsWriter(workdir, enabled=primary)
@@ -312,19 +383,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
 
+  eval_data = _EvalBatches(config, data_dir)
+
   def run_eval(split, params_, num_batches):
-    loader = inputs.make_loader(
-      config, data_dir, split, batch_size=config.eval_batch_size, train=False
-    )
     return evaluate(
       eval_step,
       params_,
       state["rest"],
-      loader,
+      eval_data.batches(split, num_batches),
       batch_size=config.eval_batch_size,
       num_batches=num_batches,
       sharding=batch_sharding,
     )
+
+  def due(step: int, every: int) -> bool:
+    return step % every == 0 or step == config.num_train_steps
 
   bar = tqdm.tqdm(
     total=config.num_train_steps,
@@ -334,19 +407,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
     unit="step",
     dynamic_ncols=True,
   )
-  iterator = iter(train_loader)
-  train_start, timed_steps = time.time(), 0
-  for step in range(start_step + 1, config.num_train_steps + 1):
-    batch = inputs.to_global(next(iterator), batch_sharding)
-    state, metrics = train_step(state, batch, jax.random.fold_in(dropout_root, step))
-    loss, accuracy = (float(x) for x in jax.device_get((metrics["loss"], metrics["accuracy"])))
-    timed_steps += 1
+
+  def record(step: int, metrics) -> None:
+    """Reads `step`'s metrics to the host: checks the loss, logs, advances the bar.
+
+    Called one step late (the next step is already queued), so reading never leaves the
+    device idle; a step that evaluates or checkpoints is read at once, before either.
+    """
+    nonlocal window
+    loss, accuracy = _read_metrics(metrics)
     if not math.isfinite(loss):
       writer.write(
         step, "train", loss=loss, accuracy=accuracy, learning_rate=float(lr_schedule(step - 1))
       )
       writer.close()
       bar.close()
+      train_loader.close()
       raise NonFiniteLossError(
         f"Training loss is {loss} at step {step}; stopped (metrics written to "
         f"{os.path.join(workdir, reporting.METRICS_FILE)}). Try a lower learning_rate "
@@ -359,7 +435,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     window.count += 1
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+    if due(step, config.log_every_steps):
       elapsed = time.time() - window.start_time
       writer.write(
         step,
@@ -370,7 +446,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
         steps_per_sec=window.count / max(elapsed, 1e-9),
       )
       window = _Window()
-    if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+
+  iterator = iter(train_loader)
+
+  def fetch(step: int) -> tuple[dict, dict | None]:
+    """Batch `step` on the devices (the copy runs while the current step computes), and
+    the loader position after it when `step` writes a checkpoint."""
+    host_batch = next(iterator)
+    position = train_loader.get_state() if due(step, config.checkpoint_every_steps) else None
+    return inputs.to_global(host_batch, batch_sharding), position
+
+  train_start, timed_steps = time.time(), 0
+  upcoming = fetch(start_step + 1) if start_step < config.num_train_steps else None
+  unread = None  # (step, metrics) dispatched but not yet read to the host.
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    batch, position = upcoming
+    state, metrics = train_step(state, batch, jax.random.fold_in(dropout_root, step))
+    timed_steps += 1
+    if step < config.num_train_steps:
+      upcoming = fetch(step + 1)
+    if unread is not None:
+      record(*unread)
+    unread = (step, metrics)
+    evaluates = due(step, config.eval_every_steps)
+    if not (evaluates or due(step, config.checkpoint_every_steps)):
+      continue
+    # Nothing of this step is evaluated or saved before its loss has been checked.
+    record(*unread)
+    unread = None
+    if evaluates:
       val = run_eval("validation", state["params"], config.num_eval_batches)
       writer.write(
         step,
@@ -384,14 +488,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if val["accuracy"] > best["accuracy"]:
         best = {"accuracy": val["accuracy"], "step": step}
         ckpt.save_best(step, state["params"], dict(best))
-    if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-      meta = {
-        "loader": train_loader.get_state(),
-        "best": best,
-        "window": dataclasses.asdict(window),
-      }
+    if due(step, config.checkpoint_every_steps):
+      meta = {"loader": position, "best": best, "window": dataclasses.asdict(window)}
       ckpt.save(step, state, meta)
   bar.close()
+  train_loader.close()
   train_seconds = time.time() - train_start
 
   best_params = state["params"]
@@ -424,6 +525,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     "train_seconds_this_session": round(train_seconds, 1),
     "steps_this_session": timed_steps,
     "config": checkpoints.config_record(config),
+    # The code, software, device and data of the session that wrote this file; never part
+    # of the workdir's config stamp, so a new commit or library version resumes.
+    "provenance": made_with,
   }
   if primary:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:

@@ -6,11 +6,13 @@ from callables handed in by `prepare_lib` (`tasks.Task.split_examples`), so the 
 builder serves generated data, the official release files and raw downloads.
 """
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 
 import tensorflow_datasets as tfds
 from etils import epath
+from tensorflow_datasets.core import example_serializer
 
 from lra.data import tasks
 
@@ -60,6 +62,27 @@ def _make_builder_class(task: tasks.Task) -> type[_LraBuilder]:
 BUILDERS: dict[str, type[_LraBuilder]] = {
   name: _make_builder_class(spec) for name, spec in tasks.TASKS.items()
 }
+
+
+@contextlib.contextmanager
+def deterministic_serialization():
+  """Writes each tf.train.Example with its features in key order while active.
+
+  TFDS serializes the feature map in the protobuf runtime's hash order, which changes from
+  one process to the next: the same examples then give different bytes, hence different
+  sha256 digests. Sorted keys make a dataset's files a function of its examples.
+  """
+  serializer = example_serializer.ExampleSerializer
+  original = serializer.serialize_example
+
+  def serialize(self, example):
+    return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+  serializer.serialize_example = serialize
+  try:
+    yield
+  finally:
+    serializer.serialize_example = original
 
 
 def dataset_name(task: str) -> str:

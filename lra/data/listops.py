@@ -10,8 +10,11 @@ import csv
 import dataclasses
 import hashlib
 import itertools
+import math
+import multiprocessing
 import os
 import random
+import shutil
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -187,15 +190,8 @@ def read_tsv(path: str):
       yield ids, label
 
 
-def generate_iter(
-  seed: int, cfg: ListOpsConfig = ListOpsConfig()
-) -> Iterator[tuple[list[str], int]]:
-  """Yields distinct accepted expressions as (bracket tokens, value), forever.
-
-  Same seed and config => the same sequence. Only a 16-byte digest per expression is kept
-  for de-duplication, so streaming 100k official-size examples stays small in memory.
-  """
-  rng = random.Random(seed)
+def _distinct(rng: random.Random, cfg: ListOpsConfig) -> Iterator[tuple[list[str], int]]:
+  """Accepted expressions drawn with `rng`, each once, forever."""
   seen = set()
   while True:
     budget = [0]
@@ -205,11 +201,26 @@ def generate_iter(
       continue
     if not cfg.min_length < len(tokens) < cfg.max_length:
       continue
-    key = hashlib.blake2b(" ".join(tokens).encode(), digest_size=16).digest()
+    key = _key(tokens)
     if key in seen:
       continue
     seen.add(key)
     yield tokens, value
+
+
+def _key(tokens: list[str]) -> bytes:
+  return hashlib.blake2b(" ".join(tokens).encode(), digest_size=16).digest()
+
+
+def generate_iter(
+  seed: int, cfg: ListOpsConfig = ListOpsConfig()
+) -> Iterator[tuple[list[str], int]]:
+  """Yields distinct accepted expressions as (bracket tokens, value), forever.
+
+  Same seed and config => the same sequence. Only a 16-byte digest per expression is kept
+  for de-duplication, so streaming 100k official-size examples stays small in memory.
+  """
+  return _distinct(random.Random(seed), cfg)
 
 
 def generate(
@@ -222,3 +233,122 @@ def generate(
   if num_examples < 0:
     raise ValueError(f"{num_examples=} must be >= 0")
   return list(itertools.islice(generate_iter(seed, cfg), num_examples))
+
+
+# Sharded generation (`write_splits`). Up to SINGLE_STREAM_MAX examples come from one stream
+# (`generate_iter(seed)`), as data generated before sharding existed; larger sets are made
+# of shards of SHARD_SIZE examples, shard i drawn with its own seed (shard 0 is the single
+# stream's start), generated in parallel and joined in shard order, dropping an expression
+# already seen in an earlier shard. The result depends on the seed, settings and total
+# only, never on the number of workers.
+SINGLE_STREAM_MAX = 25_000
+SHARD_SIZE = 6_250
+
+
+def _shard_rng(seed: int, index: int) -> random.Random:
+  return random.Random(seed if index == 0 else f"listops-shard:{seed}:{index}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+  folder: str
+  seed: int
+  index: int
+  size: int
+  cfg: ListOpsConfig
+
+  @property
+  def path(self) -> str:
+    return os.path.join(self.folder, f"shard-{self.index:05d}.tsv")
+
+
+def _write_shard(shard: _Shard) -> list[bytes]:
+  """Writes a shard's rows (official text, value) and returns their de-duplication keys."""
+  keys = []
+  rows = itertools.islice(_distinct(_shard_rng(shard.seed, shard.index), shard.cfg), shard.size)
+  with open(shard.path, "w", newline="") as f:
+    writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+    for tokens, value in rows:
+      writer.writerow((to_official_string(tokens), value))
+      keys.append(_key(tokens))
+  return keys
+
+
+def _sharded_lines(
+  folder: str, total: int, seed: int, cfg: ListOpsConfig, workers: int, shard_size: int
+) -> Iterator[str]:
+  """The first `total` distinct rows of the shards in order, as TSV lines."""
+  os.makedirs(folder, exist_ok=True)
+  seen, given, next_index = set(), 0, 0
+  pool = None
+  if workers > 1:
+    # spawn, not fork: the caller may hold JAX's threads.
+    pool = multiprocessing.get_context("spawn").Pool(workers)
+  try:
+    while given < total:
+      count = math.ceil((total - given) / shard_size)
+      shards = [
+        _Shard(folder, seed, i, shard_size, cfg) for i in range(next_index, next_index + count)
+      ]
+      next_index += count
+      results = pool.imap(_write_shard, shards) if pool else map(_write_shard, shards)
+      for shard, keys in zip(shards, results):
+        with open(shard.path, newline="") as f:
+          for key, line in zip(keys, f, strict=True):
+            if given == total or key in seen:
+              continue
+            seen.add(key)
+            given += 1
+            yield line
+        os.remove(shard.path)
+  finally:
+    if pool is not None:
+      pool.terminate()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_splits(
+  folder: str,
+  sizes: Iterable[int],
+  seed: int,
+  cfg: ListOpsConfig = ListOpsConfig(),
+  *,
+  workers: int = 0,
+  single_stream_max: int = SINGLE_STREAM_MAX,
+  shard_size: int = SHARD_SIZE,
+) -> None:
+  """Writes the train/validation/test TSVs (`SPLIT_FILES`) of `sizes` distinct expressions.
+
+  The splits are consecutive parts of one sequence, so no expression is in two of them.
+  The files depend on `seed`, `cfg` and the sizes only: `workers` (0: every core) changes
+  the time it takes, never the bytes (see SINGLE_STREAM_MAX).
+  """
+  sizes = list(sizes)
+  if any(n < 0 for n in sizes) or len(sizes) != len(SPLIT_FILES):
+    raise ValueError(f"sizes={sizes} must be {len(SPLIT_FILES)} counts >= 0")
+  if workers < 0:
+    raise ValueError(f"workers={workers} must be >= 0")
+  if shard_size < 1:
+    raise ValueError(f"shard_size={shard_size} must be >= 1")
+  total = sum(sizes)
+  os.makedirs(folder, exist_ok=True)
+  if total <= single_stream_max:
+    stream = generate_iter(seed, cfg)
+    for name, n in zip(SPLIT_FILES.values(), sizes):
+      write_tsv(os.path.join(folder, name), itertools.islice(stream, n))
+    return
+  lines = _sharded_lines(
+    os.path.join(folder, ".shards"),
+    total,
+    seed,
+    cfg,
+    workers or os.cpu_count() or 1,
+    shard_size,
+  )
+  for name, n in zip(SPLIT_FILES.values(), sizes):
+    path = os.path.join(folder, name)
+    with open(path + ".tmp", "w", newline="") as f:
+      f.write("\t".join(TSV_HEADER) + "\n")
+      f.writelines(itertools.islice(lines, n))
+    os.replace(path + ".tmp", path)
+  lines.close()

@@ -11,8 +11,10 @@ mask, not the id, marks padding.
 `inputs != 0`, so black pixels were treated as padding.
 """
 
+import collections
 import json
 import math
+import multiprocessing
 
 import grain.python as grain
 import numpy as np
@@ -108,6 +110,117 @@ class Loader:
     else:
       self._iterator.set_state(raw)
 
+  def close(self) -> None:
+    """Stops worker processes (none here)."""
+
+
+# The worker side of `ParallelLoader`: each process opens the data once.
+_WORKER_STATE: dict = {}
+
+
+def _open_in_worker(task: str, split: str, data_dir: str, encode: _Encode) -> None:
+  _WORKER_STATE["source"] = _data_source(task, split, data_dir)
+  _WORKER_STATE["encode"] = encode
+
+
+def _read_batch(record_keys: list[int]) -> dict:
+  source, encode = _WORKER_STATE["source"], _WORKER_STATE["encode"]
+  items = [encode.map(source[key]) for key in record_keys]
+  return {name: np.stack([item[name] for item in items]) for name in items[0]}
+
+
+class ParallelLoader(Loader):
+  """The batches of a `Loader`, read and encoded by `workers` processes.
+
+  Batch b holds the same records as the in-process loader's batch b (grain's sampler
+  decides, in order), so the worker count never changes what a run sees; the state is
+  the in-process loader's, so a checkpoint resumes with any worker count. Up to
+  `2 * workers` batches are read ahead.
+  """
+
+  def __init__(
+    self,
+    grain_loader: Loader,
+    sampler: grain.IndexSampler,
+    *,
+    batch_size: int,
+    drop_remainder: bool,
+    shard_index: int,
+    num_shards: int,
+    workers: int,
+    worker_args: tuple,
+  ):
+    super().__init__(grain_loader._data_loader, len(grain_loader))
+    self._sampler = sampler
+    self._batch_size = batch_size
+    self._drop_remainder = drop_remainder
+    self._shard_index = shard_index
+    self._num_shards = num_shards
+    self._workers = workers
+    self._worker_args = worker_args
+    self._pool = None
+    self._template = None
+    self._next_position = 0  # Local (per-shard) record position after the last batch given.
+
+  def _keys(self, start: int) -> list[int]:
+    keys = []
+    for position in range(start, start + self._batch_size):
+      try:
+        keys.append(self._sampler[position * self._num_shards + self._shard_index].record_key)
+      except IndexError:
+        break
+    if len(keys) < self._batch_size and (self._drop_remainder or not keys):
+      return []
+    return keys
+
+  def __iter__(self):
+    if self._pool is None:
+      # spawn: the parent may hold JAX's threads, which a fork would copy half-way.
+      self._pool = multiprocessing.get_context("spawn").Pool(
+        self._workers, initializer=_open_in_worker, initargs=self._worker_args
+      )
+    if self._pending_state is not None:
+      self._set_position(json.loads(self._pending_state.decode()))
+      self._pending_state = None
+    return self._batches(self._next_position)
+
+  def _batches(self, start: int):
+    ahead = collections.deque()
+    position = start
+    while True:
+      while len(ahead) < 2 * self._workers:
+        keys = self._keys(position)
+        if not keys:
+          break
+        position += len(keys)
+        ahead.append((self._pool.apply_async(_read_batch, (keys,)), position))
+      if not ahead:
+        return
+      result, end = ahead.popleft()
+      batch = result.get()
+      self._next_position = end
+      yield batch
+
+  def _set_position(self, state: dict) -> None:
+    last_seen = state["last_seen_indices"]["0"]
+    self._next_position = (last_seen + self._num_shards - self._shard_index) // self._num_shards
+
+  def get_state(self) -> dict:
+    if self._template is None:
+      self._template = json.loads(iter(self._data_loader).get_state().decode())
+    last_seen = self._shard_index - self._num_shards + self._next_position * self._num_shards
+    return {**self._template, "last_seen_indices": {"0": last_seen}}
+
+  def set_state(self, state: dict) -> None:
+    """Resumes exactly after the batch at which `state` was taken (next `iter` starts there)."""
+    self._pending_state = None
+    self._set_position(state)
+
+  def close(self) -> None:
+    if self._pool is not None:
+      self._pool.terminate()
+      self._pool = None
+
 
 def make_loader(
   task: str,
@@ -123,6 +236,7 @@ def make_loader(
   shard_index: int = 0,
   num_shards: int = 1,
   legacy_pixel_padding: bool = False,
+  workers: int = 0,
 ) -> Loader:
   """Builds the batch iterator of one split of a prepared task.
 
@@ -141,6 +255,8 @@ def make_loader(
     num_shards: number of shards (e.g. `jax.process_count()`).
     legacy_pixel_padding: mask = inputs != 0 as in the old harnesses; this changes only
       pixel tasks, where black pixels then count as padding.
+    workers: processes that read and encode batches (0: in this process, one reader
+      thread). The batches and the state are the same for every count.
 
   Returns:
     A `Loader`.
@@ -161,6 +277,8 @@ def make_loader(
     raise ValueError(f"Need 0 <= shard_index < num_shards, got {shard_index=} {num_shards=}")
   if not 0 <= seed < 2**32:
     raise ValueError(f"{seed=} must be in [0, 2**32)")
+  if workers < 0:
+    raise ValueError(f"{workers=} must be >= 0")
   source = _data_source(task, split, data_dir)
   num_records = len(source)
   per_shard = num_records // num_shards
@@ -181,11 +299,12 @@ def make_loader(
     num_epochs=num_epochs,
     seed=seed,
   )
+  encode = _Encode(spec, max_length, legacy_pixel_padding)
   data_loader = grain.DataLoader(
     data_source=source,
     sampler=sampler,
     operations=[
-      _Encode(spec, max_length, legacy_pixel_padding),
+      encode,
       grain.Batch(batch_size=batch_size, drop_remainder=drop_remainder),
     ],
     worker_count=0,
@@ -193,4 +312,16 @@ def make_loader(
     # threads, 500 prefetched) spends its time polling futures: 3x slower here.
     read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=64),
   )
-  return Loader(data_loader, batches)
+  loader = Loader(data_loader, batches)
+  if not workers:
+    return loader
+  return ParallelLoader(
+    loader,
+    sampler,
+    batch_size=batch_size,
+    drop_remainder=drop_remainder,
+    shard_index=shard_index,
+    num_shards=num_shards,
+    workers=workers,
+    worker_args=(task, split, data_dir, encode),
+  )

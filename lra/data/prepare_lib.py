@@ -45,6 +45,7 @@ def prepare(
   num_test: int | None = None,
   max_tokens: int = 0,
   overwrite: bool = False,
+  workers: int = 0,
 ) -> None:
   """Generates or converts `task` into `<data_dir>/lra_<task>/1.0.0/` (array_record).
 
@@ -61,6 +62,7 @@ def prepare(
       everything in the source.
     max_tokens: ListOps generation only: > 0 makes expressions shorter than this.
     overwrite: delete the task's stored files first (regenerate damaged data).
+    workers: generator processes (0: every core); the data is the same for any count.
 
   Raises:
     DataNotFoundError: the source files are missing (the message says what to fetch).
@@ -73,6 +75,8 @@ def prepare(
     _check_count(name, value)
   if max_tokens < 0:
     raise ValueError(f"max_tokens={max_tokens} must be >= 0")
+  if workers < 0:
+    raise ValueError(f"workers={workers} must be >= 0")
   counts = (num_train, num_val, num_test)
   command = errors.prepare_command(
     task, data_dir, source=source, seed=seed, counts=counts, max_tokens=max_tokens
@@ -95,14 +99,15 @@ def prepare(
       )
     return
   splits = spec.split_examples(
-    data_dir, source=source, seed=seed, counts=counts, max_tokens=max_tokens
+    data_dir, source=source, seed=seed, counts=counts, max_tokens=max_tokens, workers=workers
   )
   builder = builders.BUILDERS[task](
     data_dir=data_dir, file_format="array_record", split_examples=splits
   )
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(
-      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  with builders.deterministic_serialization():
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+      )
     )
-  )
   digests.write(version_dir, command)

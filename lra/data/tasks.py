@@ -13,7 +13,6 @@ mask tells padding apart.
 """
 
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -109,7 +108,14 @@ class Task:
     raise NotImplementedError
 
   def split_examples(
-    self, data_dir: str, *, source: str | None, seed: int, counts: Counts, max_tokens: int = 0
+    self,
+    data_dir: str,
+    *,
+    source: str | None,
+    seed: int,
+    counts: Counts,
+    max_tokens: int = 0,
+    workers: int = 0,
   ) -> SplitExamples:
     """Where each stored split's examples come from (generated or read from `source`).
 
@@ -120,6 +126,7 @@ class Task:
       seed: generator seed, and the seed of subset selection.
       counts: requested split sizes.
       max_tokens: ListOps only: > 0 generates expressions shorter than this.
+      workers: processes for generation (0: every core); the data never depends on it.
     """
     raise NotImplementedError
 
@@ -145,9 +152,9 @@ class ListOps(Task):
   def token_ids(self, example):
     return [example["tokens"].astype(np.int32)]
 
-  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0):
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0, workers=0):
     if source is None:
-      folder = self._generate(data_dir, seed, counts, max_tokens)
+      folder = self._generate(data_dir, seed, counts, max_tokens, workers)
       counts = (None, None, None)
     elif max_tokens:
       raise ValueError(f"max_tokens={max_tokens} applies to generated ListOps, not to --source")
@@ -164,7 +171,9 @@ class ListOps(Task):
       )
     return out
 
-  def _generate(self, data_dir: str, seed: int, counts: Counts, max_tokens: int) -> str:
+  def _generate(
+    self, data_dir: str, seed: int, counts: Counts, max_tokens: int, workers: int
+  ) -> str:
     """Writes the official TSV layout under `<data_dir>/raw/` and returns its folder."""
     sizes = [c if c is not None else d for c, d in zip(counts, self.default_sizes)]
     if max_tokens:
@@ -176,12 +185,8 @@ class ListOps(Task):
       cfg = listops.ListOpsConfig()
       folder = os.path.join(data_dir, "raw", "listops-1000")
     start = time.time()
-    # One stream for all splits, so no expression appears in two of them.
-    stream = listops.generate_iter(seed, cfg)
-    for split, n in zip(SPLITS, sizes):
-      listops.write_tsv(
-        os.path.join(folder, listops.SPLIT_FILES[split]), itertools.islice(stream, n)
-      )
+    # One sequence for all splits, so no expression appears in two of them.
+    listops.write_splits(folder, sizes, seed, cfg, workers=workers)
     logging.info(
       "listops: generated %d examples in %.1fs into %s", sum(sizes), time.time() - start, folder
     )
@@ -222,7 +227,7 @@ class Text(Task):
   def token_ids(self, example):
     return [example["tokens"].astype(np.int32) + 1]
 
-  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0):
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0, workers=0):
     self._no_max_tokens(max_tokens)
     src = sources.find_imdb(source, data_dir)
     out = {}
@@ -249,7 +254,7 @@ class Retrieval(Task):
   def token_ids(self, example):
     return [example[k].astype(np.int32) + 1 for k in ("tokens1", "tokens2")]
 
-  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0):
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0, workers=0):
     del seed
     self._no_max_tokens(max_tokens)
     folder = sources.find_aan(source, data_dir)
@@ -289,7 +294,7 @@ class _Pixels(Task):
 class Image(_Pixels):
   """Grayscale CIFAR-10: image uint8 [32, 32], label 0..9; validation is train's last 10 %."""
 
-  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0):
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0, workers=0):
     self._no_max_tokens(max_tokens)
     src = sources.find_cifar10(source, data_dir)
     train_all = list(sources.read_cifar10(src, "train"))
@@ -313,12 +318,12 @@ class Pathfinder(_Pixels):
   default_sizes = (160_000, 20_000, 20_000)
   image_encoding = _ZLIB
 
-  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0):
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0, workers=0):
     self._no_max_tokens(max_tokens)
     size = self.image_shape[0]
     if source is None:
       counts = tuple(c if c is not None else d for c, d in zip(counts, self.default_sizes))
-      root = self._generate(data_dir, seed, sum(counts))
+      root = self._generate(data_dir, seed, sum(counts), workers)
     else:
       try:
         root = pathfinder_files.find_root(source, size)
@@ -353,7 +358,7 @@ class Pathfinder(_Pixels):
       )
     return out
 
-  def _generate(self, data_dir: str, seed: int, total: int) -> str:
+  def _generate(self, data_dir: str, seed: int, total: int, workers: int = 0) -> str:
     """Writes `total` images in the release layout under `<data_dir>/raw/` (resumable)."""
     root = os.path.join(data_dir, "raw", self.name, pathfinder_files.CONTOUR_DIR)
     stamp = {"seed": seed, "num_images": total, "generator": "lra.data.pathfinder v1"}
@@ -369,7 +374,7 @@ class Pathfinder(_Pixels):
     with open(stamp_path, "w") as f:
       json.dump(stamp, f)
     config = pathfinder.CONFIGS[self.image_shape[0]]
-    seconds = pathfinder_files.generate(config, root, total, seed)
+    seconds = pathfinder_files.generate(config, root, total, seed, num_workers=workers or None)
     logging.info(
       "%s: %d images in %.1fs (%.1f images/s)",
       self.name,

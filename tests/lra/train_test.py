@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lra import checkpoints, inputs, reporting, train
+from lra import checkpoints, inputs, provenance, reporting, train
 from lra.data import builders, digests, errors, pipeline, prepare_lib
 
 from .data import digests_test  # pylint: disable=relative-beyond-top-level
@@ -204,15 +204,61 @@ def test_other_attentions_defaults_never_block_a_resume(prepared, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def test_nan_loss_stops_after_writing_metrics(prepared, tmp_path):
+@pytest.mark.parametrize("checkpoint_every", [2, 3])
+def test_nan_loss_stops_after_writing_metrics(prepared, tmp_path, checkpoint_every):
   # Step 1 is finite (the loss is taken before the update); the update then throws the
-  # weights to ~1e36 and the next logits overflow.
-  config = tiny_config("listops", prepared("listops"), learning_rate=1e38)
+  # weights to ~1e36 and the next logits overflow. Step 2 either checkpoints (its loss is
+  # read before the save) or not (read one step late, while step 3 runs, and step 3 is a
+  # checkpoint step): either way no checkpoint is written.
+  config = tiny_config(
+    "listops",
+    prepared("listops"),
+    learning_rate=1e38,
+    checkpoint_every_steps=checkpoint_every,
+    eval_every_steps=checkpoint_every,
+  )
   with pytest.raises(train.NonFiniteLossError, match=r"loss is (nan|inf) at step 2"):
     train.train_and_evaluate(config, str(tmp_path))
   events = reporting.read_metrics(str(tmp_path))
   assert [e["step"] for e in events] == [1, 2]
   assert np.isfinite(events[0]["loss"]) and not np.isfinite(events[-1]["loss"])
+  for folder in ("checkpoints", "best"):
+    assert not os.listdir(tmp_path / folder)
+
+
+def test_metrics_are_read_one_step_late(prepared, tmp_path, monkeypatch):
+  """The host reads step s's loss after queueing step s + 1 (it never waits for the step
+  it just queued), except at a step that evaluates or checkpoints."""
+  order = []
+  make_step = train.make_train_step
+
+  def logged_make_step(*args):
+    step = make_step(*args)
+
+    def run(state, batch, key):
+      order.append("run")
+      return step(state, batch, key)
+
+    return run
+
+  read = train._read_metrics  # pylint: disable=protected-access
+
+  def logged_read(metrics):
+    order.append("read")
+    return read(metrics)
+
+  monkeypatch.setattr(train, "make_train_step", logged_make_step)
+  monkeypatch.setattr(train, "_read_metrics", logged_read)
+  train._programs.cache_clear()  # pylint: disable=protected-access
+  config = tiny_config(
+    "listops", prepared("listops"), num_train_steps=5, eval_every_steps=4, checkpoint_every_steps=4
+  )
+  try:
+    train.train_and_evaluate(config, str(tmp_path))
+  finally:
+    train._programs.cache_clear()  # pylint: disable=protected-access
+  # Steps 1-3 are read after the next one is queued; 4 evaluates (read at once); 5 is last.
+  assert order == ["run", "run", "read", "run", "read", "run", "read", "read", "run", "read"]
 
 
 def test_missing_data_names_the_prepare_command(tmp_path):
@@ -312,3 +358,29 @@ def test_every_attention_trains(name, prepared, tmp_path):
   assert [e["split"] for e in events] == ["train", "train", "validation", "test"]
   assert all(np.isfinite(e["loss"]) for e in events)
   assert results["config"]["attention_kwargs"] == {name: config.attention_kwargs[name].to_dict()}
+
+
+def test_results_record_provenance_and_the_stamp_does_not(prepared, tmp_path, monkeypatch):
+  data_dir = prepared("listops")
+  config = tiny_config("listops", data_dir, num_train_steps=2)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  made = results["provenance"]
+  assert made["code"] == provenance.code_version()
+  assert made["code"]["source"] == "git" and len(made["code"]["commit"]) == 40
+  assert made["software"]["jax"] == jax.__version__
+  assert made["device"]["platform"] == "cpu" and made["device"]["num_devices"] == 4
+  with open(os.path.join(builders.version_dir("listops", data_dir), digests.DIGEST_FILE)) as f:
+    stored = json.load(f)
+  splits = {k: v for k, v in stored["sha256"].items() if ".array_record" in k}
+  assert made["data"]["split_sha256"] == splits and len(splits) == 3
+  assert made["data"]["command"] == stored["command"]
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["provenance"] == made
+  with open(tmp_path / checkpoints.CONFIG_FILE) as f:
+    stamp_text = f.read()
+  assert "provenance" not in stamp_text and made["code"]["commit"] not in stamp_text
+  # Another commit (or library version) resumes the workdir and is recorded.
+  other = {"commit": "f" * 40, "dirty": True, "source": "git"}
+  monkeypatch.setattr(provenance, "code_version", lambda: other)
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again["steps_this_session"] == 0 and again["provenance"]["code"] == other

@@ -101,3 +101,32 @@ def test_bad_tsv_names_file_and_line(tmp_path, content, message):
 def test_bad_config():
   with pytest.raises(ValueError, match="max_args"):
     listops.ListOpsConfig(max_args=1)
+
+
+def _files(folder) -> dict[str, bytes]:
+  return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_sharded_generation_does_not_depend_on_the_worker_count(tmp_path):
+  """Shards of 7 examples (a tiny stand-in for official-size data): one worker and two
+  write the same bytes; small totals keep the single stream of `generate_iter`."""
+  sizes = (40, 6, 6)
+  sharded = dict(single_stream_max=10, shard_size=7)
+  for workers in (1, 2):
+    listops.write_splits(str(tmp_path / f"w{workers}"), sizes, 3, SMALL, workers=workers, **sharded)
+  one, two = _files(tmp_path / "w1"), _files(tmp_path / "w2")
+  assert sorted(one) == sorted(listops.SPLIT_FILES.values())  # no shard files left behind
+  assert one == two
+  rows = [
+    line for name in listops.SPLIT_FILES.values() for line in one[name].decode().splitlines()[1:]
+  ]
+  assert len(rows) == sum(sizes) == len(set(rows))
+  # The first shard is the single stream's start; later shards are other draws.
+  stream = [listops.to_official_string(t) for t, _ in listops.generate(sum(sizes), 3, SMALL)]
+  assert [r.split("\t")[0] for r in rows[:7]] == stream[:7]
+  assert [r.split("\t")[0] for r in rows] != stream
+  listops.write_splits(str(tmp_path / "single"), sizes, 3, SMALL, workers=2)
+  single = _files(tmp_path / "single")
+  assert [r.split("\t")[0] for r in single["basic_train.tsv"].decode().splitlines()[1:]] == (
+    stream[:40]
+  )

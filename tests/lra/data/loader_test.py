@@ -18,6 +18,12 @@ def _batches(loader, n=None):
   return out
 
 
+def _take(loader, n):
+  """The next `n` batches of a new pass (no batch beyond them is taken)."""
+  it = iter(loader)
+  return [next(it) for _ in range(n)]
+
+
 def test_task_specs():
   assert tasks.get_task("pathfinder128").max_length == 128 * 128
   assert tasks.get_task("retrieval").dual_input
@@ -158,6 +164,41 @@ def test_resume_mid_epoch_is_exact(listops_dir):
   for x, y in zip(reference[7:], rest):
     np.testing.assert_array_equal(x["inputs"], y["inputs"])
     np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_worker_processes_give_the_same_batches_and_states(listops_dir):
+  """Two reader processes give the in-process loader's batches (across an epoch boundary,
+  on shard 1 of 2), and each loader resumes from the other's state."""
+  make = lambda workers: pipeline.make_loader(
+    "listops",
+    "train",
+    listops_dir,
+    batch_size=3,
+    seed=5,
+    shuffle=True,
+    shard_index=1,
+    num_shards=2,
+    workers=workers,
+  )
+  expected = _take(make(0), 17)  # 6 batches per epoch of this shard.
+  parallel = make(2)
+  try:
+    got = _take(parallel, 14)
+    for x, y in zip(expected, got):
+      for key in x:
+        np.testing.assert_array_equal(x[key], y[key])
+        assert x[key].dtype == y[key].dtype
+    in_process = make(0)
+    in_process.set_state(json.loads(json.dumps(parallel.get_state())))
+    for x, y in zip(expected[14:], _take(in_process, 3), strict=True):
+      np.testing.assert_array_equal(x["inputs"], y["inputs"])
+    in_process = make(0)
+    _take(in_process, 5)
+    parallel.set_state(json.loads(json.dumps(in_process.get_state())))
+    for x, y in zip(expected[5:8], _take(parallel, 3), strict=True):
+      np.testing.assert_array_equal(x["inputs"], y["inputs"])
+  finally:
+    parallel.close()
 
 
 def test_shards_are_disjoint_and_cover(listops_dir):

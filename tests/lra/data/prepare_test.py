@@ -364,3 +364,22 @@ def test_entry_point(tmp_path):
   assert damaged.returncode != 0 and "Traceback" not in damaged.stderr
   assert f"DataCorruptError: {shard} does not match" in damaged.stderr
   assert " ".join(["python", *cmd[1:], "--overwrite"]) in damaged.stderr
+
+
+def test_stored_examples_are_written_with_sorted_feature_keys():
+  """TFDS writes a tf.train.Example's feature map in the protobuf runtime's hash order,
+  which differs between processes (same examples, other bytes, other digests)."""
+  from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+
+  from lra.data import builders, tasks  # pylint: disable=g-import-not-at-top
+
+  spec = tasks.get_task("listops").features().get_serialized_info()
+  original = example_serializer.ExampleSerializer.serialize_example
+  with builders.deterministic_serialization():
+    serializer = example_serializer.ExampleSerializer(spec)
+    raw = serializer.serialize_example({"tokens": np.array([11, 2, 15], np.uint8), "label": 1})
+  assert example_serializer.ExampleSerializer.serialize_example is original
+  parsed = tf_example_pb2.Example.FromString(raw)
+  assert raw == parsed.SerializeToString(deterministic=True)
+  assert raw.index(b"label") < raw.index(b"tokens")
