@@ -17,36 +17,24 @@ is `A @ B` or `A @ B^T`, 2-D, accumulated in float32. The backward kernels live 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.block_sparse_attention import base, index_views, pallas_triton_vjp
+from pallas_kernels.block_sparse_attention import (
+  base,
+  index_views,
+  pallas_triton_dots,
+  pallas_triton_vjp,
+)
 
 BLOCK_SIZES = (32, 64)
-# Follow jax's own Triton flash-attention forward for small tiles; not yet tuned on a device.
-NUM_WARPS, NUM_STAGES = 4, 2
-
-
-def _dot_nt(a_MxD, b_NxD, precision):
-  """`a @ b^T` in float32."""
-  return jax.lax.dot_general(
-    a_MxD, b_NxD, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
-  )
-
-
-def _dot_nn(a_MxK, b_KxN, precision):
-  """`a @ b` in float32."""
-  return jax.lax.dot_general(
-    a_MxK, b_KxN, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
-  )
-
-
-def _precision(dtype):
-  # f32 inputs: IEEE f32 (the Triton lowering turns DEFAULT into TF32).
-  return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
+F32_PRECISIONS = pallas_triton_dots.F32_PRECISIONS
+DEFAULT_F32_PRECISION = pallas_triton_dots.DEFAULT_F32_PRECISION
+dot_nt, dot_nn = pallas_triton_dots.dot_nt, pallas_triton_dots.dot_nn
 
 
 def _forward_kernel(
@@ -85,13 +73,13 @@ def _forward_kernel(
     k_BsxD = k_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
     v_BsxD = v_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
     valid_1xBs = kmask_ref[pl.ds(c, 1), :] > 0.5
-    s_BsxBs = jnp.where(valid_1xBs, _dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+    s_BsxBs = jnp.where(valid_1xBs, dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
     m_new_Bsx1 = jnp.maximum(m_Bsx1, jnp.max(s_BsxBs, axis=1, keepdims=True))
     alpha_Bsx1 = jnp.exp(m_Bsx1 - m_new_Bsx1)
     # Zeroed explicitly: while every key so far is masked, s - m_new is 0, not -inf.
     p_BsxBs = jnp.where(valid_1xBs, jnp.exp(s_BsxBs - m_new_Bsx1), 0.0)
     l_Bsx1 = alpha_Bsx1 * l_Bsx1 + jnp.sum(p_BsxBs, axis=1, keepdims=True)
-    acc_BsxD = alpha_Bsx1 * acc_BsxD + _dot_nn(p_BsxBs.astype(v_BsxD.dtype), v_BsxD, precision)
+    acc_BsxD = alpha_Bsx1 * acc_BsxD + dot_nn(p_BsxBs.astype(v_BsxD.dtype), v_BsxD, precision)
     return m_new_Bsx1, l_Bsx1, acc_BsxD
 
   m_Bsx1, l_Bsx1, acc_BsxD = jax.lax.fori_loop(start, stop, body, (m_Bsx1, l_Bsx1, acc_BsxD))
@@ -101,20 +89,49 @@ def _forward_kernel(
   lse_ref[...] = m_Bsx1 + jnp.log(l_Bsx1 + eps)
 
 
-def _forward(
-  q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
-):
+class Static(NamedTuple):
+  """The op's static settings, shared by the forward and backward launches.
+
+  Attributes:
+    num_heads: H (programs of one batch element share its key mask).
+    block_size: tile side, in `BLOCK_SIZES`.
+    scale: logit scale.
+    eps: added to the normaliser.
+    interpret: run the kernels in interpret mode.
+    precision: float32 dot precision, None for half-precision inputs.
+  """
+
+  num_heads: int
+  block_size: int
+  scale: float
+  eps: float
+  interpret: bool
+  precision: pallas_triton_dots.DotPrecision | None
+
+
+def forward_params(block_size: int, head_dim: int, precision) -> pltriton.CompilerParams:
+  """Warps and pipeline stages of the forward kernel (`head_dim` already padded).
+
+  Chosen from ptxas' register and spill report for an H100 (`benchmarks.compile_report_gpu`):
+  IEEE float32 dots are scalar FMAs whose operands and accumulator spread over the threads,
+  so more warps keep them in registers.
+  """
+  del block_size, head_dim, precision
+  return pltriton.CompilerParams(num_warps=4, num_stages=2)
+
+
+def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: Static):
   """Launches the forward kernel on the `(G, L, D)` layouts; returns `(out, lse)` float32."""
   G, Lq, D = q.shape
   Lk = k.shape[1]
-  bs, Nq, Nk = block_size, Lq // block_size, Lk // block_size
+  bs, Nq, Nk = static.block_size, Lq // static.block_size, Lk // static.block_size
   row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
   row_blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
   head_blk = pl.BlockSpec((None, Lk, D), lambda g, i: (g, 0, 0))
   # lax.div, not `//`: g >= 0, and floor division lowers through `sign`.
-  kmask_blk = pl.BlockSpec((None, Nk, bs), lambda g, i: (jax.lax.div(g, num_heads), 0, 0))
+  kmask_blk = pl.BlockSpec((None, Nk, bs), lambda g, i: (jax.lax.div(g, static.num_heads), 0, 0))
   kernel = functools.partial(
-    _forward_kernel, block_size=bs, scale=scale, eps=eps, precision=_precision(q.dtype)
+    _forward_kernel, block_size=bs, scale=static.scale, eps=static.eps, precision=static.precision
   )
   return pl.pallas_call(
     kernel,
@@ -135,29 +152,21 @@ def _forward(
       row_blk(D),
     ],
     out_specs=(row_blk(D), row_blk(1)),
-    interpret=interpret,
-    compiler_params=pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+    interpret=static.interpret,
+    compiler_params=forward_params(bs, D, static.precision),
     name="mra_block_sparse_fwd",
   )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, m0, l0, acc0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12, 13))
-def _attention(
-  q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
-):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
+def _attention(q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, static):
   """The op on the kernel layouts (leading axis G = B * H); see `_attention_fwd`."""
   del kmask_col  # only the backward pass reads the column layout
-  return _forward(
-    q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
-  )
+  return _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static)
 
 
-def _attention_fwd(
-  q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
-):
-  out, lse = _forward(
-    q, k, v, views, kmask_rows, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
-  )
+def _attention_fwd(q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, static):
+  out, lse = _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static)
   return (out, lse), (q, k, v, views, kmask_rows, kmask_col, m0, out, lse)
 
 
@@ -177,6 +186,7 @@ def pallas_triton_block_sparse_attention(
   block_size: int,
   scale: float | None = None,
   eps: float = base.DEFAULT_EPS,
+  precision: str | None = None,
   interpret: bool | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Block-sparse attention from an initial softmax state, as Pallas Triton kernels.
@@ -186,13 +196,18 @@ def pallas_triton_block_sparse_attention(
 
   Args:
     q_BxHxLqxD ... eps: as `base.block_sparse_attention_reference`.
+    precision: float32 inputs' dot precision, one of `F32_PRECISIONS` ("bf16x3", "float32",
+      "tf32x3", "tf32", "bf16"; see `pallas_triton_dots`); None means
+      `DEFAULT_F32_PRECISION` ("bf16x3"). bfloat16 / float16 inputs always use their native
+      dot and ignore it. Interpret mode emulates each choice's rounding.
     interpret: None (interpret mode unless jax's default backend is a GPU) or a bool.
 
   Returns:
     `(out_BxHxLqxD, lse_BxHxLq)`, both float32 whatever q's dtype.
 
   Raises:
-    ValueError: on bad shapes, dtypes, block size or `interpret`, before any kernel is built.
+    ValueError: on bad shapes, dtypes, block size, `precision` or `interpret`, before any
+      kernel is built.
   """
   args = (
     q_BxHxLqxD,
@@ -207,6 +222,7 @@ def pallas_triton_block_sparse_attention(
   base.check_inputs(
     *args, block_size=block_size, block_sizes=BLOCK_SIZES, implementation="pallas_triton"
   )
+  pallas_triton_dots.check_precision(precision)
   if interpret is None:
     interpret = jax.default_backend() not in ("gpu", "cuda", "rocm")
   if not isinstance(interpret, bool):
@@ -214,7 +230,14 @@ def pallas_triton_block_sparse_attention(
   B, H, Lq, D = q_BxHxLqxD.shape
   Lk = k_BxHxLkxD.shape[2]
   G, Nq, Nk = B * H, Lq // block_size, Lk // block_size
-  scale = D**-0.5 if scale is None else float(scale)
+  static = Static(
+    num_heads=H,
+    block_size=block_size,
+    scale=D**-0.5 if scale is None else float(scale),
+    eps=float(eps),
+    interpret=interpret,
+    precision=pallas_triton_dots.resolve_precision(precision, q_BxHxLqxD.dtype, interpret),
+  )
   Dp = max(16, 1 << (D - 1).bit_length())
   pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, Dp - D))) if Dp != D else x
   f32 = lambda x: jnp.asarray(x, jnp.float32)
@@ -232,10 +255,6 @@ def pallas_triton_block_sparse_attention(
     jax.lax.stop_gradient(f32(m0_BxHxLq)).reshape(G, Lq, 1),
     f32(l0_BxHxLq).reshape(G, Lq, 1),
     pad(f32(acc0_BxHxLqxD).reshape(G, Lq, D)),
-    H,
-    block_size,
-    scale,
-    float(eps),
-    interpret,
+    static,
   )
   return out_GxLqxDp[:, :, :D].reshape(B, H, Lq, D), lse_GxLqx1.reshape(B, H, Lq)

@@ -24,24 +24,21 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.block_sparse_attention import base
+from pallas_kernels.block_sparse_attention import base, pallas_triton_dots
 
-# As the forward (see `pallas_triton`).
-NUM_WARPS, NUM_STAGES = 4, 2
-
-
-def _dot_nt(a_MxD, b_NxD, precision):
-  """`a @ b^T` in float32."""
-  return jax.lax.dot_general(
-    a_MxD, b_NxD, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
-  )
+dot_nt, dot_nn = pallas_triton_dots.dot_nt, pallas_triton_dots.dot_nn
 
 
-def _dot_nn(a_MxK, b_KxN, precision):
-  """`a @ b` in float32."""
-  return jax.lax.dot_general(
-    a_MxK, b_KxN, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
-  )
+def dq_params(block_size: int, head_dim: int, precision) -> pltriton.CompilerParams:
+  """Warps and pipeline stages of the dQ kernel (`head_dim` already padded)."""
+  del block_size, head_dim, precision
+  return pltriton.CompilerParams(num_warps=4, num_stages=2)
+
+
+def dkv_params(block_size: int, head_dim: int, precision) -> pltriton.CompilerParams:
+  """Warps and pipeline stages of the dK/dV kernel (`head_dim` already padded)."""
+  del block_size, head_dim, precision
+  return pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
 def _dq_kernel(
@@ -72,11 +69,11 @@ def _dq_kernel(
     k_BsxD = k_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
     v_BsxD = v_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
     valid_1xBs = kmask_ref[pl.ds(c, 1), :] > 0.5
-    s_BsxBs = jnp.where(valid_1xBs, _dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+    s_BsxBs = jnp.where(valid_1xBs, dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
     p_BsxBs = jnp.exp(s_BsxBs - lse_Bsx1)
-    dp_BsxBs = _dot_nt(do_BsxD, v_BsxD, precision)
+    dp_BsxBs = dot_nt(do_BsxD, v_BsxD, precision)
     ds_BsxBs = p_BsxBs * (dp_BsxBs - delta_Bsx1)
-    return dq_BsxD + _dot_nn(ds_BsxBs.astype(k_BsxD.dtype), k_BsxD, precision)
+    return dq_BsxD + dot_nn(ds_BsxBs.astype(k_BsxD.dtype), k_BsxD, precision)
 
   dq_BsxD = jax.lax.fori_loop(start, stop, body, jnp.zeros(q_BsxD.shape, jnp.float32))
   dq_ref[...] = (dq_BsxD * scale).astype(dq_ref.dtype)
@@ -114,12 +111,12 @@ def _dkv_kernel(
     lse_1xBs = lse_ref[pl.ds(r, 1), :]
     delta_1xBs = delta_ref[pl.ds(r, 1), :]
     # Transposed tile: rows are this block's keys, columns the query block's queries.
-    sT_BsxBs = jnp.where(valid_Bsx1, _dot_nt(k_BsxD, q_BsxD, precision) * scale, base.MASK_VALUE)
+    sT_BsxBs = jnp.where(valid_Bsx1, dot_nt(k_BsxD, q_BsxD, precision) * scale, base.MASK_VALUE)
     pT_BsxBs = jnp.exp(sT_BsxBs - lse_1xBs)
-    dv_BsxD = dv_BsxD + _dot_nn(pT_BsxBs.astype(do_BsxD.dtype), do_BsxD, precision)
-    dpT_BsxBs = _dot_nt(v_BsxD, do_BsxD, precision)
+    dv_BsxD = dv_BsxD + dot_nn(pT_BsxBs.astype(do_BsxD.dtype), do_BsxD, precision)
+    dpT_BsxBs = dot_nt(v_BsxD, do_BsxD, precision)
     dsT_BsxBs = pT_BsxBs * (dpT_BsxBs - delta_1xBs)
-    dk_BsxD = dk_BsxD + _dot_nn(dsT_BsxBs.astype(q_BsxD.dtype), q_BsxD, precision)
+    dk_BsxD = dk_BsxD + dot_nn(dsT_BsxBs.astype(q_BsxD.dtype), q_BsxD, precision)
     return dk_BsxD, dv_BsxD
 
   zeros_BsxD = jnp.zeros(k_BsxD.shape, jnp.float32)
@@ -128,22 +125,29 @@ def _dkv_kernel(
   dv_ref[...] = dv_BsxD.astype(dv_ref.dtype)
 
 
-def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotangents):
-  """The custom-VJP backward of `pallas_triton._attention` (G = B * H layouts)."""
-  del eps
+def attention_bwd(static, residuals, cotangents):
+  """The custom-VJP backward of `pallas_triton._attention` (G = B * H layouts).
+
+  Args:
+    static: the op's `pallas_triton.Static` settings.
+    residuals: `(q, k, v, views, kmask_rows, kmask_col, m0, out, lse)` of the forward.
+    cotangents: `(dout, dlse)`, float32.
+
+  Returns:
+    Cotangents of `_attention`'s array arguments (None for views, masks and m0).
+  """
   q, k, v, views, kmask_rows, kmask_col, m0, out, lse = residuals
   dout, dlse = cotangents
   G, Lq, D = q.shape
   Lk = k.shape[1]
-  bs, Nq, Nk = block_size, Lq // block_size, Lk // block_size
+  bs, Nq, Nk = static.block_size, Lq // static.block_size, Lk // static.block_size
+  scale, precision, interpret = static.scale, static.precision, static.interpret
   delta = jnp.sum(dout * out, axis=-1, keepdims=True) - dlse
   do = dout.astype(q.dtype)
-  precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
-  compiler_params = pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
   row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
   blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
   whole = lambda n, d: pl.BlockSpec((None, n, d), lambda g, i: (g, 0, 0))
-  batch = lambda g: jax.lax.div(g, num_heads)  # g >= 0; `//` lowers through `sign`
+  batch = lambda g: jax.lax.div(g, static.num_heads)  # g >= 0; `//` lowers through `sign`
   K = views.cols_by_row_GxK.shape[1]
 
   dq = pl.pallas_call(
@@ -163,7 +167,7 @@ def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotan
     ],
     out_specs=blk(D),
     interpret=interpret,
-    compiler_params=compiler_params,
+    compiler_params=dq_params(bs, D, precision),
     name="mra_block_sparse_dq",
   )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, do, lse, delta)
 
@@ -184,7 +188,7 @@ def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotan
     ],
     out_specs=(blk(D), blk(D)),
     interpret=interpret,
-    compiler_params=compiler_params,
+    compiler_params=dkv_params(bs, D, precision),
     name="mra_block_sparse_dkv",
   )(
     views.col_ptr_GxNk1,
