@@ -22,14 +22,15 @@ import sys
 import tempfile
 import time
 
+# Before jax starts: the compile-only GPU client registers only on the CPU platform.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402  (JAX_PLATFORMS must be set before jax starts)
-import jax.numpy as jnp  # noqa: E402
-from jax.sharding import SingleDeviceSharding  # noqa: E402
+import jax
+import jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
 
-from pallas_kernels import compile_only  # noqa: E402
-from pallas_kernels.block_sparse_attention import api, pallas_triton  # noqa: E402
+from pallas_kernels import compile_only
+from pallas_kernels.block_sparse_attention import api, pallas_triton
 
 KERNEL_PREFIX = "mra_block_sparse_"
 
@@ -69,24 +70,23 @@ def op_shapes(config: Config, device: jax.Device):
   )
 
 
+def op_forward(block_size: int, precision: str | None):
+  """`(q, k, v, ids, valid, m0, l0, acc0) -> (out, lse)` with the GPU kernels."""
+  return lambda *args: api.block_sparse_attention(
+    *args,
+    block_size=block_size,
+    implementation="pallas_triton",
+    precision=precision,
+    interpret=False,
+  )
+
+
 def op_vjp(block_size: int, precision: str | None):
-  """`(q, k, v, ids, valid, m0, l0, acc0) -> (out, lse, dq, dk, dv, dl0, dacc0)` on the GPU."""
+  """`(q, k, v, ids, valid, m0, l0, acc0) -> ((out, lse), (dq, dk, dv, dl0, dacc0))`."""
+  forward = op_forward(block_size, precision)
 
   def run(q, k, v, ids, valid, m0, l0, acc0):
-    attend = lambda q, k, v, l0, acc0: api.block_sparse_attention(
-      q,
-      k,
-      v,
-      ids,
-      valid,
-      m0,
-      l0,
-      acc0,
-      block_size=block_size,
-      implementation="pallas_triton",
-      precision=precision,
-      interpret=False,
-    )
+    attend = lambda q, k, v, l0, acc0: forward(q, k, v, ids, valid, m0, l0, acc0)
     outs, pullback = jax.vjp(attend, q, k, v, l0, acc0)
     return outs, pullback(outs)
 

@@ -108,16 +108,35 @@ class Static(NamedTuple):
   interpret: bool
   precision: pallas_triton_dots.DotPrecision | None
 
+  def launch_params(self, head_dim: int) -> pltriton.CompilerParams:
+    """Every kernel's Triton launch settings for a (padded) head dim."""
+    return compiler_params(self.block_size, head_dim, self.precision)
 
-def forward_params(block_size: int, head_dim: int, precision) -> pltriton.CompilerParams:
-  """Warps and pipeline stages of the forward kernel (`head_dim` already padded).
 
-  Chosen from ptxas' register and spill report for an H100 (`benchmarks.compile_report_gpu`):
-  IEEE float32 dots are scalar FMAs whose operands and accumulator spread over the threads,
-  so more warps keep them in registers.
+def num_warps(block_size: int, head_dim: int, precision) -> int:
+  """Warps per program of every kernel (`head_dim` already padded).
+
+  Chosen from ptxas' register and spill report for an H100 (`benchmarks.compile_report_gpu`).
+  Half-precision operands fit 4 warps. Float32 operands take twice the registers, and the
+  bf16x3 / tf32x3 splits hold two more copies of each operand: past a 32 x 64 tile (and
+  for IEEE float32, whose scalar-FMA dot spreads operands over every thread) 8 warps keep
+  them in registers.
   """
-  del block_size, head_dim, precision
-  return pltriton.CompilerParams(num_warps=4, num_stages=2)
+  if precision is None:
+    return 4
+  if block_size * head_dim > 32 * 64 or precision.name == "float32":
+    return 8
+  return 4
+
+
+def compiler_params(block_size: int, head_dim: int, precision) -> pltriton.CompilerParams:
+  """Triton launch settings shared by the three kernels: see `num_warps`.
+
+  Two pipeline stages let Triton prefetch the next tile's K/V (Q/dO) rows into shared
+  memory while the current one is multiplied (jax's own Triton attention uses 2).
+  """
+  warps = num_warps(block_size, head_dim, precision)
+  return pltriton.CompilerParams(num_warps=warps, num_stages=2)
 
 
 def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: Static):
@@ -153,7 +172,7 @@ def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: Static):
     ],
     out_specs=(row_blk(D), row_blk(1)),
     interpret=static.interpret,
-    compiler_params=forward_params(bs, D, static.precision),
+    compiler_params=static.launch_params(D),
     name="mra_block_sparse_fwd",
   )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, m0, l0, acc0)
 

@@ -22,23 +22,10 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.block_sparse_attention import base, pallas_triton_dots
 
 dot_nt, dot_nn = pallas_triton_dots.dot_nt, pallas_triton_dots.dot_nn
-
-
-def dq_params(block_size: int, head_dim: int, precision) -> pltriton.CompilerParams:
-  """Warps and pipeline stages of the dQ kernel (`head_dim` already padded)."""
-  del block_size, head_dim, precision
-  return pltriton.CompilerParams(num_warps=4, num_stages=2)
-
-
-def dkv_params(block_size: int, head_dim: int, precision) -> pltriton.CompilerParams:
-  """Warps and pipeline stages of the dK/dV kernel (`head_dim` already padded)."""
-  del block_size, head_dim, precision
-  return pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
 def _dq_kernel(
@@ -167,7 +154,7 @@ def attention_bwd(static, residuals, cotangents):
     ],
     out_specs=blk(D),
     interpret=interpret,
-    compiler_params=dq_params(bs, D, precision),
+    compiler_params=static.launch_params(D),
     name="mra_block_sparse_dq",
   )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, do, lse, delta)
 
@@ -188,7 +175,7 @@ def attention_bwd(static, residuals, cotangents):
     ],
     out_specs=(blk(D), blk(D)),
     interpret=interpret,
-    compiler_params=dkv_params(bs, D, precision),
+    compiler_params=static.launch_params(D),
     name="mra_block_sparse_dkv",
   )(
     views.col_ptr_GxNk1,

@@ -1,8 +1,69 @@
-"""The Pallas Triton kernels against the contract, in interpret mode on CPU."""
+"""The Pallas Triton kernels against the contract, in interpret mode on CPU.
 
+Interpret mode emulates each float32 dot precision's rounding (XLA:CPU cannot run the TF32
+presets and computes the bf16 ones exactly), so every choice is held to its own tolerance.
+"""
+# pylint: disable=invalid-name
+
+import jax.numpy as jnp
+import pytest
+
+import pallas_kernels
+from pallas_kernels.block_sparse_attention import api, pallas_triton, pallas_triton_dots
 from tests.pallas_kernels.block_sparse_attention import contract
+
+_F32_CASES = ("f32_bs32_mra_state", "f32_bs64_full_state")
 
 
 class TestPallasTritonInterpret(contract.BlockSparseAttentionContract):
+  """Every contract case at the default precision (float32 cases at "bf16x3")."""
+
   IMPLEMENTATION = "pallas_triton"
   INTERPRET = True
+
+
+def _precision_class(precision):
+  name = "TestPallasTritonInterpret_" + precision
+  attributes = dict(IMPLEMENTATION="pallas_triton", INTERPRET=True, PRECISION=precision)
+  return type(
+    name, (contract.BlockSparseAttentionContract,), dict(attributes, CASE_NAMES=_F32_CASES)
+  )
+
+
+# One contract subclass per float32 precision, on the float32 cases of block 32 and 64.
+for _precision in pallas_triton.F32_PRECISIONS:
+  globals()[f"TestPallasTritonInterpret_{_precision}"] = _precision_class(_precision)
+
+
+def test_precision_table_is_the_packages():
+  assert pallas_kernels.F32_PRECISIONS == pallas_triton.F32_PRECISIONS
+  assert set(contract.F32_PRECISION_TOLERANCE) == set(pallas_triton.F32_PRECISIONS)
+  assert pallas_triton.DEFAULT_F32_PRECISION == pallas_triton.F32_PRECISIONS[0]
+
+
+@pytest.mark.parametrize("precision", ["highest", "TF32", 3])
+def test_unknown_precision_raises_naming_it(precision):
+  args, _ = contract.inputs(contract.Case(H=1, Lq=64, Lk=64, D=16))
+  with pytest.raises(ValueError, match=f"precision={precision!r}"):
+    api.block_sparse_attention(
+      *args, block_size=32, implementation="pallas_triton", precision=precision
+    )
+
+
+def test_half_precision_inputs_take_their_native_dot():
+  assert pallas_triton_dots.resolve_precision("tf32", jnp.bfloat16, interpret=False) is None
+  resolved = pallas_triton_dots.resolve_precision(None, jnp.float32, interpret=True)
+  assert resolved == pallas_triton_dots.DotPrecision("bf16x3", emulate=True)
+
+
+@pytest.mark.parametrize("precision, bits", [("bf16", 7), ("tf32", 10)])
+def test_one_pass_emulation_rounds_the_operands(precision, bits):
+  # 1 + 2^-(bits+1) rounds to 1 (ties to even) at `bits` mantissa bits, 1 + 2^-bits stays.
+  tie, kept = 1 + 2.0 ** -(bits + 1), 1 + 2.0**-bits
+  a = jnp.asarray([[tie, kept]], jnp.float32)
+  b = jnp.asarray([[1.0, 0.0], [0.0, 1.0]], jnp.float32)
+  emulated = pallas_triton_dots.DotPrecision(precision, emulate=True)
+  got = pallas_triton_dots.dot_nn(a, b, emulated)
+  assert got.tolist() == [[1.0, kept]]
+  exact = pallas_triton_dots.dot_nn(a, b, pallas_triton_dots.DotPrecision("float32", emulate=True))
+  assert exact.tolist() == [[tie, kept]]
