@@ -57,7 +57,8 @@ def _forward_kernel(
 ):
   """Online softmax over one query block's selected key blocks, from (m0, l0, acc0)."""
   bs = block_size
-  r = pl.program_id(1)
+  # A program may hold a slice of its query block (`rows_per_program`); r is the block.
+  r = jax.lax.div(pl.program_id(1), block_size // q_ref.shape[0])
   start, stop = row_ptr_ref[r], row_ptr_ref[r + 1]
   q_BsxD = q_ref[...]
   m0_Bsx1 = m0_ref[...]
@@ -110,11 +111,23 @@ class Static(NamedTuple):
 
   def launch_params(self, head_dim: int) -> pltriton.CompilerParams:
     """Every kernel's Triton launch settings for a (padded) head dim."""
-    return compiler_params(self.block_size, head_dim, self.precision)
+    rows = self.rows_per_program(head_dim)
+    return compiler_params(rows, head_dim, self.precision, split=rows < self.block_size)
+
+  def rows_per_program(self, head_dim: int) -> int:
+    """Query rows (forward, dQ) or key rows (dK/dV) of one program: a block or half of one.
+
+    Float32 operands of a 64 x 128 tile spill at any warp count (their bf16x3 / tf32x3 splits
+    and accumulators exceed 255 registers per thread), so each 64-row block is then shared by
+    two programs of 32 rows, which read the same K/V (Q/dO) tiles.
+    """
+    if self.precision is not None and self.block_size * head_dim > 64 * 64:
+      return 32
+    return self.block_size
 
 
-def num_warps(block_size: int, head_dim: int, precision) -> int:
-  """Warps per program of every kernel (`head_dim` already padded).
+def num_warps(rows: int, head_dim: int, precision) -> int:
+  """Warps per program of every kernel: `rows` per program, `head_dim` already padded.
 
   Chosen from ptxas' register and spill report for an H100 (`benchmarks.compile_report_gpu`).
   Half-precision operands fit 4 warps. Float32 operands take twice the registers, and the
@@ -124,19 +137,23 @@ def num_warps(block_size: int, head_dim: int, precision) -> int:
   """
   if precision is None:
     return 4
-  if block_size * head_dim > 32 * 64 or precision.name == "float32":
+  if rows * head_dim > 32 * 64 or precision.name == "float32":
     return 8
   return 4
 
 
-def compiler_params(block_size: int, head_dim: int, precision) -> pltriton.CompilerParams:
+def compiler_params(
+  rows: int, head_dim: int, precision, split: bool = False
+) -> pltriton.CompilerParams:
   """Triton launch settings shared by the three kernels: see `num_warps`.
 
   Two pipeline stages let Triton prefetch the next tile's K/V (Q/dO) rows into shared
-  memory while the current one is multiplied (jax's own Triton attention uses 2).
+  memory while the current one is multiplied (jax's own Triton attention uses 2). Programs
+  that hold half a 64-row block (`Static.rows_per_program`) use one stage: the prefetched
+  64 x 128 float32 tiles cost the registers that otherwise spill.
   """
-  warps = num_warps(block_size, head_dim, precision)
-  return pltriton.CompilerParams(num_warps=warps, num_stages=2)
+  warps = num_warps(rows, head_dim, precision)
+  return pltriton.CompilerParams(num_warps=warps, num_stages=1 if split else 2)
 
 
 def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: Static):
@@ -144,8 +161,9 @@ def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: Static):
   G, Lq, D = q.shape
   Lk = k.shape[1]
   bs, Nq, Nk = static.block_size, Lq // static.block_size, Lk // static.block_size
+  rows = static.rows_per_program(D)
   row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
-  row_blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
+  row_blk = lambda d: pl.BlockSpec((None, rows, d), lambda g, i: (g, i, 0))
   head_blk = pl.BlockSpec((None, Lk, D), lambda g, i: (g, 0, 0))
   # lax.div, not `//`: g >= 0, and floor division lowers through `sign`.
   kmask_blk = pl.BlockSpec((None, Nk, bs), lambda g, i: (jax.lax.div(g, static.num_heads), 0, 0))
@@ -158,7 +176,7 @@ def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: Static):
       jax.ShapeDtypeStruct((G, Lq, D), jnp.float32),
       jax.ShapeDtypeStruct((G, Lq, 1), jnp.float32),
     ),
-    grid=(G, Nq),
+    grid=(G, Lq // rows),
     in_specs=[
       row(Nq + 1),
       row(views.cols_by_row_GxK.shape[1]),

@@ -46,7 +46,7 @@ def _dq_kernel(
 ):
   """dQ of one query block: sum over its tiles of `dS @ K`."""
   bs = block_size
-  r = pl.program_id(1)
+  r = jax.lax.div(pl.program_id(1), block_size // q_ref.shape[0])  # see the forward kernel
   start, stop = row_ptr_ref[r], row_ptr_ref[r + 1]
   q_BsxD, do_BsxD = q_ref[...], do_ref[...]
   lse_Bsx1, delta_Bsx1 = lse_ref[...], delta_ref[...]
@@ -85,7 +85,7 @@ def _dkv_kernel(
 ):
   """dK, dV of one key block from its column of tiles."""
   bs = block_size
-  c = pl.program_id(1)
+  c = jax.lax.div(pl.program_id(1), block_size // k_ref.shape[0])  # key rows may be a half block
   start, stop = col_ptr_ref[c], col_ptr_ref[c + 1]
   k_BsxD, v_BsxD = k_ref[...], v_ref[...]
   valid_Bsx1 = kmask_ref[...] > 0.5
@@ -132,7 +132,8 @@ def attention_bwd(static, residuals, cotangents):
   delta = jnp.sum(dout * out, axis=-1, keepdims=True) - dlse
   do = dout.astype(q.dtype)
   row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
-  blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
+  rows = static.rows_per_program(D)
+  blk = lambda d: pl.BlockSpec((None, rows, d), lambda g, i: (g, i, 0))
   whole = lambda n, d: pl.BlockSpec((None, n, d), lambda g, i: (g, 0, 0))
   batch = lambda g: jax.lax.div(g, static.num_heads)  # g >= 0; `//` lowers through `sign`
   K = views.cols_by_row_GxK.shape[1]
@@ -140,7 +141,7 @@ def attention_bwd(static, residuals, cotangents):
   dq = pl.pallas_call(
     functools.partial(_dq_kernel, block_size=bs, scale=scale, precision=precision),
     out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-    grid=(G, Nq),
+    grid=(G, Lq // rows),
     in_specs=[
       row(Nq + 1),
       row(K),
@@ -161,13 +162,13 @@ def attention_bwd(static, residuals, cotangents):
   dk, dv = pl.pallas_call(
     functools.partial(_dkv_kernel, block_size=bs, scale=scale, precision=precision),
     out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-    grid=(G, Nk),
+    grid=(G, Lk // rows),
     in_specs=[
       row(Nk + 1),
       row(K),
       blk(D),
       blk(D),
-      pl.BlockSpec((None, bs, 1), lambda g, i: (batch(g), i, 0)),
+      pl.BlockSpec((None, rows, 1), lambda g, i: (batch(g), i, 0)),
       whole(Lq, D),
       whole(Lq, D),
       whole(Nq, bs),

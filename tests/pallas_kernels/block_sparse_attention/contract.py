@@ -80,8 +80,10 @@ CASES = {
   "f32_bs64_two_rows": Case(block_size=64, H=1, pad=(70,)),
   # For implementations that take block 128: the same shape at L=256.
   "bf16_bs128_two_rows": Case(block_size=128, Lq=256, Lk=256, dtype=jnp.bfloat16, pad=(150,)),
+  # f32 at block 64, D 128: pallas_triton splits each block between two programs.
+  "f32_bs64_d128_two_rows": Case(block_size=64, H=1, D=128, pad=(70,)),
 }
-_EXTRA_CASE_NAMES = ("f32_bs64_two_rows", "bf16_bs128_two_rows")
+_EXTRA_CASE_NAMES = ("f32_bs64_two_rows", "bf16_bs128_two_rows", "f32_bs64_d128_two_rows")
 DEFAULT_CASE_NAMES = tuple(name for name in CASES if name not in _EXTRA_CASE_NAMES)
 
 

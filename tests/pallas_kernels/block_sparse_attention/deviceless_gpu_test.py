@@ -76,9 +76,20 @@ def test_mra_attention_forward_and_grad_compile(dtype_name):
   assert len(compile_only.custom_calls(compiled, _TRITON)) == 4 * len(_SHAPES_BxH)
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("block_size", [32, 64])
-@pytest.mark.parametrize("dtype_name", _DTYPES)
+# float32 at block 64, D 128: the dK/dV kernel still spills 56 bytes (docs/kernels.md);
+# strict, so that the fix shows up as a failure to remove this mark.
+_STILL_SPILLS = pytest.mark.xfail(strict=True, reason="f32 block 64 / D 128 dK/dV spills")
+_SPILL_CASES = [
+  pytest.param(
+    dtype_name, bs, D, marks=[_STILL_SPILLS] if (dtype_name, bs, D) == ("float32", 64, 128) else []
+  )
+  for dtype_name in _DTYPES
+  for bs in (32, 64)
+  for D in (64, 128)
+]
+
+
+@pytest.mark.parametrize("dtype_name, block_size, head_dim", _SPILL_CASES)
 def test_kernels_do_not_spill(dtype_name, block_size, head_dim):
   config = compile_report_gpu.Config(dtype_name, block_size, head_dim)
   kernels, _ = compile_report_gpu.kernel_report(config)

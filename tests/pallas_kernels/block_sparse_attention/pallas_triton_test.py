@@ -22,6 +22,14 @@ class TestPallasTritonInterpret(contract.BlockSparseAttentionContract):
   INTERPRET = True
 
 
+class TestPallasTritonInterpretHalfBlocks(contract.BlockSparseAttentionContract):
+  """float32, block 64, D 128: two programs share each 64-row block (`rows_per_program`)."""
+
+  IMPLEMENTATION = "pallas_triton"
+  INTERPRET = True
+  CASE_NAMES = ("f32_bs64_d128_two_rows",)
+
+
 def _precision_class(precision):
   name = "TestPallasTritonInterpret_" + precision
   attributes = dict(IMPLEMENTATION="pallas_triton", INTERPRET=True, PRECISION=precision)
