@@ -1,7 +1,8 @@
 """Block-sparse attention as Pallas kernels lowered through Triton (GPU): forward and op.
 
-Layouts (G = batch * heads, one program per (head, query block), grid `(G, Nq)`): the
-program's query block `(bs, D)`, the whole head's K/V `(Lk, D)` in global memory, from which
+Layouts (G = batch * heads, one program per (head, query block), grid `(G, Nq)`, or per
+half block where `Static.rows_per_program` says so): the program's query rows `(bs, D)`,
+the whole head's K/V `(Lk, D)` in global memory, from which
 the row's key blocks are sliced with `pl.ds`, the key mask as rows `(Nk, bs)`, per-query
 vectors as columns `(bs, 1)`. The Triton lowering has no scalar prefetch, so the tile
 views' index rows are ordinary inputs, one row per program (block `(None, n)`).
@@ -9,8 +10,8 @@ views' index rows are ordinary inputs, one row per program (block `(None, n)`).
 `compiler_params` is always given explicitly, because since jax 0.9 a bare `pallas_call` on
 GPU means Mosaic GPU. Triton loads only power-of-two sizes and its dot needs every dim >= 16,
 so the head dim is zero-padded up to such a size (zeros change no dot product). Every matmul
-is `A @ B` or `A @ B^T`, 2-D, accumulated in float32. The backward kernels live in
-`pallas_triton_vjp`.
+is `A @ B` or `A @ B^T`, 2-D, accumulated in float32, float32 operands at the chosen
+precision (`pallas_triton_dots`). The backward kernels live in `pallas_triton_vjp`.
 """
 # pylint: disable=invalid-name
 
