@@ -126,6 +126,14 @@ class Static(NamedTuple):
       return 32
     return self.block_size
 
+  def dkv_two_passes(self, head_dim: int) -> bool:
+    """Whether dK/dV walks each column twice, one accumulator at a time.
+
+    Where blocks are split (float32, 64 x 128), the two 32 x 128 float32 accumulators and the
+    64 x 128 Q/dO tiles still spill; one extra `K Q^T` per tile removes that.
+    """
+    return self.rows_per_program(head_dim) < self.block_size
+
 
 def num_warps(rows: int, head_dim: int, precision) -> int:
   """Warps per program of every kernel: `rows` per program, `head_dim` already padded.

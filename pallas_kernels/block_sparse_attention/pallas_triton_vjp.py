@@ -82,16 +82,21 @@ def _dkv_kernel(
   block_size: int,
   scale: float,
   precision,
+  two_passes: bool,
 ):
-  """dK, dV of one key block from its column of tiles."""
+  """dK, dV of one key block (or half block) from its column of tiles.
+
+  `two_passes` walks the column once for dV and once for dK, so that only one float32
+  accumulator is live at a time (`Static.dkv_two_passes`).
+  """
   bs = block_size
   c = jax.lax.div(pl.program_id(1), block_size // k_ref.shape[0])  # key rows may be a half block
   start, stop = col_ptr_ref[c], col_ptr_ref[c + 1]
   k_BsxD, v_BsxD = k_ref[...], v_ref[...]
   valid_Bsx1 = kmask_ref[...] > 0.5
 
-  def body(t, carry):
-    dk_BsxD, dv_BsxD = carry
+  def tile(t):
+    """The column's t-th query block and this block's transposed probabilities."""
     r = rows_ref[t]
     q_BsxD = q_ref[pl.ds(pl.multiple_of(r * bs, bs), bs), :]
     do_BsxD = do_ref[pl.ds(pl.multiple_of(r * bs, bs), bs), :]
@@ -100,14 +105,37 @@ def _dkv_kernel(
     # Transposed tile: rows are this block's keys, columns the query block's queries.
     sT_BsxBs = jnp.where(valid_Bsx1, dot_nt(k_BsxD, q_BsxD, precision) * scale, base.MASK_VALUE)
     pT_BsxBs = jnp.exp(sT_BsxBs - lse_1xBs)
-    dv_BsxD = dv_BsxD + dot_nn(pT_BsxBs.astype(do_BsxD.dtype), do_BsxD, precision)
+    return q_BsxD, do_BsxD, delta_1xBs, pT_BsxBs
+
+  def dv_step(dv_BsxD, pT_BsxBs, do_BsxD):
+    return dv_BsxD + dot_nn(pT_BsxBs.astype(do_BsxD.dtype), do_BsxD, precision)
+
+  def dk_step(dk_BsxD, pT_BsxBs, q_BsxD, do_BsxD, delta_1xBs):
     dpT_BsxBs = dot_nt(v_BsxD, do_BsxD, precision)
     dsT_BsxBs = pT_BsxBs * (dpT_BsxBs - delta_1xBs)
-    dk_BsxD = dk_BsxD + dot_nn(dsT_BsxBs.astype(q_BsxD.dtype), q_BsxD, precision)
-    return dk_BsxD, dv_BsxD
+    return dk_BsxD + dot_nn(dsT_BsxBs.astype(q_BsxD.dtype), q_BsxD, precision)
+
+  def body(t, carry):
+    dk_BsxD, dv_BsxD = carry
+    q_BsxD, do_BsxD, delta_1xBs, pT_BsxBs = tile(t)
+    dv_BsxD = dv_step(dv_BsxD, pT_BsxBs, do_BsxD)
+    return dk_step(dk_BsxD, pT_BsxBs, q_BsxD, do_BsxD, delta_1xBs), dv_BsxD
+
+  def dv_body(t, dv_BsxD):
+    _, do_BsxD, _, pT_BsxBs = tile(t)
+    return dv_step(dv_BsxD, pT_BsxBs, do_BsxD)
+
+  def dk_body(t, dk_BsxD):
+    q_BsxD, do_BsxD, delta_1xBs, pT_BsxBs = tile(t)
+    return dk_step(dk_BsxD, pT_BsxBs, q_BsxD, do_BsxD, delta_1xBs)
 
   zeros_BsxD = jnp.zeros(k_BsxD.shape, jnp.float32)
-  dk_BsxD, dv_BsxD = jax.lax.fori_loop(start, stop, body, (zeros_BsxD, zeros_BsxD))
+  if two_passes:
+    # One accumulator per loop: the column is walked twice and P^T computed twice.
+    dv_BsxD = jax.lax.fori_loop(start, stop, dv_body, zeros_BsxD)
+    dk_BsxD = jax.lax.fori_loop(start, stop, dk_body, zeros_BsxD)
+  else:
+    dk_BsxD, dv_BsxD = jax.lax.fori_loop(start, stop, body, (zeros_BsxD, zeros_BsxD))
   dk_ref[...] = (dk_BsxD * scale).astype(dk_ref.dtype)
   dv_ref[...] = dv_BsxD.astype(dv_ref.dtype)
 
@@ -160,7 +188,13 @@ def attention_bwd(static, residuals, cotangents):
   )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, do, lse, delta)
 
   dk, dv = pl.pallas_call(
-    functools.partial(_dkv_kernel, block_size=bs, scale=scale, precision=precision),
+    functools.partial(
+      _dkv_kernel,
+      block_size=bs,
+      scale=scale,
+      precision=precision,
+      two_passes=static.dkv_two_passes(D),
+    ),
     out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
     grid=(G, Lk // rows),
     in_specs=[
