@@ -119,20 +119,26 @@ class Static(NamedTuple):
     """Query rows (forward, dQ) or key rows (dK/dV) of one program: a block or half of one.
 
     Float32 operands of a 64 x 128 tile spill at any warp count (their bf16x3 / tf32x3 splits
-    and accumulators exceed 255 registers per thread), so each 64-row block is then shared by
-    two programs of 32 rows, which read the same K/V (Q/dO) tiles.
+    and accumulators exceed 255 registers per thread), as do IEEE float32 64-row tiles (the
+    scalar-FMA dot spreads every operand over the threads). Each 64-row block is then
+    shared by two programs of 32 rows, which read the same K/V (Q/dO) tiles.
     """
-    if self.precision is not None and self.block_size * head_dim > 64 * 64:
+    if self.precision is None or self.block_size == 32:
+      return self.block_size
+    if head_dim > 64 or self.precision.name == "float32":
       return 32
     return self.block_size
 
   def dkv_two_passes(self, head_dim: int) -> bool:
-    """Whether dK/dV walks each column twice, one accumulator at a time.
+    """Whether dK/dV walks each column twice, one float32 accumulator live at a time.
 
-    Where blocks are split (float32, 64 x 128), the two 32 x 128 float32 accumulators and the
-    64 x 128 Q/dO tiles still spill; one extra `K Q^T` per tile removes that.
+    Where blocks are split, and for the register-hungry "float32" and "tf32x3" dots, the two
+    accumulators beside the Q/dO tiles spill; one extra `K Q^T` per tile removes that.
     """
-    return self.rows_per_program(head_dim) < self.block_size
+    if self.precision is None:
+      return False
+    split = self.rows_per_program(head_dim) < self.block_size
+    return split or self.precision.name in ("float32", "tf32x3")
 
 
 def num_warps(rows: int, head_dim: int, precision) -> int:
