@@ -165,7 +165,7 @@ def compiler_params(
   Two pipeline stages let Triton prefetch the next tile's K/V (Q/dO) rows into shared
   memory while the current one is multiplied (jax's own Triton attention uses 2). Programs
   that hold half a 64-row block (`Static.rows_per_program`) use one stage: the prefetched
-  64 x 128 float32 tiles cost the registers that otherwise spill.
+  64-row float32 tiles cost the registers that otherwise spill.
   """
   warps = num_warps(rows, head_dim, precision)
   return pltriton.CompilerParams(num_warps=warps, num_stages=1 if split else 2)

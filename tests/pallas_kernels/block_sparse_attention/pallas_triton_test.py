@@ -12,7 +12,10 @@ import pallas_kernels
 from pallas_kernels.block_sparse_attention import api, pallas_triton, pallas_triton_dots
 from tests.pallas_kernels.block_sparse_attention import contract
 
-_F32_CASES = ("f32_bs32_mra_state", "f32_bs64_full_state")
+# Block 32 for every precision; block 64 too where it changes the kernels' loop structure
+# (IEEE "float32" splits 64-row blocks; "float32" and "tf32x3" walk dK/dV columns twice).
+_F32_CASES = {"float32": 2, "tf32x3": 2}
+_F32_CASE_NAMES = ("f32_bs32_mra_state", "f32_bs64_full_state")
 
 
 class TestPallasTritonInterpret(contract.BlockSparseAttentionContract):
@@ -38,7 +41,7 @@ def _precision_class(precision):
   )
 
 
-# One contract subclass per float32 precision, on the float32 cases of block 32 and 64.
+# One contract subclass per float32 precision.
 for _precision in pallas_triton.F32_PRECISIONS:
   globals()[f"TestPallasTritonInterpret_{_precision}"] = _precision_class(_precision)
 
