@@ -14,8 +14,8 @@ from tests.pallas_kernels.block_sparse_attention import contract
 
 # Block 32 for every precision; block 64 too where it changes the kernels' loop structure
 # (IEEE "float32" splits 64-row blocks; "float32" and "tf32x3" walk dK/dV columns twice).
-_F32_CASES = {"float32": 2, "tf32x3": 2}
 _F32_CASE_NAMES = ("f32_bs32_mra_state", "f32_bs64_full_state")
+_CASES_PER_PRECISION = {"float32": 2, "tf32x3": 2}
 
 
 class TestPallasTritonInterpret(contract.BlockSparseAttentionContract):
@@ -35,10 +35,11 @@ class TestPallasTritonInterpretHalfBlocks(contract.BlockSparseAttentionContract)
 
 def _precision_class(precision):
   name = "TestPallasTritonInterpret_" + precision
-  attributes = dict(IMPLEMENTATION="pallas_triton", INTERPRET=True, PRECISION=precision)
-  return type(
-    name, (contract.BlockSparseAttentionContract,), dict(attributes, CASE_NAMES=_F32_CASES)
+  case_names = _F32_CASE_NAMES[: _CASES_PER_PRECISION.get(precision, 1)]
+  attributes = dict(
+    IMPLEMENTATION="pallas_triton", INTERPRET=True, PRECISION=precision, CASE_NAMES=case_names
   )
+  return type(name, (contract.BlockSparseAttentionContract,), attributes)
 
 
 # One contract subclass per float32 precision.
