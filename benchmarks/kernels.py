@@ -8,7 +8,10 @@ low-resolution term and the kernels), whose fwd+bwd against dense is the headlin
 (`mra2_speedup_fwdbwd`).
 
 FLOPs follow the flash-attention convention: forward `4 * bs^2 * D` per selected tile
-(QK^T and PV), backward 2.5x the forward (recomputation of QK^T not counted).
+(QK^T and PV), backward 2.5x the forward (recomputation of QK^T not counted). Float32 inputs
+are timed once per dot precision (`--precisions`, default every entry of
+`pallas_kernels.F32_PRECISIONS` for "pallas_triton"): the speed side of the error table in
+docs/kernels.md. Each row's `precision` says which ("native" for half-precision inputs).
 
 On an accelerator:
   python -m benchmarks.kernels --lengths 1024,4096,16384,65536 --dtypes bfloat16,float32
@@ -31,6 +34,7 @@ import jax.numpy as jnp
 
 import mra_jax
 import pallas_kernels
+from pallas_kernels.block_sparse_attention import api
 
 _PALLAS_IMPLEMENTATIONS = ("pallas_triton", "pallas_mosaic_tpu")
 
@@ -60,6 +64,12 @@ def _parse_args(argv=None):
     help="the Pallas implementation to time; default: pallas_mosaic_tpu on TPU, "
     "pallas_triton elsewhere (interpret mode off its device)",
   )
+  p.add_argument(
+    "--precisions",
+    default="all",
+    help="float32 dot precisions to time with pallas_triton: 'all' (pallas_kernels."
+    "F32_PRECISIONS), 'default' or a comma-separated list",
+  )
   p.add_argument("--iters", type=int, default=20)
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--skip_dense", action="store_true", help="do not time dense attention")
@@ -78,7 +88,18 @@ def _parse_args(argv=None):
     args.implementation = "pallas_mosaic_tpu" if tpu else "pallas_triton"
   if args.quick:
     args.lengths, args.batch, args.heads, args.iters, args.warmup = "256", 1, 1, 1, 1
+  if args.implementation not in api.TAKES_PRECISION or args.precisions == "default":
+    args.precisions = (None,)
+  elif args.precisions == "all":
+    args.precisions = pallas_kernels.F32_PRECISIONS
+  else:
+    args.precisions = tuple(args.precisions.split(","))
   return args
+
+
+def sparse_flops_fwd(B: int, H: int, tiles_per_head: int, block_size: int, head_dim: int) -> float:
+  """Forward FLOPs of the selected tiles: QK^T and PV, `2 * bs^2 * D` each per tile."""
+  return 4.0 * block_size * block_size * head_dim * tiles_per_head * B * H
 
 
 def _tile_ids(key, B, H, Nq, Nk, K):
@@ -126,8 +147,8 @@ def _fwd_and_fwdbwd(f):
   return fwd, jax.jit(fwd_bwd)
 
 
-def bench_one(args, L: int, dtype) -> dict[str, Any]:
-  """Times the kernels and dense attention at one length and dtype."""
+def bench_one(args, L: int, dtype, precision: str | None = None) -> dict[str, Any]:
+  """Times the kernels and dense attention at one length, dtype and f32 dot precision."""
   B, H, D, bs = args.batch, args.heads, args.head_dim, args.block_size
   Nq = Nk = L // bs
   K = min(args.block_per_row * Nq, Nq * Nk)
@@ -138,12 +159,14 @@ def bench_one(args, L: int, dtype) -> dict[str, Any]:
   m0 = jnp.full((B, H, L), -jnp.inf, jnp.float32)
   l0, acc0 = jnp.zeros((B, H, L), jnp.float32), jnp.zeros((B, H, L, D), jnp.float32)
 
+  opts = {} if precision is None else {"precision": precision}
+
   def sparse(q, k, v):
     return pallas_kernels.block_sparse_attention(
-      q, k, v, ids, valid, m0, l0, acc0, block_size=bs, implementation=args.implementation
+      q, k, v, ids, valid, m0, l0, acc0, block_size=bs, implementation=args.implementation, **opts
     )
 
-  flops_fwd = 4.0 * bs * bs * D * K * B * H
+  flops_fwd = sparse_flops_fwd(B, H, K, bs, D)
   row = {
     "implementation": args.implementation,
     "L": L,
@@ -153,6 +176,8 @@ def bench_one(args, L: int, dtype) -> dict[str, Any]:
     "D": D,
     "block_size": bs,
     "tiles_per_head": K,
+    "precision": precision or ("native" if dtype != jnp.float32 else "default"),
+    "sparse_fwd_flops": flops_fwd,
   }
   fwd, fwd_bwd = _fwd_and_fwdbwd(sparse)
   t_f = _time(lambda: fwd(q, k, v), args.iters, args.warmup)
@@ -176,6 +201,7 @@ def bench_one(args, L: int, dtype) -> dict[str, Any]:
       block_per_row=args.block_per_row,
       approx_mode="full",
       impl=args.implementation,
+      **opts,
     )
     m_fwd, m_fwd_bwd = _fwd_and_fwdbwd(mra2)
     row.update(
@@ -222,10 +248,12 @@ def main(argv=None):
   print(f"devices: {jax.devices()}  backend: {jax.default_backend()}  jax {jax.__version__}")
   rows = []
   for dtype_name in args.dtypes.split(","):
-    for L in (int(x) for x in args.lengths.split(",")):
-      row = bench_one(args, L, jnp.dtype(dtype_name))
-      rows.append(row)
-      print(json.dumps(row), flush=True)
+    dtype = jnp.dtype(dtype_name)
+    for precision in args.precisions if dtype == jnp.float32 else (None,):
+      for L in (int(x) for x in args.lengths.split(",")):
+        row = bench_one(args, L, dtype, precision)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
       json.dump(rows, f, indent=1)

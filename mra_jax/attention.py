@@ -53,6 +53,10 @@ class MraConfig:
       "pallas_triton" (Triton kernels, block_size 32 or 64) or "pallas_mosaic_tpu"
       (Mosaic TPU kernels, block_size 32, 64 or 128). A Pallas implementation runs in
       interpret mode where jax's default backend is not its device.
+    precision: float32 dot precision of the block-sparse kernels, for impls that take one
+      ("pallas_triton", and "auto" where it resolves to it): None (their default, "bf16x3")
+      or one of `pallas_kernels.F32_PRECISIONS`. Half-precision inputs ignore it; an impl
+      that takes no precision refuses a value.
   """
 
   block_size: int = 32
@@ -62,6 +66,7 @@ class MraConfig:
   initial_prior_first_n_blocks: int = 0
   initial_prior_diagonal_n_blocks: int = 0
   impl: str = "auto"
+  precision: str | None = None
 
   def __post_init__(self):
     check_int("block_size", self.block_size, minimum=2)
@@ -78,6 +83,11 @@ class MraConfig:
     check_int("initial_prior_diagonal_n_blocks", self.initial_prior_diagonal_n_blocks, minimum=0)
     if self.impl not in IMPLS:
       raise ValueError(f"impl must be one of {IMPLS}; got impl={self.impl!r}")
+    if self.precision is not None and self.precision not in pallas_kernels.F32_PRECISIONS:
+      raise ValueError(
+        f"precision must be None or one of {pallas_kernels.F32_PRECISIONS}; "
+        f"got precision={self.precision!r}"
+      )
 
   def budget(self, num_query_blocks: int, num_key_blocks: int) -> int:
     """Tiles selected per (batch, head) for a runtime block grid."""
@@ -101,6 +111,7 @@ def mra_attention(
   initial_prior_first_n_blocks: int = 0,
   initial_prior_diagonal_n_blocks: int = 0,
   impl: str = "auto",
+  precision: str | None = None,
 ) -> jax.Array:
   """Multi-resolution attention: MRA-2 (`approx_mode="full"`) or MRA-2-s (`"sparse"`).
 
@@ -121,6 +132,7 @@ def mra_attention(
     initial_prior_diagonal_n_blocks: always select the diagonal band of width n.
     impl: "auto", "reference", "xla_chunked", "pallas_triton" or "pallas_mosaic_tpu"
       (see `MraConfig`).
+    precision: float32 dot precision of the block-sparse kernels (see `MraConfig`).
 
   Returns:
     [B, Lq, H, D] in `query`'s dtype (statistics are float32 inside). Padded queries
@@ -137,6 +149,7 @@ def mra_attention(
     initial_prior_first_n_blocks=initial_prior_first_n_blocks,
     initial_prior_diagonal_n_blocks=initial_prior_diagonal_n_blocks,
     impl=impl,
+    precision=precision,
   )
   return mra_attention_with_config(query, key, value, mask, key_mask=key_mask, config=cfg)
 
@@ -214,7 +227,7 @@ def _mra_heads_first(
 
   args = (q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, tile_ids_BxHxK, k_valid_BxLk, m0, l0, acc0)
   out, _ = pallas_kernels.block_sparse_attention(
-    *args, block_size=bs, scale=scale, implementation=cfg.impl
+    *args, block_size=bs, scale=scale, implementation=cfg.impl, precision=cfg.precision
   )
   return jnp.where(q_valid_BxLq[:, None, :, None], out.astype(jnp.float32), 0.0)
 

@@ -9,6 +9,8 @@ modules with `from pallas_kernels.block_sparse_attention import api, base, ...` 
 """
 
 from pallas_kernels.block_sparse_attention import DEFAULT_EPS as DEFAULT_EPS
+from pallas_kernels.block_sparse_attention import DEFAULT_F32_PRECISION as DEFAULT_F32_PRECISION
+from pallas_kernels.block_sparse_attention import F32_PRECISIONS as F32_PRECISIONS
 from pallas_kernels.block_sparse_attention import IMPLEMENTATIONS as IMPLEMENTATIONS
 from pallas_kernels.block_sparse_attention import TileViews as TileViews
 from pallas_kernels.block_sparse_attention import block_sparse_attention as block_sparse_attention

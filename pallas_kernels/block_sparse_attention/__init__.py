@@ -31,3 +31,7 @@ from pallas_kernels.block_sparse_attention.index_views import TileViews as TileV
 from pallas_kernels.block_sparse_attention.index_views import (
   build_tile_views as build_tile_views,
 )
+from pallas_kernels.block_sparse_attention.pallas_triton import (
+  DEFAULT_F32_PRECISION as DEFAULT_F32_PRECISION,
+)
+from pallas_kernels.block_sparse_attention.pallas_triton import F32_PRECISIONS as F32_PRECISIONS

@@ -27,6 +27,9 @@ IMPLEMENTATIONS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
 }
 # Implementations whose kernels can run in Pallas interpret mode (they take `interpret=`).
 INTERPRETABLE = ("pallas_triton", "pallas_mosaic_tpu")
+# Implementations that take `precision=` (a float32 dot precision, `pallas_triton.F32_PRECISIONS`).
+# The others compute float32 inputs at the platform's float32 dot precision and refuse one.
+TAKES_PRECISION = ("pallas_triton",)
 # "auto" on each platform (jax's default backend); xla_chunked anywhere else.
 _AUTO = {"gpu": "pallas_triton", "cuda": "pallas_triton", "rocm": "pallas_triton"}
 _AUTO["tpu"] = "pallas_mosaic_tpu"
@@ -61,6 +64,7 @@ def block_sparse_attention(
   scale: float | None = None,
   eps: float = base.DEFAULT_EPS,
   implementation: str = "auto",
+  precision: str | None = None,
   interpret: Any = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Block-sparse attention from an initial online-softmax state (maths in `base`).
@@ -85,6 +89,10 @@ def block_sparse_attention(
       "xla_chunked" elsewhere) or a key of `IMPLEMENTATIONS`: "reference" (one shot of
       pure jnp, for tests), "xla_chunked" (chunked jnp with a flash-style VJP, for CPUs),
       "pallas_triton" (GPU) or "pallas_mosaic_tpu" (TPU).
+    precision: "pallas_triton" only: the float32 inputs' dot precision, one of
+      `pallas_triton.F32_PRECISIONS` ("bf16x3", "float32", "tf32x3", "tf32", "bf16"); None is
+      its default, "bf16x3". Half-precision inputs ignore it. The other implementations
+      take only None.
     interpret: Pallas implementations only. None: interpret mode where jax's default
       backend is not the implementation's device; a bool; for "pallas_mosaic_tpu" also a
       `pltpu.InterpretParams` (TPU interpret mode).
@@ -94,7 +102,7 @@ def block_sparse_attention(
     with other float32 terms; cast afterwards).
 
   Raises:
-    ValueError: on an unknown implementation, `interpret` given to one that does not
+    ValueError: on an unknown implementation, `precision` or `interpret` given to one that does not
       interpret, bad shapes or dtypes, or a block size the implementation cannot take; all
       before any kernel is built.
   """
@@ -115,5 +123,11 @@ def block_sparse_attention(
   elif interpret is not None:
     raise ValueError(
       f"interpret applies to {INTERPRETABLE} only, got {interpret=} for implementation={name!r}"
+    )
+  if name in TAKES_PRECISION:
+    options["precision"] = precision
+  elif precision is not None:
+    raise ValueError(
+      f"precision applies to {TAKES_PRECISION} only, got {precision=} for implementation={name!r}"
     )
   return IMPLEMENTATIONS[name](*args, **options)

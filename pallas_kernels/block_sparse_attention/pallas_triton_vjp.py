@@ -22,26 +22,10 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.block_sparse_attention import base
+from pallas_kernels.block_sparse_attention import base, pallas_triton_dots
 
-# As the forward (see `pallas_triton`).
-NUM_WARPS, NUM_STAGES = 4, 2
-
-
-def _dot_nt(a_MxD, b_NxD, precision):
-  """`a @ b^T` in float32."""
-  return jax.lax.dot_general(
-    a_MxD, b_NxD, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
-  )
-
-
-def _dot_nn(a_MxK, b_KxN, precision):
-  """`a @ b` in float32."""
-  return jax.lax.dot_general(
-    a_MxK, b_KxN, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=jnp.float32
-  )
+dot_nt, dot_nn = pallas_triton_dots.dot_nt, pallas_triton_dots.dot_nn
 
 
 def _dq_kernel(
@@ -62,7 +46,7 @@ def _dq_kernel(
 ):
   """dQ of one query block: sum over its tiles of `dS @ K`."""
   bs = block_size
-  r = pl.program_id(1)
+  r = jax.lax.div(pl.program_id(1), block_size // q_ref.shape[0])  # see the forward kernel
   start, stop = row_ptr_ref[r], row_ptr_ref[r + 1]
   q_BsxD, do_BsxD = q_ref[...], do_ref[...]
   lse_Bsx1, delta_Bsx1 = lse_ref[...], delta_ref[...]
@@ -72,11 +56,11 @@ def _dq_kernel(
     k_BsxD = k_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
     v_BsxD = v_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
     valid_1xBs = kmask_ref[pl.ds(c, 1), :] > 0.5
-    s_BsxBs = jnp.where(valid_1xBs, _dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+    s_BsxBs = jnp.where(valid_1xBs, dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
     p_BsxBs = jnp.exp(s_BsxBs - lse_Bsx1)
-    dp_BsxBs = _dot_nt(do_BsxD, v_BsxD, precision)
+    dp_BsxBs = dot_nt(do_BsxD, v_BsxD, precision)
     ds_BsxBs = p_BsxBs * (dp_BsxBs - delta_Bsx1)
-    return dq_BsxD + _dot_nn(ds_BsxBs.astype(k_BsxD.dtype), k_BsxD, precision)
+    return dq_BsxD + dot_nn(ds_BsxBs.astype(k_BsxD.dtype), k_BsxD, precision)
 
   dq_BsxD = jax.lax.fori_loop(start, stop, body, jnp.zeros(q_BsxD.shape, jnp.float32))
   dq_ref[...] = (dq_BsxD * scale).astype(dq_ref.dtype)
@@ -98,58 +82,94 @@ def _dkv_kernel(
   block_size: int,
   scale: float,
   precision,
+  two_passes: bool,
 ):
-  """dK, dV of one key block from its column of tiles."""
+  """dK, dV of one key block (or half block) from its column of tiles.
+
+  `two_passes` walks the column once for dV and once for dK, so that only one float32
+  accumulator is live at a time (`Static.dkv_two_passes`).
+  """
   bs = block_size
-  c = pl.program_id(1)
+  c = jax.lax.div(pl.program_id(1), block_size // k_ref.shape[0])  # key rows may be a half block
   start, stop = col_ptr_ref[c], col_ptr_ref[c + 1]
   k_BsxD, v_BsxD = k_ref[...], v_ref[...]
   valid_Bsx1 = kmask_ref[...] > 0.5
 
-  def body(t, carry):
-    dk_BsxD, dv_BsxD = carry
+  def tile(t):
+    """The column's t-th query block and this block's transposed probabilities."""
     r = rows_ref[t]
     q_BsxD = q_ref[pl.ds(pl.multiple_of(r * bs, bs), bs), :]
     do_BsxD = do_ref[pl.ds(pl.multiple_of(r * bs, bs), bs), :]
     lse_1xBs = lse_ref[pl.ds(r, 1), :]
     delta_1xBs = delta_ref[pl.ds(r, 1), :]
     # Transposed tile: rows are this block's keys, columns the query block's queries.
-    sT_BsxBs = jnp.where(valid_Bsx1, _dot_nt(k_BsxD, q_BsxD, precision) * scale, base.MASK_VALUE)
+    sT_BsxBs = jnp.where(valid_Bsx1, dot_nt(k_BsxD, q_BsxD, precision) * scale, base.MASK_VALUE)
     pT_BsxBs = jnp.exp(sT_BsxBs - lse_1xBs)
-    dv_BsxD = dv_BsxD + _dot_nn(pT_BsxBs.astype(do_BsxD.dtype), do_BsxD, precision)
-    dpT_BsxBs = _dot_nt(v_BsxD, do_BsxD, precision)
+    return q_BsxD, do_BsxD, delta_1xBs, pT_BsxBs
+
+  def dv_step(dv_BsxD, pT_BsxBs, do_BsxD):
+    return dv_BsxD + dot_nn(pT_BsxBs.astype(do_BsxD.dtype), do_BsxD, precision)
+
+  def dk_step(dk_BsxD, pT_BsxBs, q_BsxD, do_BsxD, delta_1xBs):
+    dpT_BsxBs = dot_nt(v_BsxD, do_BsxD, precision)
     dsT_BsxBs = pT_BsxBs * (dpT_BsxBs - delta_1xBs)
-    dk_BsxD = dk_BsxD + _dot_nn(dsT_BsxBs.astype(q_BsxD.dtype), q_BsxD, precision)
-    return dk_BsxD, dv_BsxD
+    return dk_BsxD + dot_nn(dsT_BsxBs.astype(q_BsxD.dtype), q_BsxD, precision)
+
+  def body(t, carry):
+    dk_BsxD, dv_BsxD = carry
+    q_BsxD, do_BsxD, delta_1xBs, pT_BsxBs = tile(t)
+    dv_BsxD = dv_step(dv_BsxD, pT_BsxBs, do_BsxD)
+    return dk_step(dk_BsxD, pT_BsxBs, q_BsxD, do_BsxD, delta_1xBs), dv_BsxD
+
+  def dv_body(t, dv_BsxD):
+    _, do_BsxD, _, pT_BsxBs = tile(t)
+    return dv_step(dv_BsxD, pT_BsxBs, do_BsxD)
+
+  def dk_body(t, dk_BsxD):
+    q_BsxD, do_BsxD, delta_1xBs, pT_BsxBs = tile(t)
+    return dk_step(dk_BsxD, pT_BsxBs, q_BsxD, do_BsxD, delta_1xBs)
 
   zeros_BsxD = jnp.zeros(k_BsxD.shape, jnp.float32)
-  dk_BsxD, dv_BsxD = jax.lax.fori_loop(start, stop, body, (zeros_BsxD, zeros_BsxD))
+  if two_passes:
+    # One accumulator per loop: the column is walked twice and P^T computed twice.
+    dv_BsxD = jax.lax.fori_loop(start, stop, dv_body, zeros_BsxD)
+    dk_BsxD = jax.lax.fori_loop(start, stop, dk_body, zeros_BsxD)
+  else:
+    dk_BsxD, dv_BsxD = jax.lax.fori_loop(start, stop, body, (zeros_BsxD, zeros_BsxD))
   dk_ref[...] = (dk_BsxD * scale).astype(dk_ref.dtype)
   dv_ref[...] = dv_BsxD.astype(dv_ref.dtype)
 
 
-def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotangents):
-  """The custom-VJP backward of `pallas_triton._attention` (G = B * H layouts)."""
-  del eps
+def attention_bwd(static, residuals, cotangents):
+  """The custom-VJP backward of `pallas_triton._attention` (G = B * H layouts).
+
+  Args:
+    static: the op's `pallas_triton.Static` settings.
+    residuals: `(q, k, v, views, kmask_rows, kmask_col, m0, out, lse)` of the forward.
+    cotangents: `(dout, dlse)`, float32.
+
+  Returns:
+    Cotangents of `_attention`'s array arguments (None for views, masks and m0).
+  """
   q, k, v, views, kmask_rows, kmask_col, m0, out, lse = residuals
   dout, dlse = cotangents
   G, Lq, D = q.shape
   Lk = k.shape[1]
-  bs, Nq, Nk = block_size, Lq // block_size, Lk // block_size
+  bs, Nq, Nk = static.block_size, Lq // static.block_size, Lk // static.block_size
+  scale, precision, interpret = static.scale, static.precision, static.interpret
   delta = jnp.sum(dout * out, axis=-1, keepdims=True) - dlse
   do = dout.astype(q.dtype)
-  precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
-  compiler_params = pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
   row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
-  blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
+  rows = static.rows_per_program(D)
+  blk = lambda d: pl.BlockSpec((None, rows, d), lambda g, i: (g, i, 0))
   whole = lambda n, d: pl.BlockSpec((None, n, d), lambda g, i: (g, 0, 0))
-  batch = lambda g: jax.lax.div(g, num_heads)  # g >= 0; `//` lowers through `sign`
+  batch = lambda g: jax.lax.div(g, static.num_heads)  # g >= 0; `//` lowers through `sign`
   K = views.cols_by_row_GxK.shape[1]
 
   dq = pl.pallas_call(
     functools.partial(_dq_kernel, block_size=bs, scale=scale, precision=precision),
     out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-    grid=(G, Nq),
+    grid=(G, Lq // rows),
     in_specs=[
       row(Nq + 1),
       row(K),
@@ -163,20 +183,26 @@ def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotan
     ],
     out_specs=blk(D),
     interpret=interpret,
-    compiler_params=compiler_params,
+    compiler_params=static.launch_params(D),
     name="mra_block_sparse_dq",
   )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, do, lse, delta)
 
   dk, dv = pl.pallas_call(
-    functools.partial(_dkv_kernel, block_size=bs, scale=scale, precision=precision),
+    functools.partial(
+      _dkv_kernel,
+      block_size=bs,
+      scale=scale,
+      precision=precision,
+      two_passes=static.dkv_two_passes(D),
+    ),
     out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-    grid=(G, Nk),
+    grid=(G, Lk // rows),
     in_specs=[
       row(Nk + 1),
       row(K),
       blk(D),
       blk(D),
-      pl.BlockSpec((None, bs, 1), lambda g, i: (batch(g), i, 0)),
+      pl.BlockSpec((None, rows, 1), lambda g, i: (batch(g), i, 0)),
       whole(Lq, D),
       whole(Lq, D),
       whole(Nq, bs),
@@ -184,7 +210,7 @@ def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotan
     ],
     out_specs=(blk(D), blk(D)),
     interpret=interpret,
-    compiler_params=compiler_params,
+    compiler_params=static.launch_params(D),
     name="mra_block_sparse_dkv",
   )(
     views.col_ptr_GxNk1,

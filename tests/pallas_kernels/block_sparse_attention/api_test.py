@@ -111,6 +111,10 @@ def test_length_not_a_multiple_of_the_block_raises(implementation):
     (dict(implementation="pallas_triton", interpret=pltpu.InterpretParams()), "interpret="),
     (dict(implementation="pallas_mosaic_tpu", interpret="yes"), "interpret='yes'"),
     (dict(implementation="xla_chunked", block_size=0), "block_size=0"),
+    (dict(implementation="xla_chunked", precision="tf32"), "precision='tf32'"),
+    (dict(implementation="reference", precision="float32"), "precision='float32'"),
+    (dict(implementation="pallas_mosaic_tpu", precision="bf16x3"), "precision='bf16x3'"),
+    (dict(implementation="pallas_triton", precision="fp32"), "precision='fp32'"),
   ],
 )
 def test_bad_options_raise_naming_the_option(options, match):
@@ -118,3 +122,14 @@ def test_bad_options_raise_naming_the_option(options, match):
   options.setdefault("block_size", 32)
   with pytest.raises(ValueError, match=match):
     api.block_sparse_attention(*args, **options)
+
+
+def test_precision_reaches_the_triton_kernels():
+  # One bf16 pass is visibly coarser than IEEE float32; the entry point passes the choice on.
+  args, _ = contract.inputs(_SMALL)
+  attend = lambda precision: api.block_sparse_attention(
+    *args, block_size=32, implementation="pallas_triton", interpret=True, precision=precision
+  )[0]
+  ref_out, _ = base.block_sparse_attention_reference(*args, block_size=32)
+  err = lambda out: float(jnp.max(jnp.abs(out - ref_out)))
+  assert err(attend("float32")) < 1e-5 < 1e-4 < err(attend("bf16"))

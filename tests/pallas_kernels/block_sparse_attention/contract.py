@@ -18,15 +18,27 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import pallas_kernels
 from pallas_kernels.block_sparse_attention import api, base
 
 # Max abs error allowed, relative to the largest reference magnitude of the same array.
 # bf16: kernels feed P and dO to the MXU / tensor cores in bf16, the reference stays f32.
 TOLERANCE = {jnp.float32: 2e-5, jnp.bfloat16: 3e-2}
+# Float32 inputs under each of `pallas_triton`'s dot precisions: about 3x the largest error
+# measured over the f32 cases (interpret mode emulates each one's rounding), with room for
+# tensor cores that truncate TF32 operands instead of rounding them.
+F32_PRECISION_TOLERANCE = {
+  "float32": 2e-6,  # measured 5.2e-7
+  "tf32x3": 2e-6,  # measured 5.1e-7
+  "bf16x3": 4e-5,  # measured 1.3e-5
+  "tf32": 3e-3,  # measured 7.8e-4
+  "bf16": 2e-2,  # measured 5.0e-3
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +80,10 @@ CASES = {
   "f32_bs64_two_rows": Case(block_size=64, H=1, pad=(70,)),
   # For implementations that take block 128: the same shape at L=256.
   "bf16_bs128_two_rows": Case(block_size=128, Lq=256, Lk=256, dtype=jnp.bfloat16, pad=(150,)),
+  # f32 at block 64, D 128: pallas_triton splits each block between two programs.
+  "f32_bs64_d128_two_rows": Case(block_size=64, H=1, D=128, pad=(70,)),
 }
-_EXTRA_CASE_NAMES = ("f32_bs64_two_rows", "bf16_bs128_two_rows")
+_EXTRA_CASE_NAMES = ("f32_bs64_two_rows", "bf16_bs128_two_rows", "f32_bs64_d128_two_rows")
 DEFAULT_CASE_NAMES = tuple(name for name in CASES if name not in _EXTRA_CASE_NAMES)
 
 
@@ -135,10 +149,12 @@ def outputs_and_grads(fn, args, cotangents, **options):
   return run(q, k, v, l0, acc0, cotangents)
 
 
-def assert_close(actual, expected, dtype, name):
+def assert_close(actual, expected, dtype, name, tolerance=None):
+  """Max abs error within `tolerance` (default `TOLERANCE[dtype]`) of max(1, max |expected|)."""
   actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
   assert np.all(np.isfinite(actual)), f"{name}: non-finite values"
-  atol = TOLERANCE[dtype] * max(1.0, float(np.max(np.abs(expected))))
+  tolerance = TOLERANCE[dtype] if tolerance is None else tolerance
+  atol = tolerance * max(1.0, float(np.max(np.abs(expected))))
   np.testing.assert_allclose(actual, expected, rtol=0, atol=atol, err_msg=name)
 
 
@@ -149,11 +165,14 @@ class BlockSparseAttentionContract:
     IMPLEMENTATION: a key of `api.IMPLEMENTATIONS`.
     INTERPRET: passed as `interpret=` (Pallas implementations; None elsewhere).
     CASE_NAMES: the keys of `CASES` this subclass runs (block sizes 32 and 64 by default).
+    PRECISION: passed as `precision=` when not None (implementations in
+      `api.TAKES_PRECISION`); float32 cases are then held to `F32_PRECISION_TOLERANCE`.
   """
 
   IMPLEMENTATION: str = ""
   INTERPRET: Any = None
   CASE_NAMES: tuple[str, ...] = DEFAULT_CASE_NAMES
+  PRECISION: str | None = None
 
   def pytest_generate_tests(self, metafunc):
     # pytest calls a test class's own hook: each subclass parametrizes its own cases.
@@ -161,9 +180,17 @@ class BlockSparseAttentionContract:
       metafunc.parametrize("case_name", metafunc.cls.CASE_NAMES)
 
   def attend(self, *args, **options):
+    if self.PRECISION is not None:
+      options["precision"] = self.PRECISION
     return api.block_sparse_attention(
       *args, implementation=self.IMPLEMENTATION, interpret=self.INTERPRET, **options
     )
+
+  def tolerance(self, dtype) -> float:
+    """The relative tolerance for inputs of `dtype` (see `assert_close`)."""
+    if dtype == jnp.float32 and self.IMPLEMENTATION in api.TAKES_PRECISION:
+      return F32_PRECISION_TOLERANCE[self.PRECISION or pallas_kernels.DEFAULT_F32_PRECISION]
+    return TOLERANCE[dtype]
 
   def expected(self, *args, **options):
     """What the implementation must compute: the one-shot reference."""
@@ -175,16 +202,18 @@ class BlockSparseAttentionContract:
     options = dict(block_size=case.block_size, scale=case.scale, eps=case.eps)
     (out, lse), grads = outputs_and_grads(self.attend, args, cotangents, **options)
     (ref_out, ref_lse), ref_grads = outputs_and_grads(self.expected, args, cotangents, **options)
-    assert out.dtype == jnp.float32 and lse.dtype == jnp.float32
-    assert out.shape == ref_out.shape and lse.shape == ref_lse.shape
-    assert_close(out, ref_out, case.dtype, "out")
-    assert_close(lse, ref_lse, case.dtype, "lse")
+    chex.assert_type((out, lse), jnp.float32)
+    chex.assert_shape((out, lse), ((case.B, case.H, case.Lq, case.D), (case.B, case.H, case.Lq)))
+    tolerance = self.tolerance(case.dtype)
+    assert_close(out, ref_out, case.dtype, "out", tolerance)
+    assert_close(lse, ref_lse, case.dtype, "lse", tolerance)
     q, k, v, _, _, _, l0, acc0 = args
     for name, g, ref_g, x in zip(
       ("dq", "dk", "dv", "dl0", "dacc0"), grads, ref_grads, (q, k, v, l0, acc0)
     ):
-      assert g.dtype == x.dtype, name
-      assert_close(g, ref_g, case.dtype, name)
+      chex.assert_type(g, x.dtype)
+      chex.assert_equal_shape((g, x))
+      assert_close(g, ref_g, case.dtype, name, tolerance)
     if case.state == "empty" and case.rows == "uneven":
       # Query block 1 has no tile and no state: exactly 0, lse = log(eps), zero dq.
       rows = slice(case.block_size, 2 * case.block_size)

@@ -1,8 +1,81 @@
-"""The Pallas Triton kernels against the contract, in interpret mode on CPU."""
+"""The Pallas Triton kernels against the contract, in interpret mode on CPU.
 
+Interpret mode emulates each float32 dot precision's rounding (XLA:CPU cannot run the TF32
+presets and computes the bf16 ones exactly), so every choice is held to its own tolerance.
+"""
+# pylint: disable=invalid-name
+
+import jax.numpy as jnp
+import pytest
+
+import pallas_kernels
+from pallas_kernels.block_sparse_attention import api, pallas_triton, pallas_triton_dots
 from tests.pallas_kernels.block_sparse_attention import contract
+
+# Block 32 for every precision; block 64 too where it changes the kernels' loop structure
+# (IEEE "float32" splits 64-row blocks; "float32" and "tf32x3" walk dK/dV columns twice).
+_F32_CASE_NAMES = ("f32_bs32_mra_state", "f32_bs64_full_state")
+_CASES_PER_PRECISION = {"float32": 2, "tf32x3": 2}
 
 
 class TestPallasTritonInterpret(contract.BlockSparseAttentionContract):
+  """Every contract case at the default precision (float32 cases at "bf16x3")."""
+
   IMPLEMENTATION = "pallas_triton"
   INTERPRET = True
+
+
+class TestPallasTritonInterpretHalfBlocks(contract.BlockSparseAttentionContract):
+  """float32, block 64, D 128: two programs share each 64-row block (`rows_per_program`)."""
+
+  IMPLEMENTATION = "pallas_triton"
+  INTERPRET = True
+  CASE_NAMES = ("f32_bs64_d128_two_rows",)
+
+
+def _precision_class(precision):
+  name = "TestPallasTritonInterpret_" + precision
+  case_names = _F32_CASE_NAMES[: _CASES_PER_PRECISION.get(precision, 1)]
+  attributes = dict(
+    IMPLEMENTATION="pallas_triton", INTERPRET=True, PRECISION=precision, CASE_NAMES=case_names
+  )
+  return type(name, (contract.BlockSparseAttentionContract,), attributes)
+
+
+# One contract subclass per float32 precision.
+for _precision in pallas_triton.F32_PRECISIONS:
+  globals()[f"TestPallasTritonInterpret_{_precision}"] = _precision_class(_precision)
+
+
+def test_precision_table_is_the_packages():
+  assert pallas_kernels.F32_PRECISIONS == pallas_triton.F32_PRECISIONS
+  assert set(contract.F32_PRECISION_TOLERANCE) == set(pallas_triton.F32_PRECISIONS)
+  assert pallas_triton.DEFAULT_F32_PRECISION == pallas_triton.F32_PRECISIONS[0]
+
+
+@pytest.mark.parametrize("precision", ["highest", "TF32", 3])
+def test_unknown_precision_raises_naming_it(precision):
+  args, _ = contract.inputs(contract.Case(H=1, Lq=64, Lk=64, D=16))
+  with pytest.raises(ValueError, match=f"precision={precision!r}"):
+    api.block_sparse_attention(
+      *args, block_size=32, implementation="pallas_triton", precision=precision
+    )
+
+
+def test_half_precision_inputs_take_their_native_dot():
+  assert pallas_triton_dots.resolve_precision("tf32", jnp.bfloat16, interpret=False) is None
+  resolved = pallas_triton_dots.resolve_precision(None, jnp.float32, interpret=True)
+  assert resolved == pallas_triton_dots.DotPrecision("bf16x3", emulate=True)
+
+
+@pytest.mark.parametrize("precision, bits", [("bf16", 7), ("tf32", 10)])
+def test_one_pass_emulation_rounds_the_operands(precision, bits):
+  # 1 + 2^-(bits+1) rounds to 1 (ties to even) at `bits` mantissa bits, 1 + 2^-bits stays.
+  tie, kept = 1 + 2.0 ** -(bits + 1), 1 + 2.0**-bits
+  a = jnp.asarray([[tie, kept]], jnp.float32)
+  b = jnp.asarray([[1.0, 0.0], [0.0, 1.0]], jnp.float32)
+  emulated = pallas_triton_dots.DotPrecision(precision, emulate=True)
+  got = pallas_triton_dots.dot_nn(a, b, emulated)
+  assert got.tolist() == [[1.0, kept]]
+  exact = pallas_triton_dots.dot_nn(a, b, pallas_triton_dots.DotPrecision("float32", emulate=True))
+  assert exact.tolist() == [[tie, kept]]

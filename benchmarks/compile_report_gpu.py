@@ -1,0 +1,180 @@
+r"""What ptxas says about the Pallas Triton kernels, compiled for an H100 without a GPU.
+
+Compiles the block-sparse op's VJP (which launches all three kernels: forward, dQ, dK/dV)
+with `implementation="pallas_triton"` for a compile-only H100 (`pallas_kernels.compile_only`)
+and prints one markdown row per kernel: registers per thread, spill bytes, dynamic shared
+memory, the tensor-core instruction in the PTX, grid and threads. These are compile-time
+facts; speed needs the device (`benchmarks.kernels`).
+
+    python -m benchmarks.compile_report_gpu                  # the table in docs/kernels.md
+    python -m benchmarks.compile_report_gpu --precisions all --head_dims 64
+
+Needs the `compile` extra; sets `JAX_PLATFORMS=cpu` itself when jax has not started yet.
+"""
+# pylint: disable=invalid-name
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+
+# Before jax starts: the compile-only GPU client registers only on the CPU platform.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
+
+from pallas_kernels import compile_only
+from pallas_kernels.block_sparse_attention import api, pallas_triton
+
+KERNEL_PREFIX = "mra_block_sparse_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One compiled VJP: dtype name, f32 precision (None: default or half precision), sizes."""
+
+  dtype: str
+  block_size: int
+  head_dim: int
+  precision: str | None = None
+  length: int = 256
+  batch: int = 1
+  heads: int = 2
+
+  def tiles(self) -> int:
+    n = self.length // self.block_size
+    return min(4 * n, n * n)
+
+
+def op_shapes(config: Config, device: jax.Device):
+  """ShapeDtypeStructs of the op's 8 arrays, placed on the compile-only `device`."""
+  B, H, L, D, K = config.batch, config.heads, config.length, config.head_dim, config.tiles()
+  on = SingleDeviceSharding(device)
+  sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=on)
+  dtype = jnp.dtype(config.dtype)
+  return (
+    sds((B, H, L, D), dtype),
+    sds((B, H, L, D), dtype),
+    sds((B, H, L, D), dtype),
+    sds((B, H, K), jnp.int32),
+    sds((B, L), jnp.bool_),
+    sds((B, H, L), jnp.float32),
+    sds((B, H, L), jnp.float32),
+    sds((B, H, L, D), jnp.float32),
+  )
+
+
+def op_forward(block_size: int, precision: str | None):
+  """`(q, k, v, ids, valid, m0, l0, acc0) -> (out, lse)` with the GPU kernels."""
+  return lambda *args: api.block_sparse_attention(
+    *args,
+    block_size=block_size,
+    implementation="pallas_triton",
+    precision=precision,
+    interpret=False,
+  )
+
+
+def op_vjp(block_size: int, precision: str | None):
+  """`(q, k, v, ids, valid, m0, l0, acc0) -> ((out, lse), (dq, dk, dv, dl0, dacc0))`."""
+  forward = op_forward(block_size, precision)
+
+  def run(q, k, v, ids, valid, m0, l0, acc0):
+    attend = lambda q, k, v, l0, acc0: forward(q, k, v, ids, valid, m0, l0, acc0)
+    outs, pullback = jax.vjp(attend, q, k, v, l0, acc0)
+    return outs, pullback(outs)
+
+  return run
+
+
+def kernel_report(config: Config) -> tuple[list[compile_only.GpuKernel], float]:
+  """The op's kernels in the VJP of `config`, compiled for an H100, and the compile seconds."""
+  device = compile_only.h100_devices()[0]
+  start = time.perf_counter()
+  lowered = jax.jit(op_vjp(config.block_size, config.precision)).trace(*op_shapes(config, device))
+  with tempfile.TemporaryDirectory() as dump:
+    _, kernels = compile_only.compile_with_kernel_report(lowered.lower(), dump, KERNEL_PREFIX)
+  return kernels, time.perf_counter() - start
+
+
+HEADER = (
+  "| dtype | f32 precision | block | D | kernel | registers | spill st/ld (B) | shared mem (B) "
+  "| mma | grid | threads |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def markdown_row(config: Config, kernel: compile_only.GpuKernel) -> str:
+  precision = "-" if config.dtype != "float32" else config.precision or "default"
+  if config.dtype == "float32" and config.precision is None:
+    precision = f"{pallas_triton.DEFAULT_F32_PRECISION} (default)"
+  fields = (
+    config.dtype,
+    precision,
+    config.block_size,
+    config.head_dim,
+    kernel.name.removeprefix(KERNEL_PREFIX),
+    kernel.registers,
+    f"{kernel.spill_store_bytes}/{kernel.spill_load_bytes}",
+    kernel.shared_memory_bytes,
+    kernel.mma,
+    "x".join(map(str, kernel.grid)),
+    kernel.threads[0],
+  )
+  return "| " + " | ".join(map(str, fields)) + " |"
+
+
+def _parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--dtypes", default="bfloat16,float32")
+  p.add_argument("--block_sizes", default="32,64")
+  p.add_argument("--head_dims", default="64,128")
+  p.add_argument(
+    "--precisions",
+    default="default",
+    help="float32 precisions: 'default', 'all' (every F32_PRECISIONS entry) or a list",
+  )
+  p.add_argument("--length", type=int, default=256)
+  return p.parse_args(argv)
+
+
+def configs(args) -> list[Config]:
+  if args.precisions == "default":
+    precisions = (None,)
+  elif args.precisions == "all":
+    precisions = pallas_triton.F32_PRECISIONS
+  else:
+    precisions = tuple(args.precisions.split(","))
+  out = []
+  for dtype in args.dtypes.split(","):
+    for precision in precisions if dtype == "float32" else (None,):
+      for bs in map(int, args.block_sizes.split(",")):
+        for D in map(int, args.head_dims.split(",")):
+          out.append(Config(dtype, bs, D, precision, length=args.length))
+  return out
+
+
+def main(argv=None) -> list[tuple[Config, compile_only.GpuKernel]]:
+  args = _parse_args(argv)
+  reason = compile_only.missing("cuda")
+  if reason:
+    raise SystemExit(f"cannot compile for an H100 here: {reason}")
+  print(f"jax {jax.__version__}, ptxas {compile_only.ptxas_path()}, sm_90a, L={args.length}\n")
+  print(HEADER)
+  rows = []
+  for config in configs(args):
+    kernels, seconds = kernel_report(config)
+    for kernel in kernels:
+      rows.append((config, kernel))
+      print(markdown_row(config, kernel), flush=True)
+    print(f"{config}: compiled in {seconds:.1f} s", file=sys.stderr, flush=True)
+  return rows
+
+
+if __name__ == "__main__":
+  main()

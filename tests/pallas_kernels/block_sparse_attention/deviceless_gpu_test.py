@@ -1,0 +1,98 @@
+"""The Pallas Triton kernels compiled for an H100 on a machine without one.
+
+XLA:GPU runs down to Triton, PTX and ptxas (`pallas_kernels.compile_only`), so these catch
+what interpret mode and lowering cannot: shared-memory limits, Triton compile errors and
+register spills. Numbers and speed still need the device.
+
+Compile cost on 2 CPU cores (about 2.5 minutes for the file) is kept down by small lengths
+(registers and spills do not depend on L) and by putting several shapes in one program.
+"""
+# pylint: disable=invalid-name
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import SingleDeviceSharding
+
+import mra_jax
+from benchmarks import compile_report_gpu
+from pallas_kernels import compile_only
+
+pytestmark = pytest.mark.usefixtures("cuda_compile")
+
+_TRITON = "__gpu$xla.gpu.triton"
+_SHAPES_BxH = ((1, 8), (8, 12))
+_L, _D = 512, 64
+_DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+_SHORT = {"bfloat16": "bf16", "float32": "f32"}
+
+
+def _on_h100(*shapes_and_dtypes):
+  device = compile_only.h100_devices()[0]
+  return [
+    jax.ShapeDtypeStruct(shape, dtype, sharding=SingleDeviceSharding(device))
+    for shape, dtype in shapes_and_dtypes
+  ]
+
+
+@pytest.mark.parametrize("dtype_name", _DTYPES)
+def test_op_forward_and_vjp_compile(dtype_name):
+  # One program: for each (B, H), the forward alone and the VJP (forward, dQ, dK/dV).
+  config = compile_report_gpu.Config(dtype_name, block_size=32, head_dim=_D, length=_L)
+  device = compile_only.h100_devices()[0]
+  shapes = [
+    compile_report_gpu.op_shapes(dataclasses.replace(config, batch=B, heads=H), device)
+    for B, H in _SHAPES_BxH
+  ]
+  forward = compile_report_gpu.op_forward(block_size=32, precision=None)
+  vjp = compile_report_gpu.op_vjp(block_size=32, precision=None)
+
+  def programs(*per_shape):
+    return [(forward(*args), vjp(*args)) for args in per_shape]
+
+  compiled = jax.jit(programs).trace(*shapes).lower().compile()
+  calls = compile_only.custom_calls(compiled, _TRITON)
+  # Per shape: forward, dQ, dK/dV (XLA merges the forward with the VJP's identical one).
+  assert len(calls) == 3 * len(_SHAPES_BxH)
+  short = _SHORT[dtype_name]
+  q_shapes = {call.operands[2] for call in calls}  # q (forward, dQ) or k (dK/dV): (G, L, D)
+  assert {f"{short}[{B * H},{_L},{_D}]" for B, H in _SHAPES_BxH} <= q_shapes
+
+
+@pytest.mark.parametrize("dtype_name", _DTYPES)
+def test_mra_attention_forward_and_grad_compile(dtype_name, monkeypatch):
+  # mra_attention has no `interpret`: the kernels interpret unless jax's default backend is
+  # a GPU, which is what the compile-only H100 stands for here.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  dtype = _DTYPES[dtype_name]
+  attend = functools.partial(mra_jax.mra_attention, block_size=32, impl="pallas_triton")
+  loss = lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32))
+
+  def programs(*qkvs):
+    return [(attend(*qkv), jax.grad(loss, argnums=(0, 1, 2))(*qkv)) for qkv in qkvs]
+
+  qkvs = [_on_h100(*[((B, _L, H, _D), dtype)] * 3) for B, H in _SHAPES_BxH]
+  compiled = jax.jit(programs).trace(*qkvs).lower().compile()
+  calls = compile_only.custom_calls(compiled, _TRITON)
+  # Per shape: forward, dQ, dK/dV, the forward shared by the output and the gradient.
+  assert len(calls) == 3 * len(_SHAPES_BxH)
+  short = _SHORT[dtype_name]
+  q_shapes = {call.operands[2] for call in calls}
+  assert {f"{short}[{B * H},{_L},{_D}]" for B, H in _SHAPES_BxH} <= q_shapes
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("block_size", [32, 64])
+@pytest.mark.parametrize("dtype_name", _DTYPES)
+def test_kernels_do_not_spill(dtype_name, block_size, head_dim):
+  config = compile_report_gpu.Config(dtype_name, block_size, head_dim)
+  kernels, _ = compile_report_gpu.kernel_report(config)
+  names = sorted(kernel.name.removeprefix(compile_report_gpu.KERNEL_PREFIX) for kernel in kernels)
+  assert names == ["dkv", "dq", "fwd"]
+  spills = {k.name: (k.spill_store_bytes, k.spill_load_bytes) for k in kernels}
+  assert all(spill == (0, 0) for spill in spills.values()), spills
+  # Tensor cores for every dtype (float32 at its default precision is bf16x3).
+  assert all(kernel.mma in ("mma.sync", "wgmma") for kernel in kernels)
