@@ -279,7 +279,7 @@ class _EvalBatches:
 
 
 def _provenance(config, data_dir: str) -> dict:
-  """The code, software, device and data fingerprint of this session (`lra.provenance`)."""
+  """The code, software, device and data fingerprint of this run (`lra.provenance`)."""
   version_dir = builders.version_dir(config.task, data_dir)
   stamp = os.path.join(data_dir, inputs.GENERATED_STAMP.format(task=config.task))
   return {
