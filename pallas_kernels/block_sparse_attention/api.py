@@ -12,6 +12,7 @@ from pallas_kernels.block_sparse_attention import (
   base,
   pallas_mosaic_tpu,
   pallas_triton,
+  sharding,
   xla_chunked,
 )
 
@@ -116,4 +117,4 @@ def block_sparse_attention(
     raise ValueError(
       f"interpret applies to {INTERPRETABLE} only, got {interpret=} for implementation={name!r}"
     )
-  return IMPLEMENTATIONS[name](*args, **options)
+  return sharding.run_per_shard(IMPLEMENTATIONS[name], args, options, kernel=name in INTERPRETABLE)
