@@ -12,7 +12,9 @@ splits the call by what is known when the op is traced:
   Every implementation goes this way (a sequential loop over sharded heads, as in
   "xla_chunked", is not allowed on Explicit axes).
 * Auto mesh axes (`jax.sharding.Mesh`, `AxisType.Auto`; the sharding is settled only when
-  XLA partitions the program), kernel implementations only: two `custom_partitioning`
+  XLA partitions the program), kernel implementations only, when the mesh is in sight:
+  q committed to it (jit of arrays placed with a `NamedSharding`) or a mesh context
+  (`jax.set_mesh`). Then two `custom_partitioning`
   calls, forward and backward, each lowered on the local shapes XLA's partitioner hands
   it. `custom_partitioning` cannot be differentiated or vmapped, so this module gives the
   pair its own VJP (the backward call differentiates the implementation on its shard,
@@ -20,7 +22,8 @@ splits the call by what is known when the op is traced:
   when both are in one program) and its own batching rule (a vmapped axis joins the batch
   axis). jax has no `custom_partitioning` on TPU, so there a Mosaic kernel on Auto axes
   still needs Explicit axes or the caller's `shard_map`.
-* Inside a `shard_map` over every mesh axis, or with one device: the implementation as is.
+* No mesh in sight, one device, inside a `shard_map`, or plain XLA implementations on
+  Auto axes (XLA partitions those itself): the implementation as is.
 
 Sequence or head-dim sharding is undone (gathered) before the kernels run.
 """
@@ -72,12 +75,17 @@ def run_per_shard(
   """
   call = functools.partial(implementation, **options)
   q_sharding = jax.typeof(args[0]).sharding
-  mesh = q_sharding.mesh
-  if not mesh.empty and all(t == AxisType.Manual for t in mesh.axis_types):
+  # Auto-axis inputs show their mesh (not their spec) when committed to it; a mesh context
+  # (`jax.set_mesh`) shows it too. No mesh in sight: a one-device program, as far as
+  # anyone can tell here.
+  mesh = q_sharding.mesh if not q_sharding.mesh.empty else jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1 or any(t == AxisType.Manual for t in mesh.axis_types):
     return call(*args)
-  if not mesh.empty and all(t == AxisType.Explicit for t in mesh.axis_types):
+  if all(t == AxisType.Explicit for t in mesh.axis_types):
     return _shard_mapped(call, mesh, q_sharding.spec, args)
-  if not kernel or len(jax.devices()) == 1 or jax.default_backend() == "tpu":
+  device = mesh.abstract_device
+  on_tpu = (device.platform if device is not None else jax.default_backend()) == "tpu"
+  if not kernel or on_tpu or any(t != AxisType.Auto for t in mesh.axis_types):
     return call(*args)
   return _auto_partitioned(call)(*args)
 
@@ -139,7 +147,7 @@ def _partitioned(fn, operand_dims, result_dims):
     sharding_rule=", ".join(operand_dims) + " -> " + ", ".join(result_dims),
     need_replication_factors=_REPLICATED,
   )
-  vmappable = jax.custom_batching.custom_vmap(lambda *args: partitioned(*args))
+  vmappable = jax.custom_batching.custom_vmap(lambda *args: tuple(partitioned(*args)))
 
   @vmappable.def_vmap
   def _fold_into_batch(axis_size, in_batched, *args):
@@ -149,7 +157,7 @@ def _partitioned(fn, operand_dims, result_dims):
       for x, batched in zip(args, in_batched)
     ]
     outs = vmappable(*(x.reshape(-1, *x.shape[2:]) for x in args))
-    return [y.reshape(axis_size, -1, *y.shape[1:]) for y in outs], [True] * len(outs)
+    return tuple(y.reshape(axis_size, -1, *y.shape[1:]) for y in outs), (True,) * len(outs)
 
   return vmappable
 
