@@ -11,17 +11,17 @@ splits the call by what is known when the op is traced:
   other axis replicated. The implementation's own VJP runs on each shard unchanged.
   Every implementation goes this way (a sequential loop over sharded heads, as in
   "xla_chunked", is not allowed on Explicit axes).
-* Auto mesh axes (`jax.sharding.Mesh`, `AxisType.Auto`; the sharding is settled only when
-  XLA partitions the program), kernel implementations only, when the mesh is in sight:
-  q committed to it (jit of arrays placed with a `NamedSharding`) or a mesh context
-  (`jax.set_mesh`). Then two `custom_partitioning`
-  calls, forward and backward, each lowered on the local shapes XLA's partitioner hands
-  it. `custom_partitioning` cannot be differentiated or vmapped, so this module gives the
-  pair its own VJP (the backward call differentiates the implementation on its shard,
-  which repeats the forward kernel there; XLA merges the repeat with the forward call
-  when both are in one program) and its own batching rule (a vmapped axis joins the batch
-  axis). jax has no `custom_partitioning` on TPU, so there a Mosaic kernel on Auto axes
-  still needs Explicit axes or the caller's `shard_map`.
+* Auto mesh axes (`jax.sharding.Mesh`, `AxisType.Auto`: the spec is settled only when XLA
+  partitions the program), kernel implementations only, when the mesh is in sight: q
+  committed to it (jit of arrays placed with a `NamedSharding`) or a mesh context
+  (`jax.set_mesh`). Then two `custom_partitioning` calls, forward and backward, each
+  lowered on the local shapes XLA's partitioner hands it. `custom_partitioning` can be
+  neither differentiated nor vmapped, so the pair gets its own VJP here (the backward
+  call differentiates the implementation on its shard, which repeats the forward kernel;
+  XLA merged the repeat with the forward call in the H100 training-step compiles tried)
+  and its own batching rule (a vmapped axis joins the batch axis). jax's
+  `custom_partitioning` does not reach the TPU compiler (as of jax 0.10), so there a
+  Mosaic kernel on Auto axes still needs Explicit axes or the caller's `shard_map`.
 * No mesh in sight, one device, inside a `shard_map`, or plain XLA implementations on
   Auto axes (XLA partitions those itself): the implementation as is.
 
