@@ -12,6 +12,7 @@ from pallas_kernels.block_sparse_attention import (
   base,
   pallas_mosaic_tpu,
   pallas_triton,
+  sharding,
   xla_chunked,
 )
 
@@ -130,4 +131,4 @@ def block_sparse_attention(
     raise ValueError(
       f"precision applies to {TAKES_PRECISION} only, got {precision=} for implementation={name!r}"
     )
-  return IMPLEMENTATIONS[name](*args, **options)
+  return sharding.run_per_shard(IMPLEMENTATIONS[name], args, options, kernel=name in INTERPRETABLE)
