@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
 from pallas_kernels import compile_only
-from pallas_kernels.block_sparse_attention import api, pallas_triton
+from pallas_kernels.block_sparse_attention import api, base, pallas_triton
 
 KERNEL_PREFIX = "mra_block_sparse_"
 
@@ -54,19 +54,14 @@ class Config:
 
 def op_shapes(config: Config, device: jax.Device):
   """ShapeDtypeStructs of the op's 8 arrays, placed on the compile-only `device`."""
-  B, H, L, D, K = config.batch, config.heads, config.length, config.head_dim, config.tiles()
-  on = SingleDeviceSharding(device)
-  sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=on)
-  dtype = jnp.dtype(config.dtype)
-  return (
-    sds((B, H, L, D), dtype),
-    sds((B, H, L, D), dtype),
-    sds((B, H, L, D), dtype),
-    sds((B, H, K), jnp.int32),
-    sds((B, L), jnp.bool_),
-    sds((B, H, L), jnp.float32),
-    sds((B, H, L), jnp.float32),
-    sds((B, H, L, D), jnp.float32),
+  return base.argument_shapes(
+    batch=config.batch,
+    heads=config.heads,
+    length=config.length,
+    head_dim=config.head_dim,
+    num_tiles=config.tiles(),
+    dtype=jnp.dtype(config.dtype),
+    sharding=SingleDeviceSharding(device),
   )
 
 

@@ -42,6 +42,35 @@ MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 _FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
+def argument_shapes(
+  *,
+  batch: int,
+  heads: int,
+  length: int,
+  head_dim: int,
+  num_tiles: int,
+  dtype,
+  sharding: jax.sharding.Sharding | None = None,
+) -> tuple[jax.ShapeDtypeStruct, ...]:
+  """The op's eight arguments as `ShapeDtypeStruct`s, for lowering and compiling ahead of time.
+
+  Queries and keys share `length`; q, k, v are `dtype`, the tile ids int32, the key mask bool
+  and the initial state float32. `sharding` places every one (e.g. on a compile-only device).
+  """
+  B, H, L, D, K = batch, heads, length, head_dim, num_tiles
+  sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)
+  return (
+    sds((B, H, L, D), dtype),
+    sds((B, H, L, D), dtype),
+    sds((B, H, L, D), dtype),
+    sds((B, H, K), jnp.int32),
+    sds((B, L), jnp.bool_),
+    sds((B, H, L), jnp.float32),
+    sds((B, H, L), jnp.float32),
+    sds((B, H, L, D), jnp.float32),
+  )
+
+
 def check_inputs(
   q_BxHxLqxD,
   k_BxHxLkxD,

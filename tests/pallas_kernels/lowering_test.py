@@ -16,6 +16,7 @@ import pytest
 
 import pallas_kernels
 from pallas_kernels import jax_compat
+from pallas_kernels.block_sparse_attention import base
 
 _CUSTOM_CALL = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
 _IMPLEMENTATION = {"cuda": "pallas_triton", "tpu": "pallas_mosaic_tpu"}
@@ -25,18 +26,7 @@ _LAUNCHES = {"forward": 1, "vjp": 3}
 
 def _lower(platform, mode, *, dtype, block_size, D, L):
   K = min(24, (L // block_size) ** 2)
-  sds = jax.ShapeDtypeStruct
-  B, H = 2, 2
-  shapes = (
-    sds((B, H, L, D), dtype),
-    sds((B, H, L, D), dtype),
-    sds((B, H, L, D), dtype),
-    sds((B, H, K), jnp.int32),
-    sds((B, L), jnp.bool_),
-    sds((B, H, L), jnp.float32),
-    sds((B, H, L), jnp.float32),
-    sds((B, H, L, D), jnp.float32),
-  )
+  shapes = base.argument_shapes(batch=2, heads=2, length=L, head_dim=D, num_tiles=K, dtype=dtype)
   attend = lambda q, k, v, ids, valid, m0, l0, acc0: pallas_kernels.block_sparse_attention(
     q,
     k,

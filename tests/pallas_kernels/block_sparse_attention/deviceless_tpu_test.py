@@ -7,8 +7,6 @@ layouts; numbers and speed need a device.
 """
 # pylint: disable=invalid-name
 
-import os
-
 import jax
 import jax.numpy as jnp
 import pytest
@@ -16,14 +14,9 @@ from jax.sharding import SingleDeviceSharding
 
 import mra_jax
 from pallas_kernels import compile_only
-from pallas_kernels.block_sparse_attention import api
+from pallas_kernels.block_sparse_attention import api, base
 from pallas_kernels.block_sparse_attention import pallas_mosaic_tpu as tpu_kernels
 from pallas_kernels.block_sparse_attention import pallas_mosaic_tpu_vjp as tpu_kernels_vjp
-
-# Test processes running side by side (pytest -n) each load libtpu; without this it refuses
-# every process but the first. It must be set before libtpu starts, which is the first
-# `compile_only.tpu_devices` call.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 pytestmark = pytest.mark.usefixtures("tpu_compile")
 
@@ -92,27 +85,21 @@ def test_mra_forward_and_grad_compile_at_long_lengths(chip, L, dtype, B, H):
   assert all(f"{dtype_name}[{B * H},{L},64]" in call.operands for call in calls)
 
 
-def _op_args(sds, *, B, H, L, D, K, dtype):
-  return (
-    sds((B, H, L, D), dtype),
-    sds((B, H, L, D), dtype),
-    sds((B, H, L, D), dtype),
-    sds((B, H, K), jnp.int32),
-    sds((B, L), jnp.bool_),
-    sds((B, H, L), jnp.float32),
-    sds((B, H, L), jnp.float32),
-    sds((B, H, L, D), jnp.float32),
-  )
-
-
 @pytest.mark.parametrize("chip", ["v5e", "v6e"])
 @pytest.mark.parametrize(
   "dtype, block_size, D", [(jnp.bfloat16, 32, 64), (jnp.float32, 64, 128), (jnp.bfloat16, 128, 32)]
 )
 def test_op_forward_and_vjp_compile(chip, dtype, block_size, D):
-  sds = _placed(compile_only.tpu_devices(_TOPOLOGY[chip])[0])
   B, H, L = 2, 2, 512
-  args = _op_args(sds, B=B, H=H, L=L, D=D, K=(L // block_size) * 3, dtype=dtype)
+  args = base.argument_shapes(
+    batch=B,
+    heads=H,
+    length=L,
+    head_dim=D,
+    num_tiles=(L // block_size) * 3,
+    dtype=dtype,
+    sharding=SingleDeviceSharding(compile_only.tpu_devices(_TOPOLOGY[chip])[0]),
+  )
 
   def forward(*args):
     return api.block_sparse_attention(
