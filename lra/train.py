@@ -9,13 +9,11 @@ replays the same steps and ends bit-identical (on CPU) to an uninterrupted one.
 
 import dataclasses
 import functools
-import itertools
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +22,7 @@ import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from lra import checkpoints, inputs, memory, models, optim, provenance, reporting
+from lra import checkpoints, evaluation, inputs, memory, models, optim, provenance, reporting
 from lra.data import builders, tasks
 
 RESULTS_FILE = "results.json"
@@ -182,31 +180,6 @@ def make_eval_step(graphdef):
   return jax.jit(step)
 
 
-def evaluate(
-  eval_step, params, rest, batches: Iterable[dict], *, batch_size: int, num_batches: int, sharding
-) -> dict:
-  """Mean loss and accuracy over the first `num_batches` (-1: all) of `batches`.
-
-  The per-batch sums stay on the device and are read once at the end, so the host never
-  waits for one batch before sending the next.
-  """
-  totals = None
-  for i, batch in enumerate(batches):
-    if 0 <= num_batches <= i:
-      break
-    local = batch_size // jax.process_count()
-    sums = eval_step(params, rest, inputs.to_global(inputs.pad_batch(batch, local), sharding))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0} if totals is None else totals
-  totals = {key: float(value) for key, value in jax.device_get(totals).items()}
-  count = max(totals["count"], 1.0)
-  return {
-    "loss": totals["loss"] / count,
-    "accuracy": totals["correct"] / count,
-    "num_examples": int(totals["count"]),
-  }
-
-
 def _maybe_initialize_distributed() -> None:
   """Joins a multi-host job when the environment describes one (JAX_COORDINATOR_ADDRESS)."""
   if os.environ.get("JAX_COORDINATOR_ADDRESS") and not jax.distributed.is_initialized():
@@ -238,44 +211,6 @@ def _warn_if_memory_is_short(config, cfg: models.ModelConfig) -> None:
     what=f"{config.task} with {config.attention} at batch {micro} "
     f"per device, length {cfg.sequence_length}",
   )
-
-
-# Validation batches are kept in host memory up to this size: a run evaluates the same
-# batches every `eval_every_steps`, and rereading them cost as much input work as training
-# on the MRA protocol's ListOps (62 batches every 50 steps).
-EVAL_CACHE_BYTES = 2 << 30
-
-
-class _EvalBatches:
-  """The evaluation batches of a run; validation is read once and kept while it fits."""
-
-  def __init__(self, config, data_dir: str):
-    self._config = config
-    self._data_dir = data_dir
-    self._cache: dict[tuple[str, int], list[dict]] = {}
-
-  def _loader(self, split: str):
-    return inputs.make_loader(
-      self._config, self._data_dir, split, batch_size=self._config.eval_batch_size, train=False
-    )
-
-  def batches(self, split: str, num_batches: int) -> Iterable[dict]:
-    """The first `num_batches` (-1: all) host batches of `split`, in order."""
-    key = (split, num_batches)
-    if key in self._cache:
-      return self._cache[key]
-    if split != "validation":
-      return self._loader(split)
-    kept, size = [], 0
-    stream = itertools.islice(self._loader(split), None if num_batches < 0 else num_batches)
-    for batch in stream:
-      kept.append(batch)
-      size += sum(v.nbytes for v in batch.values())
-      if size > EVAL_CACHE_BYTES:
-        logging.info("validation batches exceed %d bytes: reread at every evaluation", size)
-        return itertools.chain(kept, stream)
-    self._cache[key] = kept
-    return kept
 
 
 def _provenance(config, data_dir: str) -> dict:
@@ -383,10 +318,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
 
-  eval_data = _EvalBatches(config, data_dir)
+  eval_data = evaluation.EvalBatches(config, data_dir)
 
   def run_eval(split, params_, num_batches):
-    return evaluate(
+    return evaluation.evaluate(
       eval_step,
       params_,
       state["rest"],
