@@ -59,7 +59,9 @@ def test_wrong_implementation_is_a_mismatch_and_the_others_pass(report):
     assert row["errors"]["out"] > row["tolerance"]
   for row in by_impl["pallas_triton"]:
     assert row["status"] == "ok", row
-    assert row["max_error"] < 1e-5
+    if row["dtype"] == "float32" and row["dots"] == "full":
+      # Exact float32 and the three-pass splits (bf16x3, tf32x3) are about 1e-5 off at most.
+      assert row["max_error"] < 5e-5, row
   assert report[0]["mismatches"] == len(by_impl[_WRONG]) == 2
   assert report[0]["check_errors"] == 0
   op_row = next(row for row in checks if row["target"] == "block_sparse_attention")
