@@ -183,13 +183,23 @@ def _ints(text: str) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class CustomCall:
-  """One custom call of a compiled program: its operand and result shapes, e.g. "bf16[8,1024,64]"."""
+  """One custom call of a compiled program.
+
+  Attributes:
+    operands / results: shapes, e.g. "bf16[8,1024,64]".
+    aliases: `(result index, operand index)` pairs of results written in place of an
+      operand's buffer (a Pallas call's `input_output_aliases`).
+  """
 
   operands: tuple[str, ...]
   results: tuple[str, ...]
+  aliases: tuple[tuple[int, int], ...] = ()
 
 
 _SHAPE = re.compile(r"[a-z]+\d*\[[\d,]*\]")
+# One entry of HLO's `output_to_operand_aliasing={{0}: (8, {}), ...}`: result {index} (empty
+# for a single result) and the operand it reuses.
+_ALIAS = re.compile(r"\{(\d*)\}: \((\d+), \{[\d,]*\}\)")
 
 
 def custom_calls(compiled: jax.stages.Compiled, target: str) -> list[CustomCall]:
@@ -206,7 +216,14 @@ def custom_calls(compiled: jax.stages.Compiled, target: str) -> list[CustomCall]
     results = line.split("=", 1)[1].split("custom-call(", 1)[0]
     # Each operand ends with its layout's "}", so the set closes with "}}".
     operands = line.split("operand_layout_constraints={", 1)[1].split("}}", 1)[0]
-    calls.append(CustomCall(tuple(_SHAPE.findall(operands)), tuple(_SHAPE.findall(results))))
+    aliasing = ""
+    if "output_to_operand_aliasing={" in line:
+      # The map closes with the first ")}".
+      aliasing = line.split("output_to_operand_aliasing={", 1)[1].split(")}", 1)[0] + ")"
+    aliases = tuple((int(out or 0), int(operand)) for out, operand in _ALIAS.findall(aliasing))
+    calls.append(
+      CustomCall(tuple(_SHAPE.findall(operands)), tuple(_SHAPE.findall(results)), aliases)
+    )
   return calls
 
 

@@ -19,7 +19,7 @@ def _add_one_kernel(x_ref, o_ref):
   o_ref[...] = x_ref[...] + 1.0
 
 
-def _add_one(x, compiler_params, block):
+def _add_one(x, compiler_params, block, in_place=False):
   return pl.pallas_call(
     _add_one_kernel,
     out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -27,6 +27,7 @@ def _add_one(x, compiler_params, block):
     in_specs=[pl.BlockSpec((block, x.shape[1]), lambda i: (i, 0))],
     out_specs=pl.BlockSpec((block, x.shape[1]), lambda i: (i, 0)),
     compiler_params=compiler_params,
+    input_output_aliases={0: 0} if in_place else {},
     name="probe_add_one",
   )(x)
 
@@ -70,3 +71,16 @@ def test_tpu_custom_calls_show_each_devices_shard():
   (call,) = compile_only.custom_calls(compiled, "tpu_custom_call")
   assert call.operands == ("f32[128,128]",)
   assert compile_only.all_gathers(compiled) == 0
+
+
+@pytest.mark.usefixtures("tpu_compile")
+@pytest.mark.parametrize("in_place", [False, True])
+def test_tpu_custom_calls_show_results_written_in_place(in_place):
+  device = compile_only.tpu_devices("v5e:2x2")[0]
+  x = jax.ShapeDtypeStruct((256, 128), jnp.float32, sharding=SingleDeviceSharding(device))
+  fn = functools.partial(
+    _add_one, compiler_params=pltpu.CompilerParams(), block=64, in_place=in_place
+  )
+  compiled = jax.jit(fn).trace(x).lower().compile()
+  (call,) = compile_only.custom_calls(compiled, "tpu_custom_call")
+  assert call.aliases == (((0, 0),) if in_place else ())
