@@ -207,6 +207,10 @@ def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: Static):
       row_blk(D),
     ],
     out_specs=(row_blk(D), row_blk(1)),
+    # out overwrites acc0 (operand 8) in place: each program reads its rows of acc0 before
+    # it writes the same rows of out, and the VJP does not keep acc0. One float32
+    # B x H x Lq x D array less.
+    input_output_aliases={8: 0},
     interpret=static.interpret,
     compiler_params=static.launch_params(D),
     name="mra_block_sparse_fwd",

@@ -82,6 +82,8 @@ def test_mra_attention_forward_and_grad_compile(dtype_name, monkeypatch):
   short = _SHORT[dtype_name]
   q_shapes = {call.operands[2] for call in calls}
   assert {f"{short}[{B * H},{_L},{_D}]" for B, H in _SHAPES_BxH} <= q_shapes
+  # Each forward writes its output over acc0 (operand 8); the backward kernels do not alias.
+  assert [call.aliases for call in calls].count(((0, 8),)) == len(_SHAPES_BxH)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
