@@ -82,12 +82,23 @@ def run_per_shard(
   if mesh.empty or mesh.size == 1 or any(t == AxisType.Manual for t in mesh.axis_types):
     return call(*args)
   if all(t == AxisType.Explicit for t in mesh.axis_types):
-    return _shard_mapped(call, mesh, q_sharding.spec, args)
-  device = mesh.abstract_device
-  on_tpu = (device.platform if device is not None else jax.default_backend()) == "tpu"
-  if not kernel or on_tpu or any(t != AxisType.Auto for t in mesh.axis_types):
+    batch, head = _batch_and_head_axes(q_sharding.spec, mesh, args[0].shape)
+    return _shard_mapped(call, mesh, batch, head, args)
+  if not kernel or any(t != AxisType.Auto for t in mesh.axis_types):
     return call(*args)
+  if _on_tpu(mesh):
+    # custom_partitioning never reaches the TPU compiler
+    # (https://github.com/jax-ml/jax/issues/38196), and the spec is not known yet: assume
+    # data parallelism.
+    batch, head = _data_parallel_axes(mesh, args[0].shape)
+    return _shard_mapped(call, mesh, batch, head, args)
   return _auto_partitioned(call)(*args)
+
+
+def _on_tpu(mesh) -> bool:
+  """Whether the mesh's devices (else jax's default backend) are TPUs."""
+  device = mesh.abstract_device
+  return (device.platform if device is not None else jax.default_backend()) == "tpu"
 
 
 def _spec(dims: str, batch, head) -> P:
@@ -111,11 +122,31 @@ def _batch_and_head_axes(spec: P, mesh, shape: Sequence[int]):
   return axes
 
 
-def _shard_mapped(call, mesh, spec, args):
-  batch, head = _batch_and_head_axes(spec, mesh, args[0].shape)
+def _data_parallel_axes(mesh, shape: Sequence[int]):
+  """The mesh axes a data-parallel program would split q's batch and head dims over.
+
+  The batch takes the mesh axes in order while the product of their sizes divides B, the
+  heads take the axes after those while the product divides H; the rest replicate.
+  """
+  names = list(mesh.axis_names)
+  axes = []
+  for dim in range(2):
+    taken, size = [], 1
+    while names and shape[dim] % (size * mesh.shape[names[0]]) == 0:
+      size *= mesh.shape[names[0]]
+      taken.append(names.pop(0))
+    axes.append(tuple(taken) or None)
+  return axes
+
+
+def _shard_mapped(call, mesh, batch, head, args):
+  """`call` under a `shard_map` over the whole mesh: batch and heads split over the given
+  mesh axes, every other dim replicated."""
   in_specs = tuple(_spec(d, batch, head) for d in _OPERANDS)
-  # On Explicit axes shard_map takes operands already laid out as in_specs say.
-  args = [jax.sharding.reshard(x, NamedSharding(mesh, s)) for x, s in zip(args, in_specs)]
+  if all(t == AxisType.Explicit for t in mesh.axis_types):
+    # On Explicit axes shard_map takes operands already laid out as in_specs say. On Auto
+    # axes it takes them as they come: in_specs are constraints XLA meets by resharding.
+    args = [jax.sharding.reshard(x, NamedSharding(mesh, s)) for x, s in zip(args, in_specs)]
   return jax.shard_map(
     call,
     mesh=mesh,
