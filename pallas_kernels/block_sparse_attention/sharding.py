@@ -14,14 +14,20 @@ splits the call by what is known when the op is traced:
 * Auto mesh axes (`jax.sharding.Mesh`, `AxisType.Auto`: the spec is settled only when XLA
   partitions the program), kernel implementations only, when the mesh is in sight: q
   committed to it (jit of arrays placed with a `NamedSharding`) or a mesh context
-  (`jax.set_mesh`). Then two `custom_partitioning` calls, forward and backward, each
-  lowered on the local shapes XLA's partitioner hands it. `custom_partitioning` can be
-  neither differentiated nor vmapped, so the pair gets its own VJP here (the backward
-  call differentiates the implementation on its shard, which repeats the forward kernel;
-  XLA merged the repeat with the forward call in the H100 training-step compiles tried)
-  and its own batching rule (a vmapped axis joins the batch axis). jax's
-  `custom_partitioning` does not reach the TPU compiler (as of jax 0.10), so there a
-  Mosaic kernel on Auto axes still needs Explicit axes or the caller's `shard_map`.
+  (`jax.set_mesh`).
+  - Not TPU: two `custom_partitioning` calls, forward and backward, each lowered on the
+    local shapes XLA's partitioner hands it. `custom_partitioning` can be neither
+    differentiated nor vmapped, so the pair gets its own VJP here (the backward call
+    differentiates the implementation on its shard, which repeats the forward kernel; XLA
+    merged the repeat with the forward call in the H100 training-step compiles tried) and
+    its own batching rule (a vmapped axis joins the batch axis).
+  - TPU: `custom_partitioning` never reaches the TPU compiler
+    (https://github.com/jax-ml/jax/issues/38196), so a `jax.shard_map` as on Explicit axes,
+    with specs that assume data parallelism since q's are not known yet: the batch over the
+    mesh axes in order while they divide it, then the heads over the next axes while they
+    divide them, the rest replicated. On Auto axes the in_specs are constraints XLA meets by
+    resharding, so another layout gives the same results at the price of moving data;
+    Explicit axes give the op the real spec.
 * No mesh in sight, one device, inside a `shard_map`, or plain XLA implementations on
   Auto axes (XLA partitions those itself): the implementation as is.
 
