@@ -14,14 +14,20 @@ splits the call by what is known when the op is traced:
 * Auto mesh axes (`jax.sharding.Mesh`, `AxisType.Auto`: the spec is settled only when XLA
   partitions the program), kernel implementations only, when the mesh is in sight: q
   committed to it (jit of arrays placed with a `NamedSharding`) or a mesh context
-  (`jax.set_mesh`). Then two `custom_partitioning` calls, forward and backward, each
-  lowered on the local shapes XLA's partitioner hands it. `custom_partitioning` can be
-  neither differentiated nor vmapped, so the pair gets its own VJP here (the backward
-  call differentiates the implementation on its shard, which repeats the forward kernel;
-  XLA merged the repeat with the forward call in the H100 training-step compiles tried)
-  and its own batching rule (a vmapped axis joins the batch axis). jax's
-  `custom_partitioning` does not reach the TPU compiler (as of jax 0.10), so there a
-  Mosaic kernel on Auto axes still needs Explicit axes or the caller's `shard_map`.
+  (`jax.set_mesh`).
+  - Not TPU: two `custom_partitioning` calls, forward and backward, each lowered on the
+    local shapes XLA's partitioner hands it. `custom_partitioning` can be neither
+    differentiated nor vmapped, so the pair gets its own VJP here (the backward call
+    differentiates the implementation on its shard, which repeats the forward kernel; XLA
+    merged the repeat with the forward call in the H100 training-step compiles tried) and
+    its own batching rule (a vmapped axis joins the batch axis).
+  - TPU: `custom_partitioning` never reaches the TPU compiler
+    (https://github.com/jax-ml/jax/issues/38196), so a `jax.shard_map` as on Explicit axes,
+    with specs that assume data parallelism since q's are not known yet: the batch over the
+    mesh axes in order while they divide it, then the heads over the next axes while they
+    divide them, the rest replicated. On Auto axes the in_specs are constraints XLA meets by
+    resharding, so another layout gives the same results at the price of moving data;
+    Explicit axes give the op the real spec.
 * No mesh in sight, one device, inside a `shard_map`, or plain XLA implementations on
   Auto axes (XLA partitions those itself): the implementation as is.
 
@@ -82,12 +88,23 @@ def run_per_shard(
   if mesh.empty or mesh.size == 1 or any(t == AxisType.Manual for t in mesh.axis_types):
     return call(*args)
   if all(t == AxisType.Explicit for t in mesh.axis_types):
-    return _shard_mapped(call, mesh, q_sharding.spec, args)
-  device = mesh.abstract_device
-  on_tpu = (device.platform if device is not None else jax.default_backend()) == "tpu"
-  if not kernel or on_tpu or any(t != AxisType.Auto for t in mesh.axis_types):
+    batch, head = _batch_and_head_axes(q_sharding.spec, mesh, args[0].shape)
+    return _shard_mapped(call, mesh, batch, head, args)
+  if not kernel or any(t != AxisType.Auto for t in mesh.axis_types):
     return call(*args)
+  if _on_tpu(mesh):
+    # custom_partitioning never reaches the TPU compiler
+    # (https://github.com/jax-ml/jax/issues/38196), and the spec is not known yet: assume
+    # data parallelism.
+    batch, head = _data_parallel_axes(mesh, args[0].shape)
+    return _shard_mapped(call, mesh, batch, head, args)
   return _auto_partitioned(call)(*args)
+
+
+def _on_tpu(mesh) -> bool:
+  """Whether the mesh's devices (else jax's default backend) are TPUs."""
+  device = mesh.abstract_device
+  return (device.platform if device is not None else jax.default_backend()) == "tpu"
 
 
 def _spec(dims: str, batch, head) -> P:
@@ -111,11 +128,31 @@ def _batch_and_head_axes(spec: P, mesh, shape: Sequence[int]):
   return axes
 
 
-def _shard_mapped(call, mesh, spec, args):
-  batch, head = _batch_and_head_axes(spec, mesh, args[0].shape)
+def _data_parallel_axes(mesh, shape: Sequence[int]):
+  """The mesh axes a data-parallel program would split q's batch and head dims over.
+
+  The batch takes the mesh axes in order while the product of their sizes divides B, the
+  heads take the axes after those while the product divides H; the rest replicate.
+  """
+  names = list(mesh.axis_names)
+  axes = []
+  for dim in range(2):
+    taken, size = [], 1
+    while names and shape[dim] % (size * mesh.shape[names[0]]) == 0:
+      size *= mesh.shape[names[0]]
+      taken.append(names.pop(0))
+    axes.append(tuple(taken) or None)
+  return axes
+
+
+def _shard_mapped(call, mesh, batch, head, args):
+  """`call` under a `shard_map` over the whole mesh: batch and heads split over the given
+  mesh axes, every other dim replicated."""
   in_specs = tuple(_spec(d, batch, head) for d in _OPERANDS)
-  # On Explicit axes shard_map takes operands already laid out as in_specs say.
-  args = [jax.sharding.reshard(x, NamedSharding(mesh, s)) for x, s in zip(args, in_specs)]
+  if all(t == AxisType.Explicit for t in mesh.axis_types):
+    # On Explicit axes shard_map takes operands already laid out as in_specs say. On Auto
+    # axes it takes them as they come: in_specs are constraints XLA meets by resharding.
+    args = [jax.sharding.reshard(x, NamedSharding(mesh, s)) for x, s in zip(args, in_specs)]
   return jax.shard_map(
     call,
     mesh=mesh,

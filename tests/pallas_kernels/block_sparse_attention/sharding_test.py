@@ -1,8 +1,9 @@
 """The op and `mra_attention` on batch- and head-sharded inputs: each device runs its shard.
 
 Numerics on the 4 simulated CPU devices (tests/conftest.py): sharded equals unsharded, forward
-and gradient, on Auto and Explicit meshes. Deviceless compiles for 4 H100s and a v5e 2x2 TPU
-host: each kernel's custom call sees only its device's rows, and no all-gather feeds it.
+and gradient, on Auto and Explicit meshes, and on the TPU path for Auto axes (data-parallel
+specs assumed) with the platform check forced. Deviceless compiles for 4 H100s and a v5e 2x2
+TPU host: each kernel's custom call sees only its device's rows, and no all-gather feeds it.
 """
 # pylint: disable=invalid-name
 
@@ -15,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 import mra_jax
 from pallas_kernels import compile_only
-from pallas_kernels.block_sparse_attention import api
+from pallas_kernels.block_sparse_attention import api, sharding
 
 _CUSTOM_CALL = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
 _IMPLEMENTATION = {"cuda": "pallas_triton", "tpu": "pallas_mosaic_tpu"}
@@ -111,19 +112,91 @@ def test_sharded_equals_unsharded(implementation, axis_type, mesh_name):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_vmap_over_an_auto_sharded_call_folds_into_the_batch():
+@pytest.fixture
+def tpu_path(monkeypatch):
+  """Makes `run_per_shard` take its TPU path on the simulated CPU devices: on Auto axes, a
+  shard_map with data-parallel specs (the kernels then run in interpret mode)."""
+  monkeypatch.setattr(sharding, "_on_tpu", lambda mesh: True)
+
+
+def _is_shard_mapped(fn, *args):
+  return "shard_map" in str(jax.make_jaxpr(fn)(*args))
+
+
+@pytest.mark.parametrize("implementation", ["pallas_triton", "pallas_mosaic_tpu"])
+def test_vmap_over_an_auto_sharded_call_folds_into_the_batch(request, implementation):
   # On Auto axes the kernels sit behind custom_partitioning, which has no batching rule
-  # of its own; a vmapped axis must give what a loop gives.
+  # of its own, or (TPU) behind a shard_map; a vmapped axis must give what a loop gives.
+  if implementation == "pallas_mosaic_tpu":
+    request.getfixturevalue("tpu_path")
   mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
   first, second = _operands(seed=1), _operands(seed=2)
   stacked = [jnp.stack(pair) for pair in zip(first, second)]
   placed = [jax.device_put(x, NamedSharding(mesh, P(None, "data"))) for x in stacked]
-  fn = _loss_and_grads("pallas_triton")
-  batched = jax.jit(jax.vmap(lambda *a: fn(*a)))(*placed)
+  fn = _loss_and_grads(implementation)
+  vmapped = jax.vmap(lambda *a: fn(*a))
+  if implementation == "pallas_mosaic_tpu":
+    assert _is_shard_mapped(vmapped, *placed)
+  batched = jax.jit(vmapped)(*placed)
   for index, args in enumerate((first, second)):
     expected = fn(*args)
     for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(expected)):
       np.testing.assert_allclose(got[index], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "shape, names, batch, head, B, assumed",
+  [
+    # Placed as assumed: batch over the whole mesh.
+    ((4,), ("data",), "data", None, 4, P("data")),
+    # Placed over "data" only, assumed over ("data", "model"): XLA reshards to the assumption.
+    ((2, 2), ("data", "model"), "data", None, 4, P(("data", "model"))),
+    # B=2 fills "data" only, so the heads take "model"; placed as a data x heads program.
+    ((2, 2), ("data", "model"), "data", "model", 2, P("data", "model")),
+  ],
+  ids=["batch", "batch_on_one_of_two_axes", "batch_then_heads"],
+)
+def test_mosaic_on_auto_axes_on_tpu_equals_unsharded(
+  tpu_path, shape, names, batch, head, B, assumed
+):
+  mesh = jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
+  args = _operands(B=B)
+  fn = _loss_and_grads("pallas_mosaic_tpu", interpret=True)
+  (loss, (out, lse)), grads = fn(*args)
+  placed = _place(args, mesh, batch, head)
+  assert _is_shard_mapped(fn, *placed)
+  (s_loss, (s_out, s_lse)), s_grads = fn(*placed)
+  assert s_out.sharding.is_equivalent_to(NamedSharding(mesh, assumed), 4)
+  for got, want in zip((s_loss, s_out, s_lse, *s_grads), (loss, out, lse, *grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_mesh_context_puts_the_mesh_in_sight_on_tpu(tpu_path):
+  # Fresh (uncommitted) inputs: only `jax.set_mesh` shows the mesh; without it, no shard_map.
+  mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
+  args = _operands()
+  fn = _loss_and_grads("pallas_mosaic_tpu", interpret=True)
+  assert not _is_shard_mapped(fn, *args)
+  with jax.set_mesh(mesh):
+    assert _is_shard_mapped(fn, *args)
+
+
+@pytest.mark.parametrize(
+  "shape, B, H, batch, head",
+  [
+    ((4,), 8, 4, ("data",), None),
+    ((4,), 2, 4, None, ("data",)),
+    ((4,), 2, 2, None, None),
+    ((2, 2), 8, 4, ("data", "model"), None),
+    ((2, 2), 2, 4, ("data",), ("model",)),
+    ((2, 2), 6, 3, ("data",), None),
+    ((2, 2), 3, 2, None, ("data",)),
+  ],
+)
+def test_data_parallel_axes_fill_batch_then_heads_in_mesh_order(shape, B, H, batch, head):
+  names = ("data", "model")[: len(shape)]
+  mesh = jax.sharding.AbstractMesh(shape, names, axis_types=(AxisType.Auto,) * len(shape))
+  assert sharding._data_parallel_axes(mesh, (B, H, 64, 16)) == [batch, head]
 
 
 # Deviceless compiles: global B=8, H=4, L=2048, D=64, bf16, batch split over 4 devices, so
@@ -140,7 +213,7 @@ def _devices(request, platform):
   )
 
 
-def _assert_local_kernels(compiled, platform, launches, local_batch):
+def _assert_local_kernels(compiled, platform, launches, local_batch, local_rows=_LOCAL_ROWS):
   """Every kernel's operands and results lead with its device's rows: batch * heads, or
   batch alone (per-batch operands such as the key mask); none sees the global batch."""
   calls = compile_only.custom_calls(compiled, _CUSTOM_CALL[platform])
@@ -148,9 +221,10 @@ def _assert_local_kernels(compiled, platform, launches, local_batch):
   for call in calls:
     leading = {int(shape.split("[", 1)[1].split(",", 1)[0]) for shape in call.operands}
     leading |= {int(shape.split("[", 1)[1].split(",", 1)[0]) for shape in call.results}
-    assert leading <= {_LOCAL_ROWS, local_batch}, call
-    assert int(call.results[0].split("[", 1)[1].split(",", 1)[0]) == _LOCAL_ROWS, call
+    assert leading <= {local_rows, local_batch}, call
+    assert int(call.results[0].split("[", 1)[1].split(",", 1)[0]) == local_rows, call
   assert compile_only.all_gathers(compiled) == 0
+  return calls
 
 
 def _mra_value_and_grad(platform):
@@ -178,8 +252,10 @@ def kernels_not_interpreted(monkeypatch):
     ("cuda", AxisType.Auto),
     ("cuda", AxisType.Explicit),
     ("tpu", AxisType.Explicit),
+    # No custom_partitioning on TPU: a shard_map with the batch over the mesh, assumed.
+    ("tpu", AxisType.Auto),
   ],
-  ids=["h100_auto", "h100_explicit", "v5e_explicit"],
+  ids=["h100_auto", "h100_explicit", "v5e_explicit", "v5e_auto"],
 )
 def test_mra_attention_compiles_with_each_kernel_on_its_local_batch(
   request, platform, axis_type, kernels_not_interpreted
@@ -218,11 +294,39 @@ def test_op_compiles_on_batch_x_heads_shards(request, platform):
   _assert_local_kernels(compiled, platform, launches=3, local_batch=_B // 2)
 
 
-def test_mosaic_on_auto_axes_still_asks_for_shard_map(request, kernels_not_interpreted):
-  # jax has no custom_partitioning on TPU: Auto axes there need Explicit ones or a shard_map.
+def test_mosaic_forward_on_auto_axes_compiles_on_the_local_batch(request, kernels_not_interpreted):
+  # On TPU custom_partitioning never reaches the compiler; the op assumes data parallelism.
   kernels_not_interpreted("tpu")
   mesh = jax.sharding.Mesh(_devices(request, "tpu"), ("data",), axis_types=(AxisType.Auto,))
-  x = jax.ShapeDtypeStruct((_B, 256, _H, _D), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
+  x = jax.ShapeDtypeStruct((_B, _L, _H, _D), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
   fn = jax.jit(lambda q, k, v: mra_jax.mra_attention(q, k, v, impl="pallas_mosaic_tpu"))
-  with pytest.raises(NotImplementedError, match="shard_map"):
-    fn.trace(x, x, x).lower()
+  calls = _assert_local_kernels(
+    fn.trace(x, x, x).lower().compile(), "tpu", launches=1, local_batch=_B // 4
+  )
+  assert f"bf16[{_LOCAL_ROWS},{_L},{_D}]" in calls[0].operands, calls
+
+
+@pytest.mark.parametrize(
+  "mesh_shape, names, placed, local_batch",
+  [
+    # B=2 fills "data"; the heads go over "model".
+    ((2, 2), ("data", "model"), P("data"), 1),
+    # 4 devices do not divide B=2: the heads go over the whole mesh (the caller's replicated
+    # inputs are sliced where they are, not communicated).
+    ((4,), ("data",), P(), 2),
+  ],
+  ids=["batch_then_heads", "heads"],
+)
+def test_mosaic_on_auto_axes_splits_the_heads_when_the_batch_runs_out(
+  request, kernels_not_interpreted, mesh_shape, names, placed, local_batch
+):
+  kernels_not_interpreted("tpu")
+  devices = np.array(_devices(request, "tpu")).reshape(mesh_shape)
+  mesh = jax.sharding.Mesh(devices, names, axis_types=(AxisType.Auto,) * len(names))
+  B = 2
+  x = jax.ShapeDtypeStruct((B, _L, _H, _D), jnp.bfloat16, sharding=NamedSharding(mesh, placed))
+  compiled = _mra_value_and_grad("tpu").trace(x, x, x).lower().compile()
+  local_rows = B * _H // 4
+  calls = _assert_local_kernels(compiled, "tpu", 3, local_batch, local_rows=local_rows)
+  for call in calls:
+    assert f"bf16[{local_rows},{_L},{_D}]" in call.operands, call
