@@ -306,13 +306,31 @@ def test_listops_generates_its_data_when_allowed(tmp_path):
   assert os.path.exists(tmp_path / "data" / "lra_generated_listops.json")
 
 
-def test_data_parallel_step_matches_one_device(prepared):
-  """The 4-device sharded step and gradient accumulation equal a plain step (round-off)."""
+@pytest.mark.parametrize("attention", ["softmax", "mra2_tpu_kernels"])
+def test_data_parallel_step_matches_one_device(attention, prepared, monkeypatch):
+  """The 4-device sharded step and gradient accumulation equal a plain step (round-off).
+
+  "mra2_tpu_kernels": MRA-2 with the Mosaic TPU kernels (interpret mode) as on a TPU, where
+  the harness's Auto-axis mesh makes the op run them under a shard_map it lays out itself.
+  """
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   from lra import models, optim  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from pallas_kernels.block_sparse_attention import sharding  # pylint: disable=g-import-not-at-top
 
-  config = tiny_config("listops", prepared("listops"))
+  overrides = {}
+  shard_mapped = []
+  if attention == "mra2_tpu_kernels":
+    overrides = {"attention": "mra2", "attention_kwargs.mra2.impl": "pallas_mosaic_tpu"}
+    monkeypatch.setattr(sharding, "_on_tpu", lambda mesh: True)
+    run_sharded = sharding._shard_mapped  # pylint: disable=protected-access
+
+    def counted(call, mesh, batch, head, args):
+      shard_mapped.append((mesh.size, batch, head))
+      return run_sharded(call, mesh, batch, head, args)
+
+    monkeypatch.setattr(sharding, "_shard_mapped", counted)
+  config = tiny_config("listops", prepared("listops"), **overrides)
   config.model.dropout_rate = 0.0
   cfg = train.model_config(config)
   graphdef, params, rest = nnx.split(models.build(cfg, rngs=nnx.Rngs(params=0)), nnx.Param, ...)
@@ -347,6 +365,9 @@ def test_data_parallel_step_matches_one_device(prepared):
     jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[0][0], other
     )
+  if attention == "mra2_tpu_kernels":
+    # Traced once per 4-device step (accumulation 1 and 2): batch over the "data" axis.
+    assert set(shard_mapped) == {(4, ("data",), None)}
 
 
 @pytest.mark.slow
