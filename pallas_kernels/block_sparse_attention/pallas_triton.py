@@ -1,8 +1,8 @@
 """Block-sparse attention as Pallas kernels lowered through Triton (GPU): forward and op.
 
 Layouts (G = batch * heads, one program per (head, query block), grid `(G, Nq)`, or per
-half block where `Static.rows_per_program` says so): the program's query rows `(bs, D)`,
-the whole head's K/V `(Lk, D)` in global memory, from which
+half or quarter block where `Static.rows_per_program` says so): the program's query rows
+`(bs, D)`, the whole head's K/V `(Lk, D)` in global memory, from which
 the row's key blocks are sliced with `pl.ds`, the key mask as rows `(Nk, bs)`, per-query
 vectors as columns `(bs, 1)`. The Triton lowering has no scalar prefetch, so the tile
 views' index rows are ordinary inputs, one row per program (block `(None, n)`).
