@@ -148,7 +148,8 @@ class Static(NamedTuple):
     if (name in REGISTER_HUNGRY and self.block_size * head_dim > 64 * 64) or (
       name == "tf32x3" and kernel == "dkv"
     ):
-      rows = min(rows, 32 * 64 // head_dim)
+      # Triton's dot needs 16 rows or more (only D > 128 would ask for fewer).
+      rows = min(rows, max(16, 32 * 64 // head_dim))
     return rows
 
   def dkv_two_passes(self, head_dim: int) -> bool:
