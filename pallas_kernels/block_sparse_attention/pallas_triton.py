@@ -1,8 +1,8 @@
 """Block-sparse attention as Pallas kernels lowered through Triton (GPU): forward and op.
 
 Layouts (G = batch * heads, one program per (head, query block), grid `(G, Nq)`, or per
-half block where `Static.rows_per_program` says so): the program's query rows `(bs, D)`,
-the whole head's K/V `(Lk, D)` in global memory, from which
+half or quarter block where `Static.rows_per_program` says so): the program's query rows
+`(bs, D)`, the whole head's K/V `(Lk, D)` in global memory, from which
 the row's key blocks are sliced with `pl.ds`, the key mask as rows `(Nk, bs)`, per-query
 vectors as columns `(bs, 1)`. The Triton lowering has no scalar prefetch, so the tile
 views' index rows are ordinary inputs, one row per program (block `(None, n)`).
@@ -39,6 +39,11 @@ BLOCK_SIZES = (32, 64)
 F32_PRECISIONS = pallas_triton_dots.F32_PRECISIONS
 DEFAULT_F32_PRECISION = pallas_triton_dots.DEFAULT_F32_PRECISION
 dot_nt, dot_nn = pallas_triton_dots.dot_nt, pallas_triton_dots.dot_nn
+# The three kernels, by the names their launch settings are chosen for.
+KERNELS = ("fwd", "dq", "dkv")
+# Float32 dots whose operands take the most registers: IEEE "float32" spreads them over the
+# threads for scalar FMAs, "tf32x3" holds three float32 copies of each (bf16x3's are bf16).
+REGISTER_HUNGRY = ("float32", "tf32x3")
 
 
 def _forward_kernel(
@@ -113,65 +118,84 @@ class Static(NamedTuple):
   interpret: bool
   precision: pallas_triton_dots.DotPrecision | None
 
-  def launch_params(self, head_dim: int) -> pltriton.CompilerParams:
-    """Every kernel's Triton launch settings for a (padded) head dim."""
-    rows = self.rows_per_program(head_dim)
-    return compiler_params(rows, head_dim, self.precision, split=rows < self.block_size)
+  def launch_params(self, head_dim: int, kernel: str) -> pltriton.CompilerParams:
+    """The Triton launch settings of `kernel` (one of `KERNELS`) for a (padded) head dim."""
+    rows = self.rows_per_program(head_dim, kernel)
+    return compiler_params(rows, self.block_size, head_dim, self.precision)
 
-  def rows_per_program(self, head_dim: int) -> int:
-    """Query rows (forward, dQ) or key rows (dK/dV) of one program: a block or half of one.
+  def rows_per_program(self, head_dim: int, kernel: str) -> int:
+    """Query rows (forward, dQ) or key rows (dK/dV) of one `kernel` program.
 
-    Float32 operands of a 64 x 128 tile spill at any warp count (their bf16x3 / tf32x3 splits
-    and accumulators exceed 255 registers per thread), as do IEEE float32 64-row tiles (the
-    scalar-FMA dot spreads every operand over the threads). Each 64-row block is then
-    shared by two programs of 32 rows, which read the same K/V (Q/dO) tiles.
+    A program holds a block, half of one or a quarter of one; the programs that share a
+    block read the same K/V (Q/dO) tiles. Chosen from ptxas' register and spill report for
+    an H100 (`benchmarks.compile_report_gpu --precisions all`):
+
+    * Float32 operands of a 64 x 128 tile spill at any warp count (their bf16x3 splits and
+      accumulators exceed 255 registers per thread), as do IEEE float32 64-row tiles (the
+      scalar-FMA dot spreads every operand over the threads): 32-row programs.
+    * The register-hungry dots (`REGISTER_HUNGRY`) spill in every kernel at block 64 /
+      D 128, and "tf32x3" in dK/dV past a 32 x 64 key tile: programs of 32 x 64 elements
+      (16 rows at D 128, 32 at D 64).
     """
-    if self.precision is None or self.block_size == 32:
+    if kernel not in KERNELS:
+      raise ValueError(f"kernel must be one of {KERNELS}, got {kernel=}")
+    if self.precision is None:
       return self.block_size
-    if head_dim > 64 or self.precision.name == "float32":
-      return 32
-    return self.block_size
+    rows = self.block_size
+    if self.block_size > 32 and (head_dim > 64 or self.precision.name == "float32"):
+      rows = 32
+    name = self.precision.name
+    if (name in REGISTER_HUNGRY and self.block_size * head_dim > 64 * 64) or (
+      name == "tf32x3" and kernel == "dkv"
+    ):
+      # Triton's dot needs 16 rows or more (only D > 128 would ask for fewer).
+      rows = min(rows, max(16, 32 * 64 // head_dim))
+    return rows
 
   def dkv_two_passes(self, head_dim: int) -> bool:
     """Whether dK/dV walks each column twice, one float32 accumulator live at a time.
 
-    Where blocks are split, and for the register-hungry "float32" and "tf32x3" dots, the two
+    Where blocks are split, and for the register-hungry dots (`REGISTER_HUNGRY`), the two
     accumulators beside the Q/dO tiles spill; one extra `K Q^T` per tile removes that.
     """
     if self.precision is None:
       return False
-    split = self.rows_per_program(head_dim) < self.block_size
-    return split or self.precision.name in ("float32", "tf32x3")
+    split = self.rows_per_program(head_dim, "dkv") < self.block_size
+    return split or self.precision.name in REGISTER_HUNGRY
 
 
-def num_warps(rows: int, head_dim: int, precision) -> int:
-  """Warps per program of every kernel: `rows` per program, `head_dim` already padded.
+def num_warps(block_size: int, head_dim: int, precision) -> int:
+  """Warps per program of every kernel: `head_dim` already padded.
 
   Chosen from ptxas' register and spill report for an H100 (`benchmarks.compile_report_gpu`).
   Half-precision operands fit 4 warps. Float32 operands take twice the registers, and the
-  bf16x3 / tf32x3 splits hold two more copies of each operand: past a 32 x 64 tile (and
+  bf16x3 / tf32x3 splits hold two more copies of each operand: past a 32 x 64 block (and
   for IEEE float32, whose scalar-FMA dot spreads operands over every thread) 8 warps keep
-  them in registers.
+  them in registers, also in programs that hold part of a block (they load whole K/V or
+  Q/dO tiles of the block).
   """
   if precision is None:
     return 4
-  if rows * head_dim > 32 * 64 or precision.name == "float32":
+  if block_size * head_dim > 32 * 64 or precision.name == "float32":
     return 8
   return 4
 
 
 def compiler_params(
-  rows: int, head_dim: int, precision, split: bool = False
+  rows: int, block_size: int, head_dim: int, precision
 ) -> pltriton.CompilerParams:
-  """Triton launch settings shared by the three kernels: see `num_warps`.
+  """Triton launch settings of a program of `rows` rows of a block: see `num_warps`.
 
   Two pipeline stages let Triton prefetch the next tile's K/V (Q/dO) rows into shared
   memory while the current one is multiplied (jax's own Triton attention uses 2). Programs
   that hold half a 64-row block (`Static.rows_per_program`) use one stage: the prefetched
-  64-row float32 tiles cost the registers that otherwise spill.
+  64-row float32 tiles cost the registers that otherwise spill. Quarter-block (16-row)
+  programs have the registers for two stages, and IEEE float32 there spills with one.
   """
-  warps = num_warps(rows, head_dim, precision)
-  return pltriton.CompilerParams(num_warps=warps, num_stages=1 if split else 2)
+  warps = num_warps(block_size, head_dim, precision)
+  return pltriton.CompilerParams(
+    num_warps=warps, num_stages=1 if (rows, block_size) == (32, 64) else 2
+  )
 
 
 def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: Static):
@@ -179,7 +203,7 @@ def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: Static):
   G, Lq, D = q.shape
   Lk = k.shape[1]
   bs, Nq, Nk = static.block_size, Lq // static.block_size, Lk // static.block_size
-  rows = static.rows_per_program(D)
+  rows = static.rows_per_program(D, "fwd")
   row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
   row_blk = lambda d: pl.BlockSpec((None, rows, d), lambda g, i: (g, i, 0))
   head_blk = pl.BlockSpec((None, Lk, D), lambda g, i: (g, 0, 0))
@@ -212,7 +236,7 @@ def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: Static):
     # B x H x Lq x D array less.
     input_output_aliases={8: 0},
     interpret=static.interpret,
-    compiler_params=static.launch_params(D),
+    compiler_params=static.launch_params(D, "fwd"),
     name="mra_block_sparse_fwd",
   )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, m0, l0, acc0)
 

@@ -90,7 +90,7 @@ def _dkv_kernel(
   accumulator is live at a time (`Static.dkv_two_passes`).
   """
   bs = block_size
-  c = jax.lax.div(pl.program_id(1), block_size // k_ref.shape[0])  # key rows may be a half block
+  c = jax.lax.div(pl.program_id(1), block_size // k_ref.shape[0])  # key rows: part of a block
   start, stop = col_ptr_ref[c], col_ptr_ref[c + 1]
   k_BsxD, v_BsxD = k_ref[...], v_ref[...]
   valid_Bsx1 = kmask_ref[...] > 0.5
@@ -160,8 +160,10 @@ def attention_bwd(static, residuals, cotangents):
   delta = jnp.sum(dout * out, axis=-1, keepdims=True) - dlse
   do = dout.astype(q.dtype)
   row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
-  rows = static.rows_per_program(D)
-  blk = lambda d: pl.BlockSpec((None, rows, d), lambda g, i: (g, i, 0))
+  # Query rows of a dQ program, key rows of a dK/dV program (`Static.rows_per_program`).
+  q_rows, k_rows = static.rows_per_program(D, "dq"), static.rows_per_program(D, "dkv")
+  q_blk = lambda d: pl.BlockSpec((None, q_rows, d), lambda g, i: (g, i, 0))
+  k_blk = lambda d: pl.BlockSpec((None, k_rows, d), lambda g, i: (g, i, 0))
   whole = lambda n, d: pl.BlockSpec((None, n, d), lambda g, i: (g, 0, 0))
   batch = lambda g: jax.lax.div(g, static.num_heads)  # g >= 0; `//` lowers through `sign`
   K = views.cols_by_row_GxK.shape[1]
@@ -169,21 +171,21 @@ def attention_bwd(static, residuals, cotangents):
   dq = pl.pallas_call(
     functools.partial(_dq_kernel, block_size=bs, scale=scale, precision=precision),
     out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-    grid=(G, Lq // rows),
+    grid=(G, Lq // q_rows),
     in_specs=[
       row(Nq + 1),
       row(K),
-      blk(D),
+      q_blk(D),
       whole(Lk, D),
       whole(Lk, D),
       pl.BlockSpec((None, Nk, bs), lambda g, i: (batch(g), 0, 0)),
-      blk(D),
-      blk(1),
-      blk(1),
+      q_blk(D),
+      q_blk(1),
+      q_blk(1),
     ],
-    out_specs=blk(D),
+    out_specs=q_blk(D),
     interpret=interpret,
-    compiler_params=static.launch_params(D),
+    compiler_params=static.launch_params(D, "dq"),
     name="mra_block_sparse_dq",
   )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, do, lse, delta)
 
@@ -196,21 +198,21 @@ def attention_bwd(static, residuals, cotangents):
       two_passes=static.dkv_two_passes(D),
     ),
     out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-    grid=(G, Lk // rows),
+    grid=(G, Lk // k_rows),
     in_specs=[
       row(Nk + 1),
       row(K),
-      blk(D),
-      blk(D),
-      pl.BlockSpec((None, rows, 1), lambda g, i: (batch(g), i, 0)),
+      k_blk(D),
+      k_blk(D),
+      pl.BlockSpec((None, k_rows, 1), lambda g, i: (batch(g), i, 0)),
       whole(Lq, D),
       whole(Lq, D),
       whole(Nq, bs),
       whole(Nq, bs),
     ],
-    out_specs=(blk(D), blk(D)),
+    out_specs=(k_blk(D), k_blk(D)),
     interpret=interpret,
-    compiler_params=static.launch_params(D),
+    compiler_params=static.launch_params(D, "dkv"),
     name="mra_block_sparse_dkv",
   )(
     views.col_ptr_GxNk1,

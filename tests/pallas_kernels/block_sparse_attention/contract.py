@@ -82,8 +82,19 @@ CASES = {
   "bf16_bs128_two_rows": Case(block_size=128, Lq=256, Lk=256, dtype=jnp.bfloat16, pad=(150,)),
   # f32 at block 64, D 128: pallas_triton splits each block between two programs.
   "f32_bs64_d128_two_rows": Case(block_size=64, H=1, D=128, pad=(70,)),
+  # Block 64 at D 128 and 64 with four blocks a side, so that key blocks' columns differ:
+  # pallas_triton's "tf32x3" splits every block in four at D 128, and at D 64 dK/dV's key
+  # blocks in two beside whole-block forward and dQ programs.
+  "f32_bs64_d128_four_rows": Case(block_size=64, H=1, Lq=256, Lk=256, D=128),
+  "f32_bs64_d64_four_rows": Case(block_size=64, H=1, Lq=256, Lk=256, D=64),
 }
-_EXTRA_CASE_NAMES = ("f32_bs64_two_rows", "bf16_bs128_two_rows", "f32_bs64_d128_two_rows")
+_EXTRA_CASE_NAMES = (
+  "f32_bs64_two_rows",
+  "bf16_bs128_two_rows",
+  "f32_bs64_d128_two_rows",
+  "f32_bs64_d128_four_rows",
+  "f32_bs64_d64_four_rows",
+)
 DEFAULT_CASE_NAMES = tuple(name for name in CASES if name not in _EXTRA_CASE_NAMES)
 
 

@@ -4,8 +4,9 @@ XLA:GPU runs down to Triton, PTX and ptxas (`pallas_kernels.compile_only`), so t
 what interpret mode and lowering cannot: shared-memory limits, Triton compile errors and
 register spills. Numbers and speed still need the device.
 
-Compile cost on 2 CPU cores (about 2.5 minutes for the file) is kept down by small lengths
-(registers and spills do not depend on L) and by putting several shapes in one program.
+Compile cost (about a minute for the file on one CPU core: 1 to 4 s per program, the spill
+check's 24 programs about 45 s of it) is kept down by small lengths (registers and spills do
+not depend on L) and by putting several shapes in one program where only lowering is checked.
 """
 # pylint: disable=invalid-name
 
@@ -20,6 +21,7 @@ from jax.sharding import SingleDeviceSharding
 import mra_jax
 from benchmarks import compile_report_gpu
 from pallas_kernels import compile_only
+from pallas_kernels.block_sparse_attention import pallas_triton
 
 pytestmark = pytest.mark.usefixtures("cuda_compile")
 
@@ -86,15 +88,25 @@ def test_mra_attention_forward_and_grad_compile(dtype_name, monkeypatch):
   assert [call.aliases for call in calls].count(((0, 8),)) == len(_SHAPES_BxH)
 
 
+# (dtype, float32 precision): each dtype at its default, and float32 at every other choice
+# (half-precision inputs ignore the precision).
+_SPILL_CHECKS = [(name, None) for name in _DTYPES] + [
+  ("float32", precision)
+  for precision in pallas_triton.F32_PRECISIONS
+  if precision != pallas_triton.DEFAULT_F32_PRECISION
+]
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("block_size", [32, 64])
-@pytest.mark.parametrize("dtype_name", _DTYPES)
-def test_kernels_do_not_spill(dtype_name, block_size, head_dim):
-  config = compile_report_gpu.Config(dtype_name, block_size, head_dim)
+@pytest.mark.parametrize("dtype_name, precision", _SPILL_CHECKS)
+def test_kernels_do_not_spill(dtype_name, precision, block_size, head_dim):
+  config = compile_report_gpu.Config(dtype_name, block_size, head_dim, precision)
   kernels, _ = compile_report_gpu.kernel_report(config)
   names = sorted(kernel.name.removeprefix(compile_report_gpu.KERNEL_PREFIX) for kernel in kernels)
   assert names == ["dkv", "dq", "fwd"]
   spills = {k.name: (k.spill_store_bytes, k.spill_load_bytes) for k in kernels}
   assert all(spill == (0, 0) for spill in spills.values()), spills
-  # Tensor cores for every dtype (float32 at its default precision is bf16x3).
-  assert all(kernel.mma in ("mma.sync", "wgmma") for kernel in kernels)
+  # Tensor cores for every dtype and float32 precision but IEEE "float32" (scalar FMA).
+  expected = ("none",) if precision == "float32" else ("mma.sync", "wgmma")
+  assert all(kernel.mma in expected for kernel in kernels), [k.mma for k in kernels]

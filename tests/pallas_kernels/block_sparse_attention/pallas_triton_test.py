@@ -33,6 +33,16 @@ class TestPallasTritonInterpretHalfBlocks(contract.BlockSparseAttentionContract)
   CASE_NAMES = ("f32_bs64_d128_two_rows",)
 
 
+class TestPallasTritonInterpretSplitBlocks(contract.BlockSparseAttentionContract):
+  """float32 at "tf32x3": 16-row programs in every kernel at block 64, D 128; at D 64,
+  whole-block forward and dQ programs beside 32-row dK/dV programs (`rows_per_program`)."""
+
+  IMPLEMENTATION = "pallas_triton"
+  INTERPRET = True
+  PRECISION = "tf32x3"
+  CASE_NAMES = ("f32_bs64_d128_four_rows", "f32_bs64_d64_four_rows")
+
+
 def _precision_class(precision):
   name = "TestPallasTritonInterpret_" + precision
   case_names = _F32_CASE_NAMES[: _CASES_PER_PRECISION.get(precision, 1)]
