@@ -57,11 +57,11 @@ _LONG = [
   for B, H in ((1, 8), (8, 12))
 ]
 # A v5e holds 16 GiB of HBM (15.75 GiB usable). In float32, B=8, H=12, L=65536, D=64, every
-# [B, L, H, D] array is 1.5 GiB: the program's own q, k, v, output and three gradients are
-# 10.5 GiB before any working copy, and the kernels' head-major copies of q, k, v (with D=64
-# padded to 128 lanes in HBM) and their gradients take the total to 31.7 GiB. Only kernels
-# working on the [B, L, H*D] layout itself could fit it (docs/kernels.md, "HBM at v5e"); the
-# bfloat16 program needs 14.63 GiB and fits.
+# [B, L, H, D] array is 1.5 GiB, and during the second backward kernel the program's q, k, v
+# and output, the kernel's head-major q, k, v and output cotangent, and the three gradients
+# (finished or being written) are live: 16.5 GiB before D=64's padding to 128 lanes (31.7 GiB
+# with it). No kernel with head-major operands can fit that (docs/kernels.md, "HBM at v5e");
+# the bfloat16 program needs 14.63 GiB and fits.
 _EXCEEDS_HBM = (("v5e", jnp.float32, 8, 12),)
 
 
