@@ -56,12 +56,12 @@ _LONG = [
   for dtype, name in ((jnp.bfloat16, "bf16"), (jnp.float32, "f32"))
   for B, H in ((1, 8), (8, 12))
 ]
-# A v5e holds 16 GiB of HBM (15.75 GiB usable). In float32, B=8, H=12, L=65536, D=64, every
-# [B, L, H, D] array is 1.5 GiB, and during the second backward kernel the program's q, k, v
-# and output, the kernel's head-major q, k, v and output cotangent, and the three gradients
-# (finished or being written) are live: 16.5 GiB before D=64's padding to 128 lanes (31.7 GiB
-# with it). No kernel with head-major operands can fit that (docs/kernels.md, "HBM at v5e");
-# the bfloat16 program needs 14.63 GiB and fits.
+# A v5e holds 16 GiB of HBM (15.75 GiB usable). In float32 at B=8, H=12, L=65536, D=64, a
+# head-major (B*H, L, D) array takes 3 GiB (D=64 pads to 128 lanes), and while the second
+# backward kernel runs, its q, k, v and output cotangent, the gradient it writes, the
+# program's output and a finished gradient are live: 18 GiB or more, 31.7 GiB as compiled. No
+# kernel with head-major operands fits that (docs/kernels.md, "HBM at v5e"); the bfloat16
+# program needs 14.63 GiB and fits.
 _EXCEEDS_HBM = (("v5e", jnp.float32, 8, 12),)
 
 
