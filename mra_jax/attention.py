@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
-from mra_jax import pooling, selection
+from mra_jax import knobs, pooling, selection
 from mra_jax.checks import check_int
 
 APPROX_MODES = ("full", "sparse")
@@ -97,6 +97,7 @@ class MraConfig:
     return min(wanted, num_query_blocks * num_key_blocks)
 
 
+@knobs.takes_knobs(MraConfig, param="config")
 def mra_attention(
   query: jax.Array,
   key: jax.Array,
@@ -104,16 +105,12 @@ def mra_attention(
   mask: jax.Array | None = None,
   *,
   key_mask: jax.Array | None = None,
-  block_size: int = 32,
-  block_per_row: int = 8,
-  num_blocks: int | None = None,
-  approx_mode: str = "full",
-  initial_prior_first_n_blocks: int = 0,
-  initial_prior_diagonal_n_blocks: int = 0,
-  impl: str = "auto",
-  precision: str | None = None,
+  config: MraConfig,
 ) -> jax.Array:
   """Multi-resolution attention: MRA-2 (`approx_mode="full"`) or MRA-2-s (`"sparse"`).
+
+  The knobs are `MraConfig`'s fields, given as keywords (`block_per_row=4`), as a config
+  (`config=MraConfig(...)`), or both (the keywords replace the config's values).
 
   Args:
     query: [B, Lq, H, D] float32, bfloat16 or float16.
@@ -123,41 +120,18 @@ def mra_attention(
       token. For self-attention (Lq == Lk) it also masks the keys unless
       `key_mask` is given.
     key_mask: optional [B, Lk] padding mask of the keys (cross-attention).
-    block_size: tokens per block, a power of two (16/32/64/128 are tested).
-    block_per_row: budget per query block row: `num_blocks = (Lq/block_size) * block_per_row`
-      from the runtime length.
-    num_blocks: explicit budget of tiles per (batch, head), capped at Nq * Nk.
-    approx_mode: "full" (MRA-2) or "sparse" (MRA-2-s).
-    initial_prior_first_n_blocks: always select the first n block rows and columns.
-    initial_prior_diagonal_n_blocks: always select the diagonal band of width n.
-    impl: "auto", "reference", "xla_chunked", "pallas_triton" or "pallas_mosaic_tpu"
-      (see `MraConfig`).
-    precision: float32 dot precision of the block-sparse kernels (see `MraConfig`).
+    config: the knobs (default `MraConfig()`): block_size, block_per_row, num_blocks,
+      approx_mode, initial_prior_first_n_blocks, initial_prior_diagonal_n_blocks, impl,
+      precision; see `MraConfig`.
 
   Returns:
     [B, Lq, H, D] in `query`'s dtype (statistics are float32 inside). Padded queries
     get 0; padded keys get no weight; a query without any real key gets 0.
 
   Raises:
-    ValueError: wrong ranks or shapes, mismatched B/H/D, a bad knob or mask shape.
+    ValueError: wrong ranks or shapes, mismatched B/H/D, an unknown or bad knob, a bad mask
+      shape.
   """
-  cfg = MraConfig(
-    block_size=block_size,
-    block_per_row=block_per_row,
-    num_blocks=num_blocks,
-    approx_mode=approx_mode,
-    initial_prior_first_n_blocks=initial_prior_first_n_blocks,
-    initial_prior_diagonal_n_blocks=initial_prior_diagonal_n_blocks,
-    impl=impl,
-    precision=precision,
-  )
-  return mra_attention_with_config(query, key, value, mask, key_mask=key_mask, config=cfg)
-
-
-def mra_attention_with_config(
-  query, key, value, mask=None, *, key_mask=None, config: MraConfig
-) -> jax.Array:
-  """`mra_attention` with its knobs in an already validated `MraConfig`."""
   _check_inputs(query, key, value, mask, key_mask)
   B, Lq, _H, _D = query.shape
   Lk = key.shape[1]

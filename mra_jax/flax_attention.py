@@ -18,16 +18,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mra_jax import attention
+from mra_jax import attention, knobs
 
 
-def make_attention_fn(**mra_kwargs: Any) -> Callable[..., jax.Array]:
+def make_attention_fn(
+  config: attention.MraConfig | None = None, **mra_knobs: Any
+) -> Callable[..., jax.Array]:
   """Returns an `attention_fn` for Flax attention modules that computes MRA.
 
   Args:
-    **mra_kwargs: MRA knobs of `mra_attention` (`block_size`, `block_per_row`,
-      `num_blocks`, `approx_mode`, `initial_prior_first_n_blocks`,
-      `initial_prior_diagonal_n_blocks`, `impl`), validated now.
+    config: the MRA knobs as an `MraConfig` (default: `MraConfig()`).
+    **mra_knobs: `MraConfig` fields (`block_size`, `block_per_row`, ...), replacing the
+      config's; validated now.
 
   Returns:
     `fn(query, key, value, bias=None, mask=None, ..., deterministic=..., dtype=...)`
@@ -36,7 +38,7 @@ def make_attention_fn(**mra_kwargs: Any) -> Callable[..., jax.Array]:
     It raises ValueError for what MRA cannot honour: a `bias`, attention dropout
     while training, `is_causal=True`, a mask that is not a padding mask.
   """
-  config = attention.MraConfig(**mra_kwargs)
+  config = knobs.make(attention.MraConfig, mra_knobs, base=config)
 
   def attention_fn(
     query,
@@ -72,9 +74,7 @@ def make_attention_fn(**mra_kwargs: Any) -> Callable[..., jax.Array]:
         "call the module with sow_weights=False"
       )
     q_valid, k_valid = _padding_masks(mask, query.shape, key.shape)
-    out = attention.mra_attention_with_config(
-      query, key, value, q_valid, key_mask=k_valid, config=config
-    )
+    out = attention.mra_attention(query, key, value, q_valid, key_mask=k_valid, config=config)
     return out.astype(dtype or query.dtype)
 
   return attention_fn

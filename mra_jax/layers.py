@@ -7,14 +7,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mra_jax import attention, checks, layout
+from mra_jax import attention, checks, knobs, layout
 
 
 class MraSelfAttention(nnx.Module):
   """Multi-head self-attention whose core is `mra_attention`.
 
   Owns the query/key/value/output projections (with bias, as the published module)
-  and the MRA knobs. With `input_shape=(rows, cols)` the tokens of an image are put
+  and the MRA knobs: an `MraConfig` (`config=`), its fields as keywords, or both. With `input_shape=(rows, cols)` the tokens of an image are put
   in 4x8 patch order around the attention (the published image/Pathfinder setting),
   and back afterwards, so callers keep row-major tokens.
   """
@@ -29,7 +29,8 @@ class MraSelfAttention(nnx.Module):
     input_shape: tuple[int, int] | None = None,
     dtype: jnp.dtype | None = None,
     param_dtype: jnp.dtype = jnp.float32,
-    **mra_kwargs,
+    config: attention.MraConfig | None = None,
+    **mra_knobs,
   ):
     qkv_features = qkv_features or in_features
     checks.check_int("num_heads", num_heads, minimum=1)
@@ -40,7 +41,7 @@ class MraSelfAttention(nnx.Module):
         f"qkv_features must be divisible by num_heads; got "
         f"qkv_features={qkv_features}, num_heads={num_heads}"
       )
-    self.config = attention.MraConfig(**mra_kwargs)
+    self.config = knobs.make(attention.MraConfig, mra_knobs, base=config)
     self.num_heads = num_heads
     self.head_dim = qkv_features // num_heads
     self.input_shape = None if input_shape is None else tuple(input_shape)
@@ -58,7 +59,7 @@ class MraSelfAttention(nnx.Module):
         mask_BxL = layout.to_patch_order(mask_BxL, self.input_shape)
     B, L, _ = x_BxLxE.shape
     split = lambda y: y.reshape(B, L, self.num_heads, self.head_dim)
-    out_BxLxHxD = attention.mra_attention_with_config(
+    out_BxLxHxD = attention.mra_attention(
       split(self.query(x_BxLxE)),
       split(self.key(x_BxLxE)),
       split(self.value(x_BxLxE)),

@@ -9,6 +9,7 @@ windows from `window_logits` and `neighbour_chunks`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -17,6 +18,7 @@ from flax import nnx
 
 from mra_jax import checks
 from mra_jax.attentions import softmax, working_layout
+from mra_jax.knobs import takes_knobs
 
 
 def neighbour_chunks(x: jax.Array, chunk: int, axis: int) -> jax.Array:
@@ -88,14 +90,32 @@ def block_local_attention(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, block: i
   return o.reshape(v.shape)[:, :, :length]
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalKnobs:
+  """Local attention's knobs (LRA's "Local Att" with `block_local=True`).
+
+  Attributes:
+    window_size: sliding: query i attends to keys j with |i - j| <= window_size // 2 (HF
+      Longformer's `attention_window` convention); block-local: the block length.
+    block_local: non-overlapping blocks that attend only to themselves, instead of a
+      sliding window.
+  """
+
+  window_size: int = 64
+  block_local: bool = False
+
+  def __post_init__(self):
+    checks.check_int("window_size", self.window_size, minimum=1)
+
+
+@takes_knobs(LocalKnobs, param="knobs")
 def local_attention(
   query: jax.Array,
   key: jax.Array,
   value: jax.Array,
   mask: jax.Array | None = None,
   *,
-  window_size: int = 64,
-  block_local: bool = False,
+  knobs: LocalKnobs,
 ) -> jax.Array:
   """Local attention: exact softmax restricted to a neighbourhood of each query.
 
@@ -110,18 +130,17 @@ def local_attention(
     key: [B, L, H, D], same shape as query.
     value: [B, L, H, Dv].
     mask: optional [B, L] bool or 0/1, True = real token.
-    window_size: int >= 1, see above.
-    block_local: block-local instead of sliding-window attention.
+    knobs: `LocalKnobs` (or its fields as keywords: window_size, block_local).
 
   Returns:
     [B, L, H, Dv] in query's dtype; padded query positions are 0.
 
   Raises:
-    ValueError: bad shapes or window_size.
+    ValueError: bad shapes or knobs.
   """
-  checks.check_int("window_size", window_size, minimum=1)
+  window_size = knobs.window_size
   q, k, v, m = working_layout.prepare(query, key, value, mask)
-  if block_local:
+  if knobs.block_local:
     o = block_local_attention(q, k, v, m, block=window_size)
   else:
     o = sliding_window_attention(q, k, v, m, left=window_size // 2, right=window_size // 2)
@@ -131,22 +150,13 @@ def local_attention(
 class LocalAttention(nnx.Module):
   """Registry module for `local_attention` (parameter-free; knobs as there)."""
 
+  Knobs = LocalKnobs
+
   def __init__(
-    self,
-    *,
-    num_heads: int,
-    head_dim: int,
-    max_length: int,
-    rngs: nnx.Rngs,
-    window_size: int = 64,
-    block_local: bool = False,
+    self, knobs: LocalKnobs, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs
   ):
     del num_heads, head_dim, max_length, rngs  # No parameters; any length works.
-    checks.check_int("window_size", window_size, minimum=1)
-    self.window_size = window_size
-    self.block_local = block_local
+    self.knobs = knobs
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    return local_attention(
-      query, key, value, mask, window_size=self.window_size, block_local=self.block_local
-    )
+    return local_attention(query, key, value, mask, knobs=self.knobs)

@@ -8,6 +8,8 @@ tests check it and every other attention against is `mra_jax.reference.softmax_a
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -65,11 +67,20 @@ def softmax_attention(
   return working_layout.finish(to_blhd(o), m, query.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class SoftmaxKnobs:
+  """Exact softmax attention has no knobs."""
+
+
 class SoftmaxAttention(nnx.Module):
   """Registry module for `softmax_attention` (no parameters, no knobs)."""
 
-  def __init__(self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs):
-    del num_heads, head_dim, max_length, rngs
+  Knobs = SoftmaxKnobs
+
+  def __init__(
+    self, knobs: SoftmaxKnobs, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs
+  ):
+    del knobs, num_heads, head_dim, max_length, rngs
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     return softmax_attention(query, key, value, mask)

@@ -8,6 +8,7 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 
+from mra_jax import attentions
 from mra_jax.attentions import local
 
 from . import sparse_testing  # pylint: disable=relative-beyond-top-level
@@ -97,7 +98,7 @@ class LocalAttentionTest(parameterized.TestCase):
 
   def test_module_under_nnx_jit(self):
     layer = local.LocalAttention(
-      num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0), window_size=8
+      local.LocalKnobs(window_size=8), num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0)
     )
     q, k, v = _qkv()
     mask = _mask()
@@ -114,7 +115,9 @@ class LocalAttentionTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "key.shape="):
       local.local_attention(q, k[:, :-1], v[:, :-1])
     with self.assertRaisesRegex(ValueError, "window_size=-1"):
-      local.LocalAttention(num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), window_size=-1)
+      attentions.build(
+        "local", num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), window_size=-1
+      )
 
 
 if __name__ == "__main__":

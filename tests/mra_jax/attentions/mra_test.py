@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 import mra_jax
-from mra_jax import attentions, layout
+from mra_jax import attentions
 
 
 def _qkv(length=64):
@@ -49,38 +49,12 @@ def test_module_equals_the_function():
   np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-def test_input_shape_attends_in_patch_order():
-  layer = attentions.build(
-    "mra2",
-    num_heads=2,
-    head_dim=8,
-    max_length=64,
-    rngs=nnx.Rngs(0),
-    block_size=16,
-    block_per_row=1,
-    input_shape=(4, 16),
-  )
-  q, k, v, mask = _qkv()
-  got = nnx.jit(lambda m, *a: m(*a))(layer, q, k, v, mask)
-  to = lambda x: layout.to_patch_order(x, (4, 16))
-  want = jax.jit(
-    lambda *a: layout.from_patch_order(
-      mra_jax.mra_attention(*(to(x) for x in a), block_size=16, block_per_row=1), (4, 16)
-    )
-  )(q, k, v, mask)
-  np.testing.assert_allclose(got, want, atol=1e-6)
-  plain = attentions.build(
-    "mra2", num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0), block_size=16, block_per_row=1
-  )
-  assert not np.allclose(got, nnx.jit(lambda m, *a: m(*a))(plain, q, k, v, mask), atol=1e-3)
-
-
 def test_bad_knobs_raise_at_build():
   with pytest.raises(ValueError, match="block_size"):
     attentions.build(
       "mra2", num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0), block_size=24
     )
-  with pytest.raises(ValueError, match=r"input_shape=\(32, 32\)"):
+  with pytest.raises(ValueError, match="pins approx_mode='sparse'"):
     attentions.build(
-      "mra2_s", num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0), input_shape=(32, 32)
+      "mra2_s", num_heads=2, head_dim=8, max_length=64, rngs=nnx.Rngs(0), approx_mode="full"
     )
