@@ -2,8 +2,8 @@ r"""Wheels for a GPU machine that has no network: download them here, carry the 
 
 The GPU machines run Python 3.12 on x86-64 Linux with jax, flax, optax, orbax and much else
 preinstalled (`wheel_closure.GPU_IMAGE_PACKAGES`), but not the LRA harness's data and config
-libraries. This script walks setup.cfg's requirements (install_requires and the `lra` and `test`
-extras), and downloads, for that target rather than for this machine, every wheel the image
+libraries. This script walks setup.cfg's requirements (install_requires and the `lra` extra: what
+runs there, the device check and the harness; no test or development tools), and downloads, for that target rather than for this machine, every wheel the image
 lacks, following each wheel's `Requires-Dist` until everything is carried or preinstalled. A
 distribution published only as a pure-Python sdist (promise) is built into a wheel here.
 
@@ -33,7 +33,9 @@ from tools import source_stamp, wheel_closure
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEST = REPO_ROOT / ".whl"
 IMAGE_METADATA = "image_metadata"
-EXTRAS = ("lra", "test")
+# What the GPU machine runs: the library and the harness. The `test` extra (pytest, ruff) is
+# for development machines only.
+EXTRAS = ("lra",)
 
 # The harness's libraries at the versions the CPU test suite runs with. tensorflow-metadata
 # (imported by tensorflow_datasets) is held at 1.17.2: its generated code predates protobuf's
