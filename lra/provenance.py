@@ -1,6 +1,7 @@
 """What a result was made with: the code's commit, the software, the device and the data.
 
-`run_record` is written into a run's results.json so that a reported accuracy can be traced
+`lra.train` writes these records (`code_version`, `software_versions`, `device_record`,
+`data_fingerprint`) into a run's results.json so that a reported accuracy can be traced
 to the commit that produced it (and whether the tree had uncommitted changes), the
 jax/jaxlib/flax versions, the device, and a fingerprint of the data (the settings that made
 it and the sha256 of each stored split file). None of it enters the workdir's config stamp:

@@ -7,9 +7,12 @@ import pytest
 from mra_jax import checks
 
 
-def test_check_int_accepts_ints_at_or_above_the_minimum():
-  checks.check_int("window_size", 1, minimum=1)
-  checks.check_int("num_random_blocks", 0, minimum=0)
+@pytest.mark.parametrize("minimum", [0, 1, 5])
+def test_check_int_accepts_the_minimum_and_refuses_one_below(minimum):
+  checks.check_int("count", minimum, minimum=minimum)
+  checks.check_int("count", minimum + 7, minimum=minimum)
+  with pytest.raises(ValueError, match=f"count={minimum - 1}"):
+    checks.check_int("count", minimum - 1, minimum=minimum)
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.0, True, "4", None])
