@@ -7,6 +7,7 @@ builder serves generated data, the official release files and raw downloads.
 """
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterable
 
@@ -52,6 +53,15 @@ class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, fn):
     yield from enumerate(fn())
+
+  # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared"
+  # to stdout; nothing is downloaded here (the examples are generated or read from local
+  # files), so a log line says what happens instead.
+  def _log_download_bytes(self) -> None:
+    logging.info("Writing %s into %s", self.TASK.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("%s written to %s", self.TASK.name, self.data_dir)
 
 
 def _make_builder_class(task: tasks.Task) -> type[_LraBuilder]:

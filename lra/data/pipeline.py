@@ -26,20 +26,20 @@ from lra.data import builders, errors, prepare_lib, tasks
 DataNotFoundError = errors.DataNotFoundError
 
 
-def _data_source(task: str, split: str, data_dir: str):
-  stored = tasks.get_task(task).stored_split(split)
+def _data_source(task: tasks.Task, split: str, data_dir: str):
+  stored = task.stored_split(split)
   if not prepare_lib.is_prepared(task, data_dir):
     raise errors.DataNotFoundError(
-      f"No prepared {task!r} data in {builders.version_dir(task, data_dir)}; run "
-      f"{errors.prepare_command(task, data_dir)}"
+      f"No prepared {task.name!r} data in {builders.version_dir(task.name, data_dir)}; run "
+      f"{errors.prepare_command(task.name, data_dir)}"
     )
-  builder = tfds.builder_from_directory(builders.version_dir(task, data_dir))
+  builder = tfds.builder_from_directory(builders.version_dir(task.name, data_dir))
   return builder.as_data_source(split=stored)
 
 
-def num_examples(task: str, split: str, data_dir: str) -> int:
+def num_examples(task: tasks.Task | str, split: str, data_dir: str) -> int:
   """Number of examples of `split` ("train", "validation", "test") of a prepared task."""
-  return len(_data_source(task, split, data_dir))
+  return len(_data_source(tasks.as_task(task), split, data_dir))
 
 
 class _Encode(grain.MapTransform):
@@ -118,7 +118,7 @@ class Loader:
 _WORKER_STATE: dict = {}
 
 
-def _open_in_worker(task: str, split: str, data_dir: str, encode: _Encode) -> None:
+def _open_in_worker(task: tasks.Task, split: str, data_dir: str, encode: _Encode) -> None:
   _WORKER_STATE["source"] = _data_source(task, split, data_dir)
   _WORKER_STATE["encode"] = encode
 
@@ -223,7 +223,7 @@ class ParallelLoader(Loader):
 
 
 def make_loader(
-  task: str,
+  task: tasks.Task | str,
   split: str,
   data_dir: str,
   *,
@@ -241,7 +241,7 @@ def make_loader(
   """Builds the batch iterator of one split of a prepared task.
 
   Args:
-    task: task name (see `tasks.TASKS`).
+    task: the task (a `tasks.Task`, or its name).
     split: "train", "validation" or "test".
     data_dir: the folder given to `prepare`.
     batch_size: examples per batch (per shard).
@@ -265,7 +265,7 @@ def make_loader(
     DataNotFoundError: the task is not prepared in `data_dir`.
     ValueError: a bad argument (named in the message).
   """
-  spec = tasks.get_task(task)
+  spec = tasks.as_task(task)
   max_length = spec.max_length if max_length is None else max_length
   if max_length < 1:
     raise ValueError(f"{max_length=} must be >= 1")
@@ -279,14 +279,14 @@ def make_loader(
     raise ValueError(f"{seed=} must be in [0, 2**32)")
   if workers < 0:
     raise ValueError(f"{workers=} must be >= 0")
-  source = _data_source(task, split, data_dir)
+  source = _data_source(spec, split, data_dir)
   num_records = len(source)
   per_shard = num_records // num_shards
   if not drop_remainder and shard_index < num_records % num_shards:
     per_shard += 1
   if per_shard == 0 or (drop_remainder and per_shard < batch_size):
     raise ValueError(
-      f"{task} {split} has {num_records} examples: too few for {batch_size=} "
+      f"{spec.name} {split} has {num_records} examples: too few for {batch_size=} "
       f"over {num_shards=} with {drop_remainder=}"
     )
   batches = per_shard // batch_size if drop_remainder else math.ceil(per_shard / batch_size)
@@ -323,5 +323,5 @@ def make_loader(
     shard_index=shard_index,
     num_shards=num_shards,
     workers=workers,
-    worker_args=(task, split, data_dir, encode),
+    worker_args=(spec, split, data_dir, encode),
   )

@@ -8,25 +8,38 @@ everything ends in `<data_dir>/lra_<task>/1.0.0/`, with a sha256 of every stored
 (`digests`).
 """
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from lra.data import builders, digests, errors, tasks
 
 
-def is_prepared(task: str, data_dir: str) -> bool:
-  """True when every stored split of `task` is complete under `data_dir`."""
-  spec = tasks.get_task(task)
-  info_path = os.path.join(builders.version_dir(task, data_dir), "dataset_info.json")
+def is_prepared(task: tasks.Task | str, data_dir: str) -> bool:
+  """True when every stored split of `task` (a `tasks.Task` or its name) is complete."""
+  spec = tasks.as_task(task)
+  info_path = os.path.join(builders.version_dir(spec.name, data_dir), "dataset_info.json")
   if not os.path.isfile(info_path):
     return False
   with open(info_path) as f:
     names = {s["name"] for s in json.load(f).get("splits", [])}
   return set(spec.stored_splits) <= names
+
+
+@contextlib.contextmanager
+def _progress_bars(enable: bool):
+  """TFDS's progress bars on or off while writing (its switch is process-wide)."""
+  was = tqdm_utils._active  # pylint: disable=protected-access
+  tfds.display_progress_bar(enable)
+  try:
+    yield
+  finally:
+    tfds.display_progress_bar(was)
 
 
 def _check_count(name: str, value: int | None) -> None:
@@ -35,7 +48,7 @@ def _check_count(name: str, value: int | None) -> None:
 
 
 def prepare(
-  task: str,
+  task: tasks.Task | str,
   data_dir: str,
   *,
   source: str | None = None,
@@ -46,6 +59,7 @@ def prepare(
   max_tokens: int = 0,
   overwrite: bool = False,
   workers: int = 0,
+  progress: bool = True,
 ) -> None:
   """Generates or converts `task` into `<data_dir>/lra_<task>/1.0.0/` (array_record).
 
@@ -53,7 +67,7 @@ def prepare(
   were written gets one, of the files as they are.
 
   Args:
-    task: one of `tasks.TASKS`.
+    task: a `tasks.Task`, or the name of one of `tasks.TASKS`.
     data_dir: output folder (also where raw generated files and downloads live).
     source: official release files or downloads to convert; None generates ListOps and
       Pathfinder, and looks for Text/Image/Retrieval downloads in default places.
@@ -63,13 +77,16 @@ def prepare(
     max_tokens: ListOps generation only: > 0 makes expressions shorter than this.
     overwrite: delete the task's stored files first (regenerate damaged data).
     workers: generator processes (0: every core); the data is the same for any count.
+    progress: show TFDS's progress bars while writing (a trainer preparing its own small
+      data turns them off).
 
   Raises:
     DataNotFoundError: the source files are missing (the message says what to fetch).
     DataCorruptError: the data already there differs from its digest.
     ValueError: bad arguments or bad source content (the message names the file).
   """
-  spec = tasks.get_task(task)
+  spec = tasks.as_task(task)
+  task = spec.name
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
     _check_count(name, value)
@@ -85,7 +102,7 @@ def prepare(
   if overwrite and os.path.isdir(version_dir):
     logging.info("Deleting %s to prepare it anew", version_dir)
     shutil.rmtree(version_dir)
-  if is_prepared(task, data_dir):
+  if is_prepared(spec, data_dir):
     if digests.has_digest(version_dir):
       digests.verify(version_dir)
       logging.info("%s is already prepared in %s (digests match)", task, version_dir)
@@ -104,7 +121,7 @@ def prepare(
   builder = builders.BUILDERS[task](
     data_dir=data_dir, file_format="array_record", split_examples=splits
   )
-  with builders.deterministic_serialization():
+  with builders.deterministic_serialization(), _progress_bars(progress):
     builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(
         download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS

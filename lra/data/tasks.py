@@ -13,6 +13,7 @@ mask tells padding apart.
 """
 
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -89,10 +90,6 @@ class Task:
   # convert downloads and say where to get them.
   can_generate: ClassVar[bool] = False
   stored_splits: ClassVar[tuple[str, ...]] = SPLITS
-
-  @property
-  def is_image(self) -> bool:
-    return self.image_shape is not None
 
   def stored_split(self, split: str) -> str:
     """The stored split that serves `split` (a task without a validation split reads test)."""
@@ -400,5 +397,13 @@ TASKS: dict[str, Task] = {
 def get_task(name: str) -> Task:
   """Returns the `Task` named `name`; ValueError listing the known tasks otherwise."""
   if name not in TASKS:
-    raise ValueError(f"Unknown LRA task {name=}; known tasks: {sorted(TASKS)}")
+    close = difflib.get_close_matches(str(name), list(TASKS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown task={name!r}{hint}; known tasks: {sorted(TASKS)}")
   return TASKS[name]
+
+
+def as_task(task: "Task | str") -> Task:
+  """`task` itself, or the `Task` it names (entry points take either; callers inside the
+  package pass the object they were given, so a name is looked up once)."""
+  return task if isinstance(task, Task) else get_task(task)
