@@ -8,15 +8,13 @@ layer's attention core wrapped so that it records its arguments.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from lra import checkpoints, inputs, models, optim, train
+from lra import checkpoints, inputs, models, optim, run_config
 
 
 class _Recorder(nnx.Module):
@@ -32,19 +30,7 @@ class _Recorder(nnx.Module):
     return self.core(q, k, v, mask=mask)
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run stored in `workdir` (what `lra.main` wrote on its first start)."""
-  path = os.path.join(os.path.expanduser(workdir), checkpoints.CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-      f"workdir={workdir!r} holds no {checkpoints.CONFIG_FILE}: it is "
-      "not a directory written by `python -m lra.main`"
-    )
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def restore_params(config, workdir: str, model: nnx.Module) -> str:
+def restore_params(run: run_config.RunConfig, workdir: str, model: nnx.Module) -> str:
   """Loads the best-validation parameters (else the newest checkpoint's) into `model`.
 
   Returns:
@@ -59,7 +45,7 @@ def restore_params(config, workdir: str, model: nnx.Module) -> str:
       return f"best step {best[1]['step']}"
     # The newest resumable checkpoint holds {"params", "rest", "opt_state"}; build its
     # shapes from the optimizer the run used.
-    tx = optim.make_optimizer(train.optimizer_config(config))[0]
+    tx = optim.make_optimizer(run.optimizer)[0]
     _, _, rest = nnx.split(model, nnx.Param, ...)
     latest = ckpt.restore_latest({"params": params, "rest": rest, "opt_state": tx.init(params)})
   finally:
@@ -91,20 +77,20 @@ def capture_qkv(
     ValueError: `layer` or `num_examples` out of range.
     lra.data.pipeline.DataNotFoundError: the run's data is not where its config says.
   """
-  config = load_config(workdir)
-  cfg = train.model_config(config)
+  run = checkpoints.load_config(workdir)
+  cfg = run.model
   if not 0 <= layer < cfg.num_layers:
     raise ValueError(f"layer must be in [0, {cfg.num_layers}) for this run; got {layer=}")
   if num_examples < 1:
     raise ValueError(f"num_examples must be >= 1; got {num_examples=}")
   model = models.build(cfg, rngs=nnx.Rngs(0))
-  which = restore_params(config, workdir, model)
+  which = restore_params(run, workdir, model)
   block = model.encoder.blocks[layer]
   recorder = _Recorder(block.attention.core)
   block.attention.core = recorder
 
-  data_dir = inputs.resolve_data_dir(config, os.path.expanduser(workdir))
-  loader = inputs.make_loader(config, data_dir, split, batch_size=num_examples, train=False)
+  data_dir = inputs.resolve_data_dir(run, os.path.expanduser(workdir))
+  loader = inputs.make_loader(run, data_dir, split, batch_size=num_examples, train=False)
   batch = next(iter(loader))
   model(jnp.asarray(batch["inputs"]), jnp.asarray(batch["mask"]))
   q, k, v, mask = recorder.seen[0]
@@ -113,5 +99,5 @@ def capture_qkv(
     "k": k.astype(np.float32),
     "v": v.astype(np.float32),
     "mask": np.asarray(mask, bool),
-    "source": f"{config.task}/{config.attention} layer {layer}, {which}, {q.shape[0]} {split} rows",
+    "source": f"{run.task}/{run.attention} layer {layer}, {which}, {q.shape[0]} {split} rows",
   }

@@ -1,7 +1,7 @@
 """Orbax checkpoints of a run, and the config stamp that ties a workdir to one config.
 
 Layout of a workdir:
-  config.json          the config that made it (`config_record`); another config is refused
+  config.json          the config that made it (`RunConfig.record`); another one is refused
   checkpoints/<step>/  resumable state: parameters, optimizer state, and `meta` (JSON: data
                        loader position, best dev accuracy so far, train-metric window)
   best/<step>/         parameters of the best validation accuracy so far
@@ -11,35 +11,30 @@ import json
 import os
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
+from lra import run_config
+
 CONFIG_FILE = "config.json"
-# Keys that change how a run goes, never what it computes: a different value resumes.
-RUN_ONLY_KEYS = ("data_workers", "plot", "check_memory")
 
 
 class ConfigMismatchError(ValueError):
   """The workdir was made by a different config."""
 
 
-def config_record(config: ml_collections.ConfigDict | dict) -> dict:
-  """The config as a run records it: JSON types, only the chosen attention's knobs.
-
-  Keys in `RUN_ONLY_KEYS` (input workers, plotting, the memory check) are recorded but not
-  compared: changing them resumes a run.
-
-  A config carries a knob block for every registered attention (so any of them can be
-  chosen from the command line); the others do not affect the run, so they are left out
-  of the workdir stamp and of results.json, and changing their defaults never blocks a
-  resume. Accepts a ConfigDict or a stored record (which may still hold every block).
-  """
-  record = json.loads(
-    json.dumps(config.to_dict() if hasattr(config, "to_dict") else config, default=list)
-  )
+def _chosen_knobs_only(record: dict) -> dict:
+  """A stored config record with the chosen attention's knobs only (records of older runs
+  held a knob block per registered attention)."""
   knobs = record.get("attention_kwargs", {})
-  record["attention_kwargs"] = {record["attention"]: knobs.get(record["attention"], {})}
+  if record.get("attention") in knobs and isinstance(knobs[record["attention"]], dict):
+    record = {**record, "attention_kwargs": knobs[record["attention"]]}
   return record
+
+
+def _comparable(record: dict) -> dict:
+  """A config record without the keys that may change on resume."""
+  record = _chosen_knobs_only(record)
+  return {k: v for k, v in record.items() if k not in run_config.RUN_ONLY_KEYS}
 
 
 def _diff(old, new, prefix=""):
@@ -50,8 +45,8 @@ def _diff(old, new, prefix=""):
     yield f"{prefix[:-1]}: stored {old!r}, now {new!r}"
 
 
-def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses `config` when `workdir` holds the stamp of another config (writes nothing).
+def check_config(workdir: str, run: run_config.RunConfig) -> None:
+  """Refuses `run` when `workdir` holds the stamp of another config (writes nothing).
 
   Raises:
     ConfigMismatchError: listing every differing key.
@@ -60,12 +55,8 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    stored = config_record(json.load(f))
-  current = config_record(config)
-  for key in RUN_ONLY_KEYS:
-    stored.pop(key, None)
-    current.pop(key, None)
-  differences = list(_diff(stored, current))
+    stored = _comparable(json.load(f))
+  differences = list(_diff(stored, _comparable(run.record())))
   if differences:
     raise ConfigMismatchError(
       f"workdir={workdir!r} was made by a different config ({path}), so it cannot be "
@@ -75,25 +66,32 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     )
 
 
-def store_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes the stamp of `config` into `workdir` unless it holds one (`check_config` first)."""
+def store_config(workdir: str, run: run_config.RunConfig) -> None:
+  """Writes the stamp of `run` into `workdir` unless it holds one (`check_config` first)."""
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
     return
   os.makedirs(workdir, exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(config_record(config), f, indent=2, sort_keys=True)
+    json.dump(run.record(), f, indent=2, sort_keys=True)
   os.replace(tmp, path)
 
 
-def check_or_store_config(
-  workdir: str, config: ml_collections.ConfigDict, write: bool = True
-) -> None:
-  """`check_config`, then (`write`) `store_config`."""
-  check_config(workdir, config)
-  if write:
-    store_config(workdir, config)
+def load_config(workdir: str) -> run_config.RunConfig:
+  """The config a run stored in `workdir` (what `lra.main` wrote on its first start).
+
+  Raises:
+    FileNotFoundError: `workdir` holds no config.json (not a run directory).
+  """
+  path = os.path.join(os.path.expanduser(workdir), CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+      f"workdir={workdir!r} holds no {CONFIG_FILE}: it is not a directory written by "
+      "`python -m lra.main`"
+    )
+  with open(path) as f:
+    return run_config.from_config_dict(_chosen_knobs_only(json.load(f)))
 
 
 def _abstract(tree):

@@ -48,14 +48,14 @@ EVAL_CACHE_BYTES = 2 << 30
 class EvalBatches:
   """The evaluation batches of a run; validation is read once and kept while it fits."""
 
-  def __init__(self, config, data_dir: str):
-    self._config = config
+  def __init__(self, run, data_dir: str):
+    self._run = run
     self._data_dir = data_dir
     self._cache: dict[tuple[str, int], list[dict]] = {}
 
   def _loader(self, split: str):
     return inputs.make_loader(
-      self._config, self._data_dir, split, batch_size=self._config.eval_batch_size, train=False
+      self._run, self._data_dir, split, batch_size=self._run.eval_batch_size, train=False
     )
 
   def batches(self, split: str, num_batches: int) -> Iterable[dict]:

@@ -4,6 +4,8 @@ r"""ListOps on one accelerator in one command: official-size data, then MRA-2 an
   python -m lra.gpu_run --out=/tmp/lra_gpu --steps=2500 # a shorter schedule
   python -m lra.gpu_run --out=/tmp/lra_tiny --tiny      # tiny data, a few steps (CPU, CI)
 
+Run from a checkout: the protocol is `--config` (default configs/listops.py).
+
 1. Generates the official-size ListOps (96,000 / 2,000 / 2,000, seed 0) into `OUT/data`
    with one generator process per core (`--workers`); the data is the same for any count.
    Data already there is checked against its digests and reused.
@@ -19,16 +21,17 @@ See docs/gpu.md, "LRA on one GPU", for the expected time.
 
 import json
 import os
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from configs import listops as listops_config
-from lra import inputs, train
-from lra.data import errors, prepare_lib
+from lra import cli, inputs, reporting, run_config, train
+from lra.data import prepare_lib
 
 _OUT = flags.DEFINE_string("out", None, "Folder for the data, the runs and summary.json.")
+_CONFIG = flags.DEFINE_string(
+  "config", "configs/listops.py", "The ListOps config file (its default protocol is run)."
+)
 _ATTENTIONS = flags.DEFINE_list("attentions", ["mra2", "softmax"], "Attentions to train.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Train steps (0: the protocol's 5000).")
 _WORKERS = flags.DEFINE_integer(
@@ -46,15 +49,21 @@ TINY_SIZES = (96, 32, 32)
 TINY_MAX_TOKENS = 64
 
 
-def run_config(
-  attention: str, data_dir: str, *, steps: int = 0, tiny: bool = False, data_workers: int = -1
-):
-  """The `configs/listops.py` config of one run of this command.
+def listops_run(
+  attention: str,
+  data_dir: str,
+  *,
+  steps: int = 0,
+  tiny: bool = False,
+  data_workers: int = -1,
+  config_file: str = "configs/listops.py",
+) -> run_config.RunConfig:
+  """The config of one run of this command: `config_file`'s default protocol for `attention`.
 
-  The default protocol unchanged except for `data_dir`, `steps` (> 0 replaces
-  num_train_steps) and no plot; `tiny` shrinks data, model and schedule to seconds on a CPU.
+  Unchanged except for `data_dir`, `steps` (> 0 replaces num_train_steps), no plot and the
+  input workers; `tiny` shrinks data, model and schedule to seconds on a CPU.
   """
-  c = listops_config.get_config(f"attention={attention}")
+  c, _ = cli.load_config_file(f"{config_file}:attention={attention}")
   c.data_dir = data_dir
   c.plot = False
   c.data_workers = data_workers
@@ -70,13 +79,14 @@ def run_config(
     c.optimizer.warmup_steps = 2
     c.learning_rate = 1e-3
     c.check_memory = False
+    c.expected_result = "anything: a tiny run checks that the command works end to end"
     c.model.update(
       num_layers=1, embed_dim=16, qkv_dim=16, num_heads=2, mlp_dim=32, classifier_hidden=(16,)
     )
     # 64 tokens are 2 blocks of 32: mra2 refines one of them.
-    if attention in ("mra2", "mra2_s"):
-      c.attention_kwargs[attention].block_per_row = 1
-  return c
+    if "block_per_row" in c.attention_kwargs:
+      c.attention_kwargs.block_per_row = 1
+  return run_config.from_config_dict(c)
 
 
 def prepare_data(data_dir: str, *, tiny: bool, workers: int) -> float:
@@ -107,17 +117,26 @@ def run(
   tiny: bool = False,
   workers: int = 0,
   data_workers: int = -1,
+  config_file: str = "configs/listops.py",
 ) -> dict:
   """Generates the data, trains every attention, writes and returns the summary."""
   if not attentions:
-    raise ValueError("attentions must name at least one attention; got none")
+    raise cli.UsageError("--attentions must name at least one attention; got none")
   if steps < 0:
-    raise ValueError(f"steps={steps} must be >= 0")
+    raise cli.UsageError(f"--steps must be >= 0; got steps={steps}")
   if workers < 0:
-    raise ValueError(f"workers={workers} must be >= 0")
+    raise cli.UsageError(f"--workers must be >= 0; got workers={workers}")
   out = os.path.abspath(os.path.expanduser(out))
   configs = {
-    name: run_config(name, os.path.join(out, "data"), steps=steps, tiny=tiny) for name in attentions
+    name: listops_run(
+      name,
+      os.path.join(out, "data"),
+      steps=steps,
+      tiny=tiny,
+      data_workers=data_workers,
+      config_file=config_file,
+    )
+    for name in attentions
   }
   summary = {
     "data_seconds": round(prepare_data(os.path.join(out, "data"), tiny=tiny, workers=workers), 1)
@@ -140,7 +159,7 @@ def run(
       "device_kind": results["device_kind"],
       "results": os.path.join(out, name, train.RESULTS_FILE),
     }
-    logging.info("%s: %s", name, runs[name])
+    print(reporting.result_line(results, os.path.join(out, name)), flush=True)
   summary["runs"] = runs
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
@@ -149,22 +168,20 @@ def run(
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise cli.UsageError(f"unexpected arguments {argv[1:]}")
   if not _OUT.value:
-    raise app.UsageError("--out is required")
-  try:
-    summary = run(
-      _OUT.value,
-      _ATTENTIONS.value,
-      steps=_STEPS.value,
-      tiny=_TINY.value,
-      workers=_WORKERS.value,
-      data_workers=_DATA_WORKERS.value,
-    )
-  except (errors.DataNotFoundError, errors.DataCorruptError, train.NonFiniteLossError) as e:
-    sys.exit(f"{type(e).__name__}: {e}")
-  print(json.dumps(summary, indent=2), flush=True)
+    raise cli.UsageError("--out=DIR is required")
+  run(
+    _OUT.value,
+    _ATTENTIONS.value,
+    steps=_STEPS.value,
+    tiny=_TINY.value,
+    workers=_WORKERS.value,
+    data_workers=_DATA_WORKERS.value,
+    config_file=_CONFIG.value,
+  )
+  print(f"summary in {os.path.join(os.path.abspath(_OUT.value), 'summary.json')}", flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

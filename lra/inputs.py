@@ -11,33 +11,34 @@ import os
 import jax
 import numpy as np
 
-from lra.data import builders, digests, errors, pipeline, prepare_lib, tasks
+from lra import run_config
+from lra.data import builders, digests, errors, pipeline, prepare_lib
 
 GENERATED_STAMP = "lra_generated_{task}.json"
 # Data does not depend on the training seed: every seed trains on the same examples.
 DATA_SEED = 0
 
 
-def resolve_data_dir(config, workdir: str) -> str:
-  """`config.data_dir` with `~` expanded; "" means `<workdir>/data`."""
-  if not config.data_dir:
+def resolve_data_dir(run: run_config.RunConfig, workdir: str) -> str:
+  """`run.data_dir` with `~` expanded; "" means `<workdir>/data`."""
+  if not run.data_dir:
     return os.path.join(workdir, "data")
-  return os.path.abspath(os.path.expanduser(config.data_dir))
+  return os.path.abspath(os.path.expanduser(run.data_dir))
 
 
-def _prepare_command(config, data_dir: str) -> str:
-  if not config.generate_data:
-    return errors.prepare_command(config.task, data_dir)
+def _prepare_command(run: run_config.RunConfig, data_dir: str) -> str:
+  if not run.generate_data:
+    return errors.prepare_command(run.task, data_dir)
   return errors.prepare_command(
-    config.task,
+    run.task,
     data_dir,
     seed=DATA_SEED,
-    counts=tuple(config.generate_sizes),
-    max_tokens=config.generate_max_tokens,
+    counts=tuple(run.generate_sizes),
+    max_tokens=run.generate_max_tokens,
   )
 
 
-def ensure_data(config, data_dir: str) -> None:
+def ensure_data(run: run_config.RunConfig, data_dir: str) -> None:
   """Checks the prepared data against its digests, or generates it when the config allows.
 
   Raises:
@@ -47,21 +48,21 @@ def ensure_data(config, data_dir: str) -> None:
       file and the command that regenerates it.
     ValueError: data generated with other settings is already in `data_dir`.
   """
-  task = tasks.get_task(config.task)
+  task = run.task_spec
   stamp_path = os.path.join(data_dir, GENERATED_STAMP.format(task=task.name))
   stamp = {
     "task": task.name,
-    "sizes": list(config.generate_sizes),
-    "max_tokens": config.generate_max_tokens,
+    "sizes": list(run.generate_sizes),
+    "max_tokens": run.generate_max_tokens,
     "seed": DATA_SEED,
   }
-  if prepare_lib.is_prepared(task.name, data_dir):
-    if config.generate_data and os.path.exists(stamp_path):
+  if prepare_lib.is_prepared(task, data_dir):
+    if run.generate_data and os.path.exists(stamp_path):
       with open(stamp_path) as f:
         if json.load(f) != stamp:
           raise ValueError(
             f"{data_dir} holds {task.name} data generated with other settings "
-            f"({stamp_path}); set --config.data_dir to another folder"
+            f"({stamp_path}); set --run.data_dir to another folder"
           )
     version_dir = builders.version_dir(task.name, data_dir)
     if digests.has_digest(version_dir):
@@ -71,67 +72,72 @@ def ensure_data(config, data_dir: str) -> None:
         "%s was prepared before digests were written, so its files cannot be checked "
         "against damage; `%s` records them as they are.",
         version_dir,
-        _prepare_command(config, data_dir),
+        _prepare_command(run, data_dir),
       )
     return
-  if not (config.generate_data and task.can_generate):
+  if not (run.generate_data and task.can_generate):
     raise errors.DataNotFoundError(
       f"No prepared {task.name!r} data in data_dir={data_dir!r}. Prepare it with:\n  "
-      f"{_prepare_command(config, data_dir)}\n(or point --config.data_dir at prepared data)"
+      f"{_prepare_command(run, data_dir)}\n(or point --run.data_dir at prepared data)"
     )
-  n_train, n_val, n_test = config.generate_sizes
+  n_train, n_val, n_test = run.generate_sizes
   logging.info("Generating %s data (%d/%d/%d) into %s", task.name, n_train, n_val, n_test, data_dir)
   os.makedirs(data_dir, exist_ok=True)
   prepare_lib.prepare(
-    task.name,
+    task,
     data_dir,
     seed=DATA_SEED,
     num_train=n_train,
     num_val=n_val,
     num_test=n_test,
-    max_tokens=config.generate_max_tokens,
+    max_tokens=run.generate_max_tokens,
+    progress=False,
   )
   with open(stamp_path, "w") as f:
     json.dump(stamp, f)
 
 
-def data_workers(config) -> int:
-  """Input processes of a run: `config.data_workers`, or from the core count when -1.
+def data_workers(run: run_config.RunConfig) -> int:
+  """Input processes of a run: `run.data_workers`, or from the core count when -1.
 
   Below 4 cores the reader stays in the training process (the workers would only take
   cores from XLA); above, half the cores, at most 8: about 3,300 ListOps examples/s per
   process, so 8 keep up with well over 100 steps/s of batch 32.
   """
-  if config.data_workers >= 0:
-    return config.data_workers
-  if config.data_workers != -1:
-    raise ValueError(f"data_workers must be -1 (auto) or >= 0; got {config.data_workers}")
+  if run.data_workers >= 0:
+    return run.data_workers
   cores = os.cpu_count() or 1
   return 0 if cores < 4 else min(8, cores // 2)
 
 
 def make_loader(
-  config, data_dir: str, split: str, *, batch_size: int, train: bool, workers: int = 0
+  run: run_config.RunConfig,
+  data_dir: str,
+  split: str,
+  *,
+  batch_size: int,
+  train: bool,
+  workers: int = 0,
 ):
   """This process's loader of `split`; `batch_size` is global; `workers` reader processes."""
   count = jax.process_count()
   if batch_size % count:
     raise ValueError(f"batch size {batch_size} must divide over {count} processes")
   return pipeline.make_loader(
-    config.task,
+    run.task_spec,
     split,
     data_dir,
     batch_size=batch_size // count,
-    seed=config.seed,
+    seed=run.seed,
     shuffle=train,
     num_epochs=None if train else 1,
-    max_length=config.max_length,
+    max_length=run.max_length,
     # A ragged last eval batch is padded (see `pad_batch`); across hosts every shard
     # must yield the same number of batches, so multi-host eval drops the remainder.
     drop_remainder=train or count > 1,
     shard_index=jax.process_index(),
     num_shards=count,
-    legacy_pixel_padding=config.legacy_pixel_padding,
+    legacy_pixel_padding=run.legacy_pixel_padding,
     workers=workers,
   )
 

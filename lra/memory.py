@@ -15,13 +15,12 @@ import jax
 _DEFAULT_KEYS_PER_QUERY = 256
 
 
-def keys_per_query(attention: str, length: int, knobs: dict) -> int:
+def keys_per_query(attention: str, length: int, knobs) -> int:
+  """Keys one query attends to under `attention` with its knobs dataclass `knobs`."""
   if attention == "softmax":
     return length
   if attention in ("mra2", "mra2_s"):
-    block = int(knobs.get("block_size", 32))
-    per_row = int(knobs.get("block_per_row", 8))
-    return min(length, block * per_row) + length // block
+    return min(length, knobs.block_size * knobs.block_per_row) + length // knobs.block_size
   return min(length, _DEFAULT_KEYS_PER_QUERY)
 
 
@@ -35,7 +34,7 @@ def activation_bytes(
   mlp_dim: int,
   num_heads: int,
   attention: str,
-  knobs: dict,
+  knobs,
   bytes_per_value: int,
 ) -> int:
   """Bytes of activations kept for the backward pass of one micro-batch."""

@@ -36,45 +36,63 @@ PATCH_ORDER_ATTENTIONS = ("mra2", "mra2_s")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-@dataclasses.dataclass(frozen=True)
+_FROM_RUN = {"from_run": True}  # Filled from the task and the run, not a config key.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   """Everything that fixes the model's shape and behaviour, validated on construction.
 
-  The hyperparameters (`num_layers` .. `retrieval_interaction`) are the keys of a run
-  config's `model` block (configs/common.py), so `ModelConfig(**config.model, ...)` builds
-  one; the other fields come from the task and the run (`lra.train.model_config`).
+  The fields with defaults are the keys of a run config's `model` block (declared here
+  only; `lra.run_config` builds the block from them); the others come from the task and the
+  run (`lra.run_config.from_config_dict`).
+
+  Attributes:
+    num_layers: encoder blocks.
+    embed_dim: residual width.
+    qkv_dim: total query/key/value width (heads x head dim).
+    num_heads: attention heads.
+    mlp_dim: feed-forward hidden width (GELU).
+    classifier_hidden: the head's hidden widths (ReLU).
+    dropout_rate: embedding, residual and feed-forward dropout.
+    pooling: "mean" (masked, divided by the length) or "cls".
+    positions: "learned" or "sinusoidal" position embeddings.
+    embed_init_std: token-embedding initialisation stddev.
+    qkv_bias: bias in the q/k/v/out projections.
+    retrieval_interaction: two-tower head input: "nli" = [u, v, u*v, u-v], "concat" = [u, v].
   """
 
-  # From the config's `model` block.
-  num_layers: int
-  embed_dim: int
-  qkv_dim: int
-  num_heads: int
-  mlp_dim: int
-  classifier_hidden: tuple[int, ...]
-  dropout_rate: float
-  pooling: str
-  positions: str
-  embed_init_std: float
-  qkv_bias: bool
-  retrieval_interaction: str
+  num_layers: int = 2
+  embed_dim: int = 64
+  qkv_dim: int = 64
+  num_heads: int = 2
+  mlp_dim: int = 128
+  classifier_hidden: tuple[int, ...] = (128,)
+  dropout_rate: float = 0.1
+  pooling: str = "mean"
+  positions: str = "learned"
+  embed_init_std: float = 0.02
+  qkv_bias: bool = True
+  retrieval_interaction: str = "nli"
   # From the task and the run.
-  vocab_size: int
-  num_classes: int
-  max_length: int
-  attention: str
-  dual_input: bool = False
-  image_shape: tuple[int, int] | None = None
-  attention_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-  token_order: str = "row_major"  # "auto": patch order where it applies, else row-major.
-  dtype: Any = "float32"  # "float32" | "bfloat16" (or the jnp dtype); stored as a jnp dtype.
+  vocab_size: int = dataclasses.field(metadata=_FROM_RUN)
+  num_classes: int = dataclasses.field(metadata=_FROM_RUN)
+  max_length: int = dataclasses.field(metadata=_FROM_RUN)
+  attention: str = dataclasses.field(metadata=_FROM_RUN)
+  dual_input: bool = dataclasses.field(default=False, metadata=_FROM_RUN)
+  image_shape: tuple[int, int] | None = dataclasses.field(default=None, metadata=_FROM_RUN)
+  # The attention's knobs dataclass (`mra_jax.attentions.make_knobs`); None: its defaults.
+  attention_knobs: Any = dataclasses.field(default=None, metadata=_FROM_RUN)
+  # "auto": patch order where it applies, else row-major.
+  token_order: str = dataclasses.field(default="row_major", metadata=_FROM_RUN)
+  # "float32" | "bfloat16" (or the jnp dtype); stored as a jnp dtype.
+  dtype: Any = dataclasses.field(default="float32", metadata=_FROM_RUN)
 
   def __post_init__(self):
     # JSON and ConfigDicts hand sequences over as lists; the dataclass is frozen and hashed.
     object.__setattr__(self, "classifier_hidden", tuple(self.classifier_hidden))
     if self.image_shape is not None:
       object.__setattr__(self, "image_shape", tuple(self.image_shape))
-    object.__setattr__(self, "attention_kwargs", dict(self.attention_kwargs))
     for name in (
       "vocab_size",
       "num_classes",
@@ -97,15 +115,12 @@ class ModelConfig:
       raise ValueError(f"classifier_hidden must hold positive ints; got {self.classifier_hidden=}")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"dropout_rate must be in [0, 1); got dropout_rate={self.dropout_rate}")
-    if self.attention not in attentions.names():
+    if self.attention_knobs is None:
+      object.__setattr__(self, "attention_knobs", attentions.make_knobs(self.attention))
+    elif not isinstance(self.attention_knobs, attentions.knobs_class(self.attention)):
       raise ValueError(
-        f"attention must be a registered name; got attention={self.attention!r}, "
-        f"known: {attentions.names()}"
-      )
-    unknown = set(self.attention_kwargs) - set(attentions.knob_defaults(self.attention))
-    if unknown:
-      raise ValueError(
-        f"attention_kwargs name knobs that {self.attention!r} does not have: {sorted(unknown)}"
+        f"attention_knobs must be attention {self.attention!r}'s "
+        f"{attentions.knobs_class(self.attention).__name__}; got {self.attention_knobs!r}"
       )
     dtype_names = {jnp.dtype(v).name: v for v in DTYPES.values()}
     name = self.dtype if isinstance(self.dtype, str) else jnp.dtype(self.dtype).name
@@ -195,7 +210,7 @@ class SelfAttention(nnx.Module):
       head_dim=self.head_dim,
       max_length=cfg.sequence_length,
       rngs=rngs,
-      **cfg.attention_kwargs,
+      knobs=cfg.attention_knobs,
     )
 
   def __call__(self, x_BxLxE: jax.Array, mask_BxL: jax.Array) -> jax.Array:

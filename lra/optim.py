@@ -93,25 +93,37 @@ def learning_rate_schedule(
   raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule=}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
   """AdamW and its schedule, validated on construction (hashable: a cache key).
 
   The fields but `learning_rate` and `total_steps` are the keys of a run config's
-  `optimizer` block (configs/common.py): `OptimizerConfig(**config.optimizer,
-  learning_rate=config.learning_rate, total_steps=config.num_train_steps)`.
+  `optimizer` block (declared here only; `lra.run_config` builds the block from them);
+  those two come from the run's `learning_rate` and `num_train_steps`.
+
+  Attributes:
+    schedule: "one_cycle", "rsqrt" or "cosine".
+    warmup_steps: linear warmup steps.
+    weight_decay: decoupled (AdamW) weight decay, on every parameter.
+    b1: Adam beta1 (unused when cycle_momentum).
+    b2: Adam beta2.
+    eps: Adam epsilon.
+    cycle_momentum: one_cycle only: beta1 moves 0.95 -> 0.85 -> 0.95.
+    grad_clip_norm: global-norm clipping; 0 = off.
   """
 
-  schedule: str  # One of SCHEDULES.
+  schedule: str
   warmup_steps: int
-  weight_decay: float  # Decoupled, on every parameter.
-  b1: float  # Unused when cycle_momentum.
-  b2: float
-  eps: float
-  cycle_momentum: bool  # one_cycle only: beta1 moves 0.95 -> 0.85 -> 0.95.
-  grad_clip_norm: float  # Global-norm clipping; 0 = off.
-  learning_rate: float  # Peak (one_cycle) or constant factor (rsqrt, cosine).
-  total_steps: int  # Optimizer steps of the run.
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-6
+  cycle_momentum: bool = True
+  grad_clip_norm: float = 0.0
+  # Peak (one_cycle) or constant factor (rsqrt, cosine): the run's learning_rate.
+  learning_rate: float = dataclasses.field(metadata={"from_run": True})
+  # Optimizer steps of the run: its num_train_steps.
+  total_steps: int = dataclasses.field(metadata={"from_run": True})
 
   def __post_init__(self):
     if self.schedule not in SCHEDULES:

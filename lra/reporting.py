@@ -14,6 +14,21 @@ PLOT_FILE = "learning_curve.png"
 TENSORBOARD_DIR = "tensorboard"
 
 
+def result_line(results: dict, workdir: str) -> str:
+  """The one line that reports a finished run (`train.train_and_evaluate`'s results)."""
+  line = (
+    f"{results['task']} / {results['attention']}: test accuracy "
+    f"{results['test_accuracy']:.4f} on {results['num_test_examples']} examples "
+    f"(best validation {results['best_validation_accuracy']:.4f} at step "
+    f"{results['best_step']}); results in {os.path.join(workdir, 'results.json')}"
+  )
+  if results.get("already_complete"):
+    line = f"already complete, nothing to do: {line}"
+  if results.get("expected_result"):
+    line += f". Expected: {results['expected_result']}"
+  return line
+
+
 def truncate_metrics(workdir: str, last_step: int) -> None:
   """Drops events after `last_step`, and test events: a resumed run rewrites them."""
   path = os.path.join(workdir, METRICS_FILE)
@@ -43,16 +58,20 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 class MetricsWriter:
-  """Appends events to metrics.jsonl and TensorBoard (process 0 only writes)."""
+  """Appends events to metrics.jsonl and TensorBoard (process 0 only writes).
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  `purge_step`: a resumed run replays the steps after its checkpoint; TensorBoard then hides
+  the earlier session's events from that step on, so no step shows twice.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, purge_step: int | None = None):
     self._enabled = enabled
     self._path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
-      self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+      self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=purge_step)
 
   def write(self, step: int, split: str, **values) -> None:
     if not self._enabled:

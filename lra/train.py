@@ -1,10 +1,12 @@
-"""Training and evaluation of one LRA run: `train_and_evaluate(config, workdir)`.
+"""Training and evaluation of one run: `train_and_evaluate(run, workdir)`.
 
 Data parallel over every device of every process: parameters are replicated, each batch is
 sharded over a 1-D mesh axis "data", and `jax.jit` inserts the gradient all-reduce. A step is
 a pure function of (state, batch, step number): the dropout key is folded from the seed and
 the step, and the loader position is checkpointed, so a run killed at any moment and rerun
-replays the same steps and ends bit-identical (on CPU) to an uninterrupted one.
+replays the same steps and ends bit-identical (on CPU) to an uninterrupted one. SIGTERM and
+SIGINT stop it at the next step boundary with a checkpoint of that step (`lra.preemption`),
+so a preempted run loses nothing; a rerun of a finished run says so and writes nothing.
 """
 
 import dataclasses
@@ -22,40 +24,25 @@ import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from lra import checkpoints, evaluation, inputs, memory, models, optim, provenance, reporting
-from lra.data import builders, tasks
+from lra import (
+  checkpoints,
+  evaluation,
+  inputs,
+  memory,
+  models,
+  optim,
+  preemption,
+  provenance,
+  reporting,
+  run_config,
+)
+from lra.data import builders
 
 RESULTS_FILE = "results.json"
 
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or Inf; the run stopped."""
-
-
-def model_config(config) -> models.ModelConfig:
-  """The validated `ModelConfig` of a run config: its `model` block plus task and run fields."""
-  spec = tasks.get_task(config.task)
-  return models.ModelConfig(
-    **config.model,
-    vocab_size=spec.vocab_size,
-    num_classes=spec.num_classes,
-    dual_input=spec.dual_input,
-    image_shape=spec.image_shape,
-    max_length=config.max_length,
-    attention=config.attention,
-    attention_kwargs=config.attention_kwargs.get(config.attention, {}),
-    token_order=config.token_order,
-    dtype=config.compute_dtype,
-  )
-
-
-def optimizer_config(config) -> optim.OptimizerConfig:
-  """The validated `OptimizerConfig` of a run config: its `optimizer` block, LR and steps."""
-  return optim.OptimizerConfig(
-    **config.optimizer,
-    learning_rate=config.learning_rate,
-    total_steps=config.num_train_steps,
-  )
 
 
 def init_state(
@@ -87,31 +74,17 @@ def _programs(graphdef, opt_cfg: optim.OptimizerConfig, grad_accum_steps: int):
   )
 
 
-def _check_sizes(config, num_devices: int) -> None:
-  for name in (
-    "num_train_steps",
-    "eval_every_steps",
-    "checkpoint_every_steps",
-    "log_every_steps",
-    "batch_size",
-    "eval_batch_size",
-    "grad_accum_steps",
-  ):
-    if getattr(config, name) < 1:
-      raise ValueError(f"{name} must be >= 1; got {name}={getattr(config, name)}")
-  if config.data_workers < -1:
-    raise ValueError(f"data_workers must be -1 (auto) or >= 0; got {config.data_workers}")
-  micro, rem = divmod(config.batch_size, config.grad_accum_steps)
-  if rem or micro % num_devices:
+def _check_devices(run: run_config.RunConfig, num_devices: int) -> None:
+  micro = run.batch_size // run.grad_accum_steps
+  if micro % num_devices:
     raise ValueError(
       f"batch_size / grad_accum_steps must be a whole multiple of the {num_devices} "
-      f"devices; got batch_size={config.batch_size}, "
-      f"grad_accum_steps={config.grad_accum_steps}"
+      f"devices; got batch_size={run.batch_size}, grad_accum_steps={run.grad_accum_steps}"
     )
-  if config.eval_batch_size % num_devices:
+  if run.eval_batch_size % num_devices:
     raise ValueError(
       f"eval_batch_size must be a multiple of the {num_devices} devices; got "
-      f"eval_batch_size={config.eval_batch_size}"
+      f"eval_batch_size={run.eval_batch_size}"
     )
 
 
@@ -190,8 +163,9 @@ def _maybe_initialize_distributed() -> None:
     )
 
 
-def _warn_if_memory_is_short(config, cfg: models.ModelConfig) -> None:
-  micro = config.batch_size // config.grad_accum_steps // jax.device_count()
+def _warn_if_memory_is_short(run: run_config.RunConfig) -> None:
+  cfg = run.model
+  micro = run.batch_size // run.grad_accum_steps // jax.device_count()
   towers = 2 if cfg.dual_input else 1
   estimate = memory.activation_bytes(
     micro_batch=micro * towers,
@@ -202,21 +176,21 @@ def _warn_if_memory_is_short(config, cfg: models.ModelConfig) -> None:
     mlp_dim=cfg.mlp_dim,
     num_heads=cfg.num_heads,
     attention=cfg.attention,
-    knobs=cfg.attention_kwargs,
+    knobs=cfg.attention_knobs,
     bytes_per_value=jnp.dtype(cfg.dtype).itemsize,
   )
   memory.warn_if_too_large(
     estimate,
     memory.available_bytes(),
-    what=f"{config.task} with {config.attention} at batch {micro} "
+    what=f"{run.task} with {run.attention} at batch {micro} "
     f"per device, length {cfg.sequence_length}",
   )
 
 
-def _provenance(config, data_dir: str) -> dict:
+def _provenance(run: run_config.RunConfig, data_dir: str) -> dict:
   """The code, software, device and data fingerprint of this run (`lra.provenance`)."""
-  version_dir = builders.version_dir(config.task, data_dir)
-  stamp = os.path.join(data_dir, inputs.GENERATED_STAMP.format(task=config.task))
+  version_dir = builders.version_dir(run.task, data_dir)
+  stamp = os.path.join(data_dir, inputs.GENERATED_STAMP.format(task=run.task))
   return {
     "code": provenance.code_version(),
     "software": provenance.software_versions(),
@@ -241,8 +215,23 @@ class _Window:
   start_time: float = dataclasses.field(default_factory=time.time)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def completed_results(workdir: str) -> dict | None:
+  """The results of the finished run in `workdir` (None while it is not finished).
+
+  results.json is written last, and only by a run whose config the workdir's stamp holds.
+  """
+  path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), RESULTS_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def train_and_evaluate(run: run_config.RunConfig, workdir: str) -> dict:
   """Trains (or resumes) a run in `workdir`, evaluates the best-dev model on test.
+
+  A workdir whose run finished is not trained or evaluated again: its results are returned
+  with `"already_complete": True` and nothing is written.
 
   Returns:
     The results dict also written to `<workdir>/results.json`.
@@ -254,55 +243,63 @@ def train_and_evaluate(config, workdir: str) -> dict:
     lra.data.errors.DataCorruptError: a stored data file differs from its digest (message:
       the file and the command that regenerates it).
     NonFiniteLossError: the loss became NaN/Inf (metrics are written first).
+    preemption.Stopped: SIGTERM or SIGINT during training; the step reached is checkpointed.
+    preemption.Interrupted: SIGTERM or SIGINT before or after training; nothing was lost.
   """
+  with preemption.StopSignals() as signals:
+    return _train_and_evaluate(run, workdir, signals)
+
+
+def _train_and_evaluate(run, workdir: str, signals: preemption.StopSignals) -> dict:
   _maybe_initialize_distributed()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   primary = jax.process_index() == 0
   # Everything is checked before anything is written: a bad config, another run's workdir
   # or missing or corrupt data leaves the workdir as it was.
-  _check_sizes(config, jax.device_count())
-  cfg, opt_cfg = model_config(config), optimizer_config(config)
-  checkpoints.check_config(workdir, config)
-  data_dir = inputs.resolve_data_dir(config, workdir)
+  _check_devices(run, jax.device_count())
+  checkpoints.check_config(workdir, run)
+  finished = completed_results(workdir)
+  if finished is not None:
+    return {
+      **finished,
+      "already_complete": True,
+      "steps_this_session": 0,
+      "train_seconds_this_session": 0.0,
+    }
+  data_dir = inputs.resolve_data_dir(run, workdir)
   if primary:
-    inputs.ensure_data(config, data_dir)
+    inputs.ensure_data(run, data_dir)
   if jax.process_count() > 1:  # The other hosts read what process 0 may have generated.
     multihost_utils.sync_global_devices("lra data ready")
   if primary:
-    checkpoints.store_config(workdir, config)
+    checkpoints.store_config(workdir, run)
   os.makedirs(workdir, exist_ok=True)
-  made_with = _provenance(config, data_dir)
+  made_with = _provenance(run, data_dir)
   # Auto axes: jit places the gradient all-reduce itself (no explicit-sharding typing).
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
-  if config.check_memory:
-    _warn_if_memory_is_short(config, cfg)
+  if run.check_memory:
+    _warn_if_memory_is_short(run)
 
+  cfg = run.model
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0))))
-  tx, lr_schedule, train_step, eval_step = _programs(graphdef, opt_cfg, config.grad_accum_steps)
-  state = init_state(cfg, tx, config.seed, replicated)
-  params = state["params"]
-  num_params = sum(x.size for x in jax.tree.leaves(params))
+  tx, lr_schedule, train_step, eval_step = _programs(graphdef, run.optimizer, run.grad_accum_steps)
+  state = init_state(cfg, tx, run.seed, replicated)
+  num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logging.info(
     "%s / %s: %d parameters, %d devices, %d processes",
-    config.task,
-    config.attention,
+    run.task,
+    run.attention,
     num_params,
     jax.device_count(),
     jax.process_count(),
   )
 
   train_loader = inputs.make_loader(
-    config,
-    data_dir,
-    "train",
-    batch_size=config.batch_size,
-    train=True,
-    workers=inputs.data_workers(config),
+    run, data_dir, "train", batch_size=run.batch_size, train=True, workers=inputs.data_workers(run)
   )
   ckpt = checkpoints.Checkpointer(workdir)
-  writer = reporting.MetricsWriter(workdir, enabled=primary)
   start_step, best = 0, {"accuracy": -1.0, "step": 0}
   window = _Window()
   restored = ckpt.restore_latest(state)
@@ -315,10 +312,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       reporting.truncate_metrics(workdir, start_step)
     ckpt.drop_best_after(start_step)
     logging.info("Resumed from step %d", start_step)
+  # Events after the checkpoint are replayed: TensorBoard hides the old ones.
+  writer = reporting.MetricsWriter(workdir, enabled=primary, purge_step=start_step + 1)
 
-  dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
-
-  eval_data = evaluation.EvalBatches(config, data_dir)
+  dropout_root = jax.random.fold_in(jax.random.key(run.seed), 1)
+  eval_data = evaluation.EvalBatches(run, data_dir)
 
   def run_eval(split, params_, num_batches):
     return evaluation.evaluate(
@@ -326,22 +324,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
       params_,
       state["rest"],
       eval_data.batches(split, num_batches),
-      batch_size=config.eval_batch_size,
+      batch_size=run.eval_batch_size,
       num_batches=num_batches,
       sharding=batch_sharding,
     )
 
   def due(step: int, every: int) -> bool:
-    return step % every == 0 or step == config.num_train_steps
+    return step % every == 0 or step == run.num_train_steps
 
   bar = tqdm.tqdm(
-    total=config.num_train_steps,
+    total=run.num_train_steps,
     initial=start_step,
     disable=not primary,
-    desc=f"{config.task}/{config.attention}",
+    desc=f"{run.task}/{run.attention}",
     unit="step",
     dynamic_ncols=True,
   )
+
+  def close_all() -> None:
+    writer.close()
+    bar.close()
+    train_loader.close()
+    ckpt.close()
 
   def record(step: int, metrics) -> None:
     """Reads `step`'s metrics to the host: checks the loss, logs, advances the bar.
@@ -355,13 +359,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       writer.write(
         step, "train", loss=loss, accuracy=accuracy, learning_rate=float(lr_schedule(step - 1))
       )
-      writer.close()
-      bar.close()
-      train_loader.close()
+      close_all()
       raise NonFiniteLossError(
         f"Training loss is {loss} at step {step}; stopped (metrics written to "
         f"{os.path.join(workdir, reporting.METRICS_FILE)}). Try a lower learning_rate "
-        f"(now {config.learning_rate}), gradient clipping (--config.optimizer."
+        f"(now {run.learning_rate}), gradient clipping (--config.optimizer."
         f"grad_clip_norm=1.0) or float32 compute. The last checkpoint is step "
         f"{ckpt.latest_step()}."
       )
@@ -370,7 +372,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     window.count += 1
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-    if due(step, config.log_every_steps):
+    if due(step, run.log_every_steps):
       elapsed = time.time() - window.start_time
       writer.write(
         step,
@@ -382,50 +384,59 @@ def train_and_evaluate(config, workdir: str) -> dict:
       )
       window = _Window()
 
+  def save(step: int, position: dict) -> None:
+    meta = {"loader": position, "best": best, "window": dataclasses.asdict(window)}
+    ckpt.save(step, state, meta)
+
   iterator = iter(train_loader)
 
-  def fetch(step: int) -> tuple[dict, dict | None]:
-    """Batch `step` on the devices (the copy runs while the current step computes), and
-    the loader position after it when `step` writes a checkpoint."""
+  def fetch() -> tuple[dict, dict]:
+    """The next batch on the devices (the copy runs while the current step computes), and
+    the loader position after it (a checkpoint of that step resumes there)."""
     host_batch = next(iterator)
-    position = train_loader.get_state() if due(step, config.checkpoint_every_steps) else None
-    return inputs.to_global(host_batch, batch_sharding), position
+    return inputs.to_global(host_batch, batch_sharding), train_loader.get_state()
 
   train_start, timed_steps = time.time(), 0
-  upcoming = fetch(start_step + 1) if start_step < config.num_train_steps else None
+  upcoming = fetch() if start_step < run.num_train_steps else None
   unread = None  # (step, metrics) dispatched but not yet read to the host.
-  for step in range(start_step + 1, config.num_train_steps + 1):
-    batch, position = upcoming
-    state, metrics = train_step(state, batch, jax.random.fold_in(dropout_root, step))
-    timed_steps += 1
-    if step < config.num_train_steps:
-      upcoming = fetch(step + 1)
-    if unread is not None:
+  with signals.deferred(what_after="after training (its last checkpoint is saved)"):
+    for step in range(start_step + 1, run.num_train_steps + 1):
+      batch, position = upcoming
+      state, metrics = train_step(state, batch, jax.random.fold_in(dropout_root, step))
+      timed_steps += 1
+      stopping = signals.should_stop(step)
+      if step < run.num_train_steps and not stopping:
+        upcoming = fetch()
+      if unread is not None:
+        record(*unread)
+      unread = (step, metrics)
+      evaluates = due(step, run.eval_every_steps)
+      checkpoints_now = due(step, run.checkpoint_every_steps) or stopping
+      if not (evaluates or checkpoints_now):
+        continue
+      # Nothing of this step is evaluated or saved before its loss has been checked.
       record(*unread)
-    unread = (step, metrics)
-    evaluates = due(step, config.eval_every_steps)
-    if not (evaluates or due(step, config.checkpoint_every_steps)):
-      continue
-    # Nothing of this step is evaluated or saved before its loss has been checked.
-    record(*unread)
-    unread = None
-    if evaluates:
-      val = run_eval("validation", state["params"], config.num_eval_batches)
-      writer.write(
-        step,
-        "validation",
-        loss=val["loss"],
-        accuracy=val["accuracy"],
-        num_examples=val["num_examples"],
-      )
-      if primary:
-        bar.write(f"step {step}: validation accuracy {val['accuracy']:.4f} loss {val['loss']:.4f}")
-      if val["accuracy"] > best["accuracy"]:
-        best = {"accuracy": val["accuracy"], "step": step}
-        ckpt.save_best(step, state["params"], dict(best))
-    if due(step, config.checkpoint_every_steps):
-      meta = {"loader": position, "best": best, "window": dataclasses.asdict(window)}
-      ckpt.save(step, state, meta)
+      unread = None
+      if evaluates:
+        val = run_eval("validation", state["params"], run.num_eval_batches)
+        writer.write(
+          step,
+          "validation",
+          loss=val["loss"],
+          accuracy=val["accuracy"],
+          num_examples=val["num_examples"],
+        )
+        if primary:
+          bar.write(
+            f"step {step}: validation accuracy {val['accuracy']:.4f} loss {val['loss']:.4f}"
+          )
+        if val["accuracy"] > best["accuracy"]:
+          best = {"accuracy": val["accuracy"], "step": step}
+          ckpt.save_best(step, state["params"], dict(best))
+      save(step, position)
+      if stopping:
+        close_all()
+        raise preemption.Stopped(step, signals.signum)
   bar.close()
   train_loader.close()
   train_seconds = time.time() - train_start
@@ -436,7 +447,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     best_params, best = restored_best
   test = run_eval("test", best_params, -1)
   writer.write(
-    config.num_train_steps,
+    run.num_train_steps,
     "test",
     loss=test["loss"],
     accuracy=test["accuracy"],
@@ -446,9 +457,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer.close()
   ckpt.close()
   results = {
-    "task": config.task,
-    "attention": config.attention,
-    "protocol": config.protocol,
+    "task": run.task,
+    "attention": run.attention,
+    "protocol": run.protocol,
     "test_accuracy": test["accuracy"],
     "test_loss": test["loss"],
     "num_test_examples": test["num_examples"],
@@ -459,14 +470,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     "device_kind": jax.devices()[0].device_kind,
     "train_seconds_this_session": round(train_seconds, 1),
     "steps_this_session": timed_steps,
-    "config": checkpoints.config_record(config),
+    "expected_result": run.expected_result,
+    "config": run.record(),
     # The code, software, device and data of the session that wrote this file; never part
     # of the workdir's config stamp, so a new commit or library version resumes.
     "provenance": made_with,
   }
   if primary:
-    with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
+    with open(tmp, "w") as f:
       json.dump(results, f, indent=2)
-    if config.plot:
+    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+    if run.plot:
       reporting.plot_learning_curve(workdir)
   return results

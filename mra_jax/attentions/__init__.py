@@ -20,7 +20,7 @@ from typing import Any
 
 from flax import nnx
 
-from mra_jax import knobs
+from mra_jax import knobs as knobs_lib
 
 # name -> "module:Class" under mra_jax.attentions.
 _ENTRIES = {
@@ -74,18 +74,18 @@ def fixed_knobs(name: str) -> dict[str, Any]:
 def knob_defaults(name: str) -> dict[str, Any]:
   """{knob: default} of the knobs a user sets for `name` (the pinned ones left out)."""
   fixed = fixed_knobs(name)
-  return {k: v for k, v in knobs.defaults(knobs_class(name)).items() if k not in fixed}
+  return {k: v for k, v in knobs_lib.defaults(knobs_class(name)).items() if k not in fixed}
 
 
 def knob_types(name: str) -> dict[str, type]:
   """{knob: type of its values} for `knob_defaults(name)` (None defaults have a type too)."""
-  types = knobs.value_types(knobs_class(name))
+  types = knobs_lib.value_types(knobs_class(name))
   return {k: types[k] for k in knob_defaults(name)}
 
 
 def knob_docs(name: str) -> dict[str, str]:
   """{knob: description} from the knobs dataclass's docstring."""
-  docs = knobs.docs(knobs_class(name))
+  docs = knobs_lib.docs(knobs_class(name))
   return {k: docs.get(k, "") for k in knob_defaults(name)}
 
 
@@ -105,13 +105,20 @@ def make_knobs(name: str, **values) -> Any:
   unknown = set(values) - set(knob_defaults(name))
   if unknown:
     raise ValueError(
-      knobs.unknown_message(f"knob for attention {name!r}:", unknown, knob_defaults(name))
+      knobs_lib.unknown_message(f"knob for attention {name!r}:", unknown, knob_defaults(name))
     )
   return cls(**values, **fixed)
 
 
 def build(
-  name: str, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs, **knob_values
+  name: str,
+  *,
+  num_heads: int,
+  head_dim: int,
+  max_length: int,
+  rngs: nnx.Rngs,
+  knobs: Any = None,
+  **knob_values,
 ) -> nnx.Module:
   """Builds the attention `name` with its knobs (defaults for those not given).
 
@@ -121,6 +128,7 @@ def build(
     head_dim: D of the inputs.
     max_length: the longest L the module will see (Linformer's projection is this long).
     rngs: source of the module's parameters and fixed random features.
+    knobs: the method's knobs dataclass (`make_knobs(name, ...)`), instead of keywords.
     **knob_values: the method's own settings, see `knob_defaults(name)`.
 
   Returns:
@@ -129,8 +137,19 @@ def build(
   Raises:
     ValueError: unknown name, unknown knob, or a knob value the method refuses.
   """
+  if knobs is None:
+    knobs = make_knobs(name, **knob_values)
+  elif (
+    knob_values
+    or not isinstance(knobs, knobs_class(name))
+    or any(getattr(knobs, k) != v for k, v in fixed_knobs(name).items())
+  ):
+    raise ValueError(
+      f"knobs must be attention {name!r}'s {knobs_class(name).__name__}, given alone; got "
+      f"knobs={knobs!r} with {sorted(knob_values)}"
+    )
   return module_class(name)(
-    make_knobs(name, **knob_values),
+    knobs,
     num_heads=num_heads,
     head_dim=head_dim,
     max_length=max_length,

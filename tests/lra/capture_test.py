@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from benchmarks import approximation
-from lra import capture, inputs, models, train
+from lra import capture, checkpoints, inputs, models
 
 from . import train_test  # pylint: disable=relative-beyond-top-level
 
@@ -20,14 +20,14 @@ def run_dir(prepared, tmp_path_factory):
   """A finished 2-layer ListOps run (4 steps; best-validation and latest checkpoints)."""
   workdir = str(tmp_path_factory.mktemp("capture_run"))
   config = train_test.tiny_config("listops", prepared("listops"), **{"model.num_layers": 2})
-  train.train_and_evaluate(config, workdir)
+  train_test._train(config, workdir)  # pylint: disable=protected-access
   return workdir
 
 
-def _first_layer_queries(config, workdir, batch):
+def _first_layer_queries(run, workdir, batch):
   """Layer 0's projected queries, recomputed by hand from the restored model."""
-  model = models.build(train.model_config(config), rngs=nnx.Rngs(0))
-  capture.restore_params(config, workdir, model)
+  model = models.build(run.model, rngs=nnx.Rngs(0))
+  capture.restore_params(run, workdir, model)
   enc = model.encoder
   x = enc.embed(jnp.asarray(batch["inputs"])) + enc.position_LxE[...][None]
   block = enc.blocks[0]
@@ -37,15 +37,15 @@ def _first_layer_queries(config, workdir, batch):
 
 def test_captures_the_trained_layer_inputs(run_dir):
   out = capture.capture_qkv(run_dir, layer=0, num_examples=3)
-  config = capture.load_config(run_dir)
+  run = checkpoints.load_config(run_dir)
   loader = inputs.make_loader(
-    config, inputs.resolve_data_dir(config, run_dir), "test", batch_size=3, train=False
+    run, inputs.resolve_data_dir(run, run_dir), "test", batch_size=3, train=False
   )
   batch = next(iter(loader))
   assert out["q"].shape == out["k"].shape == out["v"].shape == (3, 64, 2, 8)
   np.testing.assert_array_equal(out["mask"], batch["mask"].astype(bool))
   np.testing.assert_allclose(
-    out["q"], _first_layer_queries(config, run_dir, batch), rtol=1e-5, atol=1e-6
+    out["q"], _first_layer_queries(run, run_dir, batch), rtol=1e-5, atol=1e-6
   )
   assert out["source"].startswith("listops/softmax layer 0, best step ")
   deeper = capture.capture_qkv(run_dir, layer=1, num_examples=3)

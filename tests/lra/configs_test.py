@@ -3,13 +3,13 @@
 import glob
 import importlib
 import os
+import re
+import sys
 
 import pytest
-from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
-from lra import models, train
+from lra import models, run_config
 from lra.data import tasks
 from mra_jax import attentions
 
@@ -30,7 +30,7 @@ def test_one_config_per_task():
 
 
 def _abstract_model(config):
-  cfg = train.model_config(config)
+  cfg = run_config.from_config_dict(config).model
   return cfg, nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
 
 
@@ -48,17 +48,21 @@ def _check_shapes(config):
   assert model.encoder.position_LxE.shape == (cfg.sequence_length, m.embed_dim)
 
 
+def _documented_args(module) -> list[str]:
+  """The `:ARGS` of every `--config=configs/<task>.py:ARGS` in a config file's docstring."""
+  return re.findall(r"--config=configs/\w+\.py:(\S+)", module.__doc__)
+
+
 @pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: os.path.basename(p))
 def test_config_builds_with_every_attention(path):
   module = _module(path)
-  assert "python -m lra.main --config=configs/" in module.__doc__
   task = os.path.basename(path)[:-3]
+  # The commands the file documents use arguments it takes.
+  for arg in _documented_args(module):
+    run_config.from_config_dict(module.get_config(arg))
   for arg in (None, "protocol=lra", "smoke"):
-    config = module.get_config(arg)
-    # The protocols and variants fill every required key with a value of its type.
-    for key in ("max_length", "batch_size", "eval_batch_size", "num_train_steps"):
-      assert isinstance(config[key], int) and config[key] >= 1, (arg, key)
-    train.optimizer_config(config)  # Raises on a bad optimizer block.
+    run = run_config.from_config_dict(module.get_config(arg))
+    assert run.task == task and run.model.num_classes == tasks.get_task(task).num_classes
   for arg in (None, "protocol=lra"):
     config = module.get_config(arg)
     config.max_length = 256  # Abstract build only: the length just has to be legal.
@@ -67,11 +71,25 @@ def test_config_builds_with_every_attention(path):
   for name in attentions.names():
     for arg in (f"attention={name}", f"attention={name},protocol=lra"):
       config = module.get_config(arg)
-      cfg = train.model_config(config)
-      assert cfg.attention == name and cfg.num_classes == tasks.get_task(task).num_classes
-      # The knobs handed to the attention are the registry's defaults and this task's.
-      assert cfg.attention_kwargs == config.attention_kwargs[name].to_dict()
-      assert set(cfg.attention_kwargs) <= set(attentions.knob_defaults(name))
+      run = run_config.from_config_dict(config)
+      # The config holds the chosen attention's knobs only, each settable, and hands them on.
+      assert sorted(config.attention_kwargs) == sorted(attentions.knob_defaults(name))
+      assert run.model.attention == name
+      assert run.model.attention_knobs == attentions.make_knobs(
+        name, **config.attention_kwargs.to_dict()
+      )
+
+
+@pytest.mark.parametrize("path", TASK_FILES, ids=lambda p: os.path.basename(p))
+def test_task_knob_settings_name_real_knobs(path):
+  """A task's per-attention settings apply only when that attention is chosen: each must
+  name a knob of its attention, or it would be silently ignored."""
+  module = _module(path)
+  settings = (
+    getattr(module, "ATTENTION", None) or sys.modules["configs.pathfinder_common"].ATTENTION
+  )
+  for name, knob_values in settings.items():
+    assert set(knob_values) <= set(attentions.knob_defaults(name)), (name, knob_values)
 
 
 @pytest.mark.parametrize("name", attentions.names())
@@ -106,9 +124,9 @@ def test_mra_paper_defaults():
   )
   assert (c.batch_size, c.num_train_steps, c.optimizer.warmup_steps) == (32, 5000, 1000)
   assert c.optimizer.schedule == "one_cycle" and c.optimizer.weight_decay == 0.0
-  assert c.attention_kwargs.mra2.initial_prior_first_n_blocks == 1
-  assert text.get_config().attention_kwargs.mra2.initial_prior_diagonal_n_blocks == 1
-  assert image.get_config().attention_kwargs.mra2_s.initial_prior_first_n_blocks == 0
+  assert c.attention_kwargs.initial_prior_first_n_blocks == 1
+  assert text.get_config().attention_kwargs.initial_prior_diagonal_n_blocks == 1
+  assert image.get_config("attention=mra2_s").attention_kwargs.initial_prior_first_n_blocks == 0
   lra = listops.get_config("protocol=lra")
   assert (lra.model.num_layers, lra.model.embed_dim, lra.model.pooling) == (4, 512, "cls")
 
@@ -116,59 +134,57 @@ def test_mra_paper_defaults():
 def test_bad_config_arguments_raise():
   from configs import listops  # pylint: disable=g-import-not-at-top
 
-  with pytest.raises(ValueError, match="smok"):
+  with pytest.raises(ValueError, match="'smok' \\(did you mean 'smoke'\\?\\)"):
     listops.get_config("smok")
-  with pytest.raises(ValueError, match="protocol"):
+  with pytest.raises(ValueError, match="protocol='google'"):
     listops.get_config("protocol=google")
+  with pytest.raises(ValueError, match="did you mean 'softmax'"):
+    listops.get_config("attention=sofmax")
   with pytest.raises(ValueError, match="no 'cpu' variant"):
     _module(os.path.join(REPO, "configs", "text.py")).get_config("cpu")
 
 
-def _parse(*argv):
-  argv = ["prog", f"--config={REPO}/configs/listops.py:smoke", *argv]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file(
-    "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
-  )
-  values(argv)
-  return values.config
-
-
-def test_command_line_overrides_and_typos():
-  config = _parse(
-    "--config.attention=softmax",
-    "--config.model.num_layers=3",
-    "--config.attention_kwargs.mra2.block_per_row=4",
-  )
-  assert config.attention == "softmax" and config.model.num_layers == 3
-  assert config.attention_kwargs.mra2.block_per_row == 4
-  for typo, wrong in (
-    ("--config.atention=softmax", "atention"),
-    ("--config.model.num_layer=3", "num_layer"),
-    ("--config.optimizer.warmup=3", "warmup"),
-  ):
-    # ml_collections' locked config: "'atention' ... Did you mean "attention"".
-    with pytest.raises((AttributeError, KeyError), match=wrong):
-      _parse(typo)
-  with pytest.raises(flags.IllegalFlagValueError):
-    _parse("--config.batch_size=big")
-
-
-def test_model_config_rejects_bad_values():
+def test_none_default_knobs_are_settable_and_typed():
+  """Knobs whose default is None (MRA's num_blocks, precision) are typed placeholders, so the
+  command line can set them, and a wrong type is refused."""
   from configs import listops  # pylint: disable=g-import-not-at-top
 
   config = listops.get_config("smoke")
-  config.model.pooling = "max"
-  with pytest.raises(ValueError, match="pooling='max'"):
-    train.model_config(config)
-  config = listops.get_config("smoke")
-  config.attention = "no_such_attention"
-  with pytest.raises(ValueError, match="no_such_attention"):
-    train.model_config(config)
-  config = listops.get_config("smoke")
-  config.optimizer.schedule = "rsqrt"  # cycle_momentum is still on: one_cycle only.
-  with pytest.raises(ValueError, match="cycle_momentum"):
-    train.optimizer_config(config)
+  assert config.attention_kwargs.num_blocks is None
+  config.attention_kwargs.num_blocks = 12
+  config.attention_kwargs.precision = "float32"
+  run = run_config.from_config_dict(config)
+  assert run.attention_kwargs.num_blocks == 12 and run.attention_kwargs.precision == "float32"
+  with pytest.raises(TypeError):
+    config.attention_kwargs.num_blocks = "many"
+
+
+def test_typed_config_rejects_bad_values():
+  from configs import listops  # pylint: disable=g-import-not-at-top
+
+  for key, value, message in (
+    ("model.pooling", "max", "pooling='max'"),
+    ("batch_size", -1, "batch_size=-1"),
+    ("optimizer.schedule", "rsqrt", "cycle_momentum"),
+    ("attention_kwargs.block_size", 24, "block_size"),
+    ("compute_dtype", "float64", "compute_dtype='float64'"),
+  ):
+    config = listops.get_config("smoke")
+    node, *path = [config, *key.split(".")]
+    for part in path[:-1]:
+      node = node[part]
+    node[path[-1]] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+      run_config.from_config_dict(config)
+
+
+def test_record_round_trips():
+  from configs import listops  # pylint: disable=g-import-not-at-top
+
+  run = run_config.from_config_dict(listops.get_config("cpu"))
+  assert run_config.from_config_dict(run.record()) == run
+  assert run.record()["attention_kwargs"]["block_per_row"] == 2  # the :cpu variant's
+  assert "approx_mode" not in run.record()["attention_kwargs"]  # pinned by mra2
 
 
 def test_protocol_overrides_name_declared_keys_only():
@@ -185,7 +201,7 @@ def test_protocol_overrides_name_declared_keys_only():
     "optimizer.warmup_steps": 2,
   }
   c = common.make_config("listops", None, mra=base, lra=base, attention_overrides={})
-  assert c.eval_batch_size == 8  # Defaults to batch_size.
+  assert run_config.from_config_dict(c).eval_batch_size == 8  # Defaults to batch_size.
   with pytest.raises(KeyError, match="model.num_layer"):
     common.make_config(
       "listops", None, mra={**base, "model.num_layer": 3}, lra=base, attention_overrides={}

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from configs import listops as listops_config
-from lra import checkpoints, gpu_run
+from lra import checkpoints, gpu_run, run_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -18,12 +18,12 @@ def _fast_compiles():
 
 
 def test_the_full_run_is_the_papers_protocol():
-  config = gpu_run.run_config("softmax", "/data")
+  run = gpu_run.listops_run("softmax", "/data")
   expected = listops_config.get_config("attention=softmax")
   expected.data_dir, expected.plot = "/data", False
-  assert config.to_dict() == expected.to_dict()
-  assert config.num_train_steps == 5000 and config.max_length == 2048
-  assert gpu_run.run_config("mra2", "/data", steps=2500).num_train_steps == 2500
+  assert run == run_config.from_config_dict(expected)
+  assert run.num_train_steps == 5000 and run.max_length == 2048
+  assert gpu_run.listops_run("mra2", "/data", steps=2500).num_train_steps == 2500
 
 
 def test_tiny_run_generates_trains_both_and_summarises(tmp_path):

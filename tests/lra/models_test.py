@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from lra import models
+from mra_jax import attentions
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -117,7 +118,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     (dict(num_layers=0), "num_layers"),
     (dict(classifier_hidden=(8, 0)), "classifier_hidden"),
     (dict(attention="no_such_attention"), "no_such_attention"),
-    (dict(attention_kwargs={"block_per_row": 2}), "block_per_row"),
+    (dict(attention_knobs=attentions.make_knobs("local")), "SoftmaxKnobs"),
     (dict(dtype="float16"), "dtype='float16'"),
     (dict(token_order="diagonal"), "token_order='diagonal'"),
   ],

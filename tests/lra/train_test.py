@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lra import checkpoints, inputs, provenance, reporting, train
+from lra import checkpoints, inputs, provenance, reporting, run_config, train
 from lra.data import builders, digests, errors, pipeline, prepare_lib
 
 from .data import digests_test  # pylint: disable=relative-beyond-top-level
@@ -26,10 +26,14 @@ def _fast_compiles():
   jax.config.update("jax_disable_most_optimizations", False)
 
 
-def tiny_config(task: str, data_dir: str, **overrides):
+def _train(config, workdir: str) -> dict:
+  return train.train_and_evaluate(run_config.from_config_dict(config), workdir)
+
+
+def tiny_config(task: str, data_dir: str, attention: str = "softmax", **overrides):
   """A 1-layer, 16-wide model on 64 tokens, 4 steps of batch 8 (2 per simulated device)."""
   module = __import__(f"configs.{task}", fromlist=["get_config"])
-  c = module.get_config("attention=softmax")
+  c = module.get_config(f"attention={attention}")
   c.data_dir = data_dir
   c.max_length = 64
   c.token_order = "row_major"
@@ -82,7 +86,7 @@ def test_every_task_trains_evaluates_and_reports(task, protocol, prepared, tmp_p
     config.optimizer.warmup_steps = 1
   if task == "pathfinder128":
     config.compute_dtype = "bfloat16"
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = _train(config, str(tmp_path))
   num_test = 48 if task == "text" else NUM_TEST
   assert results["num_test_examples"] == num_test
   # An accuracy over the whole test split is a count of right answers over its size.
@@ -99,8 +103,9 @@ def test_every_task_trains_evaluates_and_reports(task, protocol, prepared, tmp_p
     stored = json.load(f)
   assert stored["test_accuracy"] == results["test_accuracy"]
   # Only the chosen attention's knobs are recorded, here and in the workdir stamp.
-  assert stored["config"]["attention_kwargs"] == {"softmax": {}}
-  assert stored["config"] == checkpoints.config_record(config)
+  assert stored["config"]["attention_kwargs"] == {}
+  with open(tmp_path / checkpoints.CONFIG_FILE) as f:
+    assert stored["config"] == json.load(f)
   assert os.listdir(tmp_path / "tensorboard")
 
 
@@ -133,7 +138,7 @@ def test_resume_after_crash_is_bit_identical(prepared, tmp_path, monkeypatch):
   )
   config.model.dropout_rate = 0.1
   straight = str(tmp_path / "straight")
-  expected = train.train_and_evaluate(config, straight)
+  expected = _train(config, straight)
 
   crashed = str(tmp_path / "crashed")
   original_write = reporting.MetricsWriter.write
@@ -145,9 +150,9 @@ def test_resume_after_crash_is_bit_identical(prepared, tmp_path, monkeypatch):
 
   monkeypatch.setattr(reporting.MetricsWriter, "write", write_then_crash)
   with pytest.raises(_Crash):
-    train.train_and_evaluate(config, crashed)
+    _train(config, crashed)
   monkeypatch.setattr(reporting.MetricsWriter, "write", original_write)
-  resumed = train.train_and_evaluate(config, crashed)
+  resumed = _train(config, crashed)
 
   step_a, params_a = _final_params(straight)
   step_b, params_b = _final_params(crashed)
@@ -158,50 +163,45 @@ def test_resume_after_crash_is_bit_identical(prepared, tmp_path, monkeypatch):
   assert _loss_events(straight) == _loss_events(crashed)
   for key in ("test_accuracy", "test_loss", "best_step", "best_validation_accuracy"):
     assert expected[key] == resumed[key]
-  # Rerunning a finished run trains nothing and reports the same test result once.
-  again = train.train_and_evaluate(config, crashed)
-  assert again["steps_this_session"] == 0 and again["test_accuracy"] == expected["test_accuracy"]
+  # Rerunning a finished run trains and evaluates nothing, and writes nothing.
+  before = {p: os.path.getmtime(os.path.join(crashed, p)) for p in os.listdir(crashed)}
+  tensorboard_files = os.listdir(os.path.join(crashed, reporting.TENSORBOARD_DIR))
+  again = _train(config, crashed)
+  assert again["already_complete"] and again["steps_this_session"] == 0
+  assert again["test_accuracy"] == expected["test_accuracy"]
+  assert {p: os.path.getmtime(os.path.join(crashed, p)) for p in os.listdir(crashed)} == before
+  assert os.listdir(os.path.join(crashed, reporting.TENSORBOARD_DIR)) == tensorboard_files
   assert _loss_events(straight) == _loss_events(crashed)
 
 
 def test_other_config_is_refused_before_anything_is_written(prepared, tmp_path):
   config = tiny_config("listops", prepared("listops"))
-  checkpoints.check_or_store_config(str(tmp_path), config)
+  checkpoints.store_config(str(tmp_path), run_config.from_config_dict(config))
   config.learning_rate = 0.5
   with pytest.raises(checkpoints.ConfigMismatchError, match=r"learning_rate: stored 0.001"):
-    train.train_and_evaluate(config, str(tmp_path))
+    _train(config, str(tmp_path))
   assert os.listdir(tmp_path) == [checkpoints.CONFIG_FILE]
 
 
-def test_other_attentions_defaults_never_block_a_resume(prepared, tmp_path):
-  config = tiny_config("listops", prepared("listops"), num_train_steps=2)
-  config.attention = "mra2"
-  config.attention_kwargs.mra2.block_per_row = 2
-  train.train_and_evaluate(config, str(tmp_path))
+def test_the_stamp_holds_the_chosen_attentions_knobs(prepared, tmp_path):
+  config = tiny_config("listops", prepared("listops"), "mra2", num_train_steps=2)
+  config.attention_kwargs.block_per_row = 2
+  _train(config, str(tmp_path))
   with open(tmp_path / checkpoints.CONFIG_FILE) as f:
-    assert json.load(f)["attention_kwargs"] == {"mra2": config.attention_kwargs.mra2.to_dict()}
-  # Another attention's defaults change (e.g. a new registry default): the run resumes.
-  config.attention_kwargs.performer.num_features = 17
-  config.num_train_steps = 3
-  with pytest.raises(checkpoints.ConfigMismatchError, match=r"num_train_steps: stored 2, now 3"):
-    train.train_and_evaluate(config, str(tmp_path))
-  config.num_train_steps = 2
-  assert train.train_and_evaluate(config, str(tmp_path))["steps_this_session"] == 0
-  # A stamp written when every attention's block was stored still matches.
-  with open(tmp_path / checkpoints.CONFIG_FILE) as f:
-    stored = json.load(f)
-  stored["attention_kwargs"] = config.attention_kwargs.to_dict()
-  stored["attention_kwargs"]["softmax"] = {"made_up_knob": 1}
+    stamp = json.load(f)
+  assert stamp["attention_kwargs"] == config.attention_kwargs.to_dict()
+  assert _train(config, str(tmp_path))["already_complete"]
+  # A stamp written when the config held every attention's block still matches.
+  stamp["attention_kwargs"] = {"mra2": stamp["attention_kwargs"], "softmax": {"made_up": 1}}
   with open(tmp_path / checkpoints.CONFIG_FILE, "w") as f:
-    json.dump(stored, f)
-  checkpoints.check_config(str(tmp_path), config)
-  # The chosen attention's own knob still refuses, naming the key.
-  config.attention_kwargs.mra2.block_per_row = 4
+    json.dump(stamp, f)
+  checkpoints.check_config(str(tmp_path), run_config.from_config_dict(config))
+  # The chosen attention's own knob refuses, naming the key.
+  config.attention_kwargs.block_per_row = 4
   with pytest.raises(
-    checkpoints.ConfigMismatchError,
-    match=r"attention_kwargs\.mra2\.block_per_row: stored 2, now 4",
+    checkpoints.ConfigMismatchError, match=r"attention_kwargs\.block_per_row: stored 2, now 4"
   ):
-    train.train_and_evaluate(config, str(tmp_path))
+    _train(config, str(tmp_path))
 
 
 @pytest.mark.parametrize("checkpoint_every", [2, 3])
@@ -218,47 +218,12 @@ def test_nan_loss_stops_after_writing_metrics(prepared, tmp_path, checkpoint_eve
     eval_every_steps=checkpoint_every,
   )
   with pytest.raises(train.NonFiniteLossError, match=r"loss is (nan|inf) at step 2"):
-    train.train_and_evaluate(config, str(tmp_path))
+    _train(config, str(tmp_path))
   events = reporting.read_metrics(str(tmp_path))
   assert [e["step"] for e in events] == [1, 2]
   assert np.isfinite(events[0]["loss"]) and not np.isfinite(events[-1]["loss"])
   for folder in ("checkpoints", "best"):
     assert not os.listdir(tmp_path / folder)
-
-
-def test_metrics_are_read_one_step_late(prepared, tmp_path, monkeypatch):
-  """The host reads step s's loss after queueing step s + 1 (it never waits for the step
-  it just queued), except at a step that evaluates or checkpoints."""
-  order = []
-  make_step = train.make_train_step
-
-  def logged_make_step(*args):
-    step = make_step(*args)
-
-    def run(state, batch, key):
-      order.append("run")
-      return step(state, batch, key)
-
-    return run
-
-  read = train._read_metrics  # pylint: disable=protected-access
-
-  def logged_read(metrics):
-    order.append("read")
-    return read(metrics)
-
-  monkeypatch.setattr(train, "make_train_step", logged_make_step)
-  monkeypatch.setattr(train, "_read_metrics", logged_read)
-  train._programs.cache_clear()  # pylint: disable=protected-access
-  config = tiny_config(
-    "listops", prepared("listops"), num_train_steps=5, eval_every_steps=4, checkpoint_every_steps=4
-  )
-  try:
-    train.train_and_evaluate(config, str(tmp_path))
-  finally:
-    train._programs.cache_clear()  # pylint: disable=protected-access
-  # Steps 1-3 are read after the next one is queued; 4 evaluates (read at once); 5 is last.
-  assert order == ["run", "run", "read", "run", "read", "run", "read", "read", "run", "read"]
 
 
 def test_missing_data_names_the_prepare_command(tmp_path):
@@ -267,7 +232,7 @@ def test_missing_data_names_the_prepare_command(tmp_path):
     pipeline.DataNotFoundError,
     match=r"python -m lra.prepare --task=pathfinder32 --data_dir=.*nothing",
   ):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    _train(config, str(tmp_path / "run"))
 
 
 def test_damaged_data_stops_before_the_first_step(tmp_path, caplog):
@@ -283,12 +248,12 @@ def test_damaged_data_stops_before_the_first_step(tmp_path, caplog):
     match=rf"{shard} does not match .*\n  python -m lra.prepare --task=listops "
     rf"--data_dir={data_dir} --num_train=16 --num_val=8 --num_test=8 --overwrite",
   ):
-    train.train_and_evaluate(config, str(workdir))
+    _train(config, str(workdir))
   assert not workdir.exists()  # No stamp, no checkpoint, no metrics.
   # Data prepared before digests existed: said once, and the run goes on.
   os.remove(os.path.join(version_dir, digests.DIGEST_FILE))
   with caplog.at_level(logging.WARNING):
-    inputs.ensure_data(config, data_dir)
+    inputs.ensure_data(run_config.from_config_dict(config), data_dir)
   assert caplog.text.count("prepared before digests were written") == 1
 
 
@@ -301,7 +266,7 @@ def test_listops_generates_its_data_when_allowed(tmp_path):
     generate_max_tokens=60,
     num_train_steps=2,
   )
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = _train(config, str(tmp_path))
   assert results["num_test_examples"] == 8
   assert os.path.exists(tmp_path / "data" / "lra_generated_listops.json")
 
@@ -321,7 +286,7 @@ def test_data_parallel_step_matches_one_device(attention, prepared, monkeypatch)
   overrides = {}
   shard_mapped = []
   if attention == "mra2_tpu_kernels":
-    overrides = {"attention": "mra2", "attention_kwargs.mra2.impl": "pallas_mosaic_tpu"}
+    overrides = {"attention": "mra2", "attention_kwargs.impl": "pallas_mosaic_tpu"}
     monkeypatch.setattr(sharding, "_on_tpu", lambda mesh: True)
     run_sharded = sharding._shard_mapped  # pylint: disable=protected-access
 
@@ -332,10 +297,11 @@ def test_data_parallel_step_matches_one_device(attention, prepared, monkeypatch)
     monkeypatch.setattr(sharding, "_shard_mapped", counted)
   config = tiny_config("listops", prepared("listops"), **overrides)
   config.model.dropout_rate = 0.0
-  cfg = train.model_config(config)
+  run = run_config.from_config_dict(config)
+  cfg = run.model
   graphdef, params, rest = nnx.split(models.build(cfg, rngs=nnx.Rngs(params=0)), nnx.Param, ...)
   tx, _ = optim.make_optimizer(
-    dataclasses.replace(train.optimizer_config(config), learning_rate=1e-3, total_steps=10)
+    dataclasses.replace(run.optimizer, learning_rate=1e-3, total_steps=10)
   )
   rng = np.random.default_rng(0)
   batch = {
@@ -373,18 +339,18 @@ def test_data_parallel_step_matches_one_device(attention, prepared, monkeypatch)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", __import__("mra_jax.attentions", fromlist=["names"]).names())
 def test_every_attention_trains(name, prepared, tmp_path):
-  config = tiny_config("listops", prepared("listops"), attention=name, num_train_steps=2)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  config = tiny_config("listops", prepared("listops"), name, num_train_steps=2)
+  results = _train(config, str(tmp_path))
   events = reporting.read_metrics(str(tmp_path))
   assert [e["split"] for e in events] == ["train", "train", "validation", "test"]
   assert all(np.isfinite(e["loss"]) for e in events)
-  assert results["config"]["attention_kwargs"] == {name: config.attention_kwargs[name].to_dict()}
+  assert results["config"]["attention_kwargs"] == config.attention_kwargs.to_dict()
 
 
 def test_results_record_provenance_and_the_stamp_does_not(prepared, tmp_path, monkeypatch):
   data_dir = prepared("listops")
   config = tiny_config("listops", data_dir, num_train_steps=2)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = _train(config, str(tmp_path))
   made = results["provenance"]
   assert made["code"] == provenance.code_version()
   assert made["code"]["source"] == "git" and len(made["code"]["commit"]) == 40
@@ -400,8 +366,8 @@ def test_results_record_provenance_and_the_stamp_does_not(prepared, tmp_path, mo
   with open(tmp_path / checkpoints.CONFIG_FILE) as f:
     stamp_text = f.read()
   assert "provenance" not in stamp_text and made["code"]["commit"] not in stamp_text
-  # Another commit (or library version) resumes the workdir and is recorded.
+  # Another commit (or library version) is not another config: the workdir is accepted.
   other = {"commit": "f" * 40, "dirty": True, "source": "git"}
   monkeypatch.setattr(provenance, "code_version", lambda: other)
-  again = train.train_and_evaluate(config, str(tmp_path))
-  assert again["steps_this_session"] == 0 and again["provenance"]["code"] == other
+  again = _train(config, str(tmp_path))
+  assert again["already_complete"] and again["provenance"]["code"] == made["code"]
