@@ -27,6 +27,7 @@ Cost O(H L F D) with F features, independent of the rates; pooling mainly shrink
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -90,58 +91,78 @@ def route(q_BxHxLxD, weight_HxD, bias_H, *, selection: str, temperature: float):
   return (num_heads * jnp.transpose(gate_BxLxH, (0, 2, 1)))[..., None]
 
 
-class AdaMraAttention(nnx.Module):
-  """Registry module for AdaMRA (reconstruction; see the module docstring).
+@dataclasses.dataclass(frozen=True)
+class AdaMraKnobs:
+  """AdaMRA's knobs (the paper publishes no configuration: every default is our choice).
 
-  Knobs:
-    rates: pooling rate per head (len == num_heads), or None for `geometric_rates`.
-    rate_base, max_rate: the geometric schedule when `rates` is None.
-    feature_map: "elu", "relu" or "favor".
-    num_features: random features of "favor".
-    selection: "soft" or "hard" (straight-through).
-    temperature: softmax temperature of the routing gate.
+  What each knob reconstructs is in the module docstring.
+
+  Attributes:
+    rates: pooling rate per head in tokens, ints >= 1, one per head (coarse to fine), or
+      None (default) for `geometric_rates(num_heads, rate_base, max_rate)`.
+    rate_base: base of the geometric schedule when `rates` is None, >= 1 (2: each head
+      twice as coarse as the next).
+    max_rate: cap of the geometric schedule's rates in tokens, >= 1 (64).
+    feature_map: kernel feature map: "elu" (elu + 1, Katharopoulos et al.; the default),
+      "relu", or "favor" (positive random features of the softmax kernel, fixed).
+    num_features: random features of "favor", >= 1 (64); unused by the other maps.
+    selection: how a query picks its resolution: "soft" (heads scaled by H * gate, the
+      default) or "hard" (one-hot argmax, straight-through gradient).
+    temperature: softmax temperature of the routing gate, > 0 (1.0).
   """
 
+  rates: tuple[int, ...] | None = None
+  rate_base: int = 2
+  max_rate: int = 64
+  feature_map: str = "elu"
+  num_features: int = 64
+  selection: str = "soft"
+  temperature: float = 1.0
+
+  def __post_init__(self):
+    checks.check_int("rate_base", self.rate_base, minimum=1)
+    checks.check_int("max_rate", self.max_rate, minimum=1)
+    checks.check_int("num_features", self.num_features, minimum=1)
+    checks.check_choice("feature_map", self.feature_map, FEATURE_MAPS)
+    checks.check_choice("selection", self.selection, SELECTIONS)
+    temperature = self.temperature
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+      raise ValueError(f"temperature must be > 0; got temperature={temperature!r}")
+    if self.rates is not None:
+      rates = self.rates
+      if not isinstance(rates, (tuple, list)) or not all(
+        isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates
+      ):
+        raise ValueError(f"rates must be ints >= 1 (one per head); got rates={rates!r}")
+      # A tuple, so the knobs stay hashable (static under jit) whatever sequence was given.
+      object.__setattr__(self, "rates", tuple(rates))
+
+
+class AdaMraAttention(nnx.Module):
+  """Registry module for AdaMRA (reconstruction; see the module docstring and `AdaMraKnobs`)."""
+
+  Knobs = AdaMraKnobs
+
   def __init__(
-    self,
-    *,
-    num_heads: int,
-    head_dim: int,
-    max_length: int,
-    rngs: nnx.Rngs,
-    rates: tuple[int, ...] | None = None,
-    rate_base: int = 2,
-    max_rate: int = 64,
-    feature_map: str = "elu",
-    num_features: int = 64,
-    selection: str = "soft",
-    temperature: float = 1.0,
+    self, knobs: AdaMraKnobs, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs
   ):
     del max_length  # Any length works (a rate longer than L pools everything into one).
     checks.check_int("num_heads", num_heads, minimum=1)
-    checks.check_int("rate_base", rate_base, minimum=1)
-    checks.check_int("max_rate", max_rate, minimum=1)
-    checks.check_int("num_features", num_features, minimum=1)
-    checks.check_choice("feature_map", feature_map, FEATURE_MAPS)
-    checks.check_choice("selection", selection, SELECTIONS)
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-      raise ValueError(f"temperature must be > 0; got temperature={temperature!r}")
+    rates = knobs.rates
     if rates is None:
-      rates = geometric_rates(num_heads, rate_base, max_rate)
-    rates = tuple(rates)
-    if len(rates) != num_heads or not all(
-      isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates
-    ):
+      rates = geometric_rates(num_heads, knobs.rate_base, knobs.max_rate)
+    if len(rates) != num_heads:
       raise ValueError(f"rates must be {num_heads} ints >= 1 (one per head); got rates={rates!r}")
-    self.rates, self.feature_map = rates, feature_map
-    self.selection, self.temperature = selection, float(temperature)
+    self.knobs, self.rates = knobs, rates
     self.router_weight = nnx.Param(
       jax.random.normal(rngs.params(), (num_heads, head_dim), jnp.float32) / math.sqrt(head_dim)
     )
     self.router_bias = nnx.Param(jnp.zeros((num_heads,), jnp.float32))
     self.projection = (
-      hash_random.FixedRandom(performer.orthogonal_features(rngs.params(), num_features, head_dim))
-      if feature_map == "favor"
+      hash_random.FixedRandom(
+        performer.orthogonal_features(rngs.params(), knobs.num_features, head_dim)
+      )
+      if knobs.feature_map == "favor"
       else None
     )
 
@@ -153,13 +174,13 @@ class AdaMraAttention(nnx.Module):
       )
     projection = None if self.projection is None else self.projection[...]
     o = adamra_heads(
-      q, k, v, m, rates=self.rates, feature_map=self.feature_map, projection=projection
+      q, k, v, m, rates=self.rates, feature_map=self.knobs.feature_map, projection=projection
     )
     gate = route(
       q,
       self.router_weight[...],
       self.router_bias[...],
-      selection=self.selection,
-      temperature=self.temperature,
+      selection=self.knobs.selection,
+      temperature=float(self.knobs.temperature),
     )
     return working_layout.finish(o * gate, m, query.dtype)

@@ -17,6 +17,7 @@ is obtained here by passing a fresh `random_key` to `bigbird_attention`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -25,6 +26,7 @@ from flax import nnx
 
 from mra_jax import checks
 from mra_jax.attentions import hash_random, softmax, working_layout
+from mra_jax.knobs import takes_knobs
 
 _NUM_FIXED = 5  # global first, global last, window n-1, n, n+1.
 
@@ -73,15 +75,34 @@ def bigbird_block_pattern(
   return idx.astype(jnp.int32), ok & ~dup
 
 
+@dataclasses.dataclass(frozen=True)
+class BigBirdKnobs:
+  """BigBird's knobs (the MRA paper's LRA config "32-2").
+
+  Attributes:
+    block_size: tokens per block, >= 1; the (padded) sequence is cut into blocks of this
+      many tokens (32 in the MRA paper's config).
+    num_random_blocks: random key blocks per non-global query block, >= 0 (2 in the MRA
+      paper's config); fewer when too few blocks are left.
+  """
+
+  block_size: int = 32
+  num_random_blocks: int = 2
+
+  def __post_init__(self):
+    checks.check_int("block_size", self.block_size, minimum=1)
+    checks.check_int("num_random_blocks", self.num_random_blocks, minimum=0)
+
+
+@takes_knobs(BigBirdKnobs, param="knobs")
 def bigbird_attention(
   query: jax.Array,
   key: jax.Array,
   value: jax.Array,
   mask: jax.Array | None = None,
   *,
-  block_size: int = 32,
-  num_random_blocks: int = 2,
   random_key: jax.Array | None = None,
+  knobs: BigBirdKnobs,
 ) -> jax.Array:
   """BigBird attention: global + window + random key blocks (see module docstring).
 
@@ -90,9 +111,9 @@ def bigbird_attention(
     key: [B, L, H, D], same shape as query.
     value: [B, L, H, Dv].
     mask: optional [B, L] bool or 0/1, True = real token.
-    block_size: int >= 1, tokens per block; L is padded to a multiple internally.
-    num_random_blocks: int >= 0, random key blocks per query block.
     random_key: jax.random key for the random blocks (default: all-zero key data).
+    knobs: `BigBirdKnobs` (or its fields as keywords: block_size, num_random_blocks); L is
+      padded to a multiple of block_size internally.
 
   Returns:
     [B, L, H, Dv] in query's dtype; padded query positions are 0.
@@ -100,14 +121,12 @@ def bigbird_attention(
   Raises:
     ValueError: bad shapes or knobs.
   """
-  checks.check_int("block_size", block_size, minimum=1)
-  checks.check_int("num_random_blocks", num_random_blocks, minimum=0)
   if random_key is None:
     random_key = jnp.zeros((2,), jnp.uint32)
   q, k, v, m = working_layout.prepare(query, key, value, mask)
   b, h, _length, d = q.shape
   dv = v.shape[-1]
-  bs = block_size
+  bs = knobs.block_size
   qp, kp, vp = (working_layout.pad_axis(x, bs, axis=2) for x in (q, k, v))
   mp = working_layout.pad_axis(m, bs, axis=1)
   n = qp.shape[2] // bs
@@ -125,7 +144,7 @@ def bigbird_attention(
   if n <= 2:
     return working_layout.finish(o_g.reshape(b, h, n * bs, dv), m, query.dtype)
 
-  idx_HxMxS, ok_HxMxS = bigbird_block_pattern(n, h, num_random_blocks, random_key)
+  idx_HxMxS, ok_HxMxS = bigbird_block_pattern(n, h, knobs.num_random_blocks, random_key)
   heads = jnp.arange(h)[:, None, None]
   k_sel = kb[:, heads, idx_HxMxS]  # [B, H, M, S, Bs, D]
   v_sel = vb[:, heads, idx_HxMxS]
@@ -146,30 +165,16 @@ class BigBirdAttention(nnx.Module):
   Defaults are the MRA paper's LRA config "32-2": block 32, 2 random blocks.
   """
 
+  Knobs = BigBirdKnobs
+
   def __init__(
-    self,
-    *,
-    num_heads: int,
-    head_dim: int,
-    max_length: int,
-    rngs: nnx.Rngs,
-    block_size: int = 32,
-    num_random_blocks: int = 2,
+    self, knobs: BigBirdKnobs, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs
   ):
     del num_heads, head_dim, max_length  # The pattern is drawn for the runtime length.
-    checks.check_int("block_size", block_size, minimum=1)
-    checks.check_int("num_random_blocks", num_random_blocks, minimum=0)
-    self.block_size = block_size
-    self.num_random_blocks = num_random_blocks
+    self.knobs = knobs
     self.random_key = hash_random.FixedRandom(jax.random.key_data(rngs.params()))
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     return bigbird_attention(
-      query,
-      key,
-      value,
-      mask,
-      block_size=self.block_size,
-      num_random_blocks=self.num_random_blocks,
-      random_key=self.random_key[...],
+      query, key, value, mask, random_key=self.random_key[...], knobs=self.knobs
     )

@@ -22,6 +22,7 @@ softmax attention.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -30,6 +31,7 @@ from flax import nnx
 
 from mra_jax import checks
 from mra_jax.attentions import working_layout
+from mra_jax.knobs import takes_knobs
 
 
 def _level_stats(logits, valid, weight, values):
@@ -54,13 +56,30 @@ def _siblings(x_BxHxNxC, axis=2):
   return jnp.flip(x, axis=axis + 1).reshape(shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class HTransformer1DKnobs:
+  """H-Transformer-1D's knobs (the MRA paper's LRA harness: lucidrains' HAttention1D).
+
+  Attributes:
+    block_size: tokens per level-0 block, >= 1 (16 in the MRA paper's LRA harness); L is
+      padded internally to block_size * 2^k, and each coarser level has blocks of this many
+      coarse tokens.
+  """
+
+  block_size: int = 16
+
+  def __post_init__(self):
+    checks.check_int("block_size", self.block_size, minimum=1)
+
+
+@takes_knobs(HTransformer1DKnobs, param="knobs")
 def h_transformer_1d_attention(
   query: jax.Array,
   key: jax.Array,
   value: jax.Array,
   mask: jax.Array | None = None,
   *,
-  block_size: int = 16,
+  knobs: HTransformer1DKnobs,
 ) -> jax.Array:
   """Hierarchical (H-matrix) attention of H-Transformer-1D; see module docstring.
 
@@ -69,8 +88,7 @@ def h_transformer_1d_attention(
     key: [B, L, H, D], same shape as query.
     value: [B, L, H, Dv].
     mask: optional [B, L] bool or 0/1, True = real token.
-    block_size: int >= 1, tokens per level-0 block (the MRA paper's LRA setting is
-      16); L is padded internally to block_size * 2^k.
+    knobs: `HTransformer1DKnobs` (or its field as a keyword: block_size).
 
   Returns:
     [B, L, H, Dv] in query's dtype; padded query positions are 0.
@@ -78,11 +96,10 @@ def h_transformer_1d_attention(
   Raises:
     ValueError: bad shapes or block_size.
   """
-  checks.check_int("block_size", block_size, minimum=1)
   q, k, v, m = working_layout.prepare(query, key, value, mask)
   b, h, length, d = q.shape
   dv = v.shape[-1]
-  bs = block_size
+  bs = knobs.block_size
   n0 = 1 << max(math.ceil(length / bs) - 1, 0).bit_length()
   lp = n0 * bs
   q, k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, lp - length), (0, 0))) for x in (q, k, v))
@@ -137,12 +154,19 @@ class HTransformer1DAttention(nnx.Module):
   Default block size 16 as the MRA paper's LRA harness (lucidrains' HAttention1D).
   """
 
+  Knobs = HTransformer1DKnobs
+
   def __init__(
-    self, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs, block_size: int = 16
+    self,
+    knobs: HTransformer1DKnobs,
+    *,
+    num_heads: int,
+    head_dim: int,
+    max_length: int,
+    rngs: nnx.Rngs,
   ):
     del num_heads, head_dim, max_length, rngs  # No parameters; any length works.
-    checks.check_int("block_size", block_size, minimum=1)
-    self.block_size = block_size
+    self.knobs = knobs
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    return h_transformer_1d_attention(query, key, value, mask, block_size=self.block_size)
+    return h_transformer_1d_attention(query, key, value, mask, knobs=self.knobs)

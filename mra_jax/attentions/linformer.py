@@ -13,6 +13,7 @@ zero before the projection, so they contribute nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -69,35 +70,47 @@ def linformer_attention(
   return working_layout.finish(o, m, query.dtype)
 
 
-class LinformerAttention(nnx.Module):
-  """Registry module for Linformer; owns E (and F unless shared).
+@dataclasses.dataclass(frozen=True)
+class LinformerKnobs:
+  """Linformer's knobs (the MRA paper's LRA config: k = 256, one projection for K and V).
 
-  Knobs:
-    projection_length: k, the compressed key length (256 in the MRA paper's config).
-    share_kv: one projection for keys and values (the config), else separate E and F.
+  Attributes:
+    projection_length: k, the compressed key length in tokens, >= 1 (256 in the MRA
+      paper's config).
+    share_kv: one projection E for keys and values (the MRA paper's config), else a
+      separate F for the values.
   """
+
+  projection_length: int = 256
+  share_kv: bool = True
+
+  def __post_init__(self):
+    checks.check_int("projection_length", self.projection_length, minimum=1)
+
+
+class LinformerAttention(nnx.Module):
+  """Registry module for Linformer; owns E (and F unless shared); knobs in `LinformerKnobs`."""
+
+  Knobs = LinformerKnobs
 
   def __init__(
     self,
+    knobs: LinformerKnobs,
     *,
     num_heads: int,
     head_dim: int,
     max_length: int,
     rngs: nnx.Rngs,
-    projection_length: int = 256,
-    share_kv: bool = True,
   ):
     del num_heads, head_dim
-    checks.check_int("projection_length", projection_length, minimum=1)
     checks.check_int("max_length", max_length, minimum=1)
+    self.knobs = knobs
     self.max_length = max_length
+    k = knobs.projection_length
     # N(0, 1/k) entries (the 1/sqrt(k) scale of the Linformer code), fixed at init.
-    init = lambda: (
-      jax.random.normal(rngs.params(), (projection_length, max_length), jnp.float32)
-      / math.sqrt(projection_length)
-    )
+    init = lambda: jax.random.normal(rngs.params(), (k, max_length), jnp.float32) / math.sqrt(k)
     self.e_proj = nnx.Param(init())
-    self.f_proj = None if share_kv else nnx.Param(init())
+    self.f_proj = None if knobs.share_kv else nnx.Param(init())
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     if query.ndim >= 2 and query.shape[1] > self.max_length:

@@ -9,6 +9,7 @@ rows and columns as thin [G, L] / [L, G] products; no L x L matrix is built.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -17,16 +18,37 @@ from flax import nnx
 
 from mra_jax import checks
 from mra_jax.attentions import local, softmax, working_layout
+from mra_jax.knobs import takes_knobs
 
 
+@dataclasses.dataclass(frozen=True)
+class LongformerKnobs:
+  """Longformer's knobs (the MRA paper's LRA config: HF LongformerSelfAttention).
+
+  Attributes:
+    window_size: window width in tokens, >= 1: query i attends to keys j with
+      |i - j| <= window_size // 2 (HF's `attention_window`; 64 in the MRA paper's config),
+      clipped to L.
+    num_global_tokens: the first that many positions are global, >= 0 (1 in the MRA
+      paper's config: the first token); clipped to L, and 0 reduces to local attention.
+  """
+
+  window_size: int = 64
+  num_global_tokens: int = 1
+
+  def __post_init__(self):
+    checks.check_int("window_size", self.window_size, minimum=1)
+    checks.check_int("num_global_tokens", self.num_global_tokens, minimum=0)
+
+
+@takes_knobs(LongformerKnobs, param="knobs")
 def longformer_attention(
   query: jax.Array,
   key: jax.Array,
   value: jax.Array,
   mask: jax.Array | None = None,
   *,
-  window_size: int = 64,
-  num_global_tokens: int = 1,
+  knobs: LongformerKnobs,
 ) -> jax.Array:
   """Sliding-window attention with the first `num_global_tokens` tokens global.
 
@@ -40,9 +62,8 @@ def longformer_attention(
     key: [B, L, H, D], same shape as query.
     value: [B, L, H, Dv].
     mask: optional [B, L] bool or 0/1, True = real token.
-    window_size: int >= 1; one-sided reach window_size // 2, clipped to L.
-    num_global_tokens: int >= 0; the first that many positions are global (clipped
-      to L). A padded position stays padding even if it is in that range.
+    knobs: `LongformerKnobs` (or its fields as keywords: window_size, num_global_tokens).
+      A padded position stays padding even if it is in the global range.
 
   Returns:
     [B, L, H, Dv] in query's dtype; padded query positions are 0.
@@ -50,12 +71,10 @@ def longformer_attention(
   Raises:
     ValueError: bad shapes or knobs.
   """
-  checks.check_int("window_size", window_size, minimum=1)
-  checks.check_int("num_global_tokens", num_global_tokens, minimum=0)
   q, k, v, m = working_layout.prepare(query, key, value, mask)
   b, h, length, d = q.shape
-  g = min(num_global_tokens, length)
-  reach = min(window_size // 2, length)
+  g = min(knobs.num_global_tokens, length)
+  reach = min(knobs.window_size // 2, length)
   if g == 0:
     o = local.sliding_window_attention(q, k, v, m, left=reach, right=reach)
     return working_layout.finish(o, m, query.dtype)
@@ -96,28 +115,19 @@ class LongformerAttention(nnx.Module):
   Defaults are the MRA paper's LRA config: window 64, first token global.
   """
 
+  Knobs = LongformerKnobs
+
   def __init__(
     self,
+    knobs: LongformerKnobs,
     *,
     num_heads: int,
     head_dim: int,
     max_length: int,
     rngs: nnx.Rngs,
-    window_size: int = 64,
-    num_global_tokens: int = 1,
   ):
     del num_heads, head_dim, max_length, rngs  # No parameters; any length works.
-    checks.check_int("window_size", window_size, minimum=1)
-    checks.check_int("num_global_tokens", num_global_tokens, minimum=0)
-    self.window_size = window_size
-    self.num_global_tokens = num_global_tokens
+    self.knobs = knobs
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    return longformer_attention(
-      query,
-      key,
-      value,
-      mask,
-      window_size=self.window_size,
-      num_global_tokens=self.num_global_tokens,
-    )
+    return longformer_attention(query, key, value, mask, knobs=self.knobs)

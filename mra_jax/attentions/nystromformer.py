@@ -18,6 +18,7 @@ Nystrom formula with an exact pseudo-inverse gives), instead of inverting an L x
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -26,6 +27,7 @@ from flax import nnx
 
 from mra_jax import checks
 from mra_jax.attentions import low_rank, softmax, working_layout
+from mra_jax.knobs import takes_knobs
 
 
 def nystrom_core(
@@ -55,14 +57,39 @@ def nystrom_core(
   return jnp.einsum("bhlm,bhmd->bhld", kernel_1, kernel_2_inv @ right_BxHxMxD)
 
 
+@dataclasses.dataclass(frozen=True)
+class NystromformerKnobs:
+  """Nystromformer's knobs (the MRA paper's LRA configs: 64 landmarks, 6 iterations).
+
+  Attributes:
+    num_landmarks: m, landmarks per (batch, head), >= 1 (64 in the MRA paper's configs);
+      each is the mean of the real tokens of a segment of ceil(L / m) tokens, and m >= L
+      gives exact softmax.
+    pinv_iterations: iterations of the cubic pseudo-inverse iteration, >= 1 (6 in the MRA
+      paper's configs).
+    conv_kernel_size: taps of the depthwise convolution over V added to the output, >= 0;
+      0 = none (the MRA paper's configs use 0, or 33 in the "conv" ones). Its weights are
+      parameters, so only `NystromformerAttention` has it.
+  """
+
+  num_landmarks: int = 64
+  pinv_iterations: int = 6
+  conv_kernel_size: int = 0
+
+  def __post_init__(self):
+    checks.check_int("num_landmarks", self.num_landmarks, minimum=1)
+    checks.check_int("pinv_iterations", self.pinv_iterations, minimum=1)
+    checks.check_int("conv_kernel_size", self.conv_kernel_size, minimum=0)
+
+
+@takes_knobs(NystromformerKnobs, param="knobs")
 def nystromformer_attention(
   query: jax.Array,
   key: jax.Array,
   value: jax.Array,
   mask: jax.Array | None = None,
   *,
-  num_landmarks: int = 64,
-  pinv_iterations: int = 6,
+  knobs: NystromformerKnobs,
 ) -> jax.Array:
   """Nystromformer attention without the conv skip (see the module docstring).
 
@@ -71,16 +98,23 @@ def nystromformer_attention(
     key: [B, L, H, D].
     value: [B, L, H, Dv].
     mask: optional [B, L] bool or 0/1, True = real token.
-    num_landmarks: m >= 1; m >= L gives exact softmax.
-    pinv_iterations: iterations of the pseudo-inverse, >= 1.
+    knobs: `NystromformerKnobs` (or its fields as keywords: num_landmarks,
+      pinv_iterations); conv_kernel_size must be 0 (the conv skip has parameters).
 
   Returns:
     [B, L, H, Dv] in query's dtype; padded queries are 0.
+
+  Raises:
+    ValueError: bad shapes or knobs, or a conv skip asked of the function.
   """
-  checks.check_int("num_landmarks", num_landmarks, minimum=1)
-  checks.check_int("pinv_iterations", pinv_iterations, minimum=1)
+  if knobs.conv_kernel_size:
+    raise ValueError(
+      "nystromformer_attention has no conv skip (its weights are parameters; use "
+      f"NystromformerAttention); got conv_kernel_size={knobs.conv_kernel_size!r}"
+    )
   q, k, v, m = working_layout.prepare(query, key, value, mask)
-  return working_layout.finish(_attend(q, k, v, m, num_landmarks, pinv_iterations), m, query.dtype)
+  o = _attend(q, k, v, m, knobs.num_landmarks, knobs.pinv_iterations)
+  return working_layout.finish(o, m, query.dtype)
 
 
 def _attend(q, k, v, m, num_landmarks, pinv_iterations):
@@ -92,38 +126,30 @@ def _attend(q, k, v, m, num_landmarks, pinv_iterations):
 
 
 class NystromformerAttention(nnx.Module):
-  """Registry module for Nystromformer.
+  """Registry module for Nystromformer (knobs in `NystromformerKnobs`)."""
 
-  Knobs:
-    num_landmarks: m (64 in the MRA paper's configs).
-    pinv_iterations: pseudo-inverse iterations (6).
-    conv_kernel_size: depthwise conv over V added to the output; 0 = none (the MRA
-      configs use 0 or 33).
-  """
+  Knobs = NystromformerKnobs
 
   def __init__(
     self,
+    knobs: NystromformerKnobs,
     *,
     num_heads: int,
     head_dim: int,
     max_length: int,
     rngs: nnx.Rngs,
-    num_landmarks: int = 64,
-    pinv_iterations: int = 6,
-    conv_kernel_size: int = 0,
   ):
     del head_dim, max_length
-    checks.check_int("num_landmarks", num_landmarks, minimum=1)
-    checks.check_int("pinv_iterations", pinv_iterations, minimum=1)
-    checks.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
-    self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
+    self.knobs = knobs
     self.conv = (
-      low_rank.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
+      low_rank.DepthwiseConv(num_heads, knobs.conv_kernel_size, rngs)
+      if knobs.conv_kernel_size
+      else None
     )
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     q, k, v, m = working_layout.prepare(query, key, value, mask)
-    o = _attend(q, k, v, m, self.num_landmarks, self.pinv_iterations)
+    o = _attend(q, k, v, m, self.knobs.num_landmarks, self.knobs.pinv_iterations)
     if self.conv is not None:
       o = o + self.conv(v)
     return working_layout.finish(o, m, query.dtype)

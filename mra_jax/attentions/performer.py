@@ -10,6 +10,7 @@ trained) and can be redrawn with `PerformerAttention.redraw`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -107,42 +108,55 @@ def performer_attention(
   return working_layout.finish(low_rank.linear_attention(phi_q, phi_k, v), m, query.dtype)
 
 
-class PerformerAttention(nnx.Module):
-  """Registry module for Performer; owns its fixed random features.
+@dataclasses.dataclass(frozen=True)
+class PerformerKnobs:
+  """Performer's knobs (the MRA paper's LRA config: 256 orthogonal features, softmax kernel).
 
-  Knobs:
-    num_features: M random features (256 in the MRA paper's config).
-    kernel_type: "exp" (softmax kernel, the MRA config) or "relu".
-    orthogonal: orthogonal random features (FAVOR+) or iid Gaussian ones.
+  Attributes:
+    num_features: M, random features per query and key, >= 1 (256 in the MRA paper's
+      config); shared by the heads.
+    kernel_type: "exp" (FAVOR+'s positive features of the softmax kernel, the MRA paper's
+      config) or "relu" (the generalised ReLU kernel of the Nystromformer repo's config).
+    orthogonal: orthogonal random features (FAVOR+, the MRA paper's config) or iid Gaussian
+      ones.
   """
+
+  num_features: int = 256
+  kernel_type: str = "exp"
+  orthogonal: bool = True
+
+  def __post_init__(self):
+    checks.check_int("num_features", self.num_features, minimum=1)
+    checks.check_choice("kernel_type", self.kernel_type, KERNEL_TYPES)
+
+
+class PerformerAttention(nnx.Module):
+  """Registry module for Performer; owns its fixed random features (knobs in `PerformerKnobs`)."""
+
+  Knobs = PerformerKnobs
 
   def __init__(
     self,
+    knobs: PerformerKnobs,
     *,
     num_heads: int,
     head_dim: int,
     max_length: int,
     rngs: nnx.Rngs,
-    num_features: int = 256,
-    kernel_type: str = "exp",
-    orthogonal: bool = True,
   ):
     del num_heads, max_length  # Shared by the heads (performer-pytorch); any length works.
-    checks.check_int("num_features", num_features, minimum=1)
-    checks.check_choice("kernel_type", kernel_type, KERNEL_TYPES)
-    self.num_features, self.head_dim = num_features, head_dim
-    self.kernel_type, self.orthogonal = kernel_type, orthogonal
+    self.knobs, self.head_dim = knobs, head_dim
     self.projection = hash_random.FixedRandom(
-      orthogonal_features(rngs.params(), num_features, head_dim, orthogonal)
+      orthogonal_features(rngs.params(), knobs.num_features, head_dim, knobs.orthogonal)
     )
 
   def redraw(self, rngs: nnx.Rngs) -> None:
     """Draws new random features (Performer's periodic feature redrawing)."""
     self.projection[...] = orthogonal_features(
-      rngs.params(), self.num_features, self.head_dim, self.orthogonal
+      rngs.params(), self.knobs.num_features, self.head_dim, self.knobs.orthogonal
     )
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     return performer_attention(
-      query, key, value, mask, projection=self.projection[...], kernel_type=self.kernel_type
+      query, key, value, mask, projection=self.projection[...], kernel_type=self.knobs.kernel_type
     )

@@ -31,6 +31,7 @@ call unless `hash_seed` is set; pass a fresh `random_key` to redraw).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -39,6 +40,7 @@ from flax import nnx
 
 from mra_jax import checks
 from mra_jax.attentions import hash_random, softmax, working_layout
+from mra_jax.knobs import takes_knobs
 
 _SELF_LOGIT = -1e5  # HF's self-attention mask value for float32.
 
@@ -113,27 +115,50 @@ def _with_previous_chunk(x, num_chunks, axis):
   return jnp.concatenate([x, jnp.roll(x, 1, axis=axis)], axis=axis + 1)
 
 
-def _check_knobs(num_hashes: int, chunk_length: int, num_buckets: int | None) -> None:
-  checks.check_int("num_hashes", num_hashes, minimum=1)
-  checks.check_int("chunk_length", chunk_length, minimum=1)
-  if num_buckets is not None:
-    checks.check_int("num_buckets", num_buckets, minimum=1)
-    if num_buckets > 1 and num_buckets % 2:
-      raise ValueError(f"num_buckets must be 1 or even; got num_buckets={num_buckets}")
+@dataclasses.dataclass(frozen=True)
+class ReformerKnobs:
+  """Reformer's knobs (the MRA paper's LRA config `reformer/2`: HF's defaults, 2 hashes).
+
+  Attributes:
+    num_hashes: hash rounds, >= 1 (2 in the MRA paper's config).
+    chunk_length: tokens per chunk of the sorted sequence, >= 1 (HF's
+      `lsh_attn_chunk_length`, 64 by default as in the MRA paper's config); clipped to L,
+      and L is padded internally to a multiple of it.
+    num_buckets: hash buckets per round, 1 or an even int; None (the MRA paper's config)
+      = HF's automatic rule, `default_num_buckets` of the padded length. A large power of
+      two is hashed as two factors (`bucket_factors`, as HF).
+    shared_qk: Reformer's shared query/key (True, as Reformer and the MRA paper's harness):
+      the keys are the unit-norm queries and the `key` argument is not read; False hashes
+      q and k separately (see the module docstring).
+    attend_across_buckets: True (HF, the MRA paper's config) attends to the whole chunk
+      window; False masks pairs in different buckets (the paper's "attend within a
+      bucket").
+  """
+
+  num_hashes: int = 2
+  chunk_length: int = 64
+  num_buckets: int | None = None
+  shared_qk: bool = True
+  attend_across_buckets: bool = True
+
+  def __post_init__(self):
+    checks.check_int("num_hashes", self.num_hashes, minimum=1)
+    checks.check_int("chunk_length", self.chunk_length, minimum=1)
+    if self.num_buckets is not None:
+      checks.check_int("num_buckets", self.num_buckets, minimum=1)
+      if self.num_buckets > 1 and self.num_buckets % 2:
+        raise ValueError(f"num_buckets must be 1 or even; got num_buckets={self.num_buckets}")
 
 
+@takes_knobs(ReformerKnobs, param="knobs")
 def reformer_attention(
   query: jax.Array,
   key: jax.Array,
   value: jax.Array,
   mask: jax.Array | None = None,
   *,
-  num_hashes: int = 2,
-  chunk_length: int = 64,
-  num_buckets: int | None = None,
-  shared_qk: bool = True,
-  attend_across_buckets: bool = True,
   random_key: jax.Array | None = None,
+  knobs: ReformerKnobs,
 ) -> jax.Array:
   """LSH attention; see the module docstring for the exact rules.
 
@@ -142,14 +167,9 @@ def reformer_attention(
     key: [B, L, H, D], same shape as query (not read when shared_qk).
     value: [B, L, H, Dv].
     mask: optional [B, L] bool or 0/1, True = real token.
-    num_hashes: int >= 1, hash rounds (the MRA paper's LRA config: 2).
-    chunk_length: int >= 1, chunk of the sorted sequence (HF default 64); clipped to
-      L, and L is padded internally to a multiple of it.
-    num_buckets: 1 or an even int; None = `default_num_buckets` of the padded length.
-      A large power of two is hashed as two factors (`bucket_factors`, as HF).
-    shared_qk: Reformer's shared query/key (see module docstring).
-    attend_across_buckets: False masks pairs in different buckets.
     random_key: jax.random key of the rotations (default: all-zero key data).
+    knobs: `ReformerKnobs` (or its fields as keywords: num_hashes, chunk_length,
+      num_buckets, shared_qk, attend_across_buckets).
 
   Returns:
     [B, L, H, Dv] in query's dtype; padded query positions are 0.
@@ -157,13 +177,13 @@ def reformer_attention(
   Raises:
     ValueError: bad shapes or knobs.
   """
-  _check_knobs(num_hashes, chunk_length, num_buckets)
+  num_hashes, num_buckets, shared_qk = knobs.num_hashes, knobs.num_buckets, knobs.shared_qk
   if random_key is None:
     random_key = jnp.zeros((2,), jnp.uint32)
   q, k, v, m_BxL = working_layout.prepare(query, key, value, mask)
   b, h, length, d = q.shape
   dv = v.shape[-1]
-  c = min(chunk_length, length)
+  c = min(knobs.chunk_length, length)
   q, k, v = (working_layout.pad_axis(x, c, axis=2) for x in (q, k, v))
   m = working_layout.pad_axis(m_BxL, c, axis=1)
   lp = q.shape[2]
@@ -204,7 +224,7 @@ def reformer_attention(
   valid = jnp.broadcast_to(kok[..., None, :], logits.shape)
   if shared_qk:
     logits = jnp.where(qpos[..., :, None] == kpos[..., None, :], _SELF_LOGIT, logits)
-  if not attend_across_buckets:
+  if not knobs.attend_across_buckets:
     valid = valid & (qbuck[..., :, None] == kbuck[..., None, :])
   p, lse = softmax.masked_softmax(logits, valid)
   o_s = jnp.einsum("bhrnqk,bhrnkd->bhrnqd", p, v_s).reshape(b, h, num_hashes, lp, dv)
@@ -226,38 +246,16 @@ class ReformerAttention(nnx.Module):
   settings HF defaults: chunk 64, automatic bucket count, shared QK).
   """
 
+  Knobs = ReformerKnobs
+
   def __init__(
-    self,
-    *,
-    num_heads: int,
-    head_dim: int,
-    max_length: int,
-    rngs: nnx.Rngs,
-    num_hashes: int = 2,
-    chunk_length: int = 64,
-    num_buckets: int | None = None,
-    shared_qk: bool = True,
-    attend_across_buckets: bool = True,
+    self, knobs: ReformerKnobs, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs
   ):
     del num_heads, head_dim, max_length  # Rotations are drawn for the runtime length.
-    _check_knobs(num_hashes, chunk_length, num_buckets)
-    self.num_hashes = num_hashes
-    self.chunk_length = chunk_length
-    self.num_buckets = num_buckets
-    self.shared_qk = shared_qk
-    self.attend_across_buckets = attend_across_buckets
+    self.knobs = knobs
     self.random_key = hash_random.FixedRandom(jax.random.key_data(rngs.params()))
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     return reformer_attention(
-      query,
-      key,
-      value,
-      mask,
-      num_hashes=self.num_hashes,
-      chunk_length=self.chunk_length,
-      num_buckets=self.num_buckets,
-      shared_qk=self.shared_qk,
-      attend_across_buckets=self.attend_across_buckets,
-      random_key=self.random_key[...],
+      query, key, value, mask, random_key=self.random_key[...], knobs=self.knobs
     )

@@ -16,6 +16,7 @@ paper's harness). Cost O(L * (window + M) * D); no L x L matrix.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -158,6 +159,27 @@ def scatterbrain_attention(
   return working_layout.finish((o_local + o_low)[:, :, :length], m, query.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class ScatterbrainKnobs:
+  """Scatterbrain's knobs (the MRA paper's LRA config `scatterbrain/64`).
+
+  Attributes:
+    window_size: keys per local window, >= 1 (64 in the MRA paper's config): query i sees
+      keys j with i - window_size // 2 <= j < i + (window_size + 1) // 2 (fast_transformers'
+      `local_context`), clipped to the sequence.
+    num_features: M, Performer random features shared by the heads, >= 1; None (the MRA
+      paper's config) = int(D * ln D), the Performer / fly default (110 for D = 32).
+  """
+
+  window_size: int = 64
+  num_features: int | None = None
+
+  def __post_init__(self):
+    checks.check_int("window_size", self.window_size, minimum=1)
+    if self.num_features is not None:
+      checks.check_int("num_features", self.num_features, minimum=1)
+
+
 class ScatterbrainAttention(nnx.Module):
   """Registry module for Scatterbrain; owns its fixed random features.
 
@@ -165,28 +187,28 @@ class ScatterbrainAttention(nnx.Module):
   int(D * ln D) features, the Performer/fly default (110 for D = 32).
   """
 
+  Knobs = ScatterbrainKnobs
+
   def __init__(
     self,
+    knobs: ScatterbrainKnobs,
     *,
     num_heads: int,
     head_dim: int,
     max_length: int,
     rngs: nnx.Rngs,
-    window_size: int = 64,
-    num_features: int | None = None,
   ):
     del num_heads, max_length  # Features are shared by heads; any length works.
-    checks.check_int("window_size", window_size, minimum=1)
     checks.check_int("head_dim", head_dim, minimum=1)
+    num_features = knobs.num_features
     if num_features is None:
       num_features = max(int(head_dim * math.log(head_dim)), 1)
-    checks.check_int("num_features", num_features, minimum=1)
-    self.window_size = window_size
+    self.knobs = knobs
     self.projection = hash_random.FixedRandom(
       orthogonal_random_features(rngs.params(), num_features, head_dim)
     )
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
     return scatterbrain_attention(
-      query, key, value, mask, projection=self.projection[...], window_size=self.window_size
+      query, key, value, mask, projection=self.projection[...], window_size=self.knobs.window_size
     )

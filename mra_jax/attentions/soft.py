@@ -20,6 +20,7 @@ S(Q, K) V exactly (up to the iterative pseudo-inverse).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -65,42 +66,61 @@ def soft_core(
   return jnp.einsum("bhlm,bhmd->bhld", k_1, inv @ right_BxHxMxD)
 
 
-class SoftAttention(nnx.Module):
-  """Registry module for SOFT.
+@dataclasses.dataclass(frozen=True)
+class SoftKnobs:
+  """SOFT's knobs (the MRA paper's LRA configs: 64 landmarks).
 
-  Knobs:
-    num_landmarks: m, the bottleneck (64 in the MRA paper's configs).
-    pinv_iterations: Newton-Schulz iterations (20, SOFT's maximum).
-    landmark_pooling: "conv" (SOFT's learned strided conv + LayerNorm + GELU) or "mean".
-    tie_qk: use the queries as keys (SOFT), else the given keys.
-    conv_kernel_size: depthwise conv over V added to the output; 0 = none.
+  Attributes:
+    num_landmarks: m, the bottleneck: landmarks per (batch, head), >= 1 (64 in the MRA
+      paper's configs); each stands for a segment of ceil(L / m) tokens ("conv": of
+      ceil(max_length / m)).
+    pinv_iterations: Newton-Schulz iterations of the pseudo-inverse, >= 1 (20, SOFT's
+      maximum, as the MRA paper's configs).
+    landmark_pooling: "conv" (SOFT's learned strided convolution + LayerNorm + GELU, as
+      SOFT and the MRA paper's configs) or "mean" (masked segment means).
+    tie_qk: use the queries as keys (SOFT's one projection; True as the MRA paper's
+      configs), else the given keys.
+    conv_kernel_size: taps of the depthwise convolution over V added to the output, >= 0;
+      0 = none (the MRA paper's configs use 0, or 33 in the "conv" ones).
   """
+
+  num_landmarks: int = 64
+  pinv_iterations: int = 20
+  landmark_pooling: str = "conv"
+  tie_qk: bool = True
+  conv_kernel_size: int = 0
+
+  def __post_init__(self):
+    checks.check_int("num_landmarks", self.num_landmarks, minimum=1)
+    checks.check_int("pinv_iterations", self.pinv_iterations, minimum=1)
+    checks.check_int("conv_kernel_size", self.conv_kernel_size, minimum=0)
+    checks.check_choice("landmark_pooling", self.landmark_pooling, LANDMARK_POOLINGS)
+
+
+class SoftAttention(nnx.Module):
+  """Registry module for SOFT (knobs in `SoftKnobs`)."""
+
+  Knobs = SoftKnobs
 
   def __init__(
     self,
+    knobs: SoftKnobs,
     *,
     num_heads: int,
     head_dim: int,
     max_length: int,
     rngs: nnx.Rngs,
-    num_landmarks: int = 64,
-    pinv_iterations: int = 20,
-    landmark_pooling: str = "conv",
-    tie_qk: bool = True,
-    conv_kernel_size: int = 0,
   ):
-    checks.check_int("num_landmarks", num_landmarks, minimum=1)
-    checks.check_int("pinv_iterations", pinv_iterations, minimum=1)
-    checks.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
     checks.check_int("max_length", max_length, minimum=1)
-    checks.check_choice("landmark_pooling", landmark_pooling, LANDMARK_POOLINGS)
-    self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
-    self.landmark_pooling, self.tie_qk, self.max_length = landmark_pooling, tie_qk, max_length
+    self.knobs, self.max_length = knobs, max_length
+    # Drawn before the landmark convolution: the order seeded models were made with.
     self.conv = (
-      low_rank.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
+      low_rank.DepthwiseConv(num_heads, knobs.conv_kernel_size, rngs)
+      if knobs.conv_kernel_size
+      else None
     )
-    if landmark_pooling == "conv":
-      segment = -(-max_length // num_landmarks)
+    if knobs.landmark_pooling == "conv":
+      segment = -(-max_length // knobs.num_landmarks)
       fan_in = segment * head_dim
       bound = 1.0 / math.sqrt(fan_in)
       self.pool_kernel_SxDxD = nnx.Param(
@@ -110,7 +130,7 @@ class SoftAttention(nnx.Module):
       self.pool_norm = nnx.LayerNorm(head_dim, param_dtype=jnp.float32, rngs=rngs)
 
   def _landmarks(self, x_BxHxLxD, mask_BxL, segment):
-    if self.landmark_pooling == "mean":
+    if self.knobs.landmark_pooling == "mean":
       return low_rank.segment_means(x_BxHxLxD, mask_BxL, segment)
     b, h, _, d = x_BxHxLxD.shape
     w_SxDxD = self.pool_kernel_SxDxD[...]
@@ -128,24 +148,26 @@ class SoftAttention(nnx.Module):
     return jax.nn.gelu(self.pool_norm(y)), counts
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    if self.tie_qk:
+    if self.knobs.tie_qk:
       key = query
     q, k, v, m = working_layout.prepare(query, key, value, mask)
     length = q.shape[2]
-    if self.landmark_pooling == "conv" and length > self.max_length:
+    if self.knobs.landmark_pooling == "conv" and length > self.max_length:
       raise ValueError(
         f"SOFT's conv landmarks are sized for max_length={self.max_length}; "
         f"got an input of length {length}"
       )
     scale = q.shape[-1] ** -0.25
     q, k = q * scale, k * scale
-    if self.landmark_pooling == "conv":
+    if self.knobs.landmark_pooling == "conv":
       segment = self.pool_kernel_SxDxD.shape[0]
     else:
-      segment = -(-length // self.num_landmarks)
+      segment = -(-length // self.knobs.num_landmarks)
     q_land, counts = self._landmarks(q, m, segment)
-    k_land = q_land if self.tie_qk else self._landmarks(k, m, segment)[0]
-    o = soft_core(q, k, v, m, q_land, k_land, counts > 0, pinv_iterations=self.pinv_iterations)
+    k_land = q_land if self.knobs.tie_qk else self._landmarks(k, m, segment)[0]
+    o = soft_core(
+      q, k, v, m, q_land, k_land, counts > 0, pinv_iterations=self.knobs.pinv_iterations
+    )
     if self.conv is not None:
       o = o + self.conv(v)
     return working_layout.finish(o, m, query.dtype)

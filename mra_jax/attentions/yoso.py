@@ -28,6 +28,7 @@ them for every batch: call `YosoAttention.redraw(rngs)` from the training loop t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -235,49 +236,66 @@ def _draw(random_key, shape):
   )
 
 
-class YosoAttention(nnx.Module):
-  """Registry module for YOSO; owns its (fixed, redrawable) hash hyperplanes.
+@dataclasses.dataclass(frozen=True)
+class YosoKnobs:
+  """YOSO's knobs (the MRA paper's LRA configs: 16 hashes; their code length is per task).
 
-  Knobs:
-    hash_code_len: tau bits per hash (8 here; the MRA paper's LRA configs use 10-12 per
-      task, set by the LRA configs).
-    num_hash: m hash functions (16).
-    backward: "lsh" or "expectation" (module docstring).
-    grad_samples: Rademacher vectors per hash of the "lsh" backward.
-    normalize_output: l2-normalise output rows.
-    conv_kernel_size: depthwise conv over V added to the output; 0 = none (33 in the
-      "conv" configs).
+  Attributes:
+    hash_code_len: tau, bits per hash (hyperplanes per hash), 1 to 20 (8 here; the MRA
+      paper's per-task LRA configs use 10 to 12, set by the LRA configs); each hash has a
+      2^tau-bucket table.
+    num_hash: m, hash functions averaged, >= 1 (16 in the MRA paper's configs).
+    backward: "lsh" (linear-cost LSH estimate of the expectation's gradient, the default)
+      or "expectation" (its exact gradient, O(L^2)); our design, see the module docstring.
+    grad_samples: Rademacher vectors per hash of the "lsh" backward's estimator, >= 1 (4;
+      the estimator is ours, so no paper value).
+    normalize_output: l2-normalise each output row (True, as the YOSO code does).
+    conv_kernel_size: taps of the depthwise convolution over V added to the output, >= 0;
+      0 = none (the MRA paper's configs use 0, or 33 in the "conv" ones).
   """
+
+  hash_code_len: int = 8
+  num_hash: int = 16
+  backward: str = "lsh"
+  grad_samples: int = 4
+  normalize_output: bool = True
+  conv_kernel_size: int = 0
+
+  def __post_init__(self):
+    checks.check_int("hash_code_len", self.hash_code_len, minimum=1)
+    if self.hash_code_len > 20:  # A 2^tau table per hash: refuse sizes that cannot be meant.
+      raise ValueError(f"hash_code_len must be <= 20; got hash_code_len={self.hash_code_len}")
+    checks.check_int("num_hash", self.num_hash, minimum=1)
+    checks.check_int("grad_samples", self.grad_samples, minimum=1)
+    checks.check_int("conv_kernel_size", self.conv_kernel_size, minimum=0)
+    checks.check_choice("backward", self.backward, BACKWARDS)
+
+
+class YosoAttention(nnx.Module):
+  """Registry module for YOSO; owns its fixed, redrawable hash hyperplanes (knobs: `YosoKnobs`)."""
+
+  Knobs = YosoKnobs
 
   def __init__(
     self,
+    knobs: YosoKnobs,
     *,
     num_heads: int,
     head_dim: int,
     max_length: int,
     rngs: nnx.Rngs,
-    hash_code_len: int = 8,
-    num_hash: int = 16,
-    backward: str = "lsh",
-    grad_samples: int = 4,
-    normalize_output: bool = True,
-    conv_kernel_size: int = 0,
   ):
     del max_length
-    checks.check_int("hash_code_len", hash_code_len, minimum=1)
-    if hash_code_len > 20:  # A 2^tau table per hash: refuse sizes that cannot be meant.
-      raise ValueError(f"hash_code_len must be <= 20; got hash_code_len={hash_code_len}")
-    checks.check_int("num_hash", num_hash, minimum=1)
-    checks.check_int("grad_samples", grad_samples, minimum=1)
-    checks.check_int("conv_kernel_size", conv_kernel_size, minimum=0)
-    checks.check_choice("backward", backward, BACKWARDS)
-    self.shape = (num_heads, num_hash, hash_code_len, head_dim, grad_samples)
-    self.backward, self.normalize_output = backward, normalize_output
-    self.planes = hash_random.FixedRandom(jnp.zeros((num_heads, num_hash, hash_code_len, head_dim)))
-    self.signs = hash_random.FixedRandom(jnp.zeros((num_heads, num_hash, grad_samples, head_dim)))
+    self.knobs = knobs
+    m, tau = knobs.num_hash, knobs.hash_code_len
+    self.shape = (num_heads, m, tau, head_dim, knobs.grad_samples)
+    self.planes = hash_random.FixedRandom(jnp.zeros((num_heads, m, tau, head_dim)))
+    self.signs = hash_random.FixedRandom(jnp.zeros((num_heads, m, knobs.grad_samples, head_dim)))
     self.redraw(rngs)
     self.conv = (
-      low_rank.DepthwiseConv(num_heads, conv_kernel_size, rngs) if conv_kernel_size else None
+      low_rank.DepthwiseConv(num_heads, knobs.conv_kernel_size, rngs)
+      if knobs.conv_kernel_size
+      else None
     )
 
   def redraw(self, rngs: nnx.Rngs) -> None:
@@ -296,7 +314,7 @@ class YosoAttention(nnx.Module):
       mask,
       planes=self.planes[...],
       signs=self.signs[...],
-      backward=self.backward,
-      normalize_output=self.normalize_output,
+      backward=self.knobs.backward,
+      normalize_output=self.knobs.normalize_output,
       conv_out=conv_out,
     )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mra_jax import attentions
 from mra_jax.attentions import adamra, working_layout
 
 
@@ -48,7 +49,9 @@ def test_heads_match_a_naive_pooled_linear_attention():
 
 
 def _layer(**knobs):
-  return adamra.AdaMraAttention(num_heads=4, head_dim=8, max_length=64, rngs=nnx.Rngs(0), **knobs)
+  return attentions.build(
+    "adamra", num_heads=4, head_dim=8, max_length=64, rngs=nnx.Rngs(0), **knobs
+  )
 
 
 def _qkv(length=32):
@@ -96,6 +99,10 @@ def test_favor_feature_map_runs():
 def test_bad_knobs_name_themselves():
   with pytest.raises(ValueError, match=r"rates=\(1, 2\)"):
     _layer(rates=(1, 2))
+  with pytest.raises(ValueError, match=r"rates=\(8, 0, 2, 1\)"):
+    adamra.AdaMraKnobs(rates=(8, 0, 2, 1))
+  # A list (from a config file) is kept as a tuple: the knobs stay hashable, static under jit.
+  assert adamra.AdaMraKnobs(rates=[8, 4, 2, 1]).rates == (8, 4, 2, 1)
   with pytest.raises(ValueError, match="feature_map='softmax'"):
     _layer(feature_map="softmax")
   with pytest.raises(ValueError, match="selection='gumbel'"):
@@ -105,7 +112,7 @@ def test_bad_knobs_name_themselves():
 
 
 def test_compiled_memory_and_flops_grow_linearly():
-  layer = adamra.AdaMraAttention(num_heads=4, head_dim=16, max_length=8192, rngs=nnx.Rngs(0))
+  layer = attentions.build("adamra", num_heads=4, head_dim=16, max_length=8192, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(layer)
 
   def cost(length):

@@ -8,6 +8,7 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 
+from mra_jax import attentions
 from mra_jax.attentions import bigbird
 
 from . import sparse_testing  # pylint: disable=relative-beyond-top-level
@@ -128,8 +129,8 @@ class BigBirdAttentionTest(parameterized.TestCase):
       np.testing.assert_allclose(g, w, atol=1e-5)
 
   def test_module_pattern_fixed_per_rngs_and_not_trained(self):
-    make = lambda seed: bigbird.BigBirdAttention(
-      num_heads=H, head_dim=D, max_length=128, rngs=nnx.Rngs(seed), block_size=8
+    make = lambda seed: attentions.build(
+      "bigbird", num_heads=H, head_dim=D, max_length=128, rngs=nnx.Rngs(seed), block_size=8
     )
     layer = make(0)
     q, k, v = _qkv()
@@ -145,8 +146,8 @@ class BigBirdAttentionTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "block_size=0"):
       bigbird.bigbird_attention(q, k, v, block_size=0)
     with self.assertRaisesRegex(ValueError, "num_random_blocks=-2"):
-      bigbird.BigBirdAttention(
-        num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), num_random_blocks=-2
+      attentions.build(
+        "bigbird", num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), num_random_blocks=-2
       )
 
 

@@ -10,6 +10,7 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 
+from mra_jax import attentions
 from mra_jax.attentions import h_transformer_1d as h1d
 
 from . import sparse_testing  # pylint: disable=relative-beyond-top-level
@@ -130,8 +131,8 @@ class HTransformer1DTest(parameterized.TestCase):
       np.testing.assert_allclose(g, w, atol=1e-4)
 
   def test_module_under_nnx_jit(self):
-    layer = h1d.HTransformer1DAttention(
-      num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0), block_size=4
+    layer = attentions.build(
+      "h_transformer_1d", num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0), block_size=4
     )
     q, k, v = _qkv()
     mask = _mask()
@@ -143,8 +144,8 @@ class HTransformer1DTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "block_size=0"):
       h1d.h_transformer_1d_attention(q, k, v, block_size=0)
     with self.assertRaisesRegex(ValueError, "block_size=1.5"):
-      h1d.HTransformer1DAttention(
-        num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), block_size=1.5
+      attentions.build(
+        "h_transformer_1d", num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), block_size=1.5
       )
 
 

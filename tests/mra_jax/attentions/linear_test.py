@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mra_jax import reference
+from mra_jax import attentions, reference
 from mra_jax.attentions import (
-  linformer,
   low_rank,
   nystromformer,
   performer,
-  soft,
   softmax,
   working_layout,
 )
@@ -73,13 +71,27 @@ def test_nystromformer_error_shrinks_with_landmarks():
   assert float(err(32)) < float(err(4))
 
 
+def test_nystromformer_function_refuses_the_conv_skip_its_module_owns():
+  q, k, v = _qkv((1, 8, 2, 4))
+  with pytest.raises(ValueError, match="conv_kernel_size=3"):
+    nystromformer.nystromformer_attention(q, k, v, conv_kernel_size=3)
+  with pytest.raises(ValueError, match="pinv_iterations=0"):
+    nystromformer.nystromformer_attention(q, k, v, pinv_iterations=0)
+
+
 def test_nystromformer_conv_adds_a_depthwise_convolution_of_v():
   q, k, v = _qkv((1, 20, 2, 4))
-  plain = nystromformer.NystromformerAttention(
-    num_heads=2, head_dim=4, max_length=20, rngs=nnx.Rngs(0), num_landmarks=5
+  plain = attentions.build(
+    "nystromformer", num_heads=2, head_dim=4, max_length=20, rngs=nnx.Rngs(0), num_landmarks=5
   )
-  conv = nystromformer.NystromformerAttention(
-    num_heads=2, head_dim=4, max_length=20, rngs=nnx.Rngs(0), num_landmarks=5, conv_kernel_size=3
+  conv = attentions.build(
+    "nystromformer",
+    num_heads=2,
+    head_dim=4,
+    max_length=20,
+    rngs=nnx.Rngs(0),
+    num_landmarks=5,
+    conv_kernel_size=3,
   )
   w = np.asarray(conv.conv.weight_HxK[...])  # [H, 3]
   vp = np.pad(np.asarray(v), ((0, 0), (1, 1), (0, 0), (0, 0)))
@@ -104,21 +116,21 @@ def test_performer_error_shrinks_as_features_grow():
 
 
 def test_performer_relu_kernel_runs_and_redraw_changes_features():
-  layer = performer.PerformerAttention(
-    num_heads=2, head_dim=16, max_length=32, rngs=nnx.Rngs(0), num_features=32
+  layer = attentions.build(
+    "performer", num_heads=2, head_dim=16, max_length=32, rngs=nnx.Rngs(0), num_features=32
   )
   before = np.asarray(layer.projection[...])
   layer.redraw(nnx.Rngs(1))
   assert not np.allclose(before, layer.projection[...])
   with pytest.raises(ValueError, match="kernel_type='tanh'"):
-    performer.PerformerAttention(
-      num_heads=2, head_dim=16, max_length=32, rngs=nnx.Rngs(0), kernel_type="tanh"
+    attentions.build(
+      "performer", num_heads=2, head_dim=16, max_length=32, rngs=nnx.Rngs(0), kernel_type="tanh"
     )
 
 
 def test_linformer_short_input_equals_zero_padding_to_max_length():
-  layer = linformer.LinformerAttention(
-    num_heads=2, head_dim=8, max_length=32, rngs=nnx.Rngs(0), projection_length=8
+  layer = attentions.build(
+    "linformer", num_heads=2, head_dim=8, max_length=32, rngs=nnx.Rngs(0), projection_length=8
   )
   q, k, v = _qkv((1, 20, 2, 8))
   pad = lambda x: jnp.pad(x, ((0, 0), (0, 12), (0, 0), (0, 0)))
@@ -129,24 +141,25 @@ def test_linformer_short_input_equals_zero_padding_to_max_length():
 
 
 def test_linformer_refuses_inputs_longer_than_max_length_and_bad_knobs():
-  layer = linformer.LinformerAttention(
-    num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), projection_length=8
+  layer = attentions.build(
+    "linformer", num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), projection_length=8
   )
   q, k, v = _qkv((1, 20, 2, 8))
   with pytest.raises(ValueError, match="max_length=16"):
     layer(q, k, v)
   with pytest.raises(ValueError, match="projection_length=0"):
-    linformer.LinformerAttention(
-      num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), projection_length=0
+    attentions.build(
+      "linformer", num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), projection_length=0
     )
-  separate = linformer.LinformerAttention(
-    num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), share_kv=False
+  separate = attentions.build(
+    "linformer", num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), share_kv=False
   )
   assert separate.f_proj is not None
 
 
 def test_soft_with_every_token_a_landmark_is_gaussian_kernel_attention():
-  layer = soft.SoftAttention(
+  layer = attentions.build(
+    "soft",
     num_heads=2,
     head_dim=8,
     max_length=16,
@@ -164,15 +177,15 @@ def test_soft_with_every_token_a_landmark_is_gaussian_kernel_attention():
 
 
 def test_soft_conv_landmarks_refuse_inputs_longer_than_max_length():
-  layer = soft.SoftAttention(
-    num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), num_landmarks=4
+  layer = attentions.build(
+    "soft", num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), num_landmarks=4
   )
   q, k, v = _qkv((1, 20, 2, 8))
   with pytest.raises(ValueError, match="max_length=16"):
     layer(q, k, v)
   with pytest.raises(ValueError, match="landmark_pooling='max'"):
-    soft.SoftAttention(
-      num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), landmark_pooling="max"
+    attentions.build(
+      "soft", num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), landmark_pooling="max"
     )
 
 

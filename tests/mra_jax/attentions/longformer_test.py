@@ -8,6 +8,7 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 
+from mra_jax import attentions
 from mra_jax.attentions import longformer
 
 from . import sparse_testing  # pylint: disable=relative-beyond-top-level
@@ -103,7 +104,11 @@ class LongformerAttentionTest(parameterized.TestCase):
 
   def test_module_split_merge_under_jit(self):
     layer = longformer.LongformerAttention(
-      num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(0), window_size=8
+      longformer.LongformerKnobs(window_size=8),
+      num_heads=H,
+      head_dim=D,
+      max_length=64,
+      rngs=nnx.Rngs(0),
     )
     graphdef, state = nnx.split(layer)
     q, k, v = _qkv()
@@ -118,8 +123,8 @@ class LongformerAttentionTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "num_global_tokens=-1"):
       longformer.longformer_attention(q, k, v, num_global_tokens=-1)
     with self.assertRaisesRegex(ValueError, "window_size=0"):
-      longformer.LongformerAttention(
-        num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), window_size=0
+      attentions.build(
+        "longformer", num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), window_size=0
       )
 
 

@@ -10,6 +10,7 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 
+from mra_jax import attentions
 from mra_jax.attentions import hash_random, reformer
 
 from . import sparse_testing  # pylint: disable=relative-beyond-top-level
@@ -217,8 +218,8 @@ class ReformerAttentionTest(parameterized.TestCase):
       np.testing.assert_allclose(g, w, atol=1e-4)
 
   def test_module_fixed_rotations_not_trained(self):
-    make = lambda seed: reformer.ReformerAttention(
-      num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(seed), chunk_length=8
+    make = lambda seed: attentions.build(
+      "reformer", num_heads=H, head_dim=D, max_length=64, rngs=nnx.Rngs(seed), chunk_length=8
     )
     layer = make(0)
     self.assertEqual(nnx.state(layer, nnx.Param), nnx.State({}))
@@ -236,8 +237,8 @@ class ReformerAttentionTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "chunk_length=0"):
       reformer.reformer_attention(q, k, v, chunk_length=0)
     with self.assertRaisesRegex(ValueError, "num_hashes=0"):
-      reformer.ReformerAttention(
-        num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), num_hashes=0
+      attentions.build(
+        "reformer", num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), num_hashes=0
       )
 
 

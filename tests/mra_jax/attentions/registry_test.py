@@ -5,7 +5,9 @@ test failure. Each method is built once and its checks run in one jitted program
 op-by-op dispatch would dominate the test time).
 """
 
+import dataclasses
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mra_jax import attentions
+from mra_jax import attentions, knobs
 
 B, L, H, D = 2, 48, 2, 16
 ALL = (
@@ -95,7 +97,10 @@ def test_unknown_name_lists_the_names():
 
 
 def test_unknown_knob_names_it_and_the_allowed_ones():
-  with pytest.raises(ValueError, match=r"\['num_landmark'\].*num_landmarks"):
+  with pytest.raises(
+    ValueError,
+    match=r"'num_landmark' \(did you mean 'num_landmarks'\?\); known: \[.*'num_landmarks'",
+  ):
     attentions.build(
       "nystromformer", num_heads=2, head_dim=8, max_length=8, rngs=nnx.Rngs(0), num_landmark=4
     )
@@ -113,6 +118,47 @@ def test_knob_defaults_are_the_paper_configs():
   assert attentions.knob_defaults("mra2")["block_per_row"] == 8
   assert attentions.knob_defaults("mra2")["num_blocks"] is None
   assert attentions.knob_defaults("softmax") == {}
+
+
+# What a command-line parser can set (the LRA configs build their flags from knob_types).
+_SETTABLE_TYPES = (bool, int, float, str, tuple)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_knobs_are_a_frozen_documented_typed_dataclass(name):
+  cls = attentions.knobs_class(name)
+  assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls
+  # Every field, pinned ones included, has its entry in the class's `Attributes:`.
+  undocumented = set(knobs.names(cls)) - {k for k, v in knobs.docs(cls).items() if v}
+  assert not undocumented, f"{cls.__name__} does not document {sorted(undocumented)}"
+  defaults, docs, types = (
+    attentions.knob_defaults(name),
+    attentions.knob_docs(name),
+    attentions.knob_types(name),
+  )
+  assert set(docs) == set(types) == set(defaults)
+  for knob, default in defaults.items():
+    assert docs[knob], (name, knob)
+    assert types[knob] in _SETTABLE_TYPES, (name, knob, types[knob])
+    if default is not None:
+      assert isinstance(default, types[knob]), (name, knob, default, types[knob])
+  if defaults:  # Frozen: a built module's knobs cannot change under it.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+      setattr(attentions.make_knobs(name), next(iter(defaults)), None)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_modules_take_the_knobs_then_the_shape_keywords(name):
+  params = list(inspect.signature(attentions.module_class(name).__init__).parameters.values())
+  assert [p.name for p in params] == [
+    "self",
+    "knobs",
+    "num_heads",
+    "head_dim",
+    "max_length",
+    "rngs",
+  ], name
+  assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:]), name
 
 
 @pytest.mark.parametrize("name", ALL)

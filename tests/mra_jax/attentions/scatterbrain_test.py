@@ -8,6 +8,7 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 
+from mra_jax import attentions
 from mra_jax.attentions import scatterbrain as sb
 
 from . import sparse_testing  # pylint: disable=relative-beyond-top-level
@@ -139,7 +140,9 @@ class ScatterbrainTest(parameterized.TestCase):
       np.testing.assert_allclose(g, w, atol=1e-4)
 
   def test_module_owns_fixed_features(self):
-    layer = sb.ScatterbrainAttention(num_heads=H, head_dim=32, max_length=64, rngs=nnx.Rngs(0))
+    layer = attentions.build(
+      "scatterbrain", num_heads=H, head_dim=32, max_length=64, rngs=nnx.Rngs(0)
+    )
     self.assertEqual(layer.projection[...].shape, (110, 32))  # int(32 ln 32) features.
     self.assertEqual(nnx.state(layer, nnx.Param), nnx.State({}))
     q, k, v = (jnp.concatenate([x] * 4, axis=-1) for x in _qkv())
@@ -154,8 +157,8 @@ class ScatterbrainTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "projection.shape="):
       sb.scatterbrain_attention(q, k, v, projection=_P[:, :4])
     with self.assertRaisesRegex(ValueError, "num_features=0"):
-      sb.ScatterbrainAttention(
-        num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), num_features=0
+      attentions.build(
+        "scatterbrain", num_heads=H, head_dim=D, max_length=8, rngs=nnx.Rngs(0), num_features=0
       )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mra_jax import attentions
 from mra_jax.attentions import working_layout, yoso
 
 
@@ -101,11 +102,17 @@ def test_expectation_backward_is_the_expectation_gradient():
 
 def test_redraw_and_knob_errors():
   # The registry test's shape: the jitted draw is already compiled.
-  layer = yoso.YosoAttention(num_heads=2, head_dim=16, max_length=16, rngs=nnx.Rngs(0), num_hash=4)
+  layer = attentions.build(
+    "yoso", num_heads=2, head_dim=16, max_length=16, rngs=nnx.Rngs(0), num_hash=4
+  )
   before = np.asarray(layer.planes[...])
   layer.redraw(nnx.Rngs(1))
   assert not np.allclose(before, layer.planes[...])
   with pytest.raises(ValueError, match="hash_code_len=0"):
-    yoso.YosoAttention(num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), hash_code_len=0)
+    attentions.build(
+      "yoso", num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), hash_code_len=0
+    )
   with pytest.raises(ValueError, match="backward='exact'"):
-    yoso.YosoAttention(num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), backward="exact")
+    attentions.build(
+      "yoso", num_heads=2, head_dim=8, max_length=16, rngs=nnx.Rngs(0), backward="exact"
+    )
