@@ -31,6 +31,7 @@ from jax.sharding import SingleDeviceSharding
 
 from pallas_kernels import compile_only
 from pallas_kernels.block_sparse_attention import api, base, pallas_triton
+from pallas_kernels.block_sparse_attention.pallas_triton import PallasTriton
 
 KERNEL_PREFIX = "mra_block_sparse_"
 
@@ -70,9 +71,7 @@ def op_forward(block_size: int, precision: str | None):
   return lambda *args: api.block_sparse_attention(
     *args,
     block_size=block_size,
-    implementation="pallas_triton",
-    precision=precision,
-    interpret=False,
+    implementation=PallasTriton(precision=precision, interpret=False),
   )
 
 

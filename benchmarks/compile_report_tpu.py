@@ -63,17 +63,17 @@ def kernel_operands(kernel, *, B, H, L, D, block_size, dtype):
 
 
 def build_call(kernel, *, B, H, L, D, block_size, dtype, vmem_limit_bytes=None):
-  options = dict(
+  static = common.Static(
     num_heads=H,
     block_size=block_size,
     scale=D**-0.5,
+    eps=1e-6,
+    index_chunk=common.INDEX_CHUNK,
     interpret=False,
-    vmem_limit_bytes=vmem_limit_bytes,
   )
   shape = (B * H, L, L, D, dtype)
-  if kernel == "forward":
-    return tpu_fwd.forward_call(*shape, eps=1e-6, **options)
-  return (tpu_vjp.dq_call if kernel == "dq" else tpu_vjp.dkv_call)(*shape, **options)
+  call = {"forward": tpu_fwd.forward_call, "dq": tpu_vjp.dq_call, "dkv": tpu_vjp.dkv_call}
+  return call[kernel](*shape, static=static, vmem_limit_bytes=vmem_limit_bytes)
 
 
 def compile_kernel(chip, kernel, *, vmem_limit_bytes=None, **config):

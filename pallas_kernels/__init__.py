@@ -12,7 +12,12 @@ from pallas_kernels.block_sparse_attention import DEFAULT_EPS as DEFAULT_EPS
 from pallas_kernels.block_sparse_attention import DEFAULT_F32_PRECISION as DEFAULT_F32_PRECISION
 from pallas_kernels.block_sparse_attention import F32_PRECISIONS as F32_PRECISIONS
 from pallas_kernels.block_sparse_attention import IMPLEMENTATIONS as IMPLEMENTATIONS
+from pallas_kernels.block_sparse_attention import Implementation as Implementation
+from pallas_kernels.block_sparse_attention import PallasMosaicTpu as PallasMosaicTpu
+from pallas_kernels.block_sparse_attention import PallasTriton as PallasTriton
+from pallas_kernels.block_sparse_attention import Reference as Reference
 from pallas_kernels.block_sparse_attention import TileViews as TileViews
+from pallas_kernels.block_sparse_attention import XlaChunked as XlaChunked
 from pallas_kernels.block_sparse_attention import block_sparse_attention as block_sparse_attention
 from pallas_kernels.block_sparse_attention import (
   block_sparse_attention_reference as block_sparse_attention_reference,

@@ -1,12 +1,16 @@
 """Block-sparse attention from an initial online-softmax state: one op, peer implementations.
 
-`base` states the contract (maths, input check, one-shot `jnp` reference); `api` is the
-entry point, choosing among the peers by name:
+`base` states the contract (maths, input check, one-shot `jnp` reference, and
+`Implementation`, the frozen dataclass every peer is, its options as fields); `api` is the
+entry point, checking the arrays once and choosing among the peers by name or instance:
 
-* `xla_chunked`: chunked pure `jnp` with a flash-style VJP (CPUs, and anywhere else);
-* `pallas_triton` with `pallas_triton_vjp`: Pallas kernels lowered through Triton (GPU);
-* `pallas_mosaic_tpu` with `pallas_mosaic_tpu_vjp`: Pallas kernels lowered through Mosaic,
-  indices by scalar prefetch (TPU).
+* `base.Reference`: the one-shot reference (tests);
+* `xla_chunked.XlaChunked`: chunked pure `jnp` with a flash-style VJP (CPUs, and anywhere
+  else);
+* `pallas_triton.PallasTriton` with `pallas_triton_vjp` and `_common`: Pallas kernels
+  lowered through Triton (GPU);
+* `pallas_mosaic_tpu.PallasMosaicTpu` with `pallas_mosaic_tpu_vjp` and `_common`: Pallas
+  kernels lowered through Mosaic, tiles streamed by DMA (TPU).
 
 `index_views` builds the row (CSR) and column views of a tile pattern that the Pallas
 kernels walk. The peers share the contract and its tests, not kernel code. A Mosaic GPU
@@ -23,6 +27,8 @@ from pallas_kernels.block_sparse_attention.api import (
 )
 from pallas_kernels.block_sparse_attention.base import DEFAULT_EPS as DEFAULT_EPS
 from pallas_kernels.block_sparse_attention.base import MASK_VALUE as MASK_VALUE
+from pallas_kernels.block_sparse_attention.base import Implementation as Implementation
+from pallas_kernels.block_sparse_attention.base import Reference as Reference
 from pallas_kernels.block_sparse_attention.base import (
   block_sparse_attention_reference as block_sparse_attention_reference,
 )
@@ -31,7 +37,12 @@ from pallas_kernels.block_sparse_attention.index_views import TileViews as TileV
 from pallas_kernels.block_sparse_attention.index_views import (
   build_tile_views as build_tile_views,
 )
+from pallas_kernels.block_sparse_attention.pallas_mosaic_tpu import (
+  PallasMosaicTpu as PallasMosaicTpu,
+)
 from pallas_kernels.block_sparse_attention.pallas_triton import (
   DEFAULT_F32_PRECISION as DEFAULT_F32_PRECISION,
 )
 from pallas_kernels.block_sparse_attention.pallas_triton import F32_PRECISIONS as F32_PRECISIONS
+from pallas_kernels.block_sparse_attention.pallas_triton import PallasTriton as PallasTriton
+from pallas_kernels.block_sparse_attention.xla_chunked import XlaChunked as XlaChunked

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import dataclasses
 
 import jax
 
@@ -16,39 +15,79 @@ from pallas_kernels.block_sparse_attention import (
   xla_chunked,
 )
 
-# Name -> implementation: a function with `block_sparse_attention_reference`'s signature
-# (the Pallas ones also take `interpret=`). All are held to the same contract tests.
-# A Mosaic GPU implementation ("pallas_mosaic_gpu": the Triton lowering is deprecated from
-# jax 0.11) belongs here as one more peer; "auto" would then pick it on GPUs it supports.
-IMPLEMENTATIONS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
-  "reference": base.block_sparse_attention_reference,
-  "xla_chunked": xla_chunked.xla_chunked_block_sparse_attention,
-  "pallas_triton": pallas_triton.pallas_triton_block_sparse_attention,
-  "pallas_mosaic_tpu": pallas_mosaic_tpu.pallas_mosaic_tpu_block_sparse_attention,
+# Name -> the implementation with its default options. All are held to the same contract
+# tests. A Mosaic GPU implementation ("pallas_mosaic_gpu": the Triton lowering is deprecated
+# from jax 0.11) belongs here as one more peer; "auto" would then pick it on GPUs it supports.
+IMPLEMENTATIONS: dict[str, base.Implementation] = {
+  "reference": base.Reference(),
+  "xla_chunked": xla_chunked.XlaChunked(),
+  "pallas_triton": pallas_triton.PallasTriton(),
+  "pallas_mosaic_tpu": pallas_mosaic_tpu.PallasMosaicTpu(),
 }
-# Implementations whose kernels can run in Pallas interpret mode (they take `interpret=`).
-INTERPRETABLE = ("pallas_triton", "pallas_mosaic_tpu")
-# Implementations that take `precision=` (a float32 dot precision, `pallas_triton.F32_PRECISIONS`).
-# The others compute float32 inputs at the platform's float32 dot precision and refuse one.
-TAKES_PRECISION = ("pallas_triton",)
-# "auto" on each platform (jax's default backend); xla_chunked anywhere else.
+# The names of those that take `precision=` (a float32 dot precision); the others compute
+# float32 inputs at the platform's float32 dot precision and refuse one.
+TAKES_PRECISION = tuple(name for name, impl in IMPLEMENTATIONS.items() if impl.TAKES_PRECISION)
+# "auto" on each platform; xla_chunked anywhere else. Compile-only GPU devices say "gpu",
+# lowering platforms and abstract devices "cuda" / "rocm".
 _AUTO = {"gpu": "pallas_triton", "cuda": "pallas_triton", "rocm": "pallas_triton"}
 _AUTO["tpu"] = "pallas_mosaic_tpu"
 
 
-def resolve_implementation(implementation: str) -> str:
+def platform_of(x: jax.Array) -> str:
+  """The platform `x` lives on, as far as tracing can tell.
+
+  A concrete array: its devices'. A traced one: the device kind of the mesh in sight (the
+  mesh `x` is committed to, else the mesh context, as with compile-only devices on a mesh),
+  else jax's default backend. A traced array placed on one device shows no device while
+  tracing: a program compiled for another platform from there (ahead of time, on a
+  single device) must name its implementation or put the mesh in sight.
+  """
+  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+    return next(iter(x.sharding.device_set)).platform
+  mesh = jax.typeof(x).sharding.mesh
+  if mesh.empty:
+    mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
+def resolve_implementation(
+  implementation: str | base.Implementation, platform: str | None = None
+) -> str:
   """The implementation name `implementation` stands for ("auto" made concrete).
 
+  Args:
+    implementation: "auto", a key of `IMPLEMENTATIONS`, or an implementation instance.
+    platform: where "auto" runs ("gpu", "tpu", "cpu", ...); None: jax's default backend.
+
   Raises:
-    ValueError: `implementation` is neither "auto" nor a key of `IMPLEMENTATIONS`.
+    ValueError: `implementation` is none of these.
   """
+  if isinstance(implementation, base.Implementation):
+    return implementation.NAME
   if implementation == "auto":
-    return _AUTO.get(jax.default_backend(), "xla_chunked")
-  if implementation not in IMPLEMENTATIONS:
+    return _AUTO.get(platform or jax.default_backend(), "xla_chunked")
+  if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
     raise ValueError(
-      f"implementation must be 'auto' or one of {tuple(IMPLEMENTATIONS)}, got {implementation=}"
+      f"implementation must be 'auto', one of {tuple(IMPLEMENTATIONS)} or a "
+      f"base.Implementation, got {implementation=}"
     )
   return implementation
+
+
+def _implementation(implementation, precision, q) -> base.Implementation:
+  """The instance that runs: `implementation` resolved on q's platform, with `precision`."""
+  if not isinstance(implementation, base.Implementation):
+    platform = platform_of(q) if implementation == "auto" else None
+    implementation = IMPLEMENTATIONS[resolve_implementation(implementation, platform)]
+  if precision is None:
+    return implementation
+  if not implementation.TAKES_PRECISION:
+    raise ValueError(
+      f"precision applies to {TAKES_PRECISION} only, got {precision=} for "
+      f"implementation={implementation.NAME!r}"
+    )
+  return dataclasses.replace(implementation, precision=precision)
 
 
 def block_sparse_attention(
@@ -64,13 +103,13 @@ def block_sparse_attention(
   block_size: int,
   scale: float | None = None,
   eps: float = base.DEFAULT_EPS,
-  implementation: str = "auto",
+  implementation: str | base.Implementation = "auto",
   precision: str | None = None,
-  interpret: Any = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Block-sparse attention from an initial online-softmax state (maths in `base`).
 
-  Differentiable in q, k, v, l0 and acc0; m0, tile_ids and key_valid get no gradient.
+  Differentiable in q, k, v, l0 and acc0; m0, tile_ids and key_valid get no gradient. The
+  arrays are checked here, once, before the implementation (and any sharding) sees them.
 
   Args:
     q_BxHxLqxD: queries, float32 / bfloat16 / float16; Lq a multiple of `block_size`.
@@ -87,27 +126,25 @@ def block_sparse_attention(
     scale: logit scale; default `1 / sqrt(D)`.
     eps: added to the normaliser (the published code's 1e-6).
     implementation: "auto" ("pallas_triton" on GPU, "pallas_mosaic_tpu" on TPU,
-      "xla_chunked" elsewhere) or a key of `IMPLEMENTATIONS`: "reference" (one shot of
-      pure jnp, for tests), "xla_chunked" (chunked jnp with a flash-style VJP, for CPUs),
-      "pallas_triton" (GPU) or "pallas_mosaic_tpu" (TPU).
-    precision: "pallas_triton" only: the float32 inputs' dot precision, one of
-      `pallas_triton.F32_PRECISIONS` ("bf16x3", "float32", "tf32x3", "tf32", "bf16"); None is
-      its default, "bf16x3". Half-precision inputs ignore it. The other implementations
-      take only None.
-    interpret: Pallas implementations only. None: interpret mode where jax's default
-      backend is not the implementation's device; a bool; for "pallas_mosaic_tpu" also a
-      `pltpu.InterpretParams` (TPU interpret mode).
+      "xla_chunked" elsewhere, by `platform_of(q)`), a key of `IMPLEMENTATIONS` (its default
+      options): "reference" (one shot of pure jnp, for tests), "xla_chunked" (chunked jnp
+      with a flash-style VJP, for CPUs), "pallas_triton" (GPU) or "pallas_mosaic_tpu"
+      (TPU); or an implementation with its own options, e.g.
+      `pallas_triton.PallasTriton(precision="tf32x3", interpret=True)`.
+    precision: for implementations that take one (`TAKES_PRECISION`: "pallas_triton"), the
+      float32 inputs' dot precision, one of `pallas_triton.F32_PRECISIONS` ("bf16x3",
+      "float32", "tf32x3", "tf32", "bf16"); it replaces the implementation's own. None keeps
+      the implementation's (by default "bf16x3"). Half-precision inputs ignore it.
 
   Returns:
     `(out_BxHxLqxD, lse_BxHxLq)`, both float32 whatever q's dtype (the caller combines them
     with other float32 terms; cast afterwards).
 
   Raises:
-    ValueError: on an unknown implementation, `precision` or `interpret` given to one that does not
-      interpret, bad shapes or dtypes, or a block size the implementation cannot take; all
-      before any kernel is built.
+    ValueError: on an unknown implementation, a `precision` for one that takes none, bad
+      shapes or dtypes, or a block size the implementation cannot take; all before any
+      kernel is built.
   """
-  name = resolve_implementation(implementation)
   args = (
     q_BxHxLqxD,
     k_BxHxLkxD,
@@ -118,17 +155,8 @@ def block_sparse_attention(
     l0_BxHxLq,
     acc0_BxHxLqxD,
   )
-  options = dict(block_size=block_size, scale=scale, eps=eps)
-  if name in INTERPRETABLE:
-    options["interpret"] = interpret
-  elif interpret is not None:
-    raise ValueError(
-      f"interpret applies to {INTERPRETABLE} only, got {interpret=} for implementation={name!r}"
-    )
-  if name in TAKES_PRECISION:
-    options["precision"] = precision
-  elif precision is not None:
-    raise ValueError(
-      f"precision applies to {TAKES_PRECISION} only, got {precision=} for implementation={name!r}"
-    )
-  return sharding.run_per_shard(IMPLEMENTATIONS[name], args, options, kernel=name in INTERPRETABLE)
+  run = _implementation(implementation, precision, q_BxHxLqxD)
+  base.check_inputs(*args, block_size=block_size, implementation=run)
+  scale = q_BxHxLqxD.shape[-1] ** -0.5 if scale is None else float(scale)
+  options = dict(block_size=block_size, scale=scale, eps=float(eps))
+  return sharding.run_per_shard(run, args, options)

@@ -24,12 +24,17 @@ low-resolution term here, MRA-2-s passes an empty state, m0 = -inf):
 
 `block_sparse_attention_reference` states this contract in one shot of pure `jnp` (float32,
 every selected tile gathered at once); every implementation is tested against it.
+
+`Implementation` is what every peer is: a frozen dataclass whose fields are its own options
+(checked once, when it is built), called on arrays that `check_inputs` has already passed
+(`api.block_sparse_attention` checks them once, before any sharding or kernel).
 """
 # pylint: disable=invalid-name
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +76,58 @@ def argument_shapes(
   )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Implementation:
+  """One peer implementation of the op: a frozen dataclass whose fields are its options.
+
+  A subclass checks its fields once, in `__post_init__`, and implements `__call__` on arrays
+  that `check_inputs` has passed. Class data says what it takes:
+
+  Attributes:
+    NAME: its key in `api.IMPLEMENTATIONS`, for messages.
+    BLOCK_SIZES: the block sizes it takes; None: any positive size dividing the lengths.
+    TAKES_PRECISION: whether it has a `precision` field (a float32 dot precision name).
+    ON_AUTO_AXES: how `sharding.run_per_shard` runs it on a mesh with Auto axes: "xla"
+      (plain XLA ops: XLA's partitioner splits them), "custom_partitioning" (kernels XLA
+      cannot see into: one call per shard, split as XLA's partitioner says) or "shard_map"
+      (kernels that `custom_partitioning` cannot reach, as Mosaic TPU's: a `shard_map` with
+      data-parallel specs assumed).
+  """
+
+  NAME: ClassVar[str] = ""
+  BLOCK_SIZES: ClassVar[tuple[int, ...] | None] = None
+  TAKES_PRECISION: ClassVar[bool] = False
+  ON_AUTO_AXES: ClassVar[str] = "xla"
+
+  def __call__(
+    self,
+    q_BxHxLqxD: jax.Array,
+    k_BxHxLkxD: jax.Array,
+    v_BxHxLkxD: jax.Array,
+    tile_ids_BxHxK: jax.Array,
+    key_valid_BxLk: jax.Array,
+    m0_BxHxLq: jax.Array,
+    l0_BxHxLq: jax.Array,
+    acc0_BxHxLqxD: jax.Array,
+    *,
+    block_size: int,
+    scale: float,
+    eps: float,
+  ) -> tuple[jax.Array, jax.Array]:
+    """`(out_BxHxLqxD, lse_BxHxLq)`, float32, on arrays `check_inputs` has passed.
+
+    Differentiable in q, k, v, l0 and acc0. `scale` is resolved (a float), `block_size` one
+    of `BLOCK_SIZES`. Call it through `api.block_sparse_attention`, which checks the arrays.
+    """
+    raise NotImplementedError
+
+
+def check_int_option(name: str, value, *, minimum: int) -> None:
+  """Raises ValueError naming `name` unless `value` is an int (not a bool) >= `minimum`."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
+
+
 def check_inputs(
   q_BxHxLqxD,
   k_BxHxLkxD,
@@ -82,23 +139,22 @@ def check_inputs(
   acc0_BxHxLqxD,
   *,
   block_size: int,
-  block_sizes: Sequence[int] | None = None,
-  implementation: str = "",
+  implementation: Implementation,
 ) -> None:
   """Raises ValueError naming the first bad argument; runs before any kernel is built.
 
   Args:
     q_BxHxLqxD ... acc0_BxHxLqxD: the op's arrays (see the module doc).
     block_size: tile side; the lengths must be multiples of it.
-    block_sizes: the block sizes `implementation` accepts; None: any positive size.
-    implementation: the implementation's name, for the message.
+    implementation: the implementation that will run (its block sizes and name).
   """
   q, k, v = q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD
   if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
     raise ValueError(f"block_size must be a positive integer, got {block_size=}")
+  block_sizes, name = implementation.BLOCK_SIZES, implementation.NAME
   if block_sizes is not None and block_size not in block_sizes:
     raise ValueError(
-      f"block_size must be one of {tuple(block_sizes)} for {implementation=}, got {block_size=}"
+      f"block_size must be one of {block_sizes} for implementation={name!r}, got {block_size=}"
     )
   if q.ndim != 4:
     raise ValueError(f"q_BxHxLqxD must be rank 4, got {q.shape=}")
@@ -244,22 +300,46 @@ def block_sparse_attention_reference(
     l0_BxHxLq,
     acc0_BxHxLqxD,
   )
-  check_inputs(*args, block_size=block_size, implementation="reference")
-  D = q_BxHxLqxD.shape[-1]
-  scale = D**-0.5 if scale is None else scale
-  f32 = lambda x: jnp.asarray(x, jnp.float32)
-  one_head = lambda q, k, v, ids, valid, m0, l0, acc0: _one_head_reference(
-    q, k, v, ids, valid, m0, l0, acc0, block_size=block_size, scale=scale, eps=eps
-  )
-  # heads share the key mask; batch elements share nothing.
-  per_batch = jax.vmap(one_head, in_axes=(0, 0, 0, 0, None, 0, 0, 0))
-  return jax.vmap(per_batch)(
-    f32(q_BxHxLqxD),
-    f32(k_BxHxLkxD),
-    f32(v_BxHxLkxD),
+  reference = Reference()
+  check_inputs(*args, block_size=block_size, implementation=reference)
+  scale = q_BxHxLqxD.shape[-1] ** -0.5 if scale is None else float(scale)
+  return reference(*args, block_size=block_size, scale=scale, eps=float(eps))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Reference(Implementation):
+  """The one-shot `jnp` reference as an implementation (no options; any block size)."""
+
+  NAME: ClassVar[str] = "reference"
+
+  def __call__(
+    self,
+    q_BxHxLqxD,
+    k_BxHxLkxD,
+    v_BxHxLkxD,
     tile_ids_BxHxK,
-    key_valid_BxLk.astype(bool),
-    f32(m0_BxHxLq),
-    f32(l0_BxHxLq),
-    f32(acc0_BxHxLqxD),
-  )
+    key_valid_BxLk,
+    m0_BxHxLq,
+    l0_BxHxLq,
+    acc0_BxHxLqxD,
+    *,
+    block_size: int,
+    scale: float,
+    eps: float,
+  ) -> tuple[jax.Array, jax.Array]:
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    one_head = lambda q, k, v, ids, valid, m0, l0, acc0: _one_head_reference(
+      q, k, v, ids, valid, m0, l0, acc0, block_size=block_size, scale=scale, eps=eps
+    )
+    # heads share the key mask; batch elements share nothing.
+    per_batch = jax.vmap(one_head, in_axes=(0, 0, 0, 0, None, 0, 0, 0))
+    return jax.vmap(per_batch)(
+      f32(q_BxHxLqxD),
+      f32(k_BxHxLkxD),
+      f32(v_BxHxLkxD),
+      tile_ids_BxHxK,
+      key_valid_BxLk.astype(bool),
+      f32(m0_BxHxLq),
+      f32(l0_BxHxLq),
+      f32(acc0_BxHxLqxD),
+    )

@@ -17,7 +17,9 @@ in `pallas_mosaic_tpu_vjp`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -119,21 +121,22 @@ def _forward_kernel(
 _ACC0_OPERAND = 8
 
 
-def forward_call(
-  G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, eps, interpret, vmem_limit_bytes=None
-):
-  """The forward `pallas_call` on the `(G, L, D)` layouts (see `_forward` for operands)."""
-  bs, Nq = block_size, Lq // block_size
+def forward_call(G, Lq, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=None):
+  """The forward `pallas_call` on the `(G, L, D)` layouts (see `_forward` for operands).
+
+  `static.interpret` must be resolved (not None): `common.call` does that.
+  """
+  bs, Nq = static.block_size, Lq // static.block_size
   del Lk
   row_blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
   rows = common.row_block_spec(bs)
   hbm = pl.BlockSpec(memory_space=pl.ANY)
   kernel = functools.partial(
     _forward_kernel,
-    num_heads=num_heads,
+    num_heads=static.num_heads,
     block_size=bs,
-    scale=scale,
-    eps=eps,
+    scale=static.scale,
+    eps=static.eps,
     precision=common.precision_for(dtype),
   )
   return pl.pallas_call(
@@ -146,7 +149,7 @@ def forward_call(
     in_specs=[hbm, hbm, row_blk(D), hbm, hbm, hbm, rows, rows, row_blk(D)],
     out_specs=(row_blk(D), rows),
     scratch_shapes=[
-      *common.index_scratch_shapes(),
+      *common.index_scratch_shapes(static.index_chunk),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, 1, bs), jnp.float32),
@@ -156,7 +159,7 @@ def forward_call(
     # writes that block's out, and nothing reads acc0 afterwards (the VJP does not keep
     # it). One float32 B x H x Lq x D array less: 3 GiB at B=8, H=12, L=65536, D=64.
     input_output_aliases={_ACC0_OPERAND: 0},
-    interpret=interpret,
+    interpret=static.interpret,
     compiler_params=pltpu.CompilerParams(
       dimension_semantics=("parallel", "parallel"),
       vmem_limit_bytes=vmem_limit_bytes or VMEM_LIMIT_BYTES,
@@ -165,26 +168,13 @@ def forward_call(
   )
 
 
-def _forward(
-  q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
-):
+def _forward(q, k, v, views, kmask_tiles, m0, l0, acc0, static: common.Static):
   """Launches the forward kernel on the `(G, L, D)` layouts; returns `(out, lse)` float32."""
   G, Lq, D = q.shape
-  build = lambda interp: forward_call(
-    G,
-    Lq,
-    k.shape[1],
-    D,
-    q.dtype,
-    num_heads=num_heads,
-    block_size=block_size,
-    scale=scale,
-    eps=eps,
-    interpret=interp,
-  )
+  build = lambda st: forward_call(G, Lq, k.shape[1], D, q.dtype, static=st)
   operands = (
     common.offsets_by_program(views.row_ptr_GxNq1),
-    common.chunked_indices(views.cols_by_row_GxK),
+    common.chunked_indices(views.cols_by_row_GxK, static.index_chunk),
     q,
     k,
     v,
@@ -193,65 +183,54 @@ def _forward(
     l0,
     acc0,
   )
-  return common.call(build, operands, interpret)
+  return common.call(static, build, operands)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12))
-def _attention(
-  q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
-):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _attention(q, k, v, views, kmask_tiles, m0, l0, acc0, static):
   """The op on the kernel layouts (leading axis G = B * H); see `_attention_fwd`."""
-  return _forward(
-    q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
-  )
+  return _forward(q, k, v, views, kmask_tiles, m0, l0, acc0, static)
 
 
-def _attention_fwd(
-  q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
-):
-  out, lse = _forward(
-    q, k, v, views, kmask_tiles, m0, l0, acc0, num_heads, block_size, scale, eps, interpret
-  )
+def _attention_fwd(q, k, v, views, kmask_tiles, m0, l0, acc0, static):
+  out, lse = _forward(q, k, v, views, kmask_tiles, m0, l0, acc0, static)
   return (out, lse), (q, k, v, views, kmask_tiles, m0, out, lse)
 
 
 _attention.defvjp(_attention_fwd, pallas_mosaic_tpu_vjp.attention_bwd)
 
 
-def pallas_mosaic_tpu_block_sparse_attention(
-  q_BxHxLqxD: jax.Array,
-  k_BxHxLkxD: jax.Array,
-  v_BxHxLkxD: jax.Array,
-  tile_ids_BxHxK: jax.Array,
-  key_valid_BxLk: jax.Array,
-  m0_BxHxLq: jax.Array,
-  l0_BxHxLq: jax.Array,
-  acc0_BxHxLqxD: jax.Array,
-  *,
-  block_size: int,
-  scale: float | None = None,
-  eps: float = base.DEFAULT_EPS,
-  interpret: bool | pltpu.InterpretParams | None = None,
-) -> tuple[jax.Array, jax.Array]:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PallasMosaicTpu(base.Implementation):
   """Block-sparse attention from an initial softmax state, as Pallas Mosaic TPU kernels.
 
-  Arguments and results as `base.block_sparse_attention_reference`, with `block_size` in
-  `BLOCK_SIZES`. Differentiable (custom VJP) in q, k, v, l0 and acc0.
+  Block sizes `BLOCK_SIZES`. Differentiable (custom VJP) in q, k, v, l0 and acc0.
 
-  Args:
-    q_BxHxLqxD ... eps: as `base.block_sparse_attention_reference`.
+  Attributes:
+    index_chunk: tile indices a program holds in SMEM at once (its tile list is read from
+      HBM in chunks of this size): 128 (512 bytes) by default; smaller values are for tests
+      of rows that cross chunks.
     interpret: None (the compiled kernels where the program is lowered for TPU, interpret
-      mode elsewhere, decided at lowering), a bool, or a
-      `pltpu.InterpretParams` (TPU interpret mode: simulated memories, DMAs and
-      output-revisit checks).
-
-  Returns:
-    `(out_BxHxLqxD, lse_BxHxLq)`, both float32 whatever q's dtype.
-
-  Raises:
-    ValueError: on bad shapes, dtypes, block size or `interpret`, before any kernel is built.
+      mode elsewhere, decided at lowering), a bool, or a `pltpu.InterpretParams` (TPU
+      interpret mode: simulated memories, DMAs and output-revisit checks).
   """
-  args = (
+
+  NAME: ClassVar[str] = "pallas_mosaic_tpu"
+  BLOCK_SIZES: ClassVar[tuple[int, ...]] = BLOCK_SIZES
+  ON_AUTO_AXES: ClassVar[str] = "shard_map"
+  index_chunk: int = common.INDEX_CHUNK
+  interpret: bool | pltpu.InterpretParams | None = None
+
+  def __post_init__(self):
+    base.check_int_option("index_chunk", self.index_chunk, minimum=1)
+    if self.interpret is not None and not isinstance(self.interpret, (bool, pltpu.InterpretParams)):
+      raise ValueError(
+        f"interpret must be None, a bool or a pltpu.InterpretParams for pallas_mosaic_tpu, got "
+        f"interpret={self.interpret!r}"
+      )
+
+  def __call__(
+    self,
     q_BxHxLqxD,
     k_BxHxLkxD,
     v_BxHxLkxD,
@@ -260,39 +239,38 @@ def pallas_mosaic_tpu_block_sparse_attention(
     m0_BxHxLq,
     l0_BxHxLq,
     acc0_BxHxLqxD,
-  )
-  base.check_inputs(
-    *args, block_size=block_size, block_sizes=BLOCK_SIZES, implementation="pallas_mosaic_tpu"
-  )
-  if interpret is not None and not isinstance(interpret, (bool, pltpu.InterpretParams)):
-    raise ValueError(
-      f"interpret must be None, a bool or a pltpu.InterpretParams for pallas_mosaic_tpu, got "
-      f"{interpret=}"
+    *,
+    block_size: int,
+    scale: float,
+    eps: float,
+  ) -> tuple[jax.Array, jax.Array]:
+    B, H, Lq, D = q_BxHxLqxD.shape
+    Lk = k_BxHxLkxD.shape[2]
+    G, Nq, Nk = B * H, Lq // block_size, Lk // block_size
+    static = common.Static(
+      num_heads=H,
+      block_size=block_size,
+      scale=float(scale),
+      eps=float(eps),
+      index_chunk=self.index_chunk,
+      interpret=self.interpret,
     )
-  B, H, Lq, D = q_BxHxLqxD.shape
-  Lk = k_BxHxLkxD.shape[2]
-  G, Nq, Nk = B * H, Lq // block_size, Lk // block_size
-  scale = D**-0.5 if scale is None else float(scale)
-  f32 = lambda x: jnp.asarray(x, jnp.float32)
-  views = index_views.build_tile_views(
-    tile_ids_BxHxK.reshape(G, -1), num_q_blocks=Nq, num_k_blocks=Nk
-  )
-  valid = jax.lax.stop_gradient(key_valid_BxLk.astype(jnp.float32))
-  # Per-query vectors as (1, bs) rows of each query block (`common.row_to_column`).
-  as_rows = lambda x_BxHxLq: x_BxHxLq.reshape(G, Nq, 1, block_size)
-  out_GxLqxD, lse_GxNqx1xBs = _attention(
-    (q_BxHxLqxD.reshape(G, Lq, D)),
-    (k_BxHxLkxD.reshape(G, Lk, D)),
-    (v_BxHxLkxD.reshape(G, Lk, D)),
-    views,
-    valid.reshape(B, Nk, 1, block_size),
-    as_rows(jax.lax.stop_gradient(f32(m0_BxHxLq))),
-    as_rows(f32(l0_BxHxLq)),
-    (f32(acc0_BxHxLqxD).reshape(G, Lq, D)),
-    H,
-    block_size,
-    scale,
-    float(eps),
-    interpret,
-  )
-  return out_GxLqxD.reshape(B, H, Lq, D), lse_GxNqx1xBs.reshape(B, H, Lq)
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    views = index_views.build_tile_views(
+      tile_ids_BxHxK.reshape(G, -1), num_q_blocks=Nq, num_k_blocks=Nk
+    )
+    valid = jax.lax.stop_gradient(key_valid_BxLk.astype(jnp.float32))
+    # Per-query vectors as (1, bs) rows of each query block (`common.row_to_column`).
+    as_rows = lambda x_BxHxLq: x_BxHxLq.reshape(G, Nq, 1, block_size)
+    out_GxLqxD, lse_GxNqx1xBs = _attention(
+      q_BxHxLqxD.reshape(G, Lq, D),
+      k_BxHxLkxD.reshape(G, Lk, D),
+      v_BxHxLkxD.reshape(G, Lk, D),
+      views,
+      valid.reshape(B, Nk, 1, block_size),
+      as_rows(jax.lax.stop_gradient(f32(m0_BxHxLq))),
+      as_rows(f32(l0_BxHxLq)),
+      f32(acc0_BxHxLqxD).reshape(G, Lq, D),
+      static,
+    )
+    return out_GxLqxD.reshape(B, H, Lq, D), lse_GxNqx1xBs.reshape(B, H, Lq)

@@ -5,27 +5,49 @@ holds its own block in VMEM through the BlockSpec pipeline; the blocks it visits
 (`memory_space=pl.ANY`) and come in one tile at a time by DMA into a two-slot VMEM scratch,
 the next tile's copy running while the current tile is computed. The program's tile list is
 read from HBM as well: its two CSR offsets into a 2-word SMEM scratch, then its indices in
-fixed chunks of `INDEX_CHUNK` into an SMEM scratch. So VMEM and SMEM hold a fixed number of
-tiles whatever B, H, L or the number of selected tiles: a row with every key block and a row
+fixed chunks (`Static.index_chunk`, `INDEX_CHUNK` by default) into an SMEM scratch. So VMEM
+and SMEM hold a fixed number of tiles whatever B, H, L or the number of selected tiles: a row with every key block and a row
 with none cost the same memory.
 
 Index layouts (built by `offsets_by_program` and `chunked_indices`, int32, leading axis
 G = B * H): the offsets as `(G, N, 2)` (start, stop of each program's run of tiles) and the
-indices as `(G, n_chunks, INDEX_CHUNK)`, so that every DMA indexes leading axes only.
+indices as `(G, n_chunks, index_chunk)`, so that every DMA indexes leading axes only.
 """
 # pylint: disable=invalid-name
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-# Tile indices held in SMEM at once (per program); 512 bytes. A row's list is read in chunks
-# of this size, so SMEM use does not grow with the number of tiles.
+# Tile indices held in SMEM at once (per program) by default; 512 bytes. A row's list is read
+# in chunks of this size, so SMEM use does not grow with the number of tiles.
 INDEX_CHUNK = 128
 _LANES = 128
+
+
+class Static(NamedTuple):
+  """The op's static settings, shared by the forward and backward launches.
+
+  Attributes:
+    num_heads: H (programs of one batch element share its key mask).
+    block_size: tile side, in `pallas_mosaic_tpu.BLOCK_SIZES`.
+    scale: logit scale.
+    eps: added to the normaliser.
+    index_chunk: tile indices per SMEM chunk.
+    interpret: None (decided at lowering, see `call`), a bool or a `pltpu.InterpretParams`.
+  """
+
+  num_heads: int
+  block_size: int
+  scale: float
+  eps: float
+  index_chunk: int
+  interpret: Any
 
 
 def dot_nt(a_MxD, b_NxD, precision):
@@ -52,19 +74,19 @@ def offsets_by_program(ptr_GxN1: jax.Array) -> jax.Array:
   return jnp.stack([ptr_GxN1[:, :-1], ptr_GxN1[:, 1:]], axis=-1)
 
 
-def chunked_indices(indices_GxK: jax.Array) -> jax.Array:
-  """`(G, K)` indices as `(G, ceil(K / INDEX_CHUNK), INDEX_CHUNK)`, zero-padded (never read)."""
+def chunked_indices(indices_GxK: jax.Array, chunk: int) -> jax.Array:
+  """`(G, K)` indices as `(G, ceil(K / chunk), chunk)`, zero-padded (never read)."""
   G, K = indices_GxK.shape
-  n_chunks = -(-K // INDEX_CHUNK)
-  padded = jnp.pad(indices_GxK, ((0, 0), (0, n_chunks * INDEX_CHUNK - K)))
-  return padded.reshape(G, n_chunks, INDEX_CHUNK)
+  n_chunks = -(-K // chunk)
+  padded = jnp.pad(indices_GxK, ((0, 0), (0, n_chunks * chunk - K)))
+  return padded.reshape(G, n_chunks, chunk)
 
 
-def index_scratch_shapes():
+def index_scratch_shapes(chunk: int):
   """Scratch for `read_offsets` / `stream_tiles`: offsets, index chunk, their semaphore."""
   return [
     pltpu.SMEM((2,), jnp.int32),
-    pltpu.SMEM((INDEX_CHUNK,), jnp.int32),
+    pltpu.SMEM((chunk,), jnp.int32),
     pltpu.SemaphoreType.DMA(()),
   ]
 
@@ -80,15 +102,16 @@ def read_offsets(offsets_hbm, g, i, offsets_smem, sem):
 def stream_tiles(g, start, stop, indices_hbm, index_smem, index_sem, tile_copies, compute, init):
   """Folds `compute` over tiles `start..stop` of head g, double-buffering their DMAs.
 
-  Tile t's block index is `indices_hbm[g, t // INDEX_CHUNK, t % INDEX_CHUNK]`. Its copies go
+  Tile t's block index is `indices_hbm[g, t // chunk, t % chunk]` (chunk: the SMEM scratch's
+  size). Its copies go
   to slot `(t - start) % 2` of the caller's scratch; tile t + 1's copies start before tile t
   is computed, so one DMA is always in flight behind the compute.
 
   Args:
     g: the program's head (leading-axis index, a scalar).
     start, stop: the program's tiles (scalars; an empty range does nothing).
-    indices_hbm: `(G, n_chunks, INDEX_CHUNK)` int32 block indices in HBM.
-    index_smem: `(INDEX_CHUNK,)` int32 SMEM scratch; index_sem: a DMA semaphore.
+    indices_hbm: `(G, n_chunks, chunk)` int32 block indices in HBM.
+    index_smem: `(chunk,)` int32 SMEM scratch; index_sem: a DMA semaphore.
     tile_copies: `(block_index, slot) -> [AsyncCopyDescriptor]`, the copies of one tile.
     compute: `(slot, carry) -> carry`, run once the slot's copies have landed.
     init: the initial carry.
@@ -134,18 +157,20 @@ def stream_tiles(g, start, stop, indices_hbm, index_smem, index_sem, tile_copies
   return jax.lax.fori_loop(start, stop, body, init)
 
 
-def call(build, operands, interpret):
-  """Runs `build(interpret)(*operands)`; interpret=None picks by the lowering platform.
+def call(static: Static, build, operands):
+  """`build(static)(*operands)`; `static.interpret` None is decided by the lowering platform.
 
   With None, a program lowered for TPU gets the compiled kernel and any other platform the
   HLO interpreter, decided when the program is lowered (`lax.platform_dependent`), so a
   program compiled for a TPU target from a CPU host gets the real kernel.
   """
-  if interpret is None:
+  if static.interpret is None:
     return jax.lax.platform_dependent(
-      *operands, tpu=lambda *xs: build(False)(*xs), default=lambda *xs: build(True)(*xs)
+      *operands,
+      tpu=lambda *xs: build(static._replace(interpret=False))(*xs),
+      default=lambda *xs: build(static._replace(interpret=True))(*xs),
     )
-  return build(interpret)(*operands)
+  return build(static)(*operands)
 
 
 def _diagonal(n):

@@ -168,18 +168,18 @@ def _compiler_params(vmem_limit_bytes):
   )
 
 
-def dq_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret, vmem_limit_bytes=None):
+def dq_call(G, Lq, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=None):
   """The dQ `pallas_call`: grid `(G, Nq)`, K/V/key mask in HBM, streamed."""
   del Lk
-  bs = block_size
+  bs = static.block_size
   blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
   rows = common.row_block_spec(bs)
   hbm = pl.BlockSpec(memory_space=pl.ANY)
   kernel = functools.partial(
     _dq_kernel,
-    num_heads=num_heads,
+    num_heads=static.num_heads,
     block_size=bs,
-    scale=scale,
+    scale=static.scale,
     precision=common.precision_for(dtype),
   )
   return pl.pallas_call(
@@ -189,31 +189,29 @@ def dq_call(G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret, vme
     in_specs=[hbm, hbm, blk(D), hbm, hbm, hbm, blk(D), rows, rows],
     out_specs=blk(D),
     scratch_shapes=[
-      *common.index_scratch_shapes(),
+      *common.index_scratch_shapes(static.index_chunk),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, 1, bs), jnp.float32),
       pltpu.SemaphoreType.DMA((3, 2)),
     ],
-    interpret=interpret,
+    interpret=static.interpret,
     compiler_params=_compiler_params(vmem_limit_bytes),
     name="mra_block_sparse_dq",
   )
 
 
-def dkv_call(
-  G, Lq, Lk, D, dtype, *, num_heads, block_size, scale, interpret, vmem_limit_bytes=None
-):
+def dkv_call(G, Lq, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=None):
   """The dK/dV `pallas_call`: grid `(G, Nk)`, Q/dO/lse/delta in HBM, streamed."""
   del Lq
-  bs = block_size
+  bs, num_heads = static.block_size, static.num_heads
   blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
   hbm = pl.BlockSpec(memory_space=pl.ANY)
   # lax.div, not `//`: g >= 0, and floor division lowers through `sign`, which Mosaic only
   # lowers on a known TPU generation.
   kmask_blk = pl.BlockSpec((None, None, 1, bs), lambda g, i: (jax.lax.div(g, num_heads), i, 0, 0))
   kernel = functools.partial(
-    _dkv_kernel, block_size=bs, scale=scale, precision=common.precision_for(dtype)
+    _dkv_kernel, block_size=bs, scale=static.scale, precision=common.precision_for(dtype)
   )
   return pl.pallas_call(
     kernel,
@@ -225,25 +223,24 @@ def dkv_call(
     in_specs=[hbm, hbm, blk(D), blk(D), kmask_blk, hbm, hbm, hbm, hbm],
     out_specs=(blk(D), blk(D)),
     scratch_shapes=[
-      *common.index_scratch_shapes(),
+      *common.index_scratch_shapes(static.index_chunk),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, 1, bs), jnp.float32),
       pltpu.VMEM((2, 1, bs), jnp.float32),
       pltpu.SemaphoreType.DMA((4, 2)),
     ],
-    interpret=interpret,
+    interpret=static.interpret,
     compiler_params=_compiler_params(vmem_limit_bytes),
     name="mra_block_sparse_dkv",
   )
 
 
-def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotangents):
+def attention_bwd(static: common.Static, residuals, cotangents):
   """The custom-VJP backward of `pallas_mosaic_tpu._attention` (G = B * H layouts).
 
   Per-query vectors (m0, lse, their cotangents, delta) are `(G, Nq, 1, bs)` rows.
   """
-  del eps
   q, k, v, views, kmask_tiles, m0, out, lse = residuals
   dout, dlse = cotangents
   G, Lq, D = q.shape
@@ -251,13 +248,14 @@ def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotan
   delta = jnp.sum(dout * out, axis=-1).reshape(lse.shape) - dlse
   do = dout.astype(q.dtype)
   shape_args = (G, Lq, Lk, D, q.dtype)
-  options = dict(num_heads=num_heads, block_size=block_size, scale=scale)
+  chunk = static.index_chunk
 
   dq = common.call(
-    lambda interp: dq_call(*shape_args, **options, interpret=interp),
+    static,
+    lambda st: dq_call(*shape_args, static=st),
     (
       common.offsets_by_program(views.row_ptr_GxNq1),
-      common.chunked_indices(views.cols_by_row_GxK),
+      common.chunked_indices(views.cols_by_row_GxK, chunk),
       q,
       k,
       v,
@@ -266,13 +264,13 @@ def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotan
       lse,
       delta,
     ),
-    interpret,
   )
   dk, dv = common.call(
-    lambda interp: dkv_call(*shape_args, **options, interpret=interp),
+    static,
+    lambda st: dkv_call(*shape_args, static=st),
     (
       common.offsets_by_program(views.col_ptr_GxNk1),
-      common.chunked_indices(views.rows_by_col_GxK),
+      common.chunked_indices(views.rows_by_col_GxK, chunk),
       k,
       v,
       kmask_tiles,
@@ -281,7 +279,6 @@ def attention_bwd(num_heads, block_size, scale, eps, interpret, residuals, cotan
       lse,
       delta,
     ),
-    interpret,
   )
   # d out / d acc0 = exp(m0 - m) / (l + eps) = exp(m0 - lse); d lse / d l0 likewise.
   init_weight = jnp.exp(m0 - lse)

@@ -67,18 +67,17 @@ def check_precision(precision: str | None) -> None:
     raise ValueError(f"precision must be None or one of {F32_PRECISIONS}, got {precision=}")
 
 
-def resolve_precision(precision: str | None, dtype, interpret: bool) -> DotPrecision | None:
-  """The kernels' dot precision for inputs of `dtype`; None: the dtype's native dot.
+def resolve_precision(precision: str | None, dtype) -> str | None:
+  """The kernels' float32 precision name for inputs of `dtype`; None: the dtype's native dot.
 
   Args:
     precision: None (the default, `DEFAULT_F32_PRECISION`) or one of `F32_PRECISIONS`.
     dtype: the dtype of q, k and v; only float32 takes a precision.
-    interpret: whether the kernels run in interpret mode (then presets are emulated).
   """
   check_precision(precision)
   if jnp.dtype(dtype) != jnp.float32:
     return None
-  return DotPrecision(precision or DEFAULT_F32_PRECISION, emulate=interpret)
+  return precision or DEFAULT_F32_PRECISION
 
 
 def _exact_dot(a, b, dims):

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels.block_sparse_attention import base, pallas_triton_dots
+from pallas_kernels.block_sparse_attention import pallas_triton_common as common
 
 dot_nt, dot_nn = pallas_triton_dots.dot_nt, pallas_triton_dots.dot_nn
 
@@ -144,7 +145,7 @@ def attention_bwd(static, residuals, cotangents):
   """The custom-VJP backward of `pallas_triton._attention` (G = B * H layouts).
 
   Args:
-    static: the op's `pallas_triton.Static` settings.
+    static: the op's `pallas_triton_common.Static` settings.
     residuals: `(q, k, v, views, kmask_rows, kmask_col, m0, out, lse)` of the forward.
     cotangents: `(dout, dlse)`, float32.
 
@@ -153,25 +154,50 @@ def attention_bwd(static, residuals, cotangents):
   """
   q, k, v, views, kmask_rows, kmask_col, m0, out, lse = residuals
   dout, dlse = cotangents
-  G, Lq, D = q.shape
+  G, Lq, _ = q.shape
   Lk = k.shape[1]
-  bs, Nq, Nk = static.block_size, Lq // static.block_size, Lk // static.block_size
-  scale, precision, interpret = static.scale, static.precision, static.interpret
+  bs, Nq = static.block_size, Lq // static.block_size
   delta = jnp.sum(dout * out, axis=-1, keepdims=True) - dlse
   do = dout.astype(q.dtype)
+  K = views.cols_by_row_GxK.shape[1]
+  dq = common.launch(
+    static,
+    functools.partial(_dq_call, q.shape, q.dtype, Lk, K),
+    (views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, do, lse, delta),
+  )
+  dk, dv = common.launch(
+    static,
+    functools.partial(_dkv_call, q.shape, q.dtype, Lk, K),
+    (
+      views.col_ptr_GxNk1,
+      views.rows_by_col_GxK,
+      k,
+      v,
+      kmask_col,
+      q,
+      do,
+      lse.reshape(G, Nq, bs),
+      delta.reshape(G, Nq, bs),
+    ),
+  )
+  # d out / d acc0 = exp(m0 - m) / (l + eps) = exp(m0 - lse); d lse / d l0 likewise.
+  init_weight = jnp.exp(m0 - lse)
+  return dq, dk, dv, None, None, None, None, -delta * init_weight, dout * init_weight
+
+
+def _dq_call(q_shape, dtype, Lk: int, K: int, static: common.Static):
+  """The dQ `pallas_call`: grid over query rows, each program walking its block's row."""
+  G, Lq, D = q_shape
+  bs, Nq, Nk = static.block_size, Lq // static.block_size, Lk // static.block_size
+  rows = static.rows_per_program(D, "dq")  # `Static.rows_per_program`
   row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
-  # Query rows of a dQ program, key rows of a dK/dV program (`Static.rows_per_program`).
-  q_rows, k_rows = static.rows_per_program(D, "dq"), static.rows_per_program(D, "dkv")
-  q_blk = lambda d: pl.BlockSpec((None, q_rows, d), lambda g, i: (g, i, 0))
-  k_blk = lambda d: pl.BlockSpec((None, k_rows, d), lambda g, i: (g, i, 0))
+  q_blk = lambda d: pl.BlockSpec((None, rows, d), lambda g, i: (g, i, 0))
   whole = lambda n, d: pl.BlockSpec((None, n, d), lambda g, i: (g, 0, 0))
   batch = lambda g: jax.lax.div(g, static.num_heads)  # g >= 0; `//` lowers through `sign`
-  K = views.cols_by_row_GxK.shape[1]
-
-  dq = pl.pallas_call(
-    functools.partial(_dq_kernel, block_size=bs, scale=scale, precision=precision),
-    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-    grid=(G, Lq // q_rows),
+  return pl.pallas_call(
+    functools.partial(_dq_kernel, block_size=bs, scale=static.scale, precision=static.dots),
+    out_shape=jax.ShapeDtypeStruct(q_shape, dtype),
+    grid=(G, Lq // rows),
     in_specs=[
       row(Nq + 1),
       row(K),
@@ -184,47 +210,46 @@ def attention_bwd(static, residuals, cotangents):
       q_blk(1),
     ],
     out_specs=q_blk(D),
-    interpret=interpret,
+    interpret=static.interpret,
     compiler_params=static.launch_params(D, "dq"),
     name="mra_block_sparse_dq",
-  )(views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, do, lse, delta)
+  )
 
-  dk, dv = pl.pallas_call(
-    functools.partial(
-      _dkv_kernel,
-      block_size=bs,
-      scale=scale,
-      precision=precision,
-      two_passes=static.dkv_two_passes(D),
-    ),
-    out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-    grid=(G, Lk // k_rows),
+
+def _dkv_call(q_shape, dtype, Lk: int, K: int, static: common.Static):
+  """The dK/dV `pallas_call`: grid over key rows, each program walking its block's column."""
+  G, Lq, D = q_shape
+  bs, Nq, Nk = static.block_size, Lq // static.block_size, Lk // static.block_size
+  rows = static.rows_per_program(D, "dkv")  # `Static.rows_per_program`
+  row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
+  k_blk = lambda d: pl.BlockSpec((None, rows, d), lambda g, i: (g, i, 0))
+  whole = lambda n, d: pl.BlockSpec((None, n, d), lambda g, i: (g, 0, 0))
+  batch = lambda g: jax.lax.div(g, static.num_heads)
+  kernel = functools.partial(
+    _dkv_kernel,
+    block_size=bs,
+    scale=static.scale,
+    precision=static.dots,
+    two_passes=static.dkv_two_passes(D),
+  )
+  kv_shape = jax.ShapeDtypeStruct((G, Lk, D), dtype)
+  return pl.pallas_call(
+    kernel,
+    out_shape=(kv_shape, kv_shape),
+    grid=(G, Lk // rows),
     in_specs=[
       row(Nk + 1),
       row(K),
       k_blk(D),
       k_blk(D),
-      pl.BlockSpec((None, k_rows, 1), lambda g, i: (batch(g), i, 0)),
+      pl.BlockSpec((None, rows, 1), lambda g, i: (batch(g), i, 0)),
       whole(Lq, D),
       whole(Lq, D),
       whole(Nq, bs),
       whole(Nq, bs),
     ],
     out_specs=(k_blk(D), k_blk(D)),
-    interpret=interpret,
+    interpret=static.interpret,
     compiler_params=static.launch_params(D, "dkv"),
     name="mra_block_sparse_dkv",
-  )(
-    views.col_ptr_GxNk1,
-    views.rows_by_col_GxK,
-    k,
-    v,
-    kmask_col,
-    q,
-    do,
-    lse.reshape(G, Nq, bs),
-    delta.reshape(G, Nq, bs),
   )
-  # d out / d acc0 = exp(m0 - m) / (l + eps) = exp(m0 - lse); d lse / d l0 likewise.
-  init_weight = jnp.exp(m0 - lse)
-  return dq, dk, dv, None, None, None, None, -delta * init_weight, dout * init_weight

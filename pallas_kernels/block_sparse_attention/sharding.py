@@ -14,20 +14,21 @@ splits the call by what is known when the op is traced:
 * Auto mesh axes (`jax.sharding.Mesh`, `AxisType.Auto`: the spec is settled only when XLA
   partitions the program), kernel implementations only, when the mesh is in sight: q
   committed to it (jit of arrays placed with a `NamedSharding`) or a mesh context
-  (`jax.set_mesh`).
-  - Not TPU: two `custom_partitioning` calls, forward and backward, each lowered on the
-    local shapes XLA's partitioner hands it. `custom_partitioning` can be neither
+  (`jax.set_mesh`). The implementation says which way (`Implementation.ON_AUTO_AXES`):
+  - "custom_partitioning" (Triton): two `custom_partitioning` calls, forward and backward,
+    each lowered on the local shapes XLA's partitioner hands it. `custom_partitioning` can be neither
     differentiated nor vmapped, so the pair gets its own VJP here (the backward call
     differentiates the implementation on its shard, which repeats the forward kernel; XLA
     merged the repeat with the forward call in the H100 training-step compiles tried) and
     its own batching rule (a vmapped axis joins the batch axis).
-  - TPU: `custom_partitioning` never reaches the TPU compiler
+  - "shard_map" (Mosaic TPU): `custom_partitioning` never reaches the TPU compiler
     (https://github.com/jax-ml/jax/issues/38196), so a `jax.shard_map` as on Explicit axes,
     with specs that assume data parallelism since q's are not known yet: the batch over the
     mesh axes in order while they divide it, then the heads over the next axes while they
     divide them, the rest replicated. On Auto axes the in_specs are constraints XLA meets by
     resharding, so another layout gives the same results at the price of moving data;
-    Explicit axes give the op the real spec.
+    Explicit axes give the op the real spec. The same runs wherever the Mosaic kernels do
+    (interpret mode off TPUs), so CPU tests take the TPU's path.
 * No mesh in sight, one device, inside a `shard_map`, or plain XLA implementations on
   Auto axes (XLA partitions those itself): the implementation as is.
 
@@ -38,7 +39,7 @@ Sequence or head-dim sharding is undone (gathered) before the kernels run.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -46,6 +47,8 @@ import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from pallas_kernels.block_sparse_attention import base
 
 # Each operand's axes, in the op's argument order, and each result's: b(atch) and h(ead)
 # may be split across devices; q(uery length), k(ey length), d (head dim) and t (tiles)
@@ -56,25 +59,18 @@ _GRADIENTS = (0, 1, 2, 6, 7)  # q, k, v, l0, acc0: the operands that get a gradi
 # Shardy wants these in order of first appearance in the rule.
 _REPLICATED = ("q", "d", "k", "t")
 
-Implementation = Callable[..., tuple[jax.Array, jax.Array]]
-
 
 def run_per_shard(
-  implementation: Implementation,
-  args: Sequence[jax.Array],
-  options: dict[str, Any],
-  *,
-  kernel: bool,
+  implementation: base.Implementation, args: Sequence[jax.Array], options: dict[str, Any]
 ) -> tuple[jax.Array, jax.Array]:
   """`implementation(*args, **options)`, run by each device on its batches and heads.
 
   Args:
-    implementation: a function with `base.block_sparse_attention_reference`'s signature.
-    args: the op's eight arrays `(q, k, v, tile_ids, key_valid, m0, l0, acc0)`, shapes
-      as there (B x H x ... each, key_valid B x Lk).
-    options: the implementation's keyword arguments (block size, scale, eps, ...).
-    kernel: whether the implementation runs kernels XLA cannot partition (Pallas). Plain
-      XLA implementations are left to XLA's own partitioner on Auto axes.
+    implementation: the implementation; its `ON_AUTO_AXES` says how it runs on Auto axes
+      (plain XLA implementations are left to XLA's own partitioner there).
+    args: the op's eight arrays `(q, k, v, tile_ids, key_valid, m0, l0, acc0)`, checked,
+      shapes as there (B x H x ... each, key_valid B x Lk).
+    options: the implementation's keyword arguments (block size, scale, eps).
 
   Returns:
     `(out_BxHxLqxD, lse_BxHxLq)`, float32, split over batch and heads as q is.
@@ -90,21 +86,16 @@ def run_per_shard(
   if all(t == AxisType.Explicit for t in mesh.axis_types):
     batch, head = _batch_and_head_axes(q_sharding.spec, mesh, args[0].shape)
     return _shard_mapped(call, mesh, batch, head, args)
-  if not kernel or any(t != AxisType.Auto for t in mesh.axis_types):
+  way = implementation.ON_AUTO_AXES
+  if way == "xla" or any(t != AxisType.Auto for t in mesh.axis_types):
     return call(*args)
-  if _on_tpu(mesh):
+  if way == "shard_map":
     # custom_partitioning never reaches the TPU compiler
     # (https://github.com/jax-ml/jax/issues/38196), and the spec is not known yet: assume
     # data parallelism.
     batch, head = _data_parallel_axes(mesh, args[0].shape)
     return _shard_mapped(call, mesh, batch, head, args)
   return _auto_partitioned(call)(*args)
-
-
-def _on_tpu(mesh) -> bool:
-  """Whether the mesh's devices (else jax's default backend) are TPUs."""
-  device = mesh.abstract_device
-  return (device.platform if device is not None else jax.default_backend()) == "tpu"
 
 
 def _spec(dims: str, batch, head) -> P:

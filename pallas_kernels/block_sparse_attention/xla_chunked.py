@@ -4,7 +4,7 @@ Computes exactly `base.block_sparse_attention_reference` (same contract, tested 
 it), but organised for CPUs and for long sequences:
 
 - one (batch, head) at a time (`lax.map`), and within a head the sorted tile list in
-  chunks of about 2 MiB of gathered keys, so every intermediate stays in cache and no
+  chunks of about `chunk_bytes` (2 MiB) of gathered keys, so every intermediate stays in cache and no
   buffer grows with L (large fresh buffers cost page faults on every call: at
   L=16384 this alone made a one-shot version 6x slower than at L=4096);
 - two passes over the chunks in the forward (the exact per-query maximum, then the
@@ -21,24 +21,24 @@ dacc0 = dO exp(m0 - lse), dl0 = -delta exp(m0 - lse).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from pallas_kernels.block_sparse_attention import base
 
-_CHUNK_BYTES = 2 * 2**20
 
-
-def _chunk_plan(tile_ids_K, num_key_blocks, block_size, head_dim, batch):
+def _chunk_plan(tile_ids_K, num_key_blocks, block_size, head_dim, batch, chunk_bytes):
   """Splits the sorted tile list into equal chunks; padding tiles are flagged off.
 
-  A chunk holds about `_CHUNK_BYTES` of gathered keys across the `batch` heads that
+  A chunk holds about `chunk_bytes` of gathered keys across the `batch` heads that
   are processed together.
   """
   K = tile_ids_K.shape[0]
-  T = max(1, min(K, _CHUNK_BYTES // (batch * block_size * head_dim * 4)))
+  T = max(1, min(K, chunk_bytes // (batch * block_size * head_dim * 4)))
   C = -(-K // T)
   pad = C * T - K
   ids = jnp.concatenate([tile_ids_K, jnp.broadcast_to(tile_ids_K[-1:], (pad,))])
@@ -57,14 +57,16 @@ def _chunk_scores(q_NqxBsxD, k_NkxBsxD, valid_NkxBs, rows_T, cols_T, live_T, sca
   return jnp.where(keep[:, None, :], s, -jnp.inf)
 
 
-def _one_head_forward(q, k, v, ids, valid, m0, l0, acc0, *, block_size, scale, eps, batch):
+def _one_head_forward(
+  q, k, v, ids, valid, m0, l0, acc0, *, block_size, scale, eps, batch, chunk_bytes
+):
   Lq, D = q.shape
   Lk = k.shape[0]
   bs = block_size
   Nq, Nk = Lq // bs, Lk // bs
   qb, kb, vb = q.reshape(Nq, bs, D), k.reshape(Nk, bs, D), v.reshape(Nk, bs, D)
   validb = valid.reshape(Nk, bs)
-  rows, cols, live = _chunk_plan(ids, Nk, bs, D, batch)
+  rows, cols, live = _chunk_plan(ids, Nk, bs, D, batch, chunk_bytes)
 
   def max_step(m_NqxBs, chunk):
     r, c, ok = chunk
@@ -94,7 +96,7 @@ def _one_head_forward(q, k, v, ids, valid, m0, l0, acc0, *, block_size, scale, e
 
 
 def _one_head_backward(
-  q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, block_size, scale, batch
+  q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, block_size, scale, batch, chunk_bytes
 ):
   Lq, D = q.shape
   Lk = k.shape[0]
@@ -107,7 +109,7 @@ def _one_head_backward(
   # d lse / d s_j = P_j, so a cotangent on lse enters exactly like -delta.
   delta = jnp.sum(d_out * out, axis=-1) - d_lse
   deltab = delta.reshape(Nq, bs)
-  rows, cols, live = _chunk_plan(ids, Nk, bs, D, batch)
+  rows, cols, live = _chunk_plan(ids, Nk, bs, D, batch, chunk_bytes)
 
   def step(carry, chunk):
     dq, dk, dv = carry
@@ -146,32 +148,26 @@ def _over_heads(one_head, valid, *operands):
   return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)
 
 
-def xla_chunked_block_sparse_attention(
-  q_BxHxLqxD: jax.Array,
-  k_BxHxLkxD: jax.Array,
-  v_BxHxLkxD: jax.Array,
-  tile_ids_BxHxK: jax.Array,
-  key_valid_BxLk: jax.Array,
-  m0_BxHxLq: jax.Array,
-  l0_BxHxLq: jax.Array,
-  acc0_BxHxLqxD: jax.Array,
-  *,
-  block_size: int,
-  scale: float | None = None,
-  eps: float = base.DEFAULT_EPS,
-) -> tuple[jax.Array, jax.Array]:
-  """Block-sparse attention from an initial softmax state, chunked (see `base`).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class XlaChunked(base.Implementation):
+  """Block-sparse attention from an initial softmax state, chunked (see the module doc).
 
-  Arguments as `base.block_sparse_attention_reference` (any positive `block_size`); the
-  inputs are computed in float32 and the gradients come back in their own dtypes.
+  Any positive block size. The inputs are computed in float32 and the gradients come back
+  in their own dtypes.
 
-  Returns:
-    `(out_BxHxLqxD, lse_BxHxLq)`, both float32, differentiable in q, k, v, l0 and acc0.
-
-  Raises:
-    ValueError: on bad shapes or dtypes (see `base.check_inputs`).
+  Attributes:
+    chunk_bytes: gathered keys per chunk of tiles (float32 bytes across the heads processed
+      together); about 2 MiB keeps a chunk's intermediates in a CPU's cache.
   """
-  args = (
+
+  NAME: ClassVar[str] = "xla_chunked"
+  chunk_bytes: int = 2 * 2**20
+
+  def __post_init__(self):
+    base.check_int_option("chunk_bytes", self.chunk_bytes, minimum=1)
+
+  def __call__(
+    self,
     q_BxHxLqxD,
     k_BxHxLkxD,
     v_BxHxLkxD,
@@ -180,45 +176,63 @@ def xla_chunked_block_sparse_attention(
     m0_BxHxLq,
     l0_BxHxLq,
     acc0_BxHxLqxD,
-  )
-  base.check_inputs(*args, block_size=block_size, implementation="xla_chunked")
-  scale = q_BxHxLqxD.shape[-1] ** -0.5 if scale is None else float(scale)
-  f32 = lambda x: jnp.asarray(x, jnp.float32)
-  q, k, v, ids, valid, m0, l0, acc0 = args
-  return _chunked_attention(
-    f32(q),
-    f32(k),
-    f32(v),
-    ids.astype(jnp.int32),
-    valid.astype(bool),
-    jax.lax.stop_gradient(f32(m0)),
-    f32(l0),
-    f32(acc0),
-    block_size,
-    scale,
-    float(eps),
-  )
+    *,
+    block_size: int,
+    scale: float,
+    eps: float,
+  ) -> tuple[jax.Array, jax.Array]:
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    return _chunked_attention(
+      f32(q_BxHxLqxD),
+      f32(k_BxHxLkxD),
+      f32(v_BxHxLkxD),
+      tile_ids_BxHxK.astype(jnp.int32),
+      key_valid_BxLk.astype(bool),
+      jax.lax.stop_gradient(f32(m0_BxHxLq)),
+      f32(l0_BxHxLq),
+      f32(acc0_BxHxLqxD),
+      _Static(block_size, float(scale), float(eps), self.chunk_bytes),
+    )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
-def _chunked_attention(q, k, v, ids, valid, m0, l0, acc0, block_size, scale, eps):
+class _Static(NamedTuple):
+  """The op's static settings (hashable: a `custom_vjp` non-differentiable argument)."""
+
+  block_size: int
+  scale: float
+  eps: float
+  chunk_bytes: int
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _chunked_attention(q, k, v, ids, valid, m0, l0, acc0, static):
   """The op on float32 arrays; m0 is a reference point and gets no gradient."""
-  return _forward(q, k, v, ids, valid, m0, l0, acc0, block_size, scale, eps)[0]
+  return _forward(q, k, v, ids, valid, m0, l0, acc0, static)[0]
 
 
-def _forward(q, k, v, ids, valid, m0, l0, acc0, block_size, scale, eps):
+def _forward(q, k, v, ids, valid, m0, l0, acc0, static):
   one = functools.partial(
-    _one_head_forward, block_size=block_size, scale=scale, eps=eps, batch=q.shape[0]
+    _one_head_forward,
+    block_size=static.block_size,
+    scale=static.scale,
+    eps=static.eps,
+    batch=q.shape[0],
+    chunk_bytes=static.chunk_bytes,
   )
   out, lse = _over_heads(one, valid, q, k, v, ids, m0, l0, acc0)
   return (out, lse), (q, k, v, ids, valid, m0, out, lse)
 
 
-def _backward(block_size, scale, eps, residuals, cotangents):
-  del eps
+def _backward(static, residuals, cotangents):
   q, k, v, ids, valid, m0, out, lse = residuals
   d_out, d_lse = cotangents
-  one = functools.partial(_one_head_backward, block_size=block_size, scale=scale, batch=q.shape[0])
+  one = functools.partial(
+    _one_head_backward,
+    block_size=static.block_size,
+    scale=static.scale,
+    batch=q.shape[0],
+    chunk_bytes=static.chunk_bytes,
+  )
   dq, dk, dv, dl0, dacc0 = _over_heads(one, valid, q, k, v, ids, m0, out, lse, d_out, d_lse)
   return dq, dk, dv, None, None, None, dl0, dacc0
 

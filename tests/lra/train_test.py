@@ -275,8 +275,8 @@ def test_listops_generates_its_data_when_allowed(tmp_path):
 def test_data_parallel_step_matches_one_device(attention, prepared, monkeypatch):
   """The 4-device sharded step and gradient accumulation equal a plain step (round-off).
 
-  "mra2_tpu_kernels": MRA-2 with the Mosaic TPU kernels (interpret mode) as on a TPU, where
-  the harness's Auto-axis mesh makes the op run them under a shard_map it lays out itself.
+  "mra2_tpu_kernels": MRA-2 with the Mosaic TPU kernels (interpret mode here), which on the
+  harness's Auto-axis mesh the op runs under a shard_map it lays out itself, as on a TPU.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
@@ -287,7 +287,6 @@ def test_data_parallel_step_matches_one_device(attention, prepared, monkeypatch)
   shard_mapped = []
   if attention == "mra2_tpu_kernels":
     overrides = {"attention": "mra2", "attention_kwargs.impl": "pallas_mosaic_tpu"}
-    monkeypatch.setattr(sharding, "_on_tpu", lambda mesh: True)
     run_sharded = sharding._shard_mapped  # pylint: disable=protected-access
 
     def counted(call, mesh, batch, head, args):

@@ -1,11 +1,10 @@
 """The block-sparse attention contract as one test class that every implementation subclasses.
 
-Not collected itself (no `_test` suffix). A subclass names the implementation and how to run
-it, and may narrow the cases (interpreters are slow):
+Not collected itself (no `_test` suffix). A subclass gives the implementation, with the
+options it runs under, and may narrow the cases (interpreters are slow):
 
     class TestPallasTriton(contract.BlockSparseAttentionContract):
-      IMPLEMENTATION = "pallas_triton"
-      INTERPRET = True
+      IMPLEMENTATION = pallas_triton.PallasTriton(interpret=True)
 
 Every case runs the forward and the VJP under a random cotangent on (out, lse), in one
 jitted program, and compares out, lse, dq, dk, dv, dl0 and dacc0 with `expected`, which is
@@ -173,17 +172,14 @@ class BlockSparseAttentionContract:
   """The cases every implementation passes. Subclasses set the class attributes.
 
   Attributes:
-    IMPLEMENTATION: a key of `api.IMPLEMENTATIONS`.
-    INTERPRET: passed as `interpret=` (Pallas implementations; None elsewhere).
+    IMPLEMENTATION: the implementation (a `base.Implementation` with its options), passed
+      to `api.block_sparse_attention`. One that takes a precision holds float32 cases to
+      `F32_PRECISION_TOLERANCE` of its precision.
     CASE_NAMES: the keys of `CASES` this subclass runs (block sizes 32 and 64 by default).
-    PRECISION: passed as `precision=` when not None (implementations in
-      `api.TAKES_PRECISION`); float32 cases are then held to `F32_PRECISION_TOLERANCE`.
   """
 
-  IMPLEMENTATION: str = ""
-  INTERPRET: Any = None
+  IMPLEMENTATION: base.Implementation
   CASE_NAMES: tuple[str, ...] = DEFAULT_CASE_NAMES
-  PRECISION: str | None = None
 
   def pytest_generate_tests(self, metafunc):
     # pytest calls a test class's own hook: each subclass parametrizes its own cases.
@@ -191,16 +187,13 @@ class BlockSparseAttentionContract:
       metafunc.parametrize("case_name", metafunc.cls.CASE_NAMES)
 
   def attend(self, *args, **options):
-    if self.PRECISION is not None:
-      options["precision"] = self.PRECISION
-    return api.block_sparse_attention(
-      *args, implementation=self.IMPLEMENTATION, interpret=self.INTERPRET, **options
-    )
+    return api.block_sparse_attention(*args, implementation=self.IMPLEMENTATION, **options)
 
   def tolerance(self, dtype) -> float:
     """The relative tolerance for inputs of `dtype` (see `assert_close`)."""
-    if dtype == jnp.float32 and self.IMPLEMENTATION in api.TAKES_PRECISION:
-      return F32_PRECISION_TOLERANCE[self.PRECISION or pallas_kernels.DEFAULT_F32_PRECISION]
+    if dtype == jnp.float32 and self.IMPLEMENTATION.TAKES_PRECISION:
+      precision = self.IMPLEMENTATION.precision or pallas_kernels.DEFAULT_F32_PRECISION
+      return F32_PRECISION_TOLERANCE[precision]
     return TOLERANCE[dtype]
 
   def expected(self, *args, **options):

@@ -12,39 +12,33 @@ import pytest
 from jax._src.pallas.mosaic.interpret import interpret_pallas_call as tpu_interpreter
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.block_sparse_attention import pallas_mosaic_tpu_common as common
+from pallas_kernels.block_sparse_attention.pallas_mosaic_tpu import PallasMosaicTpu
 from tests.pallas_kernels.block_sparse_attention import contract
 
 
 class TestPallasMosaicTpuInterpret(contract.BlockSparseAttentionContract):
-  IMPLEMENTATION = "pallas_mosaic_tpu"
-  INTERPRET = True
+  IMPLEMENTATION = PallasMosaicTpu(interpret=True)
   CASE_NAMES = (*contract.DEFAULT_CASE_NAMES, "bf16_bs128_two_rows")
 
 
 class TestPallasMosaicTpuInterpretSmallIndexChunks(contract.BlockSparseAttentionContract):
   """Chunks of 3 tile indices: rows start and end mid-chunk and span several chunks."""
 
-  IMPLEMENTATION = "pallas_mosaic_tpu"
-  INTERPRET = True
+  IMPLEMENTATION = PallasMosaicTpu(index_chunk=3, interpret=True)
   CASE_NAMES = ("f32_bs32_mra_state", "f32_batch_padding_cross_lengths")
-
-  @pytest.fixture(autouse=True)
-  def _small_chunks(self, monkeypatch):
-    monkeypatch.setattr(common, "INDEX_CHUNK", 3)
 
 
 class TestPallasMosaicTpuTpuInterpret(contract.BlockSparseAttentionContract):
   """TPU semantics (simulated memories and DMAs, race detection, output-revisit checks), which
   cost milliseconds per grid step: one small case, its tile list read one index at a time."""
 
-  IMPLEMENTATION = "pallas_mosaic_tpu"
-  INTERPRET = pltpu.InterpretParams(detect_races=True)
+  IMPLEMENTATION = PallasMosaicTpu(
+    index_chunk=1, interpret=pltpu.InterpretParams(detect_races=True)
+  )
   CASE_NAMES = ("f32_bs64_two_rows",)
 
   @pytest.fixture(autouse=True)
-  def _one_index_chunks_and_reset(self, monkeypatch):
-    monkeypatch.setattr(common, "INDEX_CHUNK", 1)
+  def _check_races_and_reset(self):
     yield
     races = tpu_interpreter.races
     pltpu.reset_tpu_interpret_mode_state()

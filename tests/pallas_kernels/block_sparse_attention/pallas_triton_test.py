@@ -5,11 +5,13 @@ presets and computes the bf16 ones exactly), so every choice is held to its own 
 """
 # pylint: disable=invalid-name
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-import pallas_kernels
 from pallas_kernels.block_sparse_attention import api, pallas_triton, pallas_triton_dots
+from pallas_kernels.block_sparse_attention.pallas_triton import PallasTriton
 from tests.pallas_kernels.block_sparse_attention import contract
 
 # Block 32 for every precision; block 64 too where it changes the kernels' loop structure
@@ -21,15 +23,13 @@ _CASES_PER_PRECISION = {"float32": 2, "tf32x3": 2}
 class TestPallasTritonInterpret(contract.BlockSparseAttentionContract):
   """Every contract case at the default precision (float32 cases at "bf16x3")."""
 
-  IMPLEMENTATION = "pallas_triton"
-  INTERPRET = True
+  IMPLEMENTATION = PallasTriton(interpret=True)
 
 
 class TestPallasTritonInterpretHalfBlocks(contract.BlockSparseAttentionContract):
   """float32, block 64, D 128: two programs share each 64-row block (`rows_per_program`)."""
 
-  IMPLEMENTATION = "pallas_triton"
-  INTERPRET = True
+  IMPLEMENTATION = PallasTriton(interpret=True)
   CASE_NAMES = ("f32_bs64_d128_two_rows",)
 
 
@@ -37,9 +37,7 @@ class TestPallasTritonInterpretSplitBlocks(contract.BlockSparseAttentionContract
   """float32 at "tf32x3": 16-row programs in every kernel at block 64, D 128; at D 64,
   whole-block forward and dQ programs beside 32-row dK/dV programs (`rows_per_program`)."""
 
-  IMPLEMENTATION = "pallas_triton"
-  INTERPRET = True
-  PRECISION = "tf32x3"
+  IMPLEMENTATION = PallasTriton(precision="tf32x3", interpret=True)
   CASE_NAMES = ("f32_bs64_d128_four_rows", "f32_bs64_d64_four_rows")
 
 
@@ -47,7 +45,7 @@ def _precision_class(precision):
   name = "TestPallasTritonInterpret_" + precision
   case_names = _F32_CASE_NAMES[: _CASES_PER_PRECISION.get(precision, 1)]
   attributes = dict(
-    IMPLEMENTATION="pallas_triton", INTERPRET=True, PRECISION=precision, CASE_NAMES=case_names
+    IMPLEMENTATION=PallasTriton(precision=precision, interpret=True), CASE_NAMES=case_names
   )
   return type(name, (contract.BlockSparseAttentionContract,), attributes)
 
@@ -57,10 +55,19 @@ for _precision in pallas_triton.F32_PRECISIONS:
   globals()[f"TestPallasTritonInterpret_{_precision}"] = _precision_class(_precision)
 
 
-def test_precision_table_is_the_packages():
-  assert pallas_kernels.F32_PRECISIONS == pallas_triton.F32_PRECISIONS
-  assert set(contract.F32_PRECISION_TOLERANCE) == set(pallas_triton.F32_PRECISIONS)
-  assert pallas_triton.DEFAULT_F32_PRECISION == pallas_triton.F32_PRECISIONS[0]
+def test_no_precision_runs_the_default_one():
+  # float32 inputs without a precision run DEFAULT_F32_PRECISION's dots, not another's.
+  args, _ = contract.inputs(contract.Case(H=1, Lq=64, Lk=64, D=16))
+  attend = jax.jit(
+    lambda precision, *args: api.block_sparse_attention(
+      *args, block_size=32, implementation=PallasTriton(precision=precision, interpret=True)
+    )[0],
+    static_argnums=0,
+  )
+  default = attend(None, *args)
+  np.testing.assert_array_equal(default, attend(pallas_triton.DEFAULT_F32_PRECISION, *args))
+  others = [p for p in pallas_triton.F32_PRECISIONS if p != pallas_triton.DEFAULT_F32_PRECISION]
+  assert all(not np.array_equal(default, attend(p, *args)) for p in others)
 
 
 @pytest.mark.parametrize("precision", ["highest", "TF32", 3])
@@ -70,12 +77,13 @@ def test_unknown_precision_raises_naming_it(precision):
     api.block_sparse_attention(
       *args, block_size=32, implementation="pallas_triton", precision=precision
     )
+  with pytest.raises(ValueError, match=f"precision={precision!r}"):
+    PallasTriton(precision=precision)
 
 
 def test_half_precision_inputs_take_their_native_dot():
-  assert pallas_triton_dots.resolve_precision("tf32", jnp.bfloat16, interpret=False) is None
-  resolved = pallas_triton_dots.resolve_precision(None, jnp.float32, interpret=True)
-  assert resolved == pallas_triton_dots.DotPrecision("bf16x3", emulate=True)
+  assert pallas_triton_dots.resolve_precision("tf32", jnp.bfloat16) is None
+  assert pallas_triton_dots.resolve_precision(None, jnp.float32) == "bf16x3"
 
 
 @pytest.mark.parametrize("precision, bits", [("bf16", 7), ("tf32", 10)])

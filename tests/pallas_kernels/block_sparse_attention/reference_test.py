@@ -35,7 +35,7 @@ def dense_block_sparse_attention(
 
 
 class TestReference(contract.BlockSparseAttentionContract):
-  IMPLEMENTATION = "reference"
+  IMPLEMENTATION = base.Reference()
 
   def expected(self, *args, **options):
     return dense_block_sparse_attention(*args, **options)

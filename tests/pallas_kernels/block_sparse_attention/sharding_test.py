@@ -1,9 +1,11 @@
 """The op and `mra_attention` on batch- and head-sharded inputs: each device runs its shard.
 
 Numerics on the 4 simulated CPU devices (tests/conftest.py): sharded equals unsharded, forward
-and gradient, on Auto and Explicit meshes, and on the TPU path for Auto axes (data-parallel
-specs assumed) with the platform check forced. Deviceless compiles for 4 H100s and a v5e 2x2
-TPU host: each kernel's custom call sees only its device's rows, and no all-gather feeds it.
+and gradient, on Auto and Explicit meshes, and on the Mosaic kernels' path for Auto axes
+(data-parallel specs assumed; it runs wherever those kernels do, interpret mode here).
+Deviceless compiles for 4 H100s and a v5e 2x2 TPU host, of the op and of `mra_attention` as
+a user calls them: each kernel's custom call sees only its device's rows, and no all-gather
+feeds it.
 """
 # pylint: disable=invalid-name
 
@@ -17,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 import mra_jax
 from pallas_kernels import compile_only
 from pallas_kernels.block_sparse_attention import api, sharding
+from pallas_kernels.block_sparse_attention.pallas_mosaic_tpu import PallasMosaicTpu
 
 _CUSTOM_CALL = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
 _IMPLEMENTATION = {"cuda": "pallas_triton", "tpu": "pallas_mosaic_tpu"}
@@ -43,20 +46,10 @@ def _operands(B=4, H=2, L=64, D=16, block_size=32, seed=0):
   )
 
 
-def _loss_and_grads(implementation, block_size=32, interpret=None):
+def _loss_and_grads(implementation, block_size=32):
   def loss(q, k, v, ids, valid, m0, l0, acc0):
     out, lse = api.block_sparse_attention(
-      q,
-      k,
-      v,
-      ids,
-      valid,
-      m0,
-      l0,
-      acc0,
-      block_size=block_size,
-      implementation=implementation,
-      interpret=interpret,
+      q, k, v, ids, valid, m0, l0, acc0, block_size=block_size, implementation=implementation
     )
     weights = jnp.linspace(-1.0, 1.0, out.shape[-1])
     return jnp.sum(out * weights[None, None, None]) + jnp.sum(jnp.sin(lse)), (out, lse)
@@ -112,23 +105,15 @@ def test_sharded_equals_unsharded(implementation, axis_type, mesh_name):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture
-def tpu_path(monkeypatch):
-  """Makes `run_per_shard` take its TPU path on the simulated CPU devices: on Auto axes, a
-  shard_map with data-parallel specs (the kernels then run in interpret mode)."""
-  monkeypatch.setattr(sharding, "_on_tpu", lambda mesh: True)
-
-
 def _is_shard_mapped(fn, *args):
   return "shard_map" in str(jax.make_jaxpr(fn)(*args))
 
 
 @pytest.mark.parametrize("implementation", ["pallas_triton", "pallas_mosaic_tpu"])
-def test_vmap_over_an_auto_sharded_call_folds_into_the_batch(request, implementation):
-  # On Auto axes the kernels sit behind custom_partitioning, which has no batching rule
-  # of its own, or (TPU) behind a shard_map; a vmapped axis must give what a loop gives.
-  if implementation == "pallas_mosaic_tpu":
-    request.getfixturevalue("tpu_path")
+def test_vmap_over_an_auto_sharded_call_folds_into_the_batch(implementation):
+  # On Auto axes the Triton kernels sit behind custom_partitioning, which has no batching
+  # rule of its own, and the Mosaic ones behind a shard_map; a vmapped axis must give what
+  # a loop gives.
   mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
   first, second = _operands(seed=1), _operands(seed=2)
   stacked = [jnp.stack(pair) for pair in zip(first, second)]
@@ -156,12 +141,10 @@ def test_vmap_over_an_auto_sharded_call_folds_into_the_batch(request, implementa
   ],
   ids=["batch", "batch_on_one_of_two_axes", "batch_then_heads"],
 )
-def test_mosaic_on_auto_axes_on_tpu_equals_unsharded(
-  tpu_path, shape, names, batch, head, B, assumed
-):
+def test_mosaic_on_auto_axes_equals_unsharded(shape, names, batch, head, B, assumed):
   mesh = jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
   args = _operands(B=B)
-  fn = _loss_and_grads("pallas_mosaic_tpu", interpret=True)
+  fn = _loss_and_grads(PallasMosaicTpu(interpret=True))
   (loss, (out, lse)), grads = fn(*args)
   placed = _place(args, mesh, batch, head)
   assert _is_shard_mapped(fn, *placed)
@@ -171,11 +154,11 @@ def test_mosaic_on_auto_axes_on_tpu_equals_unsharded(
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_a_mesh_context_puts_the_mesh_in_sight_on_tpu(tpu_path):
+def test_a_mesh_context_puts_the_mesh_in_sight():
   # Fresh (uncommitted) inputs: only `jax.set_mesh` shows the mesh; without it, no shard_map.
   mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
   args = _operands()
-  fn = _loss_and_grads("pallas_mosaic_tpu", interpret=True)
+  fn = _loss_and_grads(PallasMosaicTpu(interpret=True))
   assert not _is_shard_mapped(fn, *args)
   with jax.set_mesh(mesh):
     assert _is_shard_mapped(fn, *args)
@@ -227,23 +210,12 @@ def _assert_local_kernels(compiled, platform, launches, local_batch, local_rows=
   return calls
 
 
-def _mra_value_and_grad(platform):
+def _mra_value_and_grad(impl):
   def loss(q, k, v):
-    out = mra_jax.mra_attention(q, k, v, impl=_IMPLEMENTATION[platform])
+    out = mra_jax.mra_attention(q, k, v, impl=impl)
     return jnp.sum(out.astype(jnp.float32) ** 2)
 
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-
-
-@pytest.fixture
-def kernels_not_interpreted(monkeypatch):
-  """`mra_attention` has no `interpret=`: make the Pallas default (interpret off-device) see
-  the compile target's platform, so the kernels lower for real."""
-
-  def set_platform(platform):
-    monkeypatch.setattr(jax, "default_backend", lambda: "tpu" if platform == "tpu" else "gpu")
-
-  return set_platform
 
 
 @pytest.mark.parametrize(
@@ -257,13 +229,12 @@ def kernels_not_interpreted(monkeypatch):
   ],
   ids=["h100_auto", "h100_explicit", "v5e_explicit", "v5e_auto"],
 )
-def test_mra_attention_compiles_with_each_kernel_on_its_local_batch(
-  request, platform, axis_type, kernels_not_interpreted
-):
-  kernels_not_interpreted(platform)
+def test_mra_attention_compiles_with_each_kernel_on_its_local_batch(request, platform, axis_type):
   mesh = jax.sharding.Mesh(_devices(request, platform), ("data",), axis_types=(axis_type,))
   x = jax.ShapeDtypeStruct((_B, _L, _H, _D), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
-  compiled = _mra_value_and_grad(platform).trace(x, x, x).lower().compile()
+  # "auto" resolves from the mesh's devices, and the kernels compile (not interpret) because
+  # the program is lowered for their platform.
+  compiled = _mra_value_and_grad("auto").trace(x, x, x).lower().compile()
   # Forward, dQ and dK/dV: the forward's repeat in the Auto backward is merged away.
   _assert_local_kernels(compiled, platform, launches=3, local_batch=_B // 4)
 
@@ -289,14 +260,13 @@ def test_op_compiles_on_batch_x_heads_shards(request, platform):
     sds((_B, _H, L), jnp.float32, bh),
     sds((_B, _H, L, _D), jnp.float32, bh),
   )
-  fn = _loss_and_grads(_IMPLEMENTATION[platform], interpret=False)
+  fn = _loss_and_grads(_IMPLEMENTATION[platform])
   compiled = fn.trace(*args).lower().compile()
   _assert_local_kernels(compiled, platform, launches=3, local_batch=_B // 2)
 
 
-def test_mosaic_forward_on_auto_axes_compiles_on_the_local_batch(request, kernels_not_interpreted):
+def test_mosaic_forward_on_auto_axes_compiles_on_the_local_batch(request):
   # On TPU custom_partitioning never reaches the compiler; the op assumes data parallelism.
-  kernels_not_interpreted("tpu")
   mesh = jax.sharding.Mesh(_devices(request, "tpu"), ("data",), axis_types=(AxisType.Auto,))
   x = jax.ShapeDtypeStruct((_B, _L, _H, _D), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
   fn = jax.jit(lambda q, k, v: mra_jax.mra_attention(q, k, v, impl="pallas_mosaic_tpu"))
@@ -318,14 +288,13 @@ def test_mosaic_forward_on_auto_axes_compiles_on_the_local_batch(request, kernel
   ids=["batch_then_heads", "heads"],
 )
 def test_mosaic_on_auto_axes_splits_the_heads_when_the_batch_runs_out(
-  request, kernels_not_interpreted, mesh_shape, names, placed, local_batch
+  request, mesh_shape, names, placed, local_batch
 ):
-  kernels_not_interpreted("tpu")
   devices = np.array(_devices(request, "tpu")).reshape(mesh_shape)
   mesh = jax.sharding.Mesh(devices, names, axis_types=(AxisType.Auto,) * len(names))
   B = 2
   x = jax.ShapeDtypeStruct((B, _L, _H, _D), jnp.bfloat16, sharding=NamedSharding(mesh, placed))
-  compiled = _mra_value_and_grad("tpu").trace(x, x, x).lower().compile()
+  compiled = _mra_value_and_grad("pallas_mosaic_tpu").trace(x, x, x).lower().compile()
   local_rows = B * _H // 4
   calls = _assert_local_kernels(compiled, "tpu", 3, local_batch, local_rows=local_rows)
   for call in calls:
