@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
-from mra_jax import knobs, pooling, selection
+from mra_jax import causal, checks, knobs, pooling, selection
 from mra_jax.checks import check_int
 
 APPROX_MODES = ("full", "sparse")
@@ -57,6 +57,15 @@ class MraConfig:
       ("pallas_triton", and "auto" where it resolves to it): None (their default, "bf16x3")
       or one of `pallas_kernels.F32_PRECISIONS`. Half-precision inputs ignore it; an impl
       that takes no precision refuses a value.
+    is_causal: causal attention: the output at position i depends on positions <= i only,
+      through values, gradients, selection and the low-resolution term (docs/algorithm.md,
+      "Causal"). The budget is then per query block row: `block_per_row` tiles, the diagonal
+      included (from `num_blocks`: ceil(num_blocks / Nq)).
+    causal_selection: causal only: the query summary that ranks row r's past key blocks,
+      "previous_block" (mean query of block r - 1) or "first_query" (query r * block_size).
+    causal_low_resolution: causal MRA-2 only: the low-resolution logit of an unselected past
+      block, "per_query" (each query's own, q_i . k̂_c) or "per_block" (the row summary's,
+      constant over the block).
   """
 
   block_size: int = 32
@@ -67,6 +76,9 @@ class MraConfig:
   initial_prior_diagonal_n_blocks: int = 0
   impl: str = "auto"
   precision: str | None = None
+  is_causal: bool = False
+  causal_selection: str = "previous_block"
+  causal_low_resolution: str = "per_query"
 
   def __post_init__(self):
     check_int("block_size", self.block_size, minimum=2)
@@ -88,13 +100,22 @@ class MraConfig:
         f"precision must be None or one of {pallas_kernels.F32_PRECISIONS}; "
         f"got precision={self.precision!r}"
       )
+    if not isinstance(self.is_causal, bool):
+      raise ValueError(f"is_causal must be a bool; got is_causal={self.is_causal!r}")
+    checks.check_choice("causal_selection", self.causal_selection, causal.SELECTIONS)
+    checks.check_choice("causal_low_resolution", self.causal_low_resolution, causal.LOW_RESOLUTIONS)
 
   def budget(self, num_query_blocks: int, num_key_blocks: int) -> int:
-    """Tiles selected per (batch, head) for a runtime block grid."""
+    """Tiles selected per (batch, head) for a runtime block grid (bidirectional)."""
     wanted = (
       self.num_blocks if self.num_blocks is not None else num_query_blocks * self.block_per_row
     )
     return min(wanted, num_query_blocks * num_key_blocks)
+
+  def row_budget(self, num_blocks: int) -> int:
+    """Tiles per query block row, the diagonal included (causal), for N blocks a side."""
+    per_row = self.block_per_row if self.num_blocks is None else -(-self.num_blocks // num_blocks)
+    return causal.per_row_budget(per_row, num_blocks)
 
 
 @knobs.takes_knobs(MraConfig, param="config")
@@ -114,15 +135,17 @@ def mra_attention(
 
   Args:
     query: [B, Lq, H, D] float32, bfloat16 or float16.
-    key: [B, Lk, H, D], same dtype family as `query`.
-    value: [B, Lk, H, D].
+    key: [B, Lk, Hk, D], same dtype family as `query`; Hk divides H (grouped-query
+      attention: query head h reads key/value head h // (H // Hk), and a group's heads
+      share one tile selection).
+    value: [B, Lk, Hk, D].
     mask: optional [B, Lq] bool or 0/1 padding mask of the queries, True = real
       token. For self-attention (Lq == Lk) it also masks the keys unless
       `key_mask` is given.
     key_mask: optional [B, Lk] padding mask of the keys (cross-attention).
     config: the knobs (default `MraConfig()`): block_size, block_per_row, num_blocks,
       approx_mode, initial_prior_first_n_blocks, initial_prior_diagonal_n_blocks, impl,
-      precision; see `MraConfig`.
+      precision, is_causal, causal_selection, causal_low_resolution; see `MraConfig`.
 
   Returns:
     [B, Lq, H, D] in `query`'s dtype (statistics are float32 inside). Padded queries
@@ -130,9 +153,9 @@ def mra_attention(
 
   Raises:
     ValueError: wrong ranks or shapes, mismatched B/H/D, an unknown or bad knob, a bad mask
-      shape.
+      shape, is_causal with different query and key lengths.
   """
-  _check_inputs(query, key, value, mask, key_mask)
+  _check_inputs(query, key, value, mask, key_mask, config.is_causal)
   B, Lq, _H, _D = query.shape
   Lk = key.shape[1]
   if key_mask is None and mask is not None and Lq == Lk:
@@ -156,54 +179,113 @@ def mra_attention(
 
 
 def _mra_heads_first(
-  q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, q_valid_BxLq, k_valid_BxLk, cfg: MraConfig
+  q_BxHqxLqxD, k_BxHkxLkxD, v_BxHkxLkxD, q_valid_BxLq, k_valid_BxLk, cfg: MraConfig
 ) -> jax.Array:
-  """MRA on block-aligned [B, H, L, D] inputs with explicit validity masks (float32 out)."""
-  B, H, Lq, D = q_BxHxLqxD.shape
-  Lk = k_BxHxLkxD.shape[2]
+  """MRA on block-aligned [B, H, L, D] inputs with explicit validity masks (float32 out).
+
+  Grouped-query attention: k and v may have Hk heads dividing q's Hq; query head h reads
+  key/value head h // (Hq // Hk), and the heads of a group share one tile selection.
+  """
+  B, Hq, Lq, D = q_BxHqxLqxD.shape
   bs = cfg.block_size
-  Nq, Nk = Lq // bs, Lk // bs
   scale = D**-0.5
   # Padded positions may hold anything (NaN included) and must change nothing.
-  q_BxHxLqxD = jnp.where(q_valid_BxLq[:, None, :, None], q_BxHxLqxD, 0)
-  k_BxHxLkxD = jnp.where(k_valid_BxLk[:, None, :, None], k_BxHxLkxD, 0)
-  v_BxHxLkxD = jnp.where(k_valid_BxLk[:, None, :, None], v_BxHxLkxD, 0)
+  q_BxHqxLqxD = jnp.where(q_valid_BxLq[:, None, :, None], q_BxHqxLqxD, 0)
+  k_BxHkxLkxD = jnp.where(k_valid_BxLk[:, None, :, None], k_BxHkxLkxD, 0)
+  v_BxHkxLkxD = jnp.where(k_valid_BxLk[:, None, :, None], v_BxHkxLkxD, 0)
 
-  count_q_BxNq = pooling.block_counts(q_valid_BxLq, bs)
   count_k_BxNk = pooling.block_counts(k_valid_BxLk, bs)
-  q_hat = pooling.block_means(q_BxHxLqxD, q_valid_BxLq, bs)
-  k_hat = pooling.block_means(k_BxHxLkxD, k_valid_BxLk, bs)
+  k_hat = pooling.block_means(k_BxHkxLkxD, k_valid_BxLk, bs)
+  v_hat = pooling.block_means(v_BxHkxLkxD, k_valid_BxLk, bs) if cfg.approx_mode == "full" else None
+  if cfg.is_causal:
+    tile_ids, (m0, l0, acc0) = _causal_tiles_and_state(
+      q_BxHqxLqxD, q_valid_BxLq, k_hat, v_hat, count_k_BxNk, cfg, scale
+    )
+  else:
+    tile_ids, (m0, l0, acc0) = _tiles_and_state(
+      q_BxHqxLqxD, q_valid_BxLq, k_hat, v_hat, count_k_BxNk, cfg, scale
+    )
+  if m0 is None:
+    m0 = jnp.full((B, Hq, Lq), -jnp.inf, jnp.float32)
+    l0 = jnp.zeros((B, Hq, Lq), jnp.float32)
+    acc0 = jnp.zeros((B, Hq, Lq, D), jnp.float32)
+  args = (q_BxHqxLqxD, k_BxHkxLkxD, v_BxHkxLkxD, tile_ids, k_valid_BxLk, m0, l0, acc0)
+  out, _ = pallas_kernels.block_sparse_attention(
+    *args,
+    block_size=bs,
+    scale=scale,
+    **({"causal": True} if cfg.is_causal else {}),
+    implementation=cfg.impl,
+    precision=cfg.precision,
+  )
+  return jnp.where(q_valid_BxLq[:, None, :, None], out.astype(jnp.float32), 0.0)
+
+
+def _tiles_and_state(q_BxHqxLqxD, q_valid_BxLq, k_hat, v_hat, count_k_BxNk, cfg, scale):
+  """Bidirectional MRA: the global top-k tiles per (batch, key/value head), and (MRA-2) the
+  low-resolution state per query head (None for MRA-2-s)."""
+  B, Hq, Lq, _ = q_BxHqxLqxD.shape
+  Hk = k_hat.shape[1]
+  G = Hq // Hk
+  bs = cfg.block_size
+  Nq, Nk = Lq // bs, k_hat.shape[2]
+  count_q_BxNq = pooling.block_counts(q_valid_BxLq, bs)
+  q_hat = pooling.block_means(q_BxHqxLqxD, q_valid_BxLq, bs)
   if cfg.approx_mode == "sparse":
     # MRA-2-s uses the low resolution only to choose tiles: no gradient flows there.
     q_hat, k_hat = jax.lax.stop_gradient(q_hat), jax.lax.stop_gradient(k_hat)
-  logits_BxHxNqxNk, row_max_BxHxNq = selection.low_resolution_logits(
-    q_hat, k_hat, count_q_BxNq, count_k_BxNk, scale
+  per_query_head = lambda x: jnp.repeat(x, G, axis=1) if G > 1 else x
+  logits_BxHqxNqxNk, row_max_BxHqxNq = selection.low_resolution_logits(
+    q_hat, per_query_head(k_hat), count_q_BxNq, count_k_BxNk, scale
   )
   scores = selection.selection_scores(
-    logits_BxHxNqxNk,
-    row_max_BxHxNq,
+    logits_BxHqxNqxNk,
+    row_max_BxHqxNq,
     prior_first_n_blocks=cfg.initial_prior_first_n_blocks,
     prior_diagonal_n_blocks=cfg.initial_prior_diagonal_n_blocks,
   )
-  tile_ids_BxHxK, high_res_BxHxNqxNk = selection.select_blocks(scores, cfg.budget(Nq, Nk))
-
-  if cfg.approx_mode == "full":
-    v_hat = pooling.block_means(v_BxHxLkxD, k_valid_BxLk, bs)
-    m0_BxHxNq, l0_BxHxNq, acc0_BxHxNqxD = _low_resolution_state(
-      logits_BxHxNqxNk, high_res_BxHxNqxNk, count_q_BxNq, count_k_BxNk, v_hat
-    )
-    per_query = lambda x: jnp.repeat(x, bs, axis=2)
-    m0, l0, acc0 = per_query(m0_BxHxNq), per_query(l0_BxHxNq), per_query(acc0_BxHxNqxD)
-  else:
-    m0 = jnp.full((B, H, Lq), -jnp.inf, jnp.float32)
-    l0 = jnp.zeros((B, H, Lq), jnp.float32)
-    acc0 = jnp.zeros((B, H, Lq, D), jnp.float32)
-
-  args = (q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD, tile_ids_BxHxK, k_valid_BxLk, m0, l0, acc0)
-  out, _ = pallas_kernels.block_sparse_attention(
-    *args, block_size=bs, scale=scale, implementation=cfg.impl, precision=cfg.precision
+  if G > 1:  # One selection per group: the sum of its query heads' scores.
+    scores = scores.reshape(B, Hk, G, Nq, Nk).sum(axis=2)
+  tile_ids_BxHkxK, high_res_BxHkxNqxNk = selection.select_blocks(scores, cfg.budget(Nq, Nk))
+  if cfg.approx_mode != "full":
+    return tile_ids_BxHkxK, (None, None, None)
+  m0, l0, acc0 = _low_resolution_state(
+    logits_BxHqxNqxNk,
+    per_query_head(high_res_BxHkxNqxNk),
+    count_q_BxNq,
+    count_k_BxNk,
+    per_query_head(v_hat),
   )
-  return jnp.where(q_valid_BxLq[:, None, :, None], out.astype(jnp.float32), 0.0)
+  per_query = lambda x: jnp.repeat(x, bs, axis=2)
+  return tile_ids_BxHkxK, (per_query(m0), per_query(l0), per_query(acc0))
+
+
+def _causal_tiles_and_state(q_BxHqxLxD, q_valid_BxL, k_hat, v_hat, count_k_BxN, cfg, scale):
+  """Causal MRA (`mra_jax.causal`): each row's diagonal and best past tiles per (batch,
+  key/value head), and (MRA-2) the low-resolution state of the unselected past blocks."""
+  bs = cfg.block_size
+  N = q_BxHqxLxD.shape[2] // bs
+  summaries = causal.query_summaries(q_BxHqxLxD, q_valid_BxL, bs, cfg.causal_selection)
+  if cfg.approx_mode == "sparse":
+    summaries, k_hat = jax.lax.stop_gradient(summaries), jax.lax.stop_gradient(k_hat)
+  summary_logits = causal.grouped_logits(summaries, k_hat, scale)
+  scores = causal.selection_scores(
+    summary_logits,
+    count_k_BxN,
+    prior_first_n_blocks=cfg.initial_prior_first_n_blocks,
+    prior_diagonal_n_blocks=cfg.initial_prior_diagonal_n_blocks,
+  )
+  tile_ids, selected = causal.select_tiles(scores, cfg.row_budget(N))
+  if cfg.approx_mode != "full":
+    return tile_ids, (None, None, None)
+  low_res = causal.past_real_blocks(count_k_BxN) & ~selected
+  if cfg.causal_low_resolution == "per_block":
+    return tile_ids, causal.low_resolution_per_block(
+      summary_logits, low_res, count_k_BxN, v_hat, bs
+    )
+  return tile_ids, causal.low_resolution_per_query(
+    q_BxHqxLxD, k_hat, v_hat, low_res, count_k_BxN, bs, scale
+  )
 
 
 def _low_resolution_state(
@@ -236,7 +318,7 @@ def _as_valid(mask, shape) -> jax.Array:
   return jnp.asarray(mask).astype(bool)
 
 
-def _check_inputs(query, key, value, mask, key_mask):
+def _check_inputs(query, key, value, mask, key_mask, is_causal: bool):
   """Shape and dtype checks at the public boundary (ValueError naming the argument)."""
   for name, x in (("query", query), ("key", key), ("value", value)):
     if getattr(x, "ndim", None) != 4:
@@ -247,10 +329,10 @@ def _check_inputs(query, key, value, mask, key_mask):
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"{name} must be a float array; got {name}.dtype={x.dtype}")
   B, Lq, H, D = query.shape
-  if key.shape[0] != B or key.shape[2:] != (H, D):
+  if key.shape[0] != B or key.shape[3] != D or H % key.shape[2]:
     raise ValueError(
-      f"key must match query in batch, heads and head_dim; got "
-      f"query.shape={query.shape}, key.shape={key.shape}"
+      f"key must match query in batch and head_dim, with a number of heads that divides "
+      f"query's (grouped-query attention); got query.shape={query.shape}, key.shape={key.shape}"
     )
   if value.shape != key.shape:
     raise ValueError(
@@ -263,6 +345,11 @@ def _check_inputs(query, key, value, mask, key_mask):
   if mask is not None and tuple(jnp.shape(mask)) != (B, Lq):
     raise ValueError(
       f"mask must be [batch, query_length] = {(B, Lq)}; got mask.shape={tuple(jnp.shape(mask))}"
+    )
+  if is_causal and Lq != key.shape[1]:
+    raise ValueError(
+      "is_causal=True needs as many queries as keys (self-attention); got "
+      f"query.shape={query.shape}, key.shape={key.shape}"
     )
   if key_mask is not None and tuple(jnp.shape(key_mask)) != (B, key.shape[1]):
     raise ValueError(
