@@ -2,15 +2,17 @@
 
 Flax passes a pairwise mask `[B, 1|H, Lq, Lk]`; MRA needs per-token padding masks.
 A padding mask built as `make_attention_mask(q_valid, k_valid)` factorises exactly,
-so the query and key masks are recovered as "any" over the other axis. A mask that
-does not factorise (causal, or any other pattern) cannot be honoured: it is refused
-when its values are known (outside `jit`); inside `jit` values are unknown, so pass
-only padding masks there.
+so the query and key masks are recovered as "any" over the other axis. Causal attention
+(`is_causal=True`, or an `MraConfig` with `is_causal=True`) also accepts the mask a decoder
+passes, `combine_masks(make_causal_mask(x), make_attention_mask(valid, valid))`: its diagonal
+is the padding mask. Any other pattern cannot be honoured: it is refused when its values
+are known (outside `jit`); inside `jit` values are unknown, so pass only such masks there.
 """
 # pylint: disable=invalid-name
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +37,9 @@ def make_attention_fn(
     `fn(query, key, value, bias=None, mask=None, ..., deterministic=..., dtype=...)`
     with Flax's signature: query/key/value `[B, L, H, D]`, mask `[B, 1|H, Lq, Lk]`
     bool (True = attend). Output `[B, Lq, H, D]` in `dtype` (default: query's).
-    It raises ValueError for what MRA cannot honour: a `bias`, attention dropout
-    while training, `is_causal=True`, a mask that is not a padding mask.
+    `is_causal=True` computes causal MRA (`MraConfig.is_causal`). It raises ValueError for
+    what MRA cannot honour: a `bias`, attention dropout while training, a mask that is
+    neither a padding mask nor (causal) a causal mask combined with one.
   """
   config = knobs.make(attention.MraConfig, mra_knobs, base=config)
 
@@ -66,15 +69,17 @@ def make_attention_fn(
         f"dropout_rate={dropout_rate} with deterministic={deterministic} "
         "(set dropout_rate=0 or run deterministically)"
       )
-    if is_causal:
-      raise ValueError("MRA attention has no causal variant yet; got is_causal=True")
+    run = dataclasses.replace(config, is_causal=True) if is_causal else config
     if module is not None:
       raise ValueError(
         "MRA attention never forms attention weights, so it cannot sow them; "
         "call the module with sow_weights=False"
       )
-    q_valid, k_valid = _padding_masks(mask, query.shape, key.shape)
-    out = attention.mra_attention(query, key, value, q_valid, key_mask=k_valid, config=config)
+    if run.is_causal:
+      q_valid = k_valid = _causal_padding_mask(mask, query.shape, key.shape)
+    else:
+      q_valid, k_valid = _padding_masks(mask, query.shape, key.shape)
+    out = attention.mra_attention(query, key, value, q_valid, key_mask=k_valid, config=run)
     return out.astype(dtype or query.dtype)
 
   return attention_fn
@@ -107,3 +112,33 @@ def _padding_masks(mask, q_shape, k_shape):
         "validity, e.g. a causal mask); MRA attention honours padding only"
       )
   return q_valid, k_valid
+
+
+def _causal_padding_mask(mask, q_shape, k_shape):
+  """A Flax mask for causal attention [B, 1|H, L, L] -> the padding mask [B, L] (its
+  diagonal), refused unless it is valid x valid, alone or with the causal tril (when its
+  values are known)."""
+  if mask is None:
+    return None
+  B, L = q_shape[0], q_shape[1]
+  mask = jnp.asarray(mask)
+  if mask.ndim != 4 or mask.shape[0] not in (1, B) or mask.shape[2:] != (L, k_shape[1]):
+    raise ValueError(
+      f"a causal mask must be [batch, 1|heads, length, length] = [{B}, 1|H, {L}, {L}]; got "
+      f"mask.shape={mask.shape}"
+    )
+  mask = jnp.broadcast_to(mask.astype(bool), (B, mask.shape[1], L, L))
+  valid = jnp.all(jnp.diagonal(mask, axis1=2, axis2=3), axis=1)
+  if not isinstance(mask, jax.core.Tracer):
+    padding = np.asarray(valid)[:, :, None] & np.asarray(valid)[:, None, :]
+    given = np.asarray(mask)
+    if not any(
+      np.array_equal(given, np.broadcast_to(pattern[:, None], mask.shape))
+      for pattern in (padding, np.tril(np.ones((L, L), bool))[None] & padding)
+    ):
+      raise ValueError(
+        "with is_causal=True the mask must be a padding mask, or a causal mask combined with "
+        "one (combine_masks(make_causal_mask(x), make_attention_mask(valid, valid))); got "
+        "another pattern"
+      )
+  return valid
