@@ -75,8 +75,10 @@ def sliding_window_attention(
   return o.reshape(v.shape)[:, :, :length]
 
 
-def block_local_attention(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, block: int) -> jax.Array:
-  """Exact softmax inside non-overlapping blocks of `block` tokens."""
+def block_local_attention(
+  q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, block: int, causal: bool = False
+) -> jax.Array:
+  """Exact softmax inside non-overlapping blocks of `block` tokens (causal: keys j <= i)."""
   b, h, length, d = q_BxHxLxD.shape
   block = min(block, length)
   q, k, v = (working_layout.pad_axis(x, block, axis=2) for x in (q_BxHxLxD, k_BxHxLxD, v_BxHxLxD))
@@ -85,6 +87,8 @@ def block_local_attention(q_BxHxLxD, k_BxHxLxD, v_BxHxLxD, mask_BxL, *, block: i
   split = lambda x: x.reshape(b, h, n, block, x.shape[-1])
   logits = jnp.einsum("bhncd,bhnkd->bhnck", split(q), split(k)) / math.sqrt(d)
   valid = mask.reshape(b, n, block)[:, None, :, None, :]
+  if causal:
+    valid = valid & jnp.tri(block, dtype=bool)[None, None, None]
   p, _ = softmax.masked_softmax(logits, valid)
   o = jnp.einsum("bhnck,bhnkd->bhncd", p, split(v))
   return o.reshape(v.shape)[:, :, :length]
@@ -96,16 +100,22 @@ class LocalKnobs:
 
   Attributes:
     window_size: sliding: query i attends to keys j with |i - j| <= window_size // 2 (HF
-      Longformer's `attention_window` convention); block-local: the block length.
+      Longformer's `attention_window` convention), or causal to the window_size keys
+      i - window_size < j <= i; block-local: the block length.
     block_local: non-overlapping blocks that attend only to themselves, instead of a
       sliding window.
+    is_causal: query i attends to keys j <= i only: the window's past half widened to
+      window_size keys (sliding), or the block's keys up to i (block-local).
   """
 
   window_size: int = 64
   block_local: bool = False
+  is_causal: bool = False
 
   def __post_init__(self):
     checks.check_int("window_size", self.window_size, minimum=1)
+    if not isinstance(self.is_causal, bool):
+      raise ValueError(f"is_causal must be a bool; got is_causal={self.is_causal!r}")
 
 
 @takes_knobs(LocalKnobs, param="knobs")
@@ -124,13 +134,16 @@ def local_attention(
   sizes). Block-local (`block_local=True`): the sequence is cut into blocks of
   `window_size` tokens and each block attends only to itself (LRA's "Local Att").
   A window wider than the sequence is clipped to it, which gives exact softmax.
+  Causal (`is_causal=True`): sliding attends to the window_size keys
+  i - window_size < j <= i (the same number of keys as a causal block-sparse row of that
+  many positions), block-local to the keys of its block up to i.
 
   Args:
     query: [B, L, H, D] float32 / bfloat16 / float16.
     key: [B, L, H, D], same shape as query.
     value: [B, L, H, Dv].
     mask: optional [B, L] bool or 0/1, True = real token.
-    knobs: `LocalKnobs` (or its fields as keywords: window_size, block_local).
+    knobs: `LocalKnobs` (or its fields as keywords: window_size, block_local, is_causal).
 
   Returns:
     [B, L, H, Dv] in query's dtype; padded query positions are 0.
@@ -141,7 +154,9 @@ def local_attention(
   window_size = knobs.window_size
   q, k, v, m = working_layout.prepare(query, key, value, mask)
   if knobs.block_local:
-    o = block_local_attention(q, k, v, m, block=window_size)
+    o = block_local_attention(q, k, v, m, block=window_size, causal=knobs.is_causal)
+  elif knobs.is_causal:
+    o = sliding_window_attention(q, k, v, m, left=window_size - 1, right=0)
   else:
     o = sliding_window_attention(q, k, v, m, left=window_size // 2, right=window_size // 2)
   return working_layout.finish(o, m, query.dtype)

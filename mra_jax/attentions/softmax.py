@@ -43,15 +43,21 @@ def masked_softmax(
 
 
 def softmax_attention(
-  query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None = None
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  is_causal: bool = False,
 ) -> jax.Array:
-  """softmax(q k^T / sqrt(D)) v over the real keys.
+  """softmax(q k^T / sqrt(D)) v over the real keys (causal: the real keys j <= i).
 
   Args:
     query: [B, L, H, D] float32 / bfloat16 / float16.
     key: [B, L, H, D].
     value: [B, L, H, Dv].
     mask: optional [B, L] bool or 0/1, True = real token.
+    is_causal: query i attends to keys j <= i only.
 
   Returns:
     [B, L, H, Dv] in query's dtype; padded queries are 0. Logits and softmax are float32
@@ -63,24 +69,37 @@ def softmax_attention(
   q, k, v, m = working_layout.prepare(query, key, value, mask)
   to_blhd = lambda x: jnp.transpose(x, (0, 2, 1, 3))
   keys_Bx1x1xL = m[:, None, None, :]
-  o = jax.nn.dot_product_attention(to_blhd(q), to_blhd(k), to_blhd(v), mask=keys_Bx1x1xL)
+  o = jax.nn.dot_product_attention(
+    to_blhd(q), to_blhd(k), to_blhd(v), mask=keys_Bx1x1xL, is_causal=is_causal
+  )
   return working_layout.finish(to_blhd(o), m, query.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
 class SoftmaxKnobs:
-  """Exact softmax attention has no knobs."""
+  """Exact softmax attention's one knob.
+
+  Attributes:
+    is_causal: query i attends to keys j <= i only (a decoder's self-attention).
+  """
+
+  is_causal: bool = False
+
+  def __post_init__(self):
+    if not isinstance(self.is_causal, bool):
+      raise ValueError(f"is_causal must be a bool; got is_causal={self.is_causal!r}")
 
 
 class SoftmaxAttention(nnx.Module):
-  """Registry module for `softmax_attention` (no parameters, no knobs)."""
+  """Registry module for `softmax_attention` (no parameters; causal or not)."""
 
   Knobs = SoftmaxKnobs
 
   def __init__(
     self, knobs: SoftmaxKnobs, *, num_heads: int, head_dim: int, max_length: int, rngs: nnx.Rngs
   ):
-    del knobs, num_heads, head_dim, max_length, rngs
+    del num_heads, head_dim, max_length, rngs
+    self.knobs = knobs
 
   def __call__(self, query, key, value, mask=None) -> jax.Array:
-    return softmax_attention(query, key, value, mask)
+    return softmax_attention(query, key, value, mask, is_causal=self.knobs.is_causal)

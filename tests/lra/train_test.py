@@ -103,7 +103,7 @@ def test_every_task_trains_evaluates_and_reports(task, protocol, prepared, tmp_p
     stored = json.load(f)
   assert stored["test_accuracy"] == results["test_accuracy"]
   # Only the chosen attention's knobs are recorded, here and in the workdir stamp.
-  assert stored["config"]["attention_kwargs"] == {}
+  assert stored["config"]["attention_kwargs"] == {"is_causal": False}
   with open(tmp_path / checkpoints.CONFIG_FILE) as f:
     assert stored["config"] == json.load(f)
   assert os.listdir(tmp_path / "tensorboard")

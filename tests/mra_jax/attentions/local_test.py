@@ -17,7 +17,7 @@ B, L, H, D = 2, 45, 2, 8
 
 
 # One compilation per knob setting, shared by every test in this file.
-_local = jax.jit(local.local_attention, static_argnames=("window_size", "block_local"))
+_local = jax.jit(local.local_attention, static_argnames=("window_size", "block_local", "is_causal"))
 
 
 def _qkv(length=L, seed=0, dtype=jnp.float32):
@@ -55,6 +55,30 @@ class LocalAttentionTest(parameterized.TestCase):
     got = _local(q, k, v, mask, window_size=window_size, block_local=True)
     want = _dense(q, k, v, mask, allowed=jnp.array(i[:, None] == i[None, :]))
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+  @parameterized.parameters((1, False), (7, False), (16, False), (10, True), (2 * L, True))
+  def test_causal_equals_dense_past_band(self, window_size, block_local):
+    q, k, v = _qkv()
+    mask = _mask()
+    i = np.arange(L)
+    past = i[None, :] <= i[:, None]
+    if block_local:
+      allowed = past & (i[:, None] // window_size == i[None, :] // window_size)
+    else:  # The window_size keys i - window_size < j <= i.
+      allowed = past & (i[:, None] - i[None, :] < window_size)
+    got = _local(q, k, v, mask, window_size=window_size, block_local=block_local, is_causal=True)
+    np.testing.assert_allclose(got, _dense(q, k, v, mask, allowed=jnp.array(allowed)), atol=1e-5)
+
+  @parameterized.parameters(False, True)
+  def test_causal_outputs_ignore_the_future(self, block_local):
+    q, k, v = _qkv()
+    t = 20
+    later = lambda x, c: x.at[:, t + 1 :].set(c)
+    f = lambda q, k, v: _local(q, k, v, window_size=8, block_local=block_local, is_causal=True)
+    out = f(q, k, v)
+    changed = f(later(q, 3.0), later(k, jnp.nan), later(v, -7.0))
+    np.testing.assert_array_equal(out[:, : t + 1], changed[:, : t + 1])
+    self.assertFalse(np.allclose(out[:, t + 1 :], changed[:, t + 1 :]))
 
   @parameterized.parameters(False, True)
   def test_padding(self, block_local):

@@ -117,7 +117,7 @@ def test_knob_defaults_are_the_paper_configs():
   assert attentions.knob_defaults("yoso")["num_hash"] == 16
   assert attentions.knob_defaults("mra2")["block_per_row"] == 8
   assert attentions.knob_defaults("mra2")["num_blocks"] is None
-  assert attentions.knob_defaults("softmax") == {}
+  assert attentions.knob_defaults("softmax") == {"is_causal": False}
 
 
 # What a command-line parser can set (the LRA configs build their flags from knob_types).
