@@ -37,10 +37,19 @@ def _comparable(record: dict) -> dict:
   return {k: v for k, v in record.items() if k not in run_config.RUN_ONLY_KEYS}
 
 
-def _diff(old, new, prefix=""):
+_ABSENT = "<absent>"
+
+
+def _diff(old, new, defaults, prefix=""):
+  """The differing keys; a key the stored record lacks matches its declared default (it was
+  added to the code after the workdir was made, and the older code computed that)."""
   if isinstance(old, dict) and isinstance(new, dict):
+    defaults = defaults if isinstance(defaults, dict) else {}
     for key in sorted(set(old) | set(new)):
-      yield from _diff(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+      stored = old.get(key, _ABSENT)
+      if stored == _ABSENT and key in defaults and new.get(key, _ABSENT) == defaults[key]:
+        continue
+      yield from _diff(stored, new.get(key, _ABSENT), defaults.get(key), f"{prefix}{key}.")
   elif old != new:
     yield f"{prefix[:-1]}: stored {old!r}, now {new!r}"
 
@@ -56,7 +65,9 @@ def check_config(workdir: str, run: run_config.RunConfig) -> None:
     return
   with open(path) as f:
     stored = _comparable(json.load(f))
-  differences = list(_diff(stored, _comparable(run.record())))
+  differences = list(
+    _diff(stored, _comparable(run.record()), run_config.declared_defaults(run.attention))
+  )
   if differences:
     raise ConfigMismatchError(
       f"workdir={workdir!r} was made by a different config ({path}), so it cannot be "

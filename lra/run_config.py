@@ -163,6 +163,26 @@ class RunConfig:
     return json.loads(json.dumps(out, default=list))
 
 
+def declared_defaults(attention: str) -> dict:
+  """The declared default of every key that has one, as JSON types, shaped like `record()`
+  (a key added after a workdir was made matches that workdir's stamp at its default)."""
+  out = {}
+  for cls, where in (
+    (RunConfig, out),
+    (models.ModelConfig, out.setdefault("model", {})),
+    (optim.OptimizerConfig, out.setdefault("optimizer", {})),
+  ):
+    for f in dataclasses.fields(cls):
+      if f.default is not dataclasses.MISSING and not f.metadata.get("derived"):
+        if f.name in block_keys(cls) and not f.metadata.get("block"):
+          where[f.name] = f.default
+  fixed = attentions.fixed_knobs(attention)
+  out["attention_kwargs"] = {
+    k: v for k, v in attentions.knob_defaults(attention).items() if k not in fixed
+  }
+  return json.loads(json.dumps(out, default=list))
+
+
 def block_keys(cls: type) -> tuple[str, ...]:
   """The config keys of a block dataclass: its fields but those the run fills in."""
   return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get("from_run"))
