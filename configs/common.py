@@ -51,7 +51,7 @@ def make_config(
   arg: str | None,
   *,
   mra: dict[str, Any],
-  lra: dict[str, Any],
+  lra: dict[str, Any] | None,
   attention_overrides: dict[str, dict[str, Any]],
   smoke_overrides: dict[str, Any] | None = None,
   cpu_overrides: dict[str, Any] | None = None,
@@ -62,17 +62,19 @@ def make_config(
   Args:
     task: the task name (`lra.data.tasks.TASKS`).
     arg: the text after the colon of `--config=configs/<task>.py:<arg>`.
-    mra, lra: overrides of `lra.run_config`'s keys under each protocol, by dotted key.
+    mra, lra: overrides of `lra.run_config`'s keys under each protocol, by dotted key
+      (a task with one protocol passes it as `mra` and None as `lra`).
     attention_overrides: {attention name: {knob: value}} of this task (the chosen
       attention's entry applies).
     smoke_overrides, cpu_overrides: the `:smoke` and `:cpu` variants (None: no variant).
       Their "attention_kwargs" entry, if any, is {attention name: {knob: value}}.
-    protocols: the protocol names the task has, in the order of `mra`, `lra`.
+    protocols: the protocol names the task has, in the order of `mra`, `lra`; the first
+      is the default.
 
   Raises:
     ValueError: an unknown argument, attention or protocol, or a variant the task lacks.
   """
-  args = parse_arg(arg)
+  args = parse_arg(arg, protocol=protocols[0])
   if args.protocol not in protocols:
     raise ValueError(f"protocol must be one of {protocols}; got protocol={args.protocol!r}")
   c = run_config.config_dict(task=task, attention=args.attention)
@@ -89,7 +91,7 @@ def make_config(
     c.expected_result = (
       f"near chance ({chance:.0%}) at smoke scale: a few steps on tiny data check that "
       "every stage runs, not that the model learns"
-    )
+    )  # A variant's own `expected_result` replaces this.
     _apply(c, _variant(smoke_overrides, task, "smoke"), task, "smoke")
   return c
 

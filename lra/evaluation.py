@@ -21,6 +21,10 @@ def evaluate(
 
   The per-batch sums stay on the device and are read once at the end, so the host never
   waits for one batch before sending the next.
+
+  Returns:
+    {"loss", "accuracy"} (means over the predictions), "num_examples" (the real rows) and
+    "num_predictions" (what the means are over: the rows, or the predicted bytes).
   """
   totals = None
   for i, batch in enumerate(batches):
@@ -35,7 +39,8 @@ def evaluate(
   return {
     "loss": totals["loss"] / count,
     "accuracy": totals["correct"] / count,
-    "num_examples": int(totals["count"]),
+    "num_examples": int(totals.get("examples", totals["count"])),
+    "num_predictions": int(totals["count"]),
   }
 
 

@@ -26,20 +26,29 @@ def resolve_data_dir(run: run_config.RunConfig, workdir: str) -> str:
   return os.path.abspath(os.path.expanduser(run.data_dir))
 
 
-def _prepare_command(run: run_config.RunConfig, data_dir: str) -> str:
+def generate_counts(run: run_config.RunConfig) -> tuple[int | None, int | None, int | None]:
+  """The split sizes a run generates its data with (-1: the task's default or everything)."""
+  return tuple(None if n == -1 else n for n in run.generate_sizes)
+
+
+def _prepare_command(run: run_config.RunConfig, data_dir: str, task=None) -> str:
+  task = task or run.task_spec
   if not run.generate_data:
-    return errors.prepare_command(run.task, data_dir)
+    return errors.prepare_command(task.name, data_dir, max_tokens=task.prepare_max_tokens)
   return errors.prepare_command(
-    run.task,
+    task.name,
     data_dir,
     seed=DATA_SEED,
-    counts=tuple(run.generate_sizes),
-    max_tokens=run.generate_max_tokens,
+    counts=generate_counts(run),
+    max_tokens=run.generate_max_tokens or task.prepare_max_tokens,
   )
 
 
-def ensure_data(run: run_config.RunConfig, data_dir: str) -> None:
+def ensure_data(run: run_config.RunConfig, data_dir: str, task=None) -> None:
   """Checks the prepared data against its digests, or generates it when the config allows.
+
+  `task`: the stored variant to check (default the run's, `run.task_spec`; the LM task's
+  evaluation at other lengths passes the variants of those lengths).
 
   Raises:
     errors.DataNotFoundError: the data is missing and cannot be generated here; the
@@ -48,8 +57,8 @@ def ensure_data(run: run_config.RunConfig, data_dir: str) -> None:
       file and the command that regenerates it.
     ValueError: data generated with other settings is already in `data_dir`.
   """
-  task = run.task_spec
-  stamp_path = os.path.join(data_dir, GENERATED_STAMP.format(task=task.name))
+  task = task or run.task_spec
+  stamp_path = os.path.join(data_dir, GENERATED_STAMP.format(task=task.data_id))
   stamp = {
     "task": task.name,
     "sizes": list(run.generate_sizes),
@@ -64,7 +73,7 @@ def ensure_data(run: run_config.RunConfig, data_dir: str) -> None:
             f"{data_dir} holds {task.name} data generated with other settings "
             f"({stamp_path}); set --run.data_dir to another folder"
           )
-    version_dir = builders.version_dir(task.name, data_dir)
+    version_dir = builders.version_dir(task, data_dir)
     if digests.has_digest(version_dir):
       digests.verify(version_dir)
     else:
@@ -72,16 +81,18 @@ def ensure_data(run: run_config.RunConfig, data_dir: str) -> None:
         "%s was prepared before digests were written, so its files cannot be checked "
         "against damage; `%s` records them as they are.",
         version_dir,
-        _prepare_command(run, data_dir),
+        _prepare_command(run, data_dir, task),
       )
     return
   if not (run.generate_data and task.can_generate):
     raise errors.DataNotFoundError(
       f"No prepared {task.name!r} data in data_dir={data_dir!r}. Prepare it with:\n  "
-      f"{_prepare_command(run, data_dir)}\n(or point --run.data_dir at prepared data)"
+      f"{_prepare_command(run, data_dir, task)}\n(or point --run.data_dir at prepared data)"
     )
-  n_train, n_val, n_test = run.generate_sizes
-  logging.info("Generating %s data (%d/%d/%d) into %s", task.name, n_train, n_val, n_test, data_dir)
+  n_train, n_val, n_test = generate_counts(run)
+  logging.info(
+    "Generating %s data (%s/%s/%s) into %s", task.data_id, n_train, n_val, n_test, data_dir
+  )
   os.makedirs(data_dir, exist_ok=True)
   prepare_lib.prepare(
     task,
@@ -118,20 +129,26 @@ def make_loader(
   batch_size: int,
   train: bool,
   workers: int = 0,
+  length: int | None = None,
 ):
-  """This process's loader of `split`; `batch_size` is global; `workers` reader processes."""
+  """This process's loader of `split`; `batch_size` is global; `workers` reader processes.
+
+  `length`: the model length to read at (default the run's `max_length`); the LM task
+  reads its windows of that length (`tasks.Task.for_length`).
+  """
   count = jax.process_count()
   if batch_size % count:
     raise ValueError(f"batch size {batch_size} must divide over {count} processes")
+  length = run.max_length if length is None else length
   return pipeline.make_loader(
-    run.task_spec,
+    run.task_spec.for_length(length),
     split,
     data_dir,
     batch_size=batch_size // count,
     seed=run.seed,
     shuffle=train,
     num_epochs=None if train else 1,
-    max_length=run.max_length,
+    max_length=length,
     # A ragged last eval batch is padded (see `pad_batch`); across hosts every shard
     # must yield the same number of batches, so multi-host eval drops the remainder.
     drop_remainder=train or count > 1,
@@ -144,7 +161,7 @@ def make_loader(
 
 def pad_batch(batch: dict, batch_size: int) -> dict:
   """Pads a short batch to `batch_size` rows and adds `weight` (1 real, 0 padding)."""
-  n = batch["label"].shape[0]
+  n = batch["inputs"].shape[0]
   out = {"weight": np.concatenate([np.ones(n, np.float32), np.zeros(batch_size - n, np.float32)])}
   for key, value in batch.items():
     pad = np.zeros((batch_size - n, *value.shape[1:]), value.dtype)

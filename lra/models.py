@@ -25,7 +25,9 @@ from flax import nnx
 from mra_jax import attentions, layout
 
 POOLINGS = ("mean", "cls")
-POSITIONS = ("learned", "sinusoidal")
+# "rope": rotary positions on q and k (the decoder of the LM task, `lra.decoder`).
+POSITIONS = ("learned", "sinusoidal", "rope")
+OBJECTIVES = ("classification", "next_token")
 INTERACTIONS = ("nli", "concat")
 TOKEN_ORDERS = ("row_major", "patch")  # After resolving "auto".
 # Attentions whose blocks are 1-D token runs that the published image setting fills with
@@ -56,7 +58,8 @@ class ModelConfig:
     classifier_hidden: the head's hidden widths (ReLU).
     dropout_rate: embedding, residual and feed-forward dropout.
     pooling: "mean" (masked, divided by the length) or "cls".
-    positions: "learned" or "sinusoidal" position embeddings.
+    positions: "learned" or "sinusoidal" position embeddings (classifiers), "rope" rotary
+      positions on queries and keys (the LM task's decoder, which needs them).
     embed_init_std: token-embedding initialisation stddev.
     qkv_bias: bias in the q/k/v/out projections.
     retrieval_interaction: two-tower head input: "nli" = [u, v, u*v, u-v], "concat" = [u, v].
@@ -75,6 +78,8 @@ class ModelConfig:
   qkv_bias: bool = True
   retrieval_interaction: str = "nli"
   # From the task and the run.
+  # "classification": an encoder and a head (`build`); "next_token": a causal decoder.
+  objective: str = dataclasses.field(default="classification", metadata=_FROM_RUN)
   vocab_size: int = dataclasses.field(metadata=_FROM_RUN)
   num_classes: int = dataclasses.field(metadata=_FROM_RUN)
   max_length: int = dataclasses.field(metadata=_FROM_RUN)
@@ -130,6 +135,7 @@ class ModelConfig:
     if self.token_order == "auto":
       object.__setattr__(self, "token_order", self._auto_token_order())
     for name, allowed in (
+      ("objective", OBJECTIVES),
       ("pooling", POOLINGS),
       ("positions", POSITIONS),
       ("retrieval_interaction", INTERACTIONS),
@@ -137,6 +143,20 @@ class ModelConfig:
     ):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name} must be one of {allowed}; got {name}={getattr(self, name)!r}")
+    if (self.positions == "rope") != (self.objective == "next_token"):
+      raise ValueError(
+        "positions='rope' is the language-model decoder's, which takes no other; got "
+        f"positions={self.positions!r} for objective={self.objective!r}"
+      )
+    if self.objective == "next_token":
+      object.__setattr__(
+        self, "attention_knobs", causal_knobs(self.attention, self.attention_knobs)
+      )
+      if (self.qkv_dim // self.num_heads) % 2:
+        raise ValueError(
+          "rotary positions rotate pairs of dimensions: qkv_dim / num_heads must be even; got "
+          f"qkv_dim={self.qkv_dim}, num_heads={self.num_heads}"
+        )
     if self.token_order == "patch":
       if self.pooling == "cls":
         raise ValueError(
@@ -163,6 +183,25 @@ class ModelConfig:
   def sequence_length(self) -> int:
     """Tokens the attention sees: max_length, +1 for the CLS token."""
     return self.max_length + (self.pooling == "cls")
+
+
+def causal_attentions() -> list[str]:
+  """The registered attentions with a causal form (an `is_causal` knob)."""
+  return [n for n in attentions.names() if "is_causal" in attentions.knob_defaults(n)]
+
+
+def causal_knobs(attention: str, knobs: Any) -> Any:
+  """`knobs` with `is_causal=True` (a decoder's attention).
+
+  Raises:
+    ValueError: `attention` has no causal form (the message lists those that have one).
+  """
+  if "is_causal" not in attentions.knob_defaults(attention):
+    raise ValueError(
+      f"the language-model task needs a causal attention; attention={attention!r} has no "
+      f"is_causal knob. Causal attentions: {causal_attentions()}"
+    )
+  return dataclasses.replace(knobs, is_causal=True)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -364,5 +403,10 @@ class DualClassifier(nnx.Module):
 
 
 def build(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
-  """The task's model: `DualClassifier` for pair inputs, `Classifier` otherwise."""
+  """The task's model: `lra.decoder.Decoder` for next-token tasks, `DualClassifier` for
+  pair inputs, `Classifier` otherwise."""
+  if cfg.objective == "next_token":
+    from lra import decoder  # pylint: disable=g-import-not-at-top  (it builds on this module)
+
+    return decoder.Decoder(cfg, rngs=rngs)
   return (DualClassifier if cfg.dual_input else Classifier)(cfg, rngs=rngs)

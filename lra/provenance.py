@@ -163,7 +163,9 @@ def data_fingerprint(version_dir: str, generated_stamp: str | None = None) -> di
   Returns:
     {"command", "generated", "split_sha256": {file: sha256}, "fingerprint"}: the
     fingerprint is the sha256 of the sorted `file=sha256` lines of the split files, so two
-    data dirs with the same examples in the same files have the same fingerprint.
+    data dirs with the same examples in the same files have the same fingerprint. Data that
+    records what it was made from (`lra_source.json`: the LM task's corpus, its own
+    fingerprint, the Python version) adds it as "source".
   """
   from lra.data import digests  # pylint: disable=g-import-not-at-top
 
@@ -185,9 +187,16 @@ def data_fingerprint(version_dir: str, generated_stamp: str | None = None) -> di
   if generated_stamp and os.path.isfile(generated_stamp):
     with open(generated_stamp) as f:
       generated = json.load(f)
-  return {
+  out = {
     "command": command,
     "generated": generated,
     "split_sha256": splits,
     "fingerprint": hashlib.sha256(joined.encode()).hexdigest(),
   }
+  from lra.data import prepare_lib  # pylint: disable=g-import-not-at-top
+
+  source_path = os.path.join(version_dir, prepare_lib.SOURCE_FILE)
+  if os.path.isfile(source_path):
+    with open(source_path) as f:
+      out["source"] = json.load(f)
+  return out

@@ -16,12 +16,27 @@ TENSORBOARD_DIR = "tensorboard"
 
 def result_line(results: dict, workdir: str) -> str:
   """The one line that reports a finished run (`train.train_and_evaluate`'s results)."""
-  line = (
-    f"{results['task']} / {results['attention']}: test accuracy "
-    f"{results['test_accuracy']:.4f} on {results['num_test_examples']} examples "
-    f"(best validation {results['best_validation_accuracy']:.4f} at step "
-    f"{results['best_step']}); results in {os.path.join(workdir, 'results.json')}"
-  )
+  where = os.path.join(workdir, "results.json")
+  if "test_bits_per_byte" in results:  # The LM task.
+    longer = "".join(
+      f"; at length {length}: {r['bits_per_byte']:.4f}"
+      for length, r in results.get("test_at_lengths", {}).items()
+      if not r.get("trained_length")
+    )
+    line = (
+      f"{results['task']} / {results['attention']}: test {results['test_bits_per_byte']:.4f} "
+      f"bits per byte on {results['num_test_bytes']} bytes (next-byte accuracy "
+      f"{results['test_accuracy']:.4f}; best validation "
+      f"{results['best_validation_bits_per_byte']:.4f} bits per byte at step "
+      f"{results['best_step']}{longer}); results in {where}"
+    )
+  else:
+    line = (
+      f"{results['task']} / {results['attention']}: test accuracy "
+      f"{results['test_accuracy']:.4f} on {results['num_test_examples']} examples "
+      f"(best validation {results['best_validation_accuracy']:.4f} at step "
+      f"{results['best_step']}); results in {where}"
+    )
   if results.get("already_complete"):
     line = f"already complete, nothing to do: {line}"
   if results.get("expected_result"):
@@ -30,11 +45,14 @@ def result_line(results: dict, workdir: str) -> str:
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
-  """Drops events after `last_step`, and test events: a resumed run rewrites them."""
+  """Drops events after `last_step`, and test events (`test`, and the LM task's
+  `test_length_<L>`): a resumed run rewrites them."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return
-  kept = [e for e in read_metrics(workdir) if e["step"] <= last_step and e["split"] != "test"]
+  kept = [
+    e for e in read_metrics(workdir) if e["step"] <= last_step and not e["split"].startswith("test")
+  ]
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     for event in kept:

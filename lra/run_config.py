@@ -51,9 +51,10 @@ class RunConfig:
     seed: seeds initialisation, dropout and the data order.
     data_dir: prepared data; "" means <workdir>/data.
     generate_data: generate missing data (generated tasks only).
-    generate_sizes: (train, validation, test) examples when generating.
+    generate_sizes: (train, validation, test) examples when generating (lm: bytes of each
+      split); -1: the task's default size (generated tasks) or the whole split (lm).
     generate_max_tokens: ListOps only: > 0 generates shorter expressions.
-    max_length: tokens per example (per document for retrieval).
+    max_length: tokens per example (per document for retrieval; lm: the window, bytes).
     batch_size: global batch (all devices and hosts together).
     eval_batch_size: global batch for validation and test; None: batch_size.
     grad_accum_steps: micro-batches per step (they divide batch_size).
@@ -72,6 +73,8 @@ class RunConfig:
     data_workers: input processes; -1: from the core count (0 below 4 cores). Any count
       gives the same batches.
     expected_result: what this config is expected to reach, printed with the result.
+    eval_lengths: lm only: further model lengths at which the best checkpoint's test bits
+      per byte are measured at the end (their windows are prepared as needed).
     model: the model's hyperparameters (`lra.models.ModelConfig`).
     optimizer: the optimizer's hyperparameters (`lra.optim.OptimizerConfig`).
   """
@@ -102,6 +105,7 @@ class RunConfig:
   plot: bool = True
   data_workers: int = -1
   expected_result: str = ""
+  eval_lengths: tuple[int, ...] = ()
   model: models.ModelConfig = dataclasses.field(default=None, metadata={"block": True})
   optimizer: optim.OptimizerConfig = dataclasses.field(default=None, metadata={"block": True})
   # The task object, looked up once (from `task`); not a config key.
@@ -110,8 +114,9 @@ class RunConfig:
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)
     if self.task_spec is None:
-      set_("task_spec", tasks.get_task(self.task))
+      set_("task_spec", tasks.get_task(self.task).for_length(self.max_length))
     set_("generate_sizes", tuple(self.generate_sizes))
+    set_("eval_lengths", tuple(self.eval_lengths))
     if self.eval_batch_size is None:
       set_("eval_batch_size", self.batch_size)
     for name in (
@@ -132,11 +137,21 @@ class RunConfig:
     if self.data_workers != -1:
       _check_int("data_workers", self.data_workers, minimum=0)
     if len(self.generate_sizes) != 3 or not all(
-      isinstance(n, int) and n >= 1 for n in self.generate_sizes
+      isinstance(n, int) and not isinstance(n, bool) and (n >= 1 or n == -1)
+      for n in self.generate_sizes
     ):
       raise ValueError(
-        "generate_sizes must be (train, validation, test) positive ints; got "
+        "generate_sizes must be (train, validation, test) positive ints or -1; got "
         f"generate_sizes={self.generate_sizes!r}"
+      )
+    if not all(
+      isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in self.eval_lengths
+    ):
+      raise ValueError(f"eval_lengths must hold ints >= 1; got eval_lengths={self.eval_lengths!r}")
+    if self.eval_lengths and self.task_spec.objective != "next_token":
+      raise ValueError(
+        f"eval_lengths applies to the language-model task; got eval_lengths="
+        f"{self.eval_lengths!r} for task={self.task!r}"
       )
     if self.batch_size % self.grad_accum_steps:
       raise ValueError(
@@ -283,8 +298,10 @@ def from_config_dict(c: ml_collections.ConfigDict | dict) -> RunConfig:
   unknown = set(fields) - set(_top_keys())
   if unknown:
     raise ValueError(knobs.unknown_message("config key", unknown, _top_keys()))
+  task = task.for_length(d["max_length"])
   model = models.ModelConfig(
     **d["model"],
+    objective=task.objective,
     vocab_size=task.vocab_size,
     num_classes=task.num_classes,
     dual_input=task.dual_input,

@@ -28,8 +28,10 @@ from lra import (
   checkpoints,
   evaluation,
   inputs,
+  length_eval,
   memory,
   models,
+  objectives,
   optim,
   preemption,
   provenance,
@@ -62,15 +64,15 @@ def init_state(
 
 
 @functools.lru_cache(maxsize=4)
-def _programs(graphdef, opt_cfg: optim.OptimizerConfig, grad_accum_steps: int):
+def _programs(graphdef, opt_cfg: optim.OptimizerConfig, grad_accum_steps: int, objective):
   """Optimizer and jitted steps, shared by runs of one process with the same settings
   (a resumed or repeated run in the same process skips recompiling)."""
   tx, lr_schedule = optim.make_optimizer(opt_cfg)
   return (
     tx,
     lr_schedule,
-    make_train_step(graphdef, tx, grad_accum_steps),
-    make_eval_step(graphdef),
+    make_train_step(graphdef, tx, grad_accum_steps, objective),
+    make_eval_step(graphdef, objective),
   )
 
 
@@ -88,20 +90,21 @@ def _check_devices(run: run_config.RunConfig, num_devices: int) -> None:
     )
 
 
-def _loss_and_accuracy(graphdef, params, rest, batch, dropout_key):
-  model = nnx.merge(graphdef, params, rest)
-  logits = model(batch["inputs"], batch["mask"], dropout_key)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-  correct = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
-  return losses, correct
+def make_train_step(
+  graphdef,
+  tx: optax.GradientTransformation,
+  grad_accum_steps: int,
+  objective=objectives.CLASSIFICATION,
+):
+  """Returns jit(state, batch, dropout_key) -> (state, {"loss", "accuracy"}).
 
-
-def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum_steps: int):
-  """Returns jit(state, batch, dropout_key) -> (state, {"loss", "accuracy"})."""
+  The loss is the objective's (`lra.objectives`): the mean over the examples, or over the
+  predicted bytes; with accumulation, the mean of the micro-batches' means.
+  """
 
   def loss_fn(params, rest, batch, key):
-    losses, correct = _loss_and_accuracy(graphdef, params, rest, batch, key)
-    return losses.mean(), correct.mean()
+    terms = objectives.loss_terms(objective, graphdef, params, rest, batch, key)
+    return objective.train_metrics(*terms)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -142,13 +145,13 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum_steps
   return jax.jit(step, donate_argnums=0)
 
 
-def make_eval_step(graphdef):
-  """Returns jit(params, rest, batch) -> sums of (loss, correct, weight) over the batch."""
+def make_eval_step(graphdef, objective=objectives.CLASSIFICATION):
+  """Returns jit(params, rest, batch) -> sums of (loss, correct, count) over the batch
+  (count: real examples, or predicted bytes, `lra.objectives`)."""
 
   def step(params, rest, batch):
-    losses, correct = _loss_and_accuracy(graphdef, params, rest, batch, None)
-    w = batch["weight"]
-    return {"loss": (losses * w).sum(), "correct": (correct * w).sum(), "count": w.sum()}
+    terms = objectives.loss_terms(objective, graphdef, params, rest, batch, None)
+    return objective.eval_sums(*terms, batch)
 
   return jax.jit(step)
 
@@ -189,8 +192,8 @@ def _warn_if_memory_is_short(run: run_config.RunConfig) -> None:
 
 def _provenance(run: run_config.RunConfig, data_dir: str) -> dict:
   """The code, software, device and data fingerprint of this run (`lra.provenance`)."""
-  version_dir = builders.version_dir(run.task, data_dir)
-  stamp = os.path.join(data_dir, inputs.GENERATED_STAMP.format(task=run.task))
+  version_dir = builders.version_dir(run.task_spec, data_dir)
+  stamp = os.path.join(data_dir, inputs.GENERATED_STAMP.format(task=run.task_spec.data_id))
   return {
     "code": provenance.code_version(),
     "software": provenance.software_versions(),
@@ -283,8 +286,11 @@ def _train_and_evaluate(run, workdir: str, signals: preemption.StopSignals) -> d
     _warn_if_memory_is_short(run)
 
   cfg = run.model
+  objective = objectives.for_task(run.task_spec)
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0))))
-  tx, lr_schedule, train_step, eval_step = _programs(graphdef, run.optimizer, run.grad_accum_steps)
+  tx, lr_schedule, train_step, eval_step = _programs(
+    graphdef, run.optimizer, run.grad_accum_steps, objective
+  )
   state = init_state(cfg, tx, run.seed, replicated)
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logging.info(
@@ -300,7 +306,7 @@ def _train_and_evaluate(run, workdir: str, signals: preemption.StopSignals) -> d
     run, data_dir, "train", batch_size=run.batch_size, train=True, workers=inputs.data_workers(run)
   )
   ckpt = checkpoints.Checkpointer(workdir)
-  start_step, best = 0, {"accuracy": -1.0, "step": 0}
+  start_step, best = 0, objective.initial_best()
   window = _Window()
   restored = ckpt.restore_latest(state)
   if restored is not None:
@@ -319,14 +325,16 @@ def _train_and_evaluate(run, workdir: str, signals: preemption.StopSignals) -> d
   eval_data = evaluation.EvalBatches(run, data_dir)
 
   def run_eval(split, params_, num_batches):
-    return evaluation.evaluate(
-      eval_step,
-      params_,
-      state["rest"],
-      eval_data.batches(split, num_batches),
-      batch_size=run.eval_batch_size,
-      num_batches=num_batches,
-      sharding=batch_sharding,
+    return objective.summarise(
+      evaluation.evaluate(
+        eval_step,
+        params_,
+        state["rest"],
+        eval_data.batches(split, num_batches),
+        batch_size=run.eval_batch_size,
+        num_batches=num_batches,
+        sharding=batch_sharding,
+      )
     )
 
   def due(step: int, every: int) -> bool:
@@ -357,7 +365,12 @@ def _train_and_evaluate(run, workdir: str, signals: preemption.StopSignals) -> d
     loss, accuracy = _read_metrics(metrics)
     if not math.isfinite(loss):
       writer.write(
-        step, "train", loss=loss, accuracy=accuracy, learning_rate=float(lr_schedule(step - 1))
+        step,
+        "train",
+        loss=loss,
+        accuracy=accuracy,
+        **objective.train_extras(loss),
+        learning_rate=float(lr_schedule(step - 1)),
       )
       close_all()
       raise NonFiniteLossError(
@@ -379,6 +392,7 @@ def _train_and_evaluate(run, workdir: str, signals: preemption.StopSignals) -> d
         "train",
         loss=window.loss / window.count,
         accuracy=window.accuracy / window.count,
+        **objective.train_extras(window.loss / window.count),
         learning_rate=float(lr_schedule(step - 1)),
         steps_per_sec=window.count / max(elapsed, 1e-9),
       )
@@ -419,19 +433,11 @@ def _train_and_evaluate(run, workdir: str, signals: preemption.StopSignals) -> d
       unread = None
       if evaluates:
         val = run_eval("validation", state["params"], run.num_eval_batches)
-        writer.write(
-          step,
-          "validation",
-          loss=val["loss"],
-          accuracy=val["accuracy"],
-          num_examples=val["num_examples"],
-        )
+        writer.write(step, "validation", **objective.reported(val))
         if primary:
-          bar.write(
-            f"step {step}: validation accuracy {val['accuracy']:.4f} loss {val['loss']:.4f}"
-          )
-        if val["accuracy"] > best["accuracy"]:
-          best = {"accuracy": val["accuracy"], "step": step}
+          bar.write(objective.validation_line(step, val))
+        if objective.improves(val, best):
+          best = objective.best_entry(val, step)
           ckpt.save_best(step, state["params"], dict(best))
       save(step, position)
       if stopping:
@@ -446,25 +452,22 @@ def _train_and_evaluate(run, workdir: str, signals: preemption.StopSignals) -> d
   if restored_best is not None:
     best_params, best = restored_best
   test = run_eval("test", best_params, -1)
-  writer.write(
-    run.num_train_steps,
-    "test",
-    loss=test["loss"],
-    accuracy=test["accuracy"],
-    num_examples=test["num_examples"],
-    best_step=best["step"],
-  )
+  writer.write(run.num_train_steps, "test", **objective.reported(test), best_step=best["step"])
+  by_length = {}
+  if run.eval_lengths:
+    by_length = length_eval.evaluate_lengths(
+      run, data_dir, eval_step, best_params, state["rest"], batch_sharding, objective
+    )
+    for length, metrics in by_length.items():
+      writer.write(run.num_train_steps, f"test_length_{length}", **objective.reported(metrics))
   writer.close()
   ckpt.close()
   results = {
     "task": run.task,
     "attention": run.attention,
     "protocol": run.protocol,
-    "test_accuracy": test["accuracy"],
-    "test_loss": test["loss"],
-    "num_test_examples": test["num_examples"],
-    "best_step": best["step"],
-    "best_validation_accuracy": best["accuracy"],
+    **objective.results(test, best),
+    **({"test_at_lengths": length_eval.summary(run, test, by_length)} if by_length else {}),
     "num_parameters": int(num_params),
     "num_devices": jax.device_count(),
     "device_kind": jax.devices()[0].device_kind,

@@ -45,6 +45,9 @@ class _LraBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       description=f"Long Range Arena task {self.TASK.name!r} (lra.data).",
       features=self.TASK.features(),
       supervised_keys=None,
+      # TFDS shuffles records by key hash unless told not to; the LM task's windows are
+      # stored in stream order (record i is window i).
+      disable_shuffling=self.TASK.stored_in_order,
     )
 
   def _split_generators(self, dl_manager):
@@ -95,11 +98,37 @@ def deterministic_serialization():
     serializer.serialize_example = original
 
 
+def make_builder(
+  task: tasks.Task, data_dir: str, split_examples: dict[str, Callable[[], Iterable[dict]]]
+) -> _LraBuilder:
+  """The array_record builder of `task`'s stored variant, writing `split_examples`.
+
+  A task with a `variant` (the LM task's windows) is a TFDS builder config of that name,
+  so each variant has its own folder, `<data_dir>/lra_<task>/<variant>/1.0.0/`.
+  """
+  cls = BUILDERS[task.name]
+  kwargs = {"data_dir": data_dir, "file_format": "array_record", "split_examples": split_examples}
+  if task.variant is None:
+    return cls(**kwargs)
+  config = tfds.core.BuilderConfig(name=task.variant)
+  # Declared on the class, so TFDS does not warn about a custom configuration.
+  variant_cls = type(
+    cls.__name__,
+    (cls,),
+    {"TASK": task, "BUILDER_CONFIGS": [config], "__module__": __name__},
+    skip_registration=True,
+  )
+  return variant_cls(config=task.variant, **kwargs)
+
+
 def dataset_name(task: str) -> str:
   """Folder name of the task's dataset under the data dir, e.g. "lra_listops"."""
   return BUILDERS[task].name
 
 
-def version_dir(task: str, data_dir: str) -> str:
-  """Where `task`'s array_record files live under `data_dir` ("~" expanded)."""
-  return os.path.join(os.path.expanduser(data_dir), dataset_name(task), VERSION)
+def version_dir(task: tasks.Task | str, data_dir: str) -> str:
+  """Where `task`'s array_record files live under `data_dir` ("~" expanded): a task with a
+  stored variant (`tasks.Task.variant`) keeps it in a sub-folder of that name."""
+  spec = tasks.as_task(task)
+  parts = [dataset_name(spec.name), *([spec.variant] if spec.variant else []), VERSION]
+  return os.path.join(os.path.expanduser(data_dir), *parts)

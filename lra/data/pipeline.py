@@ -3,7 +3,9 @@
 Each batch is a dict of numpy arrays:
   inputs  int32 [batch, max_length]    ([batch, 2, max_length] for retrieval)
   mask    bool, same shape as inputs   (True = real token)
-  label   int32 [batch]
+  label   int32 [batch]                (classification tasks)
+  targets int32 [batch, max_length]    (next-token tasks, instead of label: the next byte;
+                                        the mask marks the positions that have one)
 
 Token ids are the task's (`tasks.Task.token_ids`). On pixel tasks 0 is a real token: the
 mask, not the id, marks padding.
@@ -30,10 +32,10 @@ def _data_source(task: tasks.Task, split: str, data_dir: str):
   stored = task.stored_split(split)
   if not prepare_lib.is_prepared(task, data_dir):
     raise errors.DataNotFoundError(
-      f"No prepared {task.name!r} data in {builders.version_dir(task.name, data_dir)}; run "
-      f"{errors.prepare_command(task.name, data_dir)}"
+      f"No prepared {task.name!r} data in {builders.version_dir(task, data_dir)}; run "
+      f"{errors.prepare_command(task.name, data_dir, max_tokens=task.prepare_max_tokens)}"
     )
-  builder = tfds.builder_from_directory(builders.version_dir(task.name, data_dir))
+  builder = tfds.builder_from_directory(builders.version_dir(task, data_dir))
   return builder.as_data_source(split=stored)
 
 
@@ -60,6 +62,10 @@ class _Encode(grain.MapTransform):
 
   def map(self, element):
     padded = [self._pad(ids) for ids in self._task.token_ids(element)]
+    targets = self._task.targets(element)
+    if targets is not None:  # One document, a target per position (the next byte).
+      (inputs, mask), *_ = padded
+      return {"inputs": inputs, "mask": mask, "targets": self._pad(targets)[0]}
     if self._task.dual_input:  # [2, max_length]: one row per document.
       inputs, mask = np.stack([p[0] for p in padded]), np.stack([p[1] for p in padded])
     else:

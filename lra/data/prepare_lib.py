@@ -19,11 +19,13 @@ from tensorflow_datasets.core.utils import tqdm_utils
 
 from lra.data import builders, digests, errors, tasks
 
+SOURCE_FILE = "lra_source.json"  # What the examples were made from (`SplitExamples.record`).
+
 
 def is_prepared(task: tasks.Task | str, data_dir: str) -> bool:
   """True when every stored split of `task` (a `tasks.Task` or its name) is complete."""
   spec = tasks.as_task(task)
-  info_path = os.path.join(builders.version_dir(spec.name, data_dir), "dataset_info.json")
+  info_path = os.path.join(builders.version_dir(spec, data_dir), "dataset_info.json")
   if not os.path.isfile(info_path):
     return False
   with open(info_path) as f:
@@ -73,8 +75,10 @@ def prepare(
       Pathfinder, and looks for Text/Image/Retrieval downloads in default places.
     seed: generator seed, and the seed of subset selection and Pathfinder's split.
     num_train, num_val, num_test: split sizes; None = official sizes (generated tasks) or
-      everything in the source.
-    max_tokens: ListOps generation only: > 0 makes expressions shorter than this.
+      everything in the source. lm: bytes of each split's stream.
+    max_tokens: ListOps generation: > 0 makes expressions shorter than this; lm: the
+      window length W (0: 2048), stored in its own sub-folder `w<W>`. A `tasks.Task` that
+      already has a window (`Task.for_length`) keeps it when this is 0.
     overwrite: delete the task's stored files first (regenerate damaged data).
     workers: generator processes (0: every core); the data is the same for any count.
     progress: show TFDS's progress bars while writing (a trainer preparing its own small
@@ -85,7 +89,7 @@ def prepare(
     DataCorruptError: the data already there differs from its digest.
     ValueError: bad arguments or bad source content (the message names the file).
   """
-  spec = tasks.as_task(task)
+  spec = tasks.as_task(task).prepared_variant(max_tokens)
   task = spec.name
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
@@ -96,9 +100,14 @@ def prepare(
     raise ValueError(f"workers={workers} must be >= 0")
   counts = (num_train, num_val, num_test)
   command = errors.prepare_command(
-    task, data_dir, source=source, seed=seed, counts=counts, max_tokens=max_tokens
+    task,
+    data_dir,
+    source=source,
+    seed=seed,
+    counts=counts,
+    max_tokens=max_tokens or spec.prepare_max_tokens,
   )
-  version_dir = builders.version_dir(task, data_dir)
+  version_dir = builders.version_dir(spec, data_dir)
   if overwrite and os.path.isdir(version_dir):
     logging.info("Deleting %s to prepare it anew", version_dir)
     shutil.rmtree(version_dir)
@@ -118,13 +127,25 @@ def prepare(
   splits = spec.split_examples(
     data_dir, source=source, seed=seed, counts=counts, max_tokens=max_tokens, workers=workers
   )
-  builder = builders.BUILDERS[task](
-    data_dir=data_dir, file_format="array_record", split_examples=splits
-  )
+  builder = builders.make_builder(spec, data_dir, splits)
   with builders.deterministic_serialization(), _progress_bars(progress):
     builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(
         download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
       )
     )
+  record = getattr(splits, "record", None)
+  if record is not None:
+    with open(os.path.join(version_dir, SOURCE_FILE), "w") as f:
+      json.dump(record, f, indent=2, sort_keys=True)
   digests.write(version_dir, command)
+
+
+def source_record(task: tasks.Task | str, data_dir: str) -> dict | None:
+  """What `task`'s prepared examples in `data_dir` were made from (`SOURCE_FILE`), if the
+  task records it."""
+  path = os.path.join(builders.version_dir(task, data_dir), SOURCE_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

@@ -1,4 +1,4 @@
-"""The eight LRA tasks, each in one place: its numbers, stored features, token ids and splits.
+"""The LRA tasks and the byte-level LM task, each in one place: numbers, features, ids, splits.
 
 A task is one `Task` object in `TASKS`. Everything that differs between tasks lives on its
 class: what is stored (`features`), how a stored example becomes token ids (`token_ids`),
@@ -9,7 +9,8 @@ so a new task is a new class here (plus its `configs/<task>.py`).
 
 Token ids: ListOps its fixed vocabulary (`listops.VOCAB`, pad 0); text and retrieval byte
 + 1 (pad 0); pixel tasks the pixel value itself, so 0 is a real token there and only the
-mask tells padding apart.
+mask tells padding apart; the language-model task `lm` the byte itself (0 separates
+documents), with the next byte as a per-position target (`targets`).
 """
 
 import dataclasses
@@ -24,13 +25,23 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lra.data import errors, listops, pathfinder, pathfinder_files, sources
+from lra.data import corpus, errors, listops, pathfinder, pathfinder_files, sources
 
 SPLITS = ("train", "validation", "test")
+OBJECTIVES = ("classification", "next_token")
 _ZLIB = tfds.features.Encoding.ZLIB
 
-# {split: a callable returning that split's stored examples}, as the builders take them.
-SplitExamples = dict[str, Callable[[], Iterable[dict]]]
+
+class SplitExamples(dict[str, Callable[[], Iterable[dict]]]):
+  """{split: a callable returning that split's stored examples}, as the builders take them.
+
+  `record` (None, or JSON types): what the examples were made from, beyond the prepare
+  command; `prepare` stores it beside the data (`lra_source.json`) and runs report it.
+  """
+
+  record: dict | None = None
+
+
 # Requested (train, validation, test) sizes; None = the task's default or the whole source.
 Counts = tuple[int | None, int | None, int | None]
 
@@ -90,6 +101,33 @@ class Task:
   # convert downloads and say where to get them.
   can_generate: ClassVar[bool] = False
   stored_splits: ClassVar[tuple[str, ...]] = SPLITS
+  # One label per example ("classification") or a target per position ("next_token").
+  objective: ClassVar[str] = "classification"
+  # A task whose examples are cut to the model's length stores one variant per length, in
+  # the sub-folder `variant`; `prepare_max_tokens` is the --max_tokens that prepares it.
+  variant: ClassVar[str | None] = None
+  prepare_max_tokens: ClassVar[int] = 0
+  stored_in_order: ClassVar[bool] = False  # Records in example order, not TFDS's shuffle.
+
+  @property
+  def data_id(self) -> str:
+    """Names this stored variant in file names: the task name, and its variant if any."""
+    return self.name if self.variant is None else f"{self.name}_{self.variant}"
+
+  def for_length(self, length: int) -> "Task":
+    """The task whose stored examples a model of `length` tokens reads."""
+    del length
+    return self
+
+  def prepared_variant(self, max_tokens: int) -> "Task":
+    """The task whose data `prepare(..., max_tokens=max_tokens)` writes."""
+    del max_tokens
+    return self
+
+  def targets(self, example: dict) -> np.ndarray | None:
+    """int32 per-position targets aligned with `token_ids` ("next_token"), else None."""
+    del example
+    return None
 
   def stored_split(self, split: str) -> str:
     """The stored split that serves `split` (a task without a validation split reads test)."""
@@ -382,6 +420,67 @@ class Pathfinder(_Pixels):
     return root
 
 
+@dataclasses.dataclass(frozen=True)
+class LanguageModel(Task):
+  """Next-byte prediction on a byte corpus (`lra.data.corpus`): the Python standard
+  library's sources, or `--source=DIR`.
+
+  Stored per window length W (`window`, a sub-folder `w<W>`): examples `bytes` uint8
+  [W + 1] ZLIB (the last of a split shorter), cut at stride W from the split's byte stream.
+  A model of length W reads bytes 0..W-1 (ids = bytes; 0 separates documents) and predicts
+  bytes 1..W. Sizes (`counts`) are bytes of each split's stream (`corpus.stream`).
+  """
+
+  window: int | None = None
+
+  can_generate = True  # Every machine has its standard library: nothing to download.
+  objective = "next_token"
+  stored_in_order = True
+
+  @property
+  def variant(self):  # pylint: disable=invalid-overridden-method
+    return None if self.window is None else f"w{self.window}"
+
+  @property
+  def prepare_max_tokens(self):  # pylint: disable=invalid-overridden-method
+    return self.window or 0
+
+  def for_length(self, length):
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+      raise ValueError(
+        f"the {self.name} window (max_length, or --max_tokens) must be an int >= 1; got {length!r}"
+      )
+    return dataclasses.replace(self, window=length, max_length=length)
+
+  def prepared_variant(self, max_tokens):
+    if max_tokens:
+      return self.for_length(max_tokens)
+    return self if self.window else self.for_length(self.max_length)
+
+  def features(self):
+    return tfds.features.FeaturesDict({"bytes": _bytes_tensor()})
+
+  def token_ids(self, example):
+    return [example["bytes"][:-1].astype(np.int32)]
+
+  def targets(self, example):
+    return example["bytes"][1:].astype(np.int32)
+
+  def split_examples(self, data_dir, *, source, seed, counts, max_tokens=0, workers=0):
+    del data_dir, seed, workers  # The split is a hash of each path; nothing is random.
+    if self.window is None or (max_tokens and max_tokens != self.window):
+      raise ValueError(f"{self.name}: max_tokens={max_tokens} must be the window {self.window}")
+    streams, record = corpus.split_streams(corpus.read(source), counts, self.window)
+    out = SplitExamples(
+      {
+        split: lambda d=data: ({"bytes": w} for w in corpus.windows(d, self.window))
+        for split, data in streams.items()
+      }
+    )
+    out.record = record
+    return out
+
+
 TASKS: dict[str, Task] = {
   t.name: t
   for t in (
@@ -390,6 +489,7 @@ TASKS: dict[str, Task] = {
     Retrieval("retrieval", 2, 4096, 257, dual_input=True),
     Image("image", 10, 1024, 256, image_shape=(32, 32)),
     *(Pathfinder(f"pathfinder{s}", 2, s * s, 256, image_shape=(s, s)) for s in (32, 64, 128, 256)),
+    LanguageModel("lm", 256, 2048, 256),
   )
 }
 

@@ -72,3 +72,36 @@ def prepared(tmp_path_factory):
     return root
 
   return get
+
+
+@pytest.fixture(scope="session")
+def lm_data(tmp_path_factory):
+  """A data dir with the 32-byte windows of a tiny text corpus (tests/lra/lm_testing.py)."""
+  from lra.data import prepare_lib  # pylint: disable=g-import-not-at-top
+
+  from . import lm_testing  # pylint: disable=g-import-not-at-top,relative-beyond-top-level
+
+  root = tmp_path_factory.mktemp("lm")
+  source = lm_testing.write_corpus(str(root / "corpus"))
+  prepare_lib.prepare("lm", str(root / "data"), source=source, max_tokens=32, progress=False)
+  return str(root / "data")
+
+
+@pytest.fixture(scope="session")
+def lm_run(lm_data, tmp_path_factory):
+  """(workdir, results) of a finished tiny LM run (`lm_testing.run_config_of`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from lra import run_config, train  # pylint: disable=g-import-not-at-top
+
+  from . import lm_testing  # pylint: disable=g-import-not-at-top,relative-beyond-top-level
+
+  workdir = tmp_path_factory.mktemp("lm_run")
+  # A tiny program: XLA's optimisation passes would cost more than they save.
+  was = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    run = run_config.from_config_dict(lm_testing.run_config_of(lm_data))
+    return workdir, train.train_and_evaluate(run, str(workdir))
+  finally:
+    jax.config.update("jax_disable_most_optimizations", was)

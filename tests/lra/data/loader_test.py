@@ -54,6 +54,7 @@ def test_each_task_says_how_its_examples_become_ids():
     "pathfinder64",
     "pathfinder128",
     "pathfinder256",
+    "lm",
   ]
   features = tasks.get_task("retrieval").features()
   assert set(features.keys()) == {"tokens1", "tokens2", "label"}
