@@ -139,10 +139,11 @@ def save_pretrained(model: nnx.Module, folder: str | os.PathLike) -> None:
   folder = os.fspath(folder)
   os.makedirs(folder, exist_ok=True)
   tensors = convert.to_tensors(model)
-  dtype = np.dtype(tensors[convert.transformers_key(_first_param_path(model))[0]].dtype).name
   config = model.config.replace(architectures=(name,))
   raw = config.to_dict()
-  raw["dtype"] = dtype  # transformers' record of the stored dtype
+  # transformers' record of the stored dtype (that of the word embeddings, as every weight's).
+  word_embeddings = next(a for k, a in tensors.items() if k.endswith("word_embeddings.weight"))
+  raw["dtype"] = np.dtype(word_embeddings.dtype).name
   raw.pop("torch_dtype", None)
   with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
     json.dump(dict(sorted(raw.items())), f, indent=2)
@@ -280,7 +281,3 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
   return {
     k: (v.float() if v.dtype == torch.bfloat16 else v).numpy(force=True) for k, v in state.items()
   }
-
-
-def _first_param_path(model: nnx.Module) -> tuple:
-  return next(iter(nnx.to_flat_state(nnx.state(model, nnx.Param))))[0]

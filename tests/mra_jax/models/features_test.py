@@ -126,3 +126,14 @@ def test_budget_rules(masked_lm):
   assert "num_blocks" not in dict(runtime.attention.self.mra_kwargs)
   with pytest.raises(ValueError, match="budget"):
     models.from_pretrained(masked_lm, budget="length")
+
+
+def test_bfloat16_weights_save_and_load(masked_lm, tmp_path):
+  model = models.from_pretrained(masked_lm, dtype=jnp.bfloat16)
+  models.save_pretrained(model, tmp_path)
+  assert '"dtype": "bfloat16"' in (tmp_path / "config.json").read_text()
+  again = models.from_pretrained(tmp_path)  # float32 compute, weights as stored
+  stored = model.cls.predictions.transform.dense.kernel[...]
+  loaded = again.cls.predictions.transform.dense.kernel[...]
+  assert loaded.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(loaded), np.asarray(stored, np.float32))
