@@ -17,7 +17,7 @@ from mra_jax.models.modeling import LayerFactory, MraModel, RuntimeOptions, acti
 
 
 class _TaskModel(nnx.Module):
-  """The shared constructor: the encoder at `self.mra` plus `_build_head`'s modules."""
+  """The encoder at `self.mra` plus a head (`_build_head`, `_head`), called as `MraModel`."""
 
   def __init__(
     self,
@@ -28,6 +28,7 @@ class _TaskModel(nnx.Module):
     param_dtype: jnp.dtype = jnp.float32,
     options: RuntimeOptions | None = None,
   ):
+    """Arguments as `MraModel`'s."""
     self.config = config
     self.mra = MraModel(config, rngs=rngs, dtype=dtype, param_dtype=param_dtype, options=options)
     self._build_head(LayerFactory(config, dtype, param_dtype), rngs)
@@ -35,10 +36,28 @@ class _TaskModel(nnx.Module):
   def _build_head(self, init: LayerFactory, rngs: nnx.Rngs) -> None:
     raise NotImplementedError
 
-  def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, hidden):
-    return self.mra(
-      input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=hidden
+  def _head(self, h_BxLxE: jax.Array, hidden_states):
+    """The encoder's last hidden state (and hidden_states) -> the class's output."""
+    raise NotImplementedError
+
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    token_type_ids: jax.Array | None = None,
+    position_ids: jax.Array | None = None,
+    *,
+    output_hidden_states: bool = False,
+  ):
+    """Arguments as `MraModel.__call__`; returns the class's output dataclass."""
+    out = self.mra(
+      input_ids,
+      attention_mask,
+      token_type_ids,
+      position_ids,
+      output_hidden_states=output_hidden_states,
     )
+    return self._head(out.last_hidden_state, out.hidden_states)
 
 
 class _PredictionHeadTransform(nnx.Module):
@@ -88,21 +107,9 @@ class MraForMaskedLM(_TaskModel):
   def _build_head(self, init, rngs):
     self.cls = _OnlyMLMHead(init, rngs)
 
-  def __call__(
-    self,
-    input_ids,
-    attention_mask=None,
-    token_type_ids=None,
-    position_ids=None,
-    *,
-    output_hidden_states: bool = False,
-  ) -> outputs.MaskedLMOutput:
-    """`MraModel.__call__`'s arguments -> `MaskedLMOutput` (logits [B, L, vocab_size])."""
-    out = self._encode(
-      input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states
-    )
-    logits = self.cls.predictions(out.last_hidden_state, self.mra.embeddings.word_embeddings)
-    return outputs.MaskedLMOutput(logits=logits, hidden_states=out.hidden_states)
+  def _head(self, h_BxLxE, hidden_states) -> outputs.MaskedLMOutput:
+    logits = self.cls.predictions(h_BxLxE, self.mra.embeddings.word_embeddings)
+    return outputs.MaskedLMOutput(logits=logits, hidden_states=hidden_states)
 
 
 class _ClassificationHead(nnx.Module):
@@ -126,21 +133,9 @@ class MraForSequenceClassification(_TaskModel):
   def _build_head(self, init, rngs):
     self.classifier = _ClassificationHead(init, rngs)
 
-  def __call__(
-    self,
-    input_ids,
-    attention_mask=None,
-    token_type_ids=None,
-    position_ids=None,
-    *,
-    output_hidden_states: bool = False,
-  ) -> outputs.SequenceClassifierOutput:
-    """`MraModel.__call__`'s arguments -> `SequenceClassifierOutput` (logits [B, num_labels])."""
-    out = self._encode(
-      input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states
-    )
-    logits = self.classifier(out.last_hidden_state)
-    return outputs.SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states)
+  def _head(self, h_BxLxE, hidden_states) -> outputs.SequenceClassifierOutput:
+    logits = self.classifier(h_BxLxE)
+    return outputs.SequenceClassifierOutput(logits=logits, hidden_states=hidden_states)
 
 
 class MraForMultipleChoice(_TaskModel):
@@ -150,6 +145,10 @@ class MraForMultipleChoice(_TaskModel):
     E = init.config.hidden_size
     self.pre_classifier = init.linear(E, E, rngs)
     self.classifier = init.linear(E, 1, rngs)
+
+  def _head(self, h_BxLxE, hidden_states) -> outputs.MultipleChoiceModelOutput:
+    logits = self.classifier(jax.nn.relu(self.pre_classifier(h_BxLxE[:, 0])))[:, 0]
+    return outputs.MultipleChoiceModelOutput(logits=logits, hidden_states=hidden_states)
 
   def __call__(
     self,
@@ -170,13 +169,11 @@ class MraForMultipleChoice(_TaskModel):
       )
     B, C, _ = input_ids.shape
     flat = lambda x: None if x is None else x.reshape(-1, x.shape[-1])
-    out = self._encode(
+    out = super().__call__(
       flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-      output_hidden_states,
+      output_hidden_states=output_hidden_states,
     )  # fmt: skip
-    pooled = jax.nn.relu(self.pre_classifier(out.last_hidden_state[:, 0]))
-    logits = self.classifier(pooled).reshape(B, C)
-    return outputs.MultipleChoiceModelOutput(logits=logits, hidden_states=out.hidden_states)
+    return out.replace(logits=out.logits.reshape(B, C))
 
 
 class MraForTokenClassification(_TaskModel):
@@ -186,21 +183,9 @@ class MraForTokenClassification(_TaskModel):
     self.dropout = init.dropout(rngs)
     self.classifier = init.linear(init.config.hidden_size, init.config.num_labels, rngs)
 
-  def __call__(
-    self,
-    input_ids,
-    attention_mask=None,
-    token_type_ids=None,
-    position_ids=None,
-    *,
-    output_hidden_states: bool = False,
-  ) -> outputs.TokenClassifierOutput:
-    """`MraModel.__call__`'s arguments -> `TokenClassifierOutput` (logits [B, L, num_labels])."""
-    out = self._encode(
-      input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states
-    )
-    logits = self.classifier(self.dropout(out.last_hidden_state))
-    return outputs.TokenClassifierOutput(logits=logits, hidden_states=out.hidden_states)
+  def _head(self, h_BxLxE, hidden_states) -> outputs.TokenClassifierOutput:
+    logits = self.classifier(self.dropout(h_BxLxE))
+    return outputs.TokenClassifierOutput(logits=logits, hidden_states=hidden_states)
 
 
 class MraForQuestionAnswering(_TaskModel):
@@ -210,22 +195,10 @@ class MraForQuestionAnswering(_TaskModel):
     # transformers forces num_labels = 2 here (start, end), whatever the config says.
     self.qa_outputs = init.linear(init.config.hidden_size, 2, rngs)
 
-  def __call__(
-    self,
-    input_ids,
-    attention_mask=None,
-    token_type_ids=None,
-    position_ids=None,
-    *,
-    output_hidden_states: bool = False,
-  ) -> outputs.QuestionAnsweringModelOutput:
-    """`MraModel.__call__`'s arguments -> start_logits and end_logits [B, L]."""
-    out = self._encode(
-      input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states
-    )
-    logits_BxLx2 = self.qa_outputs(out.last_hidden_state)
+  def _head(self, h_BxLxE, hidden_states) -> outputs.QuestionAnsweringModelOutput:
+    logits_BxLx2 = self.qa_outputs(h_BxLxE)
     return outputs.QuestionAnsweringModelOutput(
       start_logits=logits_BxLx2[..., 0],
       end_logits=logits_BxLx2[..., 1],
-      hidden_states=out.hidden_states,
+      hidden_states=hidden_states,
     )
