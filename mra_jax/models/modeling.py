@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from mra_jax import attention
+import mra_jax
 from mra_jax.checks import check_choice
 from mra_jax.models.config import BLOCK_SIZE, MIN_HEAD_DIM, MraModelConfig
 from mra_jax.models.outputs import BaseModelOutput
@@ -71,7 +71,8 @@ class RuntimeOptions:
 
   def __post_init__(self):
     check_choice("budget", self.budget, BUDGETS)
-    check_choice("impl", self.impl, attention.IMPLS)
+    # The attention's own config checks impl and precision, with its messages.
+    mra_jax.MraConfig(impl=self.impl, precision=self.precision)
     check_choice("mask_layout", self.mask_layout, MASK_LAYOUTS)
 
 
@@ -214,7 +215,7 @@ class SelfAttention(nnx.Module):
 def _mra(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_BxL, mask_layout: str, mra_kwargs: tuple):
   """`mra_attention` with transformers' mask layout when asked (see `RuntimeOptions`)."""
   if mask_layout == "per_example":
-    return attention.mra_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_BxL, **dict(mra_kwargs))
+    return mra_jax.mra_attention(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_BxL, **dict(mra_kwargs))
   # transformers repeats the [B, L] mask with `repeat(1, H, 1)` and reshapes it to [B * H, L],
   # which cycles through the examples, while its q/k/v rows are ordered (example, head): head
   # h of example b gets the mask of example (b * H + h) % B. Folding the heads into the batch
@@ -222,7 +223,7 @@ def _mra(q_BxLxHxD, k_BxLxHxD, v_BxLxHxD, mask_BxL, mask_layout: str, mra_kwargs
   B, L, H, D = q_BxLxHxD.shape
   fold = lambda x: jnp.swapaxes(x, 1, 2).reshape(B * H, L, 1, D)
   rows = jnp.arange(B * H) % B
-  out = attention.mra_attention(
+  out = mra_jax.mra_attention(
     fold(q_BxLxHxD), fold(k_BxLxHxD), fold(v_BxLxHxD), mask_BxL[rows], **dict(mra_kwargs)
   )
   return jnp.swapaxes(out.reshape(B, H, L, D), 1, 2)
