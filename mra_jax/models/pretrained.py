@@ -187,9 +187,12 @@ def _build(spec: _ModelSpec, key: jax.Array, tensors, *, source, fresh_prefixes)
   flat = nnx.to_flat_state(state)
   rest = tuple(path for path, _ in flat if path not in loaded)
   # The initial state depends on neither the runtime options nor the architectures entry;
-  # leaving them out of the jit key lets loads that differ only there share one compile.
+  # leaving them out of the jit key lets loads that differ only there share one compile (the
+  # budget rule stays: it decides which configs the constructor accepts).
   init_spec = dataclasses.replace(
-    spec, options=RuntimeOptions(), config=spec.config.replace(architectures=())
+    spec,
+    options=RuntimeOptions(budget=spec.options.budget),
+    config=spec.config.replace(architectures=()),
   )
   fresh = dict(zip(rest, _initial_values(init_spec, rest, key)))
   values = [
