@@ -79,7 +79,7 @@ def test_each_mistake_is_one_line_naming_the_key_and_value(tmp_path):
     for name, (args, _) in MISTAKES.items()
   }
   for name, process in running.items():
-    status, out, err = _finish(process)
+    status, _, err = _finish(process)
     expected = MISTAKES[name][1]
     assert status == USAGE_STATUS, (name, status, err)
     assert _error_lines(err) == [line for line in _error_lines(err) if line.startswith("error:")]

@@ -1,6 +1,5 @@
 """The out-of-memory warning: sizes that cannot fit are flagged, small ones are not."""
 
-
 import pytest
 
 from lra import memory
