@@ -106,9 +106,7 @@ def prepare_data(data_dir: str, *, tiny: bool, workers: int) -> float:
       progress=False,
     )
   else:
-    prepare_lib.prepare(
-      "listops", data_dir, workers=workers, seed=inputs.DATA_SEED, progress=False
-    )
+    prepare_lib.prepare("listops", data_dir, workers=workers, seed=inputs.DATA_SEED, progress=False)
   return time.time() - start
 
 
