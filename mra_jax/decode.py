@@ -260,7 +260,9 @@ def attend_cached(cache: MraCache, q_BxTxHxD: jax.Array, *, config: attention.Mr
   if config.initial_prior_diagonal_n_blocks > 0:
     band = rows[:, None] - cols[None, :] <= config.initial_prior_diagonal_n_blocks // 2
     prior += selection.PRIOR_BOOST * band
-  scores = jnp.where(real[:, None, None, :], normalised + prior, causal.EMPTY_BLOCK_SCORE)
+  scores = jnp.where(
+    real[:, None, None, :], normalised + prior[None, None], causal.EMPTY_BLOCK_SCORE
+  )
   scores = jnp.where(past[None, None], scores, -jnp.inf)
   per_row = config.row_budget(N)
   picks = min(per_row, N) - 1
