@@ -128,7 +128,7 @@ def main():
   parser.add_argument("--length", type=int, default=65536)
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--heads", type=int, default=8)
-  parser.add_argument("--head-dim", type=int, default=64)
+  parser.add_argument("--head_dim", type=int, default=64)
   args = parser.parse_args()
   print(
     f"B={args.batch}, H={args.heads}, L={args.length}, D={args.head_dim}; "

@@ -7,8 +7,10 @@ whole of MRA-2 (`mra_jax.mra_attention` with the same implementation: pooling, s
 low-resolution term and the kernels), whose fwd+bwd against dense is the headline figure
 (`mra2_speedup_fwdbwd`).
 
-FLOPs follow the flash-attention convention: forward `4 * bs^2 * D` per selected tile
-(QK^T and PV), backward 2.5x the forward (recomputation of QK^T not counted). Float32 inputs
+FLOPs follow the flash-attention convention (`benchmarks._timing`): forward `4 * bs^2 * D` per
+selected tile (QK^T and PV), backward 2.5x the forward (recomputation of QK^T not counted).
+Times come from the same harness as every benchmark here (`_timing`: one warm-up, then the
+median of `--repeats` runs). Float32 inputs
 are timed once per dot precision (`--precisions`, default every entry of
 `pallas_kernels.F32_PRECISIONS` for "pallas_triton"): the speed side of the error table in
 docs/kernels.md. Each row's `precision` says which ("native" for half-precision inputs).
@@ -24,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 import mra_jax
 import pallas_kernels
+from benchmarks import _timing
 from pallas_kernels.block_sparse_attention import api
 
 _PALLAS_IMPLEMENTATIONS = ("pallas_triton", "pallas_mosaic_tpu")
@@ -70,8 +71,7 @@ def _parse_args(argv=None):
     help="float32 dot precisions to time with pallas_triton: 'all' (pallas_kernels."
     "F32_PRECISIONS), 'default' or a comma-separated list",
   )
-  p.add_argument("--iters", type=int, default=20)
-  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=20, help="timed runs after one warm-up")
   p.add_argument("--skip_dense", action="store_true", help="do not time dense attention")
   p.add_argument(
     "--skip_mra",
@@ -87,7 +87,7 @@ def _parse_args(argv=None):
     tpu = jax.default_backend() == "tpu"
     args.implementation = "pallas_mosaic_tpu" if tpu else "pallas_triton"
   if args.quick:
-    args.lengths, args.batch, args.heads, args.iters, args.warmup = "256", 1, 1, 1, 1
+    args.lengths, args.batch, args.heads, args.repeats = "256", 1, 1, 1
   if args.implementation not in api.TAKES_PRECISION or args.precisions == "default":
     args.precisions = (None,)
   elif args.precisions == "all":
@@ -97,11 +97,6 @@ def _parse_args(argv=None):
   return args
 
 
-def sparse_flops_fwd(B: int, H: int, tiles_per_head: int, block_size: int, head_dim: int) -> float:
-  """Forward FLOPs of the selected tiles: QK^T and PV, `2 * bs^2 * D` each per tile."""
-  return 4.0 * block_size * block_size * head_dim * tiles_per_head * B * H
-
-
 def _tile_ids(key, B, H, Nq, Nk, K):
   """Random global top-K tile ids per head (uneven rows, as MRA's selection), sorted."""
   scores = jax.random.uniform(key, (B, H, Nq * Nk))
@@ -109,16 +104,21 @@ def _tile_ids(key, B, H, Nq, Nk, K):
   return jnp.sort(ids, axis=-1).astype(jnp.int32)
 
 
-def _time(fn: Callable[[], Any], iters: int, warmup: int) -> float:
-  """Median wall seconds of `fn()` (which must return arrays), after `warmup` calls."""
-  for _ in range(warmup):
-    jax.block_until_ready(fn())
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+def _time(fn: Callable[..., Any], args: tuple, repeats: int) -> float:
+  """Median seconds of the jitted `fn(*args)` (`benchmarks._timing`: one warm-up, then
+  `repeats` runs)."""
+  compiled, compile_seconds, temp = _timing.compile_program(fn, args)
+  meas = _timing.time_compiled(
+    compiled,
+    args,
+    repeats=repeats,
+    max_call_seconds=float("inf"),
+    temp_bytes=temp,
+    compile_seconds=compile_seconds,
+  )
+  if meas.status != "ok":
+    raise RuntimeError(meas.error)
+  return meas.seconds
 
 
 def _memory(jitted, *args) -> dict[str, int] | None:
@@ -166,7 +166,7 @@ def bench_one(args, L: int, dtype, precision: str | None = None) -> dict[str, An
       q, k, v, ids, valid, m0, l0, acc0, block_size=bs, implementation=args.implementation, **opts
     )
 
-  flops_fwd = sparse_flops_fwd(B, H, K, bs, D)
+  flops_fwd = _timing.selected_tile_flops(B, H, K, bs, D)
   row = {
     "implementation": args.implementation,
     "L": L,
@@ -180,13 +180,13 @@ def bench_one(args, L: int, dtype, precision: str | None = None) -> dict[str, An
     "sparse_fwd_flops": flops_fwd,
   }
   fwd, fwd_bwd = _fwd_and_fwdbwd(sparse)
-  t_f = _time(lambda: fwd(q, k, v), args.iters, args.warmup)
-  t_fb = _time(lambda: fwd_bwd(q, k, v), args.iters, args.warmup)
+  t_f = _time(fwd, (q, k, v), args.repeats)
+  t_fb = _time(fwd_bwd, (q, k, v), args.repeats)
   row.update(
     sparse_fwd_ms=1e3 * t_f,
     sparse_fwdbwd_ms=1e3 * t_fb,
     sparse_fwd_tflops=flops_fwd / t_f / 1e12,
-    sparse_fwdbwd_tflops=3.5 * flops_fwd / t_fb / 1e12,
+    sparse_fwdbwd_tflops=_timing.FWD_BWD_FLOP_FACTOR * flops_fwd / t_fb / 1e12,
     sparse_fwdbwd_memory=_memory(fwd_bwd, q, k, v),
   )
 
@@ -205,21 +205,21 @@ def bench_one(args, L: int, dtype, precision: str | None = None) -> dict[str, An
     )
     m_fwd, m_fwd_bwd = _fwd_and_fwdbwd(mra2)
     row.update(
-      mra2_fwd_ms=1e3 * _time(lambda: m_fwd(qt, kt, vt), args.iters, args.warmup),
-      mra2_fwdbwd_ms=1e3 * _time(lambda: m_fwd_bwd(qt, kt, vt), args.iters, args.warmup),
+      mra2_fwd_ms=1e3 * _time(m_fwd, (qt, kt, vt), args.repeats),
+      mra2_fwdbwd_ms=1e3 * _time(m_fwd_bwd, (qt, kt, vt), args.repeats),
       mra2_fwdbwd_memory=_memory(m_fwd_bwd, qt, kt, vt),
     )
 
   if not args.skip_dense:
-    dense_flops_fwd = 4.0 * L * L * D * B * H
+    dense_flops_fwd = _timing.dense_attention_flops(B, H, L, D)
     for impl in ("cudnn", "xla"):
       if impl == "cudnn" and (jax.default_backend() != "gpu" or dtype == jnp.float32):
         continue  # cuDNN flash attention: GPU, half precision only
       dense = lambda q, k, v, impl=impl: jax.nn.dot_product_attention(q, k, v, implementation=impl)
       try:
         d_fwd, d_fwd_bwd = _fwd_and_fwdbwd(dense)
-        td_f = _time(lambda: d_fwd(qt, kt, vt), args.iters, args.warmup)
-        td_fb = _time(lambda: d_fwd_bwd(qt, kt, vt), args.iters, args.warmup)
+        td_f = _time(d_fwd, (qt, kt, vt), args.repeats)
+        td_fb = _time(d_fwd_bwd, (qt, kt, vt), args.repeats)
       except Exception as e:  # pylint: disable=broad-exception-caught
         row["dense_error"] = f"{impl}: {type(e).__name__}: {str(e)[:200]}"
         continue
@@ -228,7 +228,7 @@ def bench_one(args, L: int, dtype, precision: str | None = None) -> dict[str, An
         dense_fwd_ms=1e3 * td_f,
         dense_fwdbwd_ms=1e3 * td_fb,
         dense_fwd_tflops=dense_flops_fwd / td_f / 1e12,
-        dense_fwdbwd_tflops=3.5 * dense_flops_fwd / td_fb / 1e12,
+        dense_fwdbwd_tflops=_timing.FWD_BWD_FLOP_FACTOR * dense_flops_fwd / td_fb / 1e12,
         dense_fwdbwd_memory=_memory(d_fwd_bwd, qt, kt, vt),
         speedup_fwd=td_f / t_f,
         speedup_fwdbwd=td_fb / t_fb,

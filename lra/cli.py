@@ -219,12 +219,14 @@ def typed(config) -> run_config.RunConfig:
 
 
 class _QuietLibraries:
-  """Keeps orbax's, TFDS's and grain's per-step INFO lines out of the user's console."""
+  """Keeps the libraries' INFO lines out of the user's console: orbax, TFDS and grain log per
+  save or read, and jax logs each backend it probes ("Unable to initialize backend 'tpu':
+  ... Failed to open libtpu.so" on every machine without a TPU)."""
 
   def filter(self, record) -> bool:
     noisy = any(
       f"{os.sep}{lib}{os.sep}" in record.pathname
-      for lib in ("orbax", "tensorflow_datasets", "grain", "etils", "absl")
+      for lib in ("orbax", "tensorflow_datasets", "grain", "etils", "absl", "jax")
     )
     return record.levelno >= std_logging.WARNING or not noisy
 

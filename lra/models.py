@@ -63,6 +63,9 @@ class ModelConfig:
     embed_init_std: token-embedding initialisation stddev.
     qkv_bias: bias in the q/k/v/out projections.
     retrieval_interaction: two-tower head input: "nli" = [u, v, u*v, u-v], "concat" = [u, v].
+    pretrained: a local folder of a transformers MRA checkpoint (config.json and weights):
+      the classifier is then that encoder with a new head (`lra.pretrained`), sized as the
+      checkpoint (the other keys of this block do not apply); "" trains from scratch.
   """
 
   num_layers: int = 2
@@ -77,6 +80,7 @@ class ModelConfig:
   embed_init_std: float = 0.02
   qkv_bias: bool = True
   retrieval_interaction: str = "nli"
+  pretrained: str = ""
   # From the task and the run.
   # "classification": an encoder and a head (`build`); "next_token": a causal decoder.
   objective: str = dataclasses.field(default="classification", metadata=_FROM_RUN)
@@ -404,9 +408,14 @@ class DualClassifier(nnx.Module):
 
 def build(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
   """The task's model: `lra.decoder.Decoder` for next-token tasks, `DualClassifier` for
-  pair inputs, `Classifier` otherwise."""
+  pair inputs, `Classifier` otherwise, or with `cfg.pretrained` a checkpoint's encoder with
+  a new head (`lra.pretrained`)."""
   if cfg.objective == "next_token":
     from lra import decoder  # pylint: disable=g-import-not-at-top  (it builds on this module)
 
     return decoder.Decoder(cfg, rngs=rngs)
+  if cfg.pretrained:
+    from lra import pretrained  # pylint: disable=g-import-not-at-top  (optional extra)
+
+    return pretrained.PretrainedClassifier(cfg, rngs=rngs)
   return (DualClassifier if cfg.dual_input else Classifier)(cfg, rngs=rngs)

@@ -52,7 +52,9 @@ def init_state(
 ) -> dict:
   """{"params", "rest", "opt_state"} of a fresh model, placed by `sharding`.
 
-  Initialisation runs as one compiled program (eager init compiles every op on its own).
+  Initialisation runs as one compiled program (eager init compiles every op on its own); a
+  model started from a checkpoint is built eagerly instead (its weights would otherwise be
+  constants of that program).
   """
 
   def init():
@@ -60,6 +62,8 @@ def init_state(
     _, params, rest = nnx.split(model, nnx.Param, ...)
     return {"params": params, "rest": rest, "opt_state": tx.init(params)}
 
+  if cfg.pretrained:
+    return jax.device_put(init(), sharding)
   return jax.jit(init, out_shardings=sharding)()
 
 

@@ -118,7 +118,7 @@ def selection_scores(
     prior += selection.PRIOR_BOOST * (rows - cols <= prior_diagonal_n_blocks // 2)
   past = cols < rows
   real = past_real_blocks(count_k_BxN)[:, 0]  # [B, N, N]
-  scores = jnp.where(real[:, None], normalised + prior, EMPTY_BLOCK_SCORE)
+  scores = jnp.where(real[:, None], normalised + prior[None, None], EMPTY_BLOCK_SCORE)
   return jnp.where(past[None, None], scores, -jnp.inf)
 
 

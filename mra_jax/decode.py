@@ -205,12 +205,23 @@ def decode_step(
     # A prefill from position 0 is the causal call itself over the chunk.
     out = attention.mra_attention(query, key, value, config=config)
     return out, new_cache
-  return _attend_from_cache(new_cache, query, cache.index, config), new_cache
+  return attend_cached(new_cache, query, config=config), new_cache
 
 
-def _attend_from_cache(cache: MraCache, q_BxTxHxD, start, config) -> jax.Array:
-  """The chunk's outputs from the cache that already holds it (positions start .. start+T)."""
+def attend_cached(cache: MraCache, q_BxTxHxD: jax.Array, *, config: attention.MraConfig):
+  """Outputs of the last T positions of a cache that already holds them (`decode_step`
+  without the write): positions cache.index - T .. cache.index - 1.
+
+  Args:
+    cache: a cache whose last T written positions are the queries'.
+    q_BxTxHxD: their queries.
+    config: the causal `MraConfig`.
+
+  Returns:
+    [B, T, H, D] in q's dtype.
+  """
   B, T, H, D = q_BxTxHxD.shape
+  start = cache.index - T
   Hk = cache.key.shape[2]
   G = H // Hk
   bs = config.block_size
@@ -249,7 +260,9 @@ def _attend_from_cache(cache: MraCache, q_BxTxHxD, start, config) -> jax.Array:
   if config.initial_prior_diagonal_n_blocks > 0:
     band = rows[:, None] - cols[None, :] <= config.initial_prior_diagonal_n_blocks // 2
     prior += selection.PRIOR_BOOST * band
-  scores = jnp.where(real[:, None, None, :], normalised + prior, causal.EMPTY_BLOCK_SCORE)
+  scores = jnp.where(
+    real[:, None, None, :], normalised + prior[None, None], causal.EMPTY_BLOCK_SCORE
+  )
   scores = jnp.where(past[None, None], scores, -jnp.inf)
   per_row = config.row_budget(N)
   picks = min(per_row, N) - 1

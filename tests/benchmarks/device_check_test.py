@@ -5,6 +5,7 @@ implementation is made wrong on purpose, so the report must flag every case that
 no other.
 """
 
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -23,14 +24,15 @@ _WRONG = "xla_chunked"
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
   out = tmp_path_factory.mktemp("device_check")
-  correct = api.IMPLEMENTATIONS[_WRONG]
 
-  def off_by_a_hundredth(*args, **kwargs):
-    attended, lse = correct(*args, **kwargs)
-    return attended + 1e-2, lse
+  @dataclasses.dataclass(frozen=True)
+  class OffByAHundredth(type(api.IMPLEMENTATIONS[_WRONG])):
+    def __call__(self, *args, **kwargs):
+      attended, lse = super().__call__(*args, **kwargs)
+      return attended + 1e-2, lse
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setitem(api.IMPLEMENTATIONS, _WRONG, off_by_a_hundredth)
+    patch.setitem(api.IMPLEMENTATIONS, _WRONG, OffByAHundredth())
     # A generous time budget: a busy CI machine must not turn rows into "skipped".
     assert device_check.main(["--quick", f"--out={out}", "--time_budget_s=1200"]) == 0
   data = json.loads((out / "device_check.json").read_text())

@@ -61,8 +61,6 @@ def test_what_mra_cannot_honour_fails_loudly():
     fn(q, q, q, bias=jnp.zeros((2, 4, 100, 100)))
   with pytest.raises(ValueError, match="dropout_rate=0.1"):
     fn(q, q, q, dropout_rate=0.1, deterministic=False)
-  with pytest.raises(ValueError, match="is_causal=True"):
-    fn(q, q, q, is_causal=True)
   with pytest.raises(ValueError, match="not a padding mask"):
     fn(q, q, q, mask=nn.make_causal_mask(jnp.ones((2, 100))))
   with pytest.raises(ValueError, match="mask.shape"):
@@ -106,3 +104,15 @@ def test_patch_order_round_trip_and_patch_content():
   np.testing.assert_array_equal(mra_jax.from_patch_order(patched, (8, 16)), image)
   with pytest.raises(ValueError, match="input_shape"):
     mra_jax.to_patch_order(image, (6, 16))
+
+
+def test_is_causal_computes_causal_mra_and_takes_a_decoders_mask():
+  fn = mra_jax.make_attention_fn(block_size=32, block_per_row=2)
+  q = jax.random.normal(jax.random.key(0), (2, 100, 4, 8))
+  valid = jnp.arange(100)[None, :] < jnp.array([[100], [70]])
+  want = mra_jax.mra_attention(q, q, q, valid, is_causal=True, block_size=32, block_per_row=2)
+  decoder_mask = nn.combine_masks(nn.make_causal_mask(valid), nn.make_attention_mask(valid, valid))
+  for mask in (decoder_mask, nn.make_attention_mask(valid, valid)):
+    np.testing.assert_allclose(fn(q, q, q, mask=mask, is_causal=True), want, atol=1e-6)
+  with pytest.raises(ValueError, match="causal mask combined with"):
+    fn(q, q, q, mask=jnp.ones((2, 1, 100, 100), bool).at[:, :, 3, 7].set(False), is_causal=True)

@@ -3,7 +3,7 @@
 import pytest
 
 import pallas_kernels
-from benchmarks import kernels
+from benchmarks import _timing, kernels
 
 # --quick: L=256, B=H=1, D=64, block 32, 8 tiles per block row.
 _QUICK_TILES = 8 * 256 // 32
@@ -45,6 +45,10 @@ def test_all_precisions_is_the_packages_table():
   assert args.precisions == pallas_kernels.F32_PRECISIONS
 
 
-def test_flop_formula_by_hand():
+def test_flop_formulas_by_hand():
   # One 64x64 tile, D=128, B=2, H=3: 2 * 64*64*128 for QK^T, the same for PV, per head.
-  assert kernels.sparse_flops_fwd(2, 3, 1, 64, 128) == 6 * 4 * 64 * 64 * 128
+  assert _timing.selected_tile_flops(2, 3, 1, 64, 128) == 6 * 4 * 64 * 64 * 128
+  # Dense self-attention is every tile: (L / bs)^2 of them.
+  assert _timing.dense_attention_flops(2, 3, 256, 128) == _timing.selected_tile_flops(
+    2, 3, (256 // 64) ** 2, 64, 128
+  )

@@ -330,7 +330,7 @@ def test_tfrecord_corruption_is_detected(tmp_path):
 def test_bad_prepare_arguments(tmp_path):
   with pytest.raises(ValueError, match="num_train=0"):
     prepare_lib.prepare("listops", str(tmp_path), num_train=0)
-  with pytest.raises(ValueError, match="name='cifar'"):
+  with pytest.raises(ValueError, match="task='cifar'"):
     prepare_lib.prepare("cifar", str(tmp_path))
 
 

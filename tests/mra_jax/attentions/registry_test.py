@@ -5,9 +5,12 @@ test failure. Each method is built once and its checks run in one jitted program
 op-by-op dispatch would dominate the test time).
 """
 
+import ast
 import dataclasses
 import functools
 import inspect
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -106,18 +109,32 @@ def test_unknown_knob_names_it_and_the_allowed_ones():
     )
 
 
-def test_knob_defaults_are_the_paper_configs():
-  assert attentions.knob_defaults("performer")["num_features"] == 256
-  assert attentions.knob_defaults("performer")["kernel_type"] == "exp"
-  assert attentions.knob_defaults("linformer")["projection_length"] == 256
-  assert attentions.knob_defaults("nystromformer")["num_landmarks"] == 64
-  assert attentions.knob_defaults("nystromformer")["pinv_iterations"] == 6
-  assert attentions.knob_defaults("soft")["num_landmarks"] == 64
-  assert attentions.knob_defaults("yoso")["hash_code_len"] == 8
-  assert attentions.knob_defaults("yoso")["num_hash"] == 16
-  assert attentions.knob_defaults("mra2")["block_per_row"] == 8
-  assert attentions.knob_defaults("mra2")["num_blocks"] is None
-  assert attentions.knob_defaults("softmax") == {"is_causal": False}
+def _documented_defaults() -> dict[str, dict[str, object]]:
+  """The "Knobs (defaults)" column of docs/attentions.md's table, parsed."""
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "docs", "attentions.md")
+  with open(path) as f:
+    rows = [line.split("|") for line in f if line.startswith("| `")]
+  out, previous = {}, None
+  for row in rows:
+    name, knobs = row[1].strip().strip("`"), row[4].strip()
+    if knobs == "same":  # "same as the row above"
+      out[name] = out[previous]
+    elif knobs == "none":
+      out[name] = {}
+    else:
+      text = re.match(r"`([^`]*)`", knobs).group(1)
+      out[name] = {k: ast.literal_eval(v) for k, v in (p.split("=") for p in text.split(", "))}
+    previous = name
+  return out
+
+
+def test_the_documented_defaults_are_the_registrys():
+  """docs/attentions.md's table of defaults (the MRA paper's LRA configs) cannot drift from
+  the knobs dataclasses that declare them."""
+  documented = _documented_defaults()
+  assert len(documented) == 9
+  for name, defaults in documented.items():
+    assert defaults == attentions.knob_defaults(name), name
 
 
 # What a command-line parser can set (the LRA configs build their flags from knob_types).
