@@ -153,6 +153,11 @@ class ModelConfig:
         f"positions={self.positions!r} for objective={self.objective!r}"
       )
     if self.objective == "next_token":
+      if self.pretrained:
+        raise ValueError(
+          "pretrained starts a classifier from an encoder checkpoint; the language-model "
+          f"decoder trains from scratch: got pretrained={self.pretrained!r}"
+        )
       object.__setattr__(
         self, "attention_knobs", causal_knobs(self.attention, self.attention_knobs)
       )
