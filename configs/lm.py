@@ -19,10 +19,17 @@ Variants (after the colon, comma-separated):
              20000 steps, AdamW (0.9, 0.95, wd 0.01) with cosine decay from 1e-3 after 1000
              warmup steps, clip 1.0; mra2 8 blocks of 32 per row, local window 256; test bits
              per byte also at lengths 8192 and 16384. Not yet measured.
-  cpu        Length 2048, 2 layers x 128 (4 heads x 32, MLP 512), batch 8; mra2 4 blocks of
-             32 per row, local window 128; test also at 4096 and 8192. STEPS_PER_SEC below.
-  smoke      Length 256, 1 layer x 32, 30 steps at batch 8 on 128 KiB of train bytes; test
-             also at length 512. Seconds to a minute; checks that every stage runs.
+  cpu        Length 2048, 2 layers x 64 (2 heads x 32, MLP 256), batch 8, 300 steps, cosine
+             from 2e-3; mra2 4 blocks of 32 per row, local window 128; validation on 64 KiB
+             every 50 steps, test on 128 KiB at 2048, 4096 and 8192. Sized from short runs
+             (30 steps) measured 2026-12-06 on a 2-core CPU VM shared with other jobs (load
+             5.5-8.5, the run got about 0.7 of a core): softmax 0.13-0.16 steps/s (300 steps
+             in 31-38 min, plus about 4 min of evaluation), local 0.56-0.64 steps/s (8-9
+             min); mra2 not yet measured (it needs the causal block-sparse op). Expected
+             bits per byte: not yet measured (docs/lm.md, "The comparison").
+  smoke      Length 256, 1 layer x 32, 20 steps at batch 8 on 128 KiB of train bytes; test
+             also at length 512. 17 s end to end on 2 CPU cores (softmax, measured
+             2026-12-06); checks that every stage runs, not that the model learns.
 """
 
 from configs import common
@@ -100,9 +107,10 @@ SMOKE = common.smoke(
   data_dir="",
   generate_sizes=(128 * 1024, 16 * 1024, 16 * 1024),
   max_length=256,
-  num_train_steps=30,
-  eval_every_steps=15,
-  checkpoint_every_steps=15,
+  num_train_steps=20,
+  eval_every_steps=10,
+  checkpoint_every_steps=10,
+  learning_rate=5e-3,
   batch_size=8,
   eval_batch_size=8,
   eval_lengths=(512,),

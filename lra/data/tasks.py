@@ -33,11 +33,8 @@ _ZLIB = tfds.features.Encoding.ZLIB
 
 
 class SplitExamples(dict[str, Callable[[], Iterable[dict]]]):
-  """{split: a callable returning that split's stored examples}, as the builders take them.
-
-  `record` (None, or JSON types): what the examples were made from, beyond the prepare
-  command; `prepare` stores it beside the data (`lra_source.json`) and runs report it.
-  """
+  """{split: a callable returning that split's stored examples}, as the builders take them;
+  `record`: JSON of what they were made from, stored beside them (`lra_source.json`)."""
 
   record: dict | None = None
 
