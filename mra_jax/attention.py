@@ -214,7 +214,7 @@ def _mra_heads_first(
     *args,
     block_size=bs,
     scale=scale,
-    **({"causal": True} if cfg.is_causal else {}),
+    causal=cfg.is_causal,
     implementation=cfg.impl,
     precision=cfg.precision,
   )
