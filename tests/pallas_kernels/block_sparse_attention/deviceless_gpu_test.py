@@ -67,12 +67,15 @@ def test_op_forward_and_vjp_compile(dtype_name):
   assert {f"{short}[{B * H},{_L},{_D}]" for B, H in _SHAPES_BxH} <= q_shapes
 
 
+@pytest.mark.parametrize("is_causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("dtype_name", _DTYPES)
-def test_mra_attention_forward_and_grad_compile(dtype_name):
+def test_mra_attention_forward_and_grad_compile(dtype_name, is_causal):
   # As a user calls it: the kernels' interpret=None is decided by the platform the program
   # is lowered for (an H100 here), not by jax's default backend (this CPU).
   dtype = _DTYPES[dtype_name]
-  attend = functools.partial(mra_jax.mra_attention, block_size=32, impl="pallas_triton")
+  attend = functools.partial(
+    mra_jax.mra_attention, block_size=32, impl="pallas_triton", is_causal=is_causal
+  )
   loss = lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32))
 
   def programs(*qkvs):

@@ -31,14 +31,14 @@ def _placed(device):
   return lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
-def _compile_mra_forward_and_grad(chip, *, L, dtype, B, H, D=64):
+def _compile_mra_forward_and_grad(chip, *, L, dtype, B, H, D=64, **knobs):
   """MRA-2 forward and the gradient in q, k, v, as one program compiled for `chip`."""
   sds = _placed(compile_only.tpu_devices(_TOPOLOGY[chip])[0])
   x = sds((B, L, H, D), dtype)
 
   def forward_and_grad(q, k, v):
     out, pullback = jax.vjp(
-      lambda q, k, v: mra_jax.mra_attention(q, k, v, impl="pallas_mosaic_tpu"), q, k, v
+      lambda q, k, v: mra_jax.mra_attention(q, k, v, impl="pallas_mosaic_tpu", **knobs), q, k, v
     )
     return out, pullback(out)
 
@@ -83,6 +83,26 @@ def test_mra_forward_and_grad_compile_at_long_lengths(chip, L, dtype, B, H):
   assert all(f"{dtype_name}[{B * H},{L},64]" in call.operands for call in calls)
   # The forward kernel writes its output over acc0 (operand 8), the float32 initial state.
   assert sum(call.aliases == ((0, 8),) for call in calls) == 1
+
+
+# Causal MRA-2 itself (selection, the low-resolution term of each variant, the causal
+# kernels) at the same lengths, bfloat16, B=1, H=8.
+_CAUSAL_MRA_LONG = [
+  pytest.param(chip, L, low_res, id=f"{chip}-L{L}-{low_res}")
+  for chip, L in (("v5e", 65536), ("v6e", 32768))
+  for low_res in ("per_query", "per_block")
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chip, L, low_res", _CAUSAL_MRA_LONG)
+def test_causal_mra_forward_and_grad_compile_at_long_lengths(chip, L, low_res):
+  compiled = _compile_mra_forward_and_grad(
+    chip, L=L, dtype=jnp.bfloat16, B=1, H=8, is_causal=True, causal_low_resolution=low_res
+  )
+  calls = compile_only.custom_calls(compiled, "tpu_custom_call")
+  assert len(calls) == _KERNELS
+  assert all(f"bf16[8,{L},64]" in call.operands for call in calls)
 
 
 # The causal op at the lengths above, as MRA with causal selection calls it: 8 tiles per
