@@ -1,6 +1,7 @@
 """Compiles each Mosaic TPU block-sparse kernel for v5e and v6e and prints its memory use.
 
     python -m benchmarks.compile_report_tpu [--chips v5e,v6e] [--length 65536]
+    python -m benchmarks.compile_report_tpu --causal --group 4   # causal, 4 query heads per kv head
 
 Needs the `compile` extra (libtpu) and runs on a CPU-only host (it sets JAX_PLATFORMS=cpu).
 For every kernel (forward, dQ, dK/dV), block size and dtype it prints the grid, the VMEM the
@@ -46,23 +47,30 @@ _UNIT = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
 _PROBE_LIMIT = 4096
 
 
-def kernel_operands(kernel, *, B, H, L, D, block_size, dtype):
-  """Shapes and dtypes of one kernel's operands, in its call order."""
+def kernel_operands(kernel, *, B, H, L, D, block_size, dtype, causal=False, group=1):
+  """Shapes and dtypes of one kernel's operands, in its call order.
+
+  H is the kv heads; the query side holds `group` query heads per kv head, stacked.
+  """
   G, bs, N = B * H, block_size, L // block_size
   f32, i32 = jnp.float32, jnp.int32
-  chunks = -(-(N * 8) // common.INDEX_CHUNK)  # 8 tiles per row on average
-  index = [((G, N, 2), i32), ((G, chunks, common.INDEX_CHUNK), i32)]
-  x = ((G, L, D), dtype)
-  rows = ((G, N, 1, bs), f32)  # per-query vectors
+  # 8 tiles per row on average; a dK/dV column walks each for every query head of a group.
+  chunks = -(-(N * 8 * (group if kernel == "dkv" else 1)) // common.INDEX_CHUNK)
+  index = [((G, N, 3 if causal else 2), i32), ((G, chunks, common.INDEX_CHUNK), i32)]
+  x, q_side = ((G, L, D), dtype), ((G, L * group, D), dtype)
+  rows = ((G, N, group, bs), f32)  # per-query vectors, a block's group of query heads
+  member_rows = ((G, N * group, 1, bs), f32)  # the same, a row per query head's block
   kmask = ((B, N, 1, bs), f32)
   if kernel == "forward":
-    return [*index, x, x, x, kmask, rows, rows, ((G, L, D), f32)]
+    return [*index, q_side, x, x, kmask, rows, rows, ((G, L * group, D), f32)]
   if kernel == "dq":
-    return [*index, x, x, x, kmask, x, rows, rows]
-  return [*index, x, x, kmask, x, x, rows, rows]
+    return [*index, q_side, x, x, kmask, q_side, rows, rows]
+  return [*index, x, x, kmask, q_side, q_side, member_rows, member_rows]
 
 
-def build_call(kernel, *, B, H, L, D, block_size, dtype, vmem_limit_bytes=None):
+def build_call(
+  kernel, *, B, H, L, D, block_size, dtype, causal=False, group=1, vmem_limit_bytes=None
+):
   static = common.Static(
     num_heads=H,
     block_size=block_size,
@@ -70,8 +78,10 @@ def build_call(kernel, *, B, H, L, D, block_size, dtype, vmem_limit_bytes=None):
     eps=1e-6,
     index_chunk=common.INDEX_CHUNK,
     interpret=False,
+    group=group,
+    causal=causal,
   )
-  shape = (B * H, L, L, D, dtype)
+  shape = (B * H, L * group, L, D, dtype)
   call = {"forward": tpu_fwd.forward_call, "dq": tpu_vjp.dq_call, "dkv": tpu_vjp.dkv_call}
   return call[kernel](*shape, static=static, vmem_limit_bytes=vmem_limit_bytes)
 
@@ -129,10 +139,14 @@ def main():
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--heads", type=int, default=8)
   parser.add_argument("--head_dim", type=int, default=64)
+  parser.add_argument("--causal", action="store_true", help="the causal op's kernels")
+  parser.add_argument("--group", type=int, default=1, help="query heads per kv head")
   args = parser.parse_args()
+  offsets = 3 if args.causal else 2
   print(
-    f"B={args.batch}, H={args.heads}, L={args.length}, D={args.head_dim}; "
-    f"index chunk {common.INDEX_CHUNK} (SMEM per program: {4 * (2 + common.INDEX_CHUNK)} B)\n"
+    f"B={args.batch}, H={args.heads} kv heads x {args.group} query heads each, "
+    f"L={args.length}, D={args.head_dim}, causal={args.causal}; index chunk "
+    f"{common.INDEX_CHUNK} (SMEM per program: {4 * (offsets + common.INDEX_CHUNK)} B)\n"
   )
   print(
     "| chip | kernel | block | dtype | grid | VMEM formula: pipelined + scratch "
@@ -151,9 +165,11 @@ def main():
             D=args.head_dim,
             block_size=block_size,
             dtype=dtype,
+            causal=args.causal,
+            group=args.group,
           )
           formula = common.vmem_bytes(
-            kernel, block_size=block_size, head_dim=args.head_dim, dtype=dtype
+            kernel, block_size=block_size, head_dim=args.head_dim, dtype=dtype, group=args.group
           )
           first = first_scoped_allocation(chip, kernel, **config) or 0
           smallest = smallest_vmem_limit(chip, kernel, first, 4 * formula["total"], **config)

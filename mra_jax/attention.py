@@ -52,7 +52,8 @@ class MraConfig:
       tiles: for tests), "xla_chunked" (chunked pure jnp, O(L) memory: the CPU path),
       "pallas_triton" (Triton kernels, block_size 32 or 64) or "pallas_mosaic_tpu"
       (Mosaic TPU kernels, block_size 32, 64 or 128). A Pallas implementation runs in
-      interpret mode where jax's default backend is not its device.
+      interpret mode where the program is lowered for another platform than its device;
+      "auto" follows the platform of the inputs' devices (or the mesh in sight).
     precision: float32 dot precision of the block-sparse kernels, for impls that take one
       ("pallas_triton", and "auto" where it resolves to it): None (their default, "bf16x3")
       or one of `pallas_kernels.F32_PRECISIONS`. Half-precision inputs ignore it; an impl
@@ -214,7 +215,7 @@ def _mra_heads_first(
     *args,
     block_size=bs,
     scale=scale,
-    **({"causal": True} if cfg.is_causal else {}),
+    causal=cfg.is_causal,
     implementation=cfg.impl,
     precision=cfg.precision,
   )

@@ -149,12 +149,15 @@ def select_tiles(scores_BxHkxNxN: jax.Array, per_row: int) -> tuple[jax.Array, j
   rows_K, slots_K = np.asarray(rows_K), np.asarray(slots_K)
   cols_BxHkxK = cols_BxHkxNxP[:, :, rows_K, slots_K].astype(jnp.int32)
   ids = jnp.concatenate(
-    [jnp.broadcast_to(jnp.asarray(diagonal, jnp.int32), (B, Hk, N)), rows_K * N + cols_BxHkxK],
+    [
+      jnp.broadcast_to(jnp.asarray(diagonal, jnp.int32), (B, Hk, N)),
+      rows_K[None, None] * N + cols_BxHkxK,
+    ],
     axis=-1,
   )
   kept_NxP = np.arange(picks)[None, :] < np.minimum(picks, np.arange(N))[:, None]
-  one_hot = cols_BxHkxNxP[..., None] == jnp.arange(N)
-  selected = jnp.any(one_hot & kept_NxP[None, None, :, :, None], axis=3) | eye
+  one_hot = cols_BxHkxNxP[..., None] == jnp.arange(N)[None, None, None, None]
+  selected = jnp.any(one_hot & kept_NxP[None, None, :, :, None], axis=3) | eye[None, None]
   return jnp.sort(ids, axis=-1), selected
 
 

@@ -272,15 +272,20 @@ def attend_cached(cache: MraCache, q_BxTxHxD: jax.Array, *, config: attention.Mr
   else:
     chosen = jnp.zeros((B, Hk, T, 0), jnp.int32)
     kept = jnp.zeros((T, 0), bool)
-  selected = jnp.any((chosen[..., None] == cols) & kept[None, None, :, :, None], axis=3)
+  one_hot = chosen[..., None] == cols[None, None, None, None]
+  selected = jnp.any(one_hot & kept[None, None, :, :, None], axis=3)
 
   # Exact part: the chosen past blocks, whole, and the own block up to the query.
   blocks = jnp.concatenate([chosen, jnp.broadcast_to(rows[None, None, :, None], (B, Hk, T, 1))], -1)
-  in_block = blocks[..., None] * bs + jnp.arange(bs)  # [B, Hk, T, P+1, bs]
+  in_block = blocks[..., None] * bs + jnp.arange(bs)[None, None, None, None]  # [B,Hk,T,P+1,bs]
   key_at = jnp.swapaxes(cache.key, 1, 2)  # [B, Hk, L, D]
   value_at = jnp.swapaxes(cache.value, 1, 2)
   flat = in_block.reshape(B, Hk, -1)
-  gather = lambda x: jnp.take_along_axis(x, flat[..., None], axis=2).reshape(*in_block.shape, D)
+  # The own block of a cache whose length is no block multiple reaches past its end: those
+  # positions come after the query and are masked, but must be finite (clip, not NaN fill).
+  gather = lambda x: jnp.take_along_axis(x, flat[..., None], axis=2, mode="clip").reshape(
+    *in_block.shape, D
+  )
   k_sel = gather(key_at).astype(jnp.float32)
   v_sel = gather(value_at).astype(jnp.float32)
   s = jnp.einsum("btkgd,bktpsd->bkgtps", q, k_sel) * scale  # [B,Hk,G,T,P+1,bs]

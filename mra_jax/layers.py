@@ -72,7 +72,7 @@ class MraSelfAttention(nnx.Module):
     self.key = dense(in_features, kv_features)
     self.value = dense(in_features, kv_features)
     self.out = dense(qkv_features, in_features)
-    self.cache: nnx.Cache | None = None
+    self.cache = nnx.data(None)  # an nnx.Cache once init_cache is called
 
   def init_cache(self, input_shape: tuple[int, ...], dtype=jnp.float32) -> None:
     """Makes an empty decode cache for inputs of shape `(B, max_length, E)`.

@@ -92,9 +92,9 @@ def _implementation(implementation, precision, q) -> base.Implementation:
 
 def block_sparse_attention(
   q_BxHxLqxD: jax.Array,
-  k_BxHxLkxD: jax.Array,
-  v_BxHxLkxD: jax.Array,
-  tile_ids_BxHxK: jax.Array,
+  k_BxHkxLkxD: jax.Array,
+  v_BxHkxLkxD: jax.Array,
+  tile_ids_BxHkxK: jax.Array,
   key_valid_BxLk: jax.Array,
   m0_BxHxLq: jax.Array,
   l0_BxHxLq: jax.Array,
@@ -103,6 +103,7 @@ def block_sparse_attention(
   block_size: int,
   scale: float | None = None,
   eps: float = base.DEFAULT_EPS,
+  causal: bool = False,
   implementation: str | base.Implementation = "auto",
   precision: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
@@ -113,10 +114,12 @@ def block_sparse_attention(
 
   Args:
     q_BxHxLqxD: queries, float32 / bfloat16 / float16; Lq a multiple of `block_size`.
-    k_BxHxLkxD: keys, q's dtype; Lk a multiple of `block_size`.
-    v_BxHxLkxD: values, q's dtype.
-    tile_ids_BxHxK: int flat tile ids `r * (Lk // block_size) + c`, sorted ascending and
-      unique per (batch, head); rows may hold any number of tiles, including none.
+    k_BxHkxLkxD: keys, q's dtype; Lk a multiple of `block_size`. Hk may be a divisor of H
+      (grouped-query attention: query head h uses kv head h // (H // Hk)).
+    v_BxHkxLkxD: values, q's dtype, k's shape.
+    tile_ids_BxHkxK: int flat tile ids `r * (Lk // block_size) + c`, sorted ascending and
+      unique per (batch, kv head), shared by the kv head's query heads; rows may hold any
+      number of tiles, including none.
     key_valid_BxLk: bool, False for padded keys (they get no weight).
     m0_BxHxLq: initial running maximum (-inf: empty state), cast to float32.
     l0_BxHxLq: initial normaliser on the scale of m0, cast to float32.
@@ -125,6 +128,9 @@ def block_sparse_attention(
       128, "reference" and "xla_chunked" any size that divides the lengths.
     scale: logit scale; default `1 / sqrt(D)`.
     eps: added to the normaliser (the published code's 1e-6).
+    causal: query r * bs + i attends key c * bs + j only if c * bs + j <= r * bs + i;
+      needs Lq == Lk. Pass tiles with c <= r only: the kernels mask the tiles with c >= r,
+      so a lower-triangular pattern pays for the mask on its diagonal tiles alone.
     implementation: "auto" ("pallas_triton" on GPU, "pallas_mosaic_tpu" on TPU,
       "xla_chunked" elsewhere, by `platform_of(q)`), a key of `IMPLEMENTATIONS` (its default
       options): "reference" (one shot of pure jnp, for tests), "xla_chunked" (chunked jnp
@@ -142,21 +148,21 @@ def block_sparse_attention(
 
   Raises:
     ValueError: on an unknown implementation, a `precision` for one that takes none, bad
-      shapes or dtypes, or a block size the implementation cannot take; all before any
-      kernel is built.
+      shapes or dtypes (Hk not dividing H, Lq != Lk with `causal`), or a block size the
+      implementation cannot take; all before any kernel is built.
   """
   args = (
     q_BxHxLqxD,
-    k_BxHxLkxD,
-    v_BxHxLkxD,
-    tile_ids_BxHxK,
+    k_BxHkxLkxD,
+    v_BxHkxLkxD,
+    tile_ids_BxHkxK,
     key_valid_BxLk,
     m0_BxHxLq,
     l0_BxHxLq,
     acc0_BxHxLqxD,
   )
   run = _implementation(implementation, precision, q_BxHxLqxD)
-  base.check_inputs(*args, block_size=block_size, implementation=run)
+  base.check_inputs(*args, block_size=block_size, implementation=run, causal=causal)
   scale = q_BxHxLqxD.shape[-1] ** -0.5 if scale is None else float(scale)
-  options = dict(block_size=block_size, scale=scale, eps=float(eps))
+  options = dict(block_size=block_size, scale=scale, eps=float(eps), causal=causal)
   return sharding.run_per_shard(run, args, options)

@@ -12,9 +12,19 @@ low-resolution term here, MRA-2-s passes an empty state, m0 = -inf):
     lse_i = m_i + log(l_i + eps)
 
 * Tile ids are flat, t = r * Nk + c for query block r and key block c, integer, sorted
-  ascending and unique within each (batch, head). Rows may hold any number of tiles,
+  ascending and unique within each (batch, kv head). Rows may hold any number of tiles,
   none included (MRA's selection is a global top-k over all Nq * Nk tiles).
 * Keys with `key_valid=False` get no weight; heads share their batch element's key mask.
+* Grouped-query attention: k and v may have fewer heads than q, Hk dividing Hq; query head
+  h uses kv head h // (Hq // Hk), as `jax.nn.dot_product_attention` does. Tile ids are per
+  kv head, `(B, Hk, K)`: a group's query heads share their kv head's selection (as NSA
+  does), so the kernels load each selected K/V tile once for the whole group. m0, l0, acc0,
+  out and lse are per query head; dK and dV sum over the group.
+* `causal=True` (Lq == Lk): query r * bs + i attends key c * bs + j only if
+  c * bs + j <= r * bs + i, on top of the tile selection. Callers pass tiles with c <= r
+  (a lower-triangular pattern, the diagonal tile (r, r) included or not); the reference masks
+  every position, so it is right for any pattern, and the kernels mask the tiles with c >= r,
+  so that for a lower-triangular pattern only the diagonal tiles pay for the mask.
 * `eps` is the published code's 1e-6 on the normaliser, taken on the scale of the running
   maximum m_i, as there. A query with no selected valid key and no initial state has
   m_i = 0, so out_i = 0 and lse_i = log(eps).
@@ -55,20 +65,23 @@ def argument_shapes(
   head_dim: int,
   num_tiles: int,
   dtype,
+  kv_heads: int | None = None,
   sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[jax.ShapeDtypeStruct, ...]:
   """The op's eight arguments as `ShapeDtypeStruct`s, for lowering and compiling ahead of time.
 
   Queries and keys share `length`; q, k, v are `dtype`, the tile ids int32, the key mask bool
-  and the initial state float32. `sharding` places every one (e.g. on a compile-only device).
+  and the initial state float32. `kv_heads` (default `heads`) is k's, v's and the tile ids'
+  head count. `sharding` places every one (e.g. on a compile-only device).
   """
   B, H, L, D, K = batch, heads, length, head_dim, num_tiles
+  Hk = heads if kv_heads is None else kv_heads
   sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)
   return (
     sds((B, H, L, D), dtype),
-    sds((B, H, L, D), dtype),
-    sds((B, H, L, D), dtype),
-    sds((B, H, K), jnp.int32),
+    sds((B, Hk, L, D), dtype),
+    sds((B, Hk, L, D), dtype),
+    sds((B, Hk, K), jnp.int32),
     sds((B, L), jnp.bool_),
     sds((B, H, L), jnp.float32),
     sds((B, H, L), jnp.float32),
@@ -102,9 +115,9 @@ class Implementation:
   def __call__(
     self,
     q_BxHxLqxD: jax.Array,
-    k_BxHxLkxD: jax.Array,
-    v_BxHxLkxD: jax.Array,
-    tile_ids_BxHxK: jax.Array,
+    k_BxHkxLkxD: jax.Array,
+    v_BxHkxLkxD: jax.Array,
+    tile_ids_BxHkxK: jax.Array,
     key_valid_BxLk: jax.Array,
     m0_BxHxLq: jax.Array,
     l0_BxHxLq: jax.Array,
@@ -113,11 +126,13 @@ class Implementation:
     block_size: int,
     scale: float,
     eps: float,
+    causal: bool,
   ) -> tuple[jax.Array, jax.Array]:
     """`(out_BxHxLqxD, lse_BxHxLq)`, float32, on arrays `check_inputs` has passed.
 
     Differentiable in q, k, v, l0 and acc0. `scale` is resolved (a float), `block_size` one
-    of `BLOCK_SIZES`. Call it through `api.block_sparse_attention`, which checks the arrays.
+    of `BLOCK_SIZES`, Lq == Lk where `causal`. Call it through `api.block_sparse_attention`,
+    which checks the arrays.
     """
     raise NotImplementedError
 
@@ -130,9 +145,9 @@ def check_int_option(name: str, value, *, minimum: int) -> None:
 
 def check_inputs(
   q_BxHxLqxD,
-  k_BxHxLkxD,
-  v_BxHxLkxD,
-  tile_ids_BxHxK,
+  k_BxHkxLkxD,
+  v_BxHkxLkxD,
+  tile_ids_BxHkxK,
   key_valid_BxLk,
   m0_BxHxLq,
   l0_BxHxLq,
@@ -140,6 +155,7 @@ def check_inputs(
   *,
   block_size: int,
   implementation: Implementation,
+  causal: bool = False,
 ) -> None:
   """Raises ValueError naming the first bad argument; runs before any kernel is built.
 
@@ -147,8 +163,9 @@ def check_inputs(
     q_BxHxLqxD ... acc0_BxHxLqxD: the op's arrays (see the module doc).
     block_size: tile side; the lengths must be multiples of it.
     implementation: the implementation that will run (its block sizes and name).
+    causal: whether the op is causal (then Lq == Lk).
   """
-  q, k, v = q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD
+  q, k, v = q_BxHxLqxD, k_BxHkxLkxD, v_BxHkxLkxD
   if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
     raise ValueError(f"block_size must be a positive integer, got {block_size=}")
   block_sizes, name = implementation.BLOCK_SIZES, implementation.NAME
@@ -156,34 +173,44 @@ def check_inputs(
     raise ValueError(
       f"block_size must be one of {block_sizes} for implementation={name!r}, got {block_size=}"
     )
+  if not isinstance(causal, bool):
+    raise ValueError(f"causal must be a bool, got {causal=}")
   if q.ndim != 4:
     raise ValueError(f"q_BxHxLqxD must be rank 4, got {q.shape=}")
   B, H, Lq, D = q.shape
-  if k.ndim != 4 or k.shape[:2] != (B, H) or k.shape[3] != D:
-    raise ValueError(f"k_BxHxLkxD must be (B, H, Lk, D) = ({B}, {H}, Lk, {D}), got {k.shape=}")
-  Lk = k.shape[2]
+  if k.ndim != 4 or k.shape[0] != B or k.shape[3] != D:
+    raise ValueError(f"k_BxHkxLkxD must be (B, Hk, Lk, D) = ({B}, Hk, Lk, {D}), got {k.shape=}")
+  Hk, Lk = k.shape[1], k.shape[2]
+  if Hk == 0 or H % Hk:
+    raise ValueError(
+      f"k_BxHkxLkxD's heads must divide q_BxHxLqxD's (grouped-query attention), got "
+      f"Hk={Hk} (k), H={H} (q)"
+    )
   if v.shape != k.shape:
-    raise ValueError(f"v_BxHxLkxD must have k's shape {k.shape}, got {v.shape=}")
-  for name, x in (("q_BxHxLqxD", q), ("k_BxHxLkxD", k), ("v_BxHxLkxD", v)):
+    raise ValueError(f"v_BxHkxLkxD must have k's shape {k.shape}, got {v.shape=}")
+  for name, x in (("q_BxHxLqxD", q), ("k_BxHkxLkxD", k), ("v_BxHkxLkxD", v)):
     if not any(x.dtype == d for d in _FLOAT_DTYPES):
       raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype=}")
   if not (q.dtype == k.dtype == v.dtype):
     raise ValueError(
-      f"q_BxHxLqxD, k_BxHxLkxD, v_BxHxLkxD must share a dtype, got "
+      f"q_BxHxLqxD, k_BxHkxLkxD, v_BxHkxLkxD must share a dtype, got "
       f"{q.dtype=}, {k.dtype=}, {v.dtype=}"
     )
   if Lq % block_size or Lk % block_size:
     raise ValueError(
       f"sequence lengths must be multiples of {block_size=}, got {Lq=} (q), {Lk=} (k)"
     )
+  if causal and Lq != Lk:
+    raise ValueError(f"causal=True needs equal query and key lengths, got {Lq=} (q), {Lk=} (k)")
   Nq, Nk = Lq // block_size, Lk // block_size
-  ids = tile_ids_BxHxK
-  if ids.ndim != 3 or ids.shape[:2] != (B, H) or not jnp.issubdtype(ids.dtype, jnp.integer):
+  ids = tile_ids_BxHkxK
+  if ids.ndim != 3 or ids.shape[:2] != (B, Hk) or not jnp.issubdtype(ids.dtype, jnp.integer):
     raise ValueError(
-      f"tile_ids_BxHxK must be integer (B, H, K) = ({B}, {H}, K), got {ids.shape=}, {ids.dtype=}"
+      f"tile_ids_BxHkxK must be integer (B, Hk, K) = ({B}, {Hk}, K), one tile list per kv "
+      f"head, got {ids.shape=}, {ids.dtype=}"
     )
   if ids.shape[2] > Nq * Nk:
-    raise ValueError(f"tile_ids_BxHxK holds more than Nq * Nk = {Nq * Nk} tiles: {ids.shape=}")
+    raise ValueError(f"tile_ids_BxHkxK holds more than Nq * Nk = {Nq * Nk} tiles: {ids.shape=}")
   if key_valid_BxLk.shape != (B, Lk):
     raise ValueError(f"key_valid_BxLk must be ({B}, {Lk}), got {key_valid_BxLk.shape=}")
   if m0_BxHxLq.shape != (B, H, Lq):
@@ -207,6 +234,7 @@ def _one_head_reference(
   block_size: int,
   scale: float,
   eps: float,
+  causal: bool,
 ):
   """The reference for one (batch, head); every array float32 except ids/mask."""
   Lq, D = q_LqxD.shape
@@ -221,7 +249,13 @@ def _one_head_reference(
   valid_KxBs = key_valid_Lk.reshape(Nk, bs)[cols_K]
 
   s_KxBsxBs = jnp.einsum("kid,kjd->kij", q_KxBsxD, k_KxBsxD) * scale
-  s_KxBsxBs = jnp.where(valid_KxBs[:, None, :], s_KxBsxBs, -jnp.inf)
+  keep_KxBsxBs = valid_KxBs[:, None, :]
+  if causal:
+    # Every position, whatever the tile: the contract for any pattern.
+    q_pos_KxBs = rows_K[:, None] * bs + jnp.arange(bs)[None, :]
+    k_pos_KxBs = cols_K[:, None] * bs + jnp.arange(bs)[None, :]
+    keep_KxBsxBs = keep_KxBsxBs & (k_pos_KxBs[:, None, :] <= q_pos_KxBs[:, :, None])
+  s_KxBsxBs = jnp.where(keep_KxBsxBs, s_KxBsxBs, -jnp.inf)
 
   # The per-query maximum over every selected tile of its block row (the published
   # `index_max`), merged with the initial state's maximum.
@@ -254,9 +288,9 @@ def _one_head_reference(
 
 def block_sparse_attention_reference(
   q_BxHxLqxD: jax.Array,
-  k_BxHxLkxD: jax.Array,
-  v_BxHxLkxD: jax.Array,
-  tile_ids_BxHxK: jax.Array,
+  k_BxHkxLkxD: jax.Array,
+  v_BxHkxLkxD: jax.Array,
+  tile_ids_BxHkxK: jax.Array,
   key_valid_BxLk: jax.Array,
   m0_BxHxLq: jax.Array,
   l0_BxHxLq: jax.Array,
@@ -265,6 +299,7 @@ def block_sparse_attention_reference(
   block_size: int,
   scale: float | None = None,
   eps: float = DEFAULT_EPS,
+  causal: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
   """Block-sparse attention from an initial softmax state, in one shot of pure `jnp`.
 
@@ -273,9 +308,10 @@ def block_sparse_attention_reference(
 
   Args:
     q_BxHxLqxD: queries, float32 / bfloat16 / float16; Lq a multiple of `block_size`.
-    k_BxHxLkxD: keys, q's dtype; Lk a multiple of `block_size`.
-    v_BxHxLkxD: values, q's dtype.
-    tile_ids_BxHxK: int flat tile ids `r * (Lk // block_size) + c`, sorted, unique.
+    k_BxHkxLkxD: keys, q's dtype; Lk a multiple of `block_size`; Hk divides H.
+    v_BxHkxLkxD: values, q's dtype.
+    tile_ids_BxHkxK: int flat tile ids `r * (Lk // block_size) + c` per kv head, sorted,
+      unique.
     key_valid_BxLk: bool, False for padded keys (they get no weight).
     m0_BxHxLq: initial running maximum (-inf: empty state), cast to float32.
     l0_BxHxLq: initial normaliser on the scale of `m0`, cast to float32.
@@ -283,6 +319,7 @@ def block_sparse_attention_reference(
     block_size: tokens per block (tile side), any positive size.
     scale: logit scale; default `1 / sqrt(D)`.
     eps: added to the normaliser (the published code's 1e-6).
+    causal: mask keys after each query (Lq == Lk), whatever the tiles.
 
   Returns:
     `(out_BxHxLqxD, lse_BxHxLq)`, both float32.
@@ -292,32 +329,36 @@ def block_sparse_attention_reference(
   """
   args = (
     q_BxHxLqxD,
-    k_BxHxLkxD,
-    v_BxHxLkxD,
-    tile_ids_BxHxK,
+    k_BxHkxLkxD,
+    v_BxHkxLkxD,
+    tile_ids_BxHkxK,
     key_valid_BxLk,
     m0_BxHxLq,
     l0_BxHxLq,
     acc0_BxHxLqxD,
   )
   reference = Reference()
-  check_inputs(*args, block_size=block_size, implementation=reference)
+  check_inputs(*args, block_size=block_size, implementation=reference, causal=causal)
   scale = q_BxHxLqxD.shape[-1] ** -0.5 if scale is None else float(scale)
-  return reference(*args, block_size=block_size, scale=scale, eps=float(eps))
+  return reference(*args, block_size=block_size, scale=scale, eps=float(eps), causal=causal)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Reference(Implementation):
-  """The one-shot `jnp` reference as an implementation (no options; any block size)."""
+  """The one-shot `jnp` reference as an implementation (no options; any block size).
+
+  Grouped-query attention repeats each kv head (and its tile ids) for its query heads, so
+  that the reference says what the op computes in the plainest terms.
+  """
 
   NAME: ClassVar[str] = "reference"
 
   def __call__(
     self,
     q_BxHxLqxD,
-    k_BxHxLkxD,
-    v_BxHxLkxD,
-    tile_ids_BxHxK,
+    k_BxHkxLkxD,
+    v_BxHkxLkxD,
+    tile_ids_BxHkxK,
     key_valid_BxLk,
     m0_BxHxLq,
     l0_BxHxLq,
@@ -326,18 +367,21 @@ class Reference(Implementation):
     block_size: int,
     scale: float,
     eps: float,
+    causal: bool,
   ) -> tuple[jax.Array, jax.Array]:
     f32 = lambda x: jnp.asarray(x, jnp.float32)
+    group = q_BxHxLqxD.shape[1] // k_BxHkxLkxD.shape[1]
+    per_query_head = lambda x: jnp.repeat(x, group, axis=1) if group > 1 else x
     one_head = lambda q, k, v, ids, valid, m0, l0, acc0: _one_head_reference(
-      q, k, v, ids, valid, m0, l0, acc0, block_size=block_size, scale=scale, eps=eps
+      q, k, v, ids, valid, m0, l0, acc0, block_size=block_size, scale=scale, eps=eps, causal=causal
     )
     # heads share the key mask; batch elements share nothing.
     per_batch = jax.vmap(one_head, in_axes=(0, 0, 0, 0, None, 0, 0, 0))
     return jax.vmap(per_batch)(
       f32(q_BxHxLqxD),
-      f32(k_BxHxLkxD),
-      f32(v_BxHxLkxD),
-      tile_ids_BxHxK,
+      per_query_head(f32(k_BxHkxLkxD)),
+      per_query_head(f32(v_BxHkxLkxD)),
+      per_query_head(tile_ids_BxHkxK),
       key_valid_BxLk.astype(bool),
       f32(m0_BxHxLq),
       f32(l0_BxHxLq),

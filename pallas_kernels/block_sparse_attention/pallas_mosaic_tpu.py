@@ -1,13 +1,16 @@
 """Block-sparse attention as Pallas kernels lowered through Mosaic (TPU): forward and op.
 
-Layouts (G = batch * heads, one program per (head, query block), grid `(G, Nq)`): the
-program's query block `(bs, D)` and its initial state through the BlockSpec pipeline; K, V
-and the key mask stay in HBM and only the row's selected tiles are copied in, one at a time,
-double-buffered (`pallas_mosaic_tpu_common.stream_tiles`), with the row's tile list read
-from HBM in fixed SMEM chunks. VMEM and SMEM use are fixed by the block size and D
+Layouts (G = batch * kv heads, one program per (kv head, query block), grid `(G, Nq)`): the
+program's query block `(R, D)`, R = group * bs (grouped-query attention stacks the kv head's
+query heads on the row axis, `layouts`, so one K/V tile copy serves the whole group), and its
+initial state through the BlockSpec pipeline; K, V and the key mask stay in HBM and only the
+row's selected tiles are copied in, one at a time, double-buffered
+(`pallas_mosaic_tpu_common.stream_tiles`), with the row's tile list read from HBM in fixed
+SMEM chunks. VMEM and SMEM use are fixed by the block size, the group and D
 (`pallas_mosaic_tpu_common.vmem_bytes`): no B, H, L or tile count in them. Per-query vectors
-(m0, l0, lse) and the key mask travel as `(1, bs)` rows: `(bs, 1)` columns pad to 128 lanes
-in HBM, 128 times their size.
+(m0, l0, lse) and the key mask travel as `(1, bs)` rows, `(group, bs)` for a group:
+`(bs, 1)` columns pad to 128 lanes in HBM, 128 times their size. Causal: a row's tiles that
+reach the diagonal run in a loop of their own, the only one that masks by position.
 
 Every grid step writes its own output block exactly once, so both grid axes are "parallel".
 Every matmul is `A @ B` or `A @ B^T`, 2-D, accumulated in float32. The backward kernels live
@@ -26,7 +29,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.block_sparse_attention import base, index_views, pallas_mosaic_tpu_vjp
+from pallas_kernels.block_sparse_attention import (
+  base,
+  index_views,
+  layouts,
+  pallas_mosaic_tpu_vjp,
+)
 from pallas_kernels.block_sparse_attention import pallas_mosaic_tpu_common as common
 
 BLOCK_SIZES = (32, 64, 128)
@@ -55,25 +63,28 @@ def _forward_kernel(
   kmask_buf,
   tile_sems,
   *,
-  num_heads: int,
-  block_size: int,
-  scale: float,
-  eps: float,
+  static: common.Static,
   precision,
 ):
-  """Online softmax over one query block's selected key blocks, from (m0, l0, acc0)."""
-  bs = block_size
+  """Online softmax over one query block's selected key blocks, from (m0, l0, acc0).
+
+  The program's R = group * bs rows are its kv head's group of query heads, stacked
+  (`layouts`): each K/V tile copy serves all of them. Causal: the tiles from the split on
+  (c >= r: the diagonal tile) run their own loop, the only one that masks by position.
+  """
+  bs, scale, eps = static.block_size, static.scale, static.eps
+  R = q_ref.shape[0]
   # Program ids at the top level: the HLO interpreter does not rewrite them in loop bodies.
   g, r = pl.program_id(0), pl.program_id(1)
-  b = jax.lax.div(g, num_heads)
-  start, stop = common.read_offsets(offsets_hbm, g, r, offsets_smem, index_sem)
-  q_BsxD = q_ref[...]
-  m0_Bsx1 = common.row_to_column(m0_ref[...])
+  b = jax.lax.div(g, static.num_heads)
+  offsets = common.read_offsets(offsets_hbm, g, r, offsets_smem, index_sem)
+  q_RxD = q_ref[...]
+  m0_Rx1 = common.rows_to_column(m0_ref)
   # An empty initial state (m0 = -inf) starts at the finite mask value: its l0/acc0 weigh 0.
-  m_Bsx1 = jnp.maximum(m0_Bsx1, base.MASK_VALUE)
-  init_scale_Bsx1 = jnp.exp(m0_Bsx1 - m_Bsx1)
-  l_Bsx1 = common.row_to_column(l0_ref[...]) * init_scale_Bsx1
-  acc_BsxD = acc0_ref[...] * init_scale_Bsx1
+  m_Rx1 = jnp.maximum(m0_Rx1, base.MASK_VALUE)
+  init_scale_Rx1 = jnp.exp(m0_Rx1 - m_Rx1)
+  l_Rx1 = common.rows_to_column(l0_ref) * init_scale_Rx1
+  acc_RxD = acc0_ref[...] * init_scale_Rx1
 
   def tile_copies(c, slot):
     rows = pl.ds(pl.multiple_of(c * bs, bs), bs)
@@ -83,73 +94,70 @@ def _forward_kernel(
       pltpu.make_async_copy(kmask_hbm.at[b, c], kmask_buf.at[slot], tile_sems.at[2, slot]),
     ]
 
-  def compute(slot, carry):
-    m_Bsx1, l_Bsx1, acc_BsxD = carry
+  def compute(slot, carry, c=None):
+    """One tile; `c` (its key block) given: one that reaches the diagonal, masked."""
+    m_Rx1, l_Rx1, acc_RxD = carry
     k_BsxD, v_BsxD = k_buf[slot], v_buf[slot]
-    valid_1xBs = kmask_buf[slot] > 0.5
-    s_BsxBs = jnp.where(
-      valid_1xBs, common.dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE
-    )
-    m_new_Bsx1 = jnp.maximum(m_Bsx1, jnp.max(s_BsxBs, axis=1, keepdims=True))
-    alpha_Bsx1 = jnp.exp(m_Bsx1 - m_new_Bsx1)
+    keep_RxBs = kmask_buf[slot] > 0.5
+    if c is not None:
+      keep_RxBs = keep_RxBs & common.causal_keep(R, r, c, bs, rows_are_queries=True)
+    s_RxBs = jnp.where(keep_RxBs, common.dot_nt(q_RxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+    m_new_Rx1 = jnp.maximum(m_Rx1, jnp.max(s_RxBs, axis=1, keepdims=True))
+    alpha_Rx1 = jnp.exp(m_Rx1 - m_new_Rx1)
     # Zeroed explicitly: while every key so far is masked, s - m_new is 0, not -inf.
-    p_BsxBs = jnp.where(valid_1xBs, jnp.exp(s_BsxBs - m_new_Bsx1), 0.0)
-    l_Bsx1 = alpha_Bsx1 * l_Bsx1 + jnp.sum(p_BsxBs, axis=1, keepdims=True)
-    acc_BsxD = alpha_Bsx1 * acc_BsxD + common.dot_nn(
-      p_BsxBs.astype(v_BsxD.dtype), v_BsxD, precision
-    )
-    return m_new_Bsx1, l_Bsx1, acc_BsxD
+    p_RxBs = jnp.where(keep_RxBs, jnp.exp(s_RxBs - m_new_Rx1), 0.0)
+    l_Rx1 = alpha_Rx1 * l_Rx1 + jnp.sum(p_RxBs, axis=1, keepdims=True)
+    acc_RxD = alpha_Rx1 * acc_RxD + common.dot_nn(p_RxBs.astype(v_BsxD.dtype), v_BsxD, precision)
+    return m_new_Rx1, l_Rx1, acc_RxD
 
-  m_Bsx1, l_Bsx1, acc_BsxD = common.stream_tiles(
+  m_Rx1, l_Rx1, acc_RxD = common.stream_tiles(
     g,
-    start,
-    stop,
+    offsets[0],
+    offsets[-1],
     cols_hbm,
     cols_smem,
     index_sem,
     tile_copies,
     compute,
-    (m_Bsx1, l_Bsx1, acc_BsxD),
+    (m_Rx1, l_Rx1, acc_RxD),
+    # Causal: the row's tiles from the split on (c >= r) are masked.
+    split=offsets[1] if static.causal else None,
+    masked_compute=compute,
   )
   # No valid key and no initial state: l = acc = 0, and the reference's maximum is 0.
-  m_Bsx1 = jnp.where(m_Bsx1 > 0.5 * base.MASK_VALUE, m_Bsx1, 0.0)
-  out_ref[...] = (acc_BsxD / (l_Bsx1 + eps)).astype(out_ref.dtype)
-  lse_ref[...] = common.column_to_row(m_Bsx1 + jnp.log(l_Bsx1 + eps))
+  m_Rx1 = jnp.where(m_Rx1 > 0.5 * base.MASK_VALUE, m_Rx1, 0.0)
+  out_ref[...] = (acc_RxD / (l_Rx1 + eps)).astype(out_ref.dtype)
+  common.store_column_as_rows(lse_ref, m_Rx1 + jnp.log(l_Rx1 + eps))
 
 
 # acc0's position among the forward call's operands (`_forward`).
 _ACC0_OPERAND = 8
 
 
-def forward_call(G, Lq, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=None):
+def forward_call(G, Lr, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=None):
   """The forward `pallas_call` on the `(G, L, D)` layouts (see `_forward` for operands).
 
+  Lr is the query side's rows, `Lq * group` (the group stacked, `layouts`).
   `static.interpret` must be resolved (not None): `common.call` does that.
   """
-  bs, Nq = static.block_size, Lq // static.block_size
+  bs, group = static.block_size, static.group
+  R, Nq = group * bs, Lr // (group * bs)
   del Lk
-  row_blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
-  rows = common.row_block_spec(bs)
+  row_blk = lambda d: pl.BlockSpec((None, R, d), lambda g, i: (g, i, 0))
+  rows = common.row_block_spec(bs, group)
   hbm = pl.BlockSpec(memory_space=pl.ANY)
-  kernel = functools.partial(
-    _forward_kernel,
-    num_heads=static.num_heads,
-    block_size=bs,
-    scale=static.scale,
-    eps=static.eps,
-    precision=common.precision_for(dtype),
-  )
+  kernel = functools.partial(_forward_kernel, static=static, precision=common.precision_for(dtype))
   return pl.pallas_call(
     kernel,
     out_shape=(
-      jax.ShapeDtypeStruct((G, Lq, D), jnp.float32),
-      jax.ShapeDtypeStruct((G, Nq, 1, bs), jnp.float32),
+      jax.ShapeDtypeStruct((G, Lr, D), jnp.float32),
+      jax.ShapeDtypeStruct((G, Nq, group, bs), jnp.float32),
     ),
     grid=(G, Nq),
     in_specs=[hbm, hbm, row_blk(D), hbm, hbm, hbm, rows, rows, row_blk(D)],
     out_specs=(row_blk(D), rows),
     scratch_shapes=[
-      *common.index_scratch_shapes(static.index_chunk),
+      *common.index_scratch_shapes(static.index_chunk, static.causal),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, 1, bs), jnp.float32),
@@ -170,10 +178,10 @@ def forward_call(G, Lq, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes
 
 def _forward(q, k, v, views, kmask_tiles, m0, l0, acc0, static: common.Static):
   """Launches the forward kernel on the `(G, L, D)` layouts; returns `(out, lse)` float32."""
-  G, Lq, D = q.shape
-  build = lambda st: forward_call(G, Lq, k.shape[1], D, q.dtype, static=st)
+  G, Lr, D = q.shape
+  build = lambda st: forward_call(G, Lr, k.shape[1], D, q.dtype, static=st)
   operands = (
-    common.offsets_by_program(views.row_ptr_GxNq1),
+    common.offsets_by_program(views.row_ptr_GxNq1, views.row_split_GxNq),
     common.chunked_indices(views.cols_by_row_GxK, static.index_chunk),
     q,
     k,
@@ -188,7 +196,7 @@ def _forward(q, k, v, views, kmask_tiles, m0, l0, acc0, static: common.Static):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
 def _attention(q, k, v, views, kmask_tiles, m0, l0, acc0, static):
-  """The op on the kernel layouts (leading axis G = B * H); see `_attention_fwd`."""
+  """The op on the kernel layouts (leading axis G = B * Hk); see `_attention_fwd`."""
   return _forward(q, k, v, views, kmask_tiles, m0, l0, acc0, static)
 
 
@@ -232,9 +240,9 @@ class PallasMosaicTpu(base.Implementation):
   def __call__(
     self,
     q_BxHxLqxD,
-    k_BxHxLkxD,
-    v_BxHxLkxD,
-    tile_ids_BxHxK,
+    k_BxHkxLkxD,
+    v_BxHkxLkxD,
+    tile_ids_BxHkxK,
     key_valid_BxLk,
     m0_BxHxLq,
     l0_BxHxLq,
@@ -243,34 +251,44 @@ class PallasMosaicTpu(base.Implementation):
     block_size: int,
     scale: float,
     eps: float,
+    causal: bool,
   ) -> tuple[jax.Array, jax.Array]:
     B, H, Lq, D = q_BxHxLqxD.shape
-    Lk = k_BxHxLkxD.shape[2]
-    G, Nq, Nk = B * H, Lq // block_size, Lk // block_size
+    Hk, Lk = k_BxHkxLkxD.shape[1], k_BxHkxLkxD.shape[2]
+    G, Nq, Nk, group = B * Hk, Lq // block_size, Lk // block_size, H // Hk
     static = common.Static(
-      num_heads=H,
+      num_heads=Hk,
       block_size=block_size,
       scale=float(scale),
       eps=float(eps),
       index_chunk=self.index_chunk,
       interpret=self.interpret,
+      group=group,
+      causal=causal,
     )
     f32 = lambda x: jnp.asarray(x, jnp.float32)
+    # (G, Lq * group, ...): a kv head's group of query heads stacked block by block.
+    stacked = lambda x: layouts.group_rows(x, kv_heads=Hk, block_size=block_size).reshape(
+      G, Lq * group, *x.shape[3:]
+    )
     views = index_views.build_tile_views(
-      tile_ids_BxHxK.reshape(G, -1), num_q_blocks=Nq, num_k_blocks=Nk
+      tile_ids_BxHkxK.reshape(G, -1), num_q_blocks=Nq, num_k_blocks=Nk, causal=causal
     )
     valid = jax.lax.stop_gradient(key_valid_BxLk.astype(jnp.float32))
-    # Per-query vectors as (1, bs) rows of each query block (`common.row_to_column`).
-    as_rows = lambda x_BxHxLq: x_BxHxLq.reshape(G, Nq, 1, block_size)
-    out_GxLqxD, lse_GxNqx1xBs = _attention(
-      q_BxHxLqxD.reshape(G, Lq, D),
-      k_BxHxLkxD.reshape(G, Lk, D),
-      v_BxHxLkxD.reshape(G, Lk, D),
+    # Per-query vectors as the (group, bs) rows of each query block (`common.rows_to_column`).
+    as_rows = lambda x_BxHxLq: stacked(x_BxHxLq).reshape(G, Nq, group, block_size)
+    out_GxLrxD, lse_GxNqxGrxBs = _attention(
+      stacked(q_BxHxLqxD),
+      k_BxHkxLkxD.reshape(G, Lk, D),
+      v_BxHkxLkxD.reshape(G, Lk, D),
       views,
       valid.reshape(B, Nk, 1, block_size),
       as_rows(jax.lax.stop_gradient(f32(m0_BxHxLq))),
       as_rows(f32(l0_BxHxLq)),
-      f32(acc0_BxHxLqxD).reshape(G, Lq, D),
+      stacked(f32(acc0_BxHxLqxD)),
       static,
     )
-    return out_GxLqxD.reshape(B, H, Lq, D), lse_GxNqx1xBs.reshape(B, H, Lq)
+    per_head = lambda x: layouts.ungroup_rows(
+      x.reshape(B, Hk, Lq * group, *x.shape[2:]), heads=H, block_size=block_size
+    )
+    return per_head(out_GxLrxD), per_head(lse_GxNqxGrxBs.reshape(G, Lq * group))

@@ -6,12 +6,16 @@ dlse * P to dS, so it folds into delta):
     dS = P (dO V^T - delta),  dQ = scale dS K,  dK = scale dS^T Q,  dV = P^T dO,
     dacc0 = dO exp(m0 - lse), dl0 = -delta exp(m0 - lse).
 
-dQ runs over query blocks, grid `(G, Nq)`, walking each row's tiles as the forward does.
-dK/dV run over key blocks, grid `(G, Nk)`, walking each column's tiles from the column view,
-so every output block has one writer (no output block is revisited: both grid axes are
-"parallel"). Both stream as the forward does: dQ copies the row's K/V tiles, dK/dV the
-column's Q/dO tiles with their lse and delta rows `(1, bs)`, which broadcast against the
-transposed score tile `(keys, queries)` as they are.
+dQ runs over query blocks, grid `(G, Nq)`, walking each row's tiles as the forward does
+(with grouped-query attention, the group's stacked rows of the block). dK/dV run over key
+blocks, grid `(G, Nk)`, walking each column's tiles from the column view, so every output
+block has one writer (no output block is revisited: both grid axes are "parallel"); with
+grouped-query attention the column is walked over (tile, query head) pairs
+(`index_views.per_group_member`), so dK and dV sum over the group in the program. Both
+stream as the forward does: dQ copies the row's K/V tiles, dK/dV the column's Q/dO tiles
+with their lse and delta rows `(1, bs)`, which broadcast against the transposed score tile
+`(keys, queries)` as they are. Causal: the tiles that reach the diagonal (a row's last, a
+column's first) run in a loop of their own, the only one that masks by position.
 """
 # pylint: disable=invalid-name
 
@@ -24,7 +28,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.block_sparse_attention import base
+from pallas_kernels.block_sparse_attention import base, index_views
 from pallas_kernels.block_sparse_attention import pallas_mosaic_tpu_common as common
 
 # None: Mosaic's default scoped-VMEM limit (as the forward's `VMEM_LIMIT_BYTES`).
@@ -50,19 +54,18 @@ def _dq_kernel(
   kmask_buf,
   tile_sems,
   *,
-  num_heads: int,
-  block_size: int,
-  scale: float,
+  static: common.Static,
   precision,
 ):
-  """dQ of one query block: sum over its tiles of `dS @ K`, K/V streamed tile by tile."""
-  bs = block_size
+  """dQ of one query block (the group's rows): sum over its tiles of `dS @ K`, K/V streamed."""
+  bs, scale = static.block_size, static.scale
+  R = q_ref.shape[0]
   g, r = pl.program_id(0), pl.program_id(1)
-  b = jax.lax.div(g, num_heads)
-  start, stop = common.read_offsets(offsets_hbm, g, r, offsets_smem, index_sem)
-  q_BsxD, do_BsxD = q_ref[...], do_ref[...]
-  lse_Bsx1 = common.row_to_column(lse_ref[...])
-  delta_Bsx1 = common.row_to_column(delta_ref[...])
+  b = jax.lax.div(g, static.num_heads)
+  offsets = common.read_offsets(offsets_hbm, g, r, offsets_smem, index_sem)
+  q_RxD, do_RxD = q_ref[...], do_ref[...]
+  lse_Rx1 = common.rows_to_column(lse_ref)
+  delta_Rx1 = common.rows_to_column(delta_ref)
 
   def tile_copies(c, slot):
     rows = pl.ds(pl.multiple_of(c * bs, bs), bs)
@@ -72,29 +75,34 @@ def _dq_kernel(
       pltpu.make_async_copy(kmask_hbm.at[b, c], kmask_buf.at[slot], tile_sems.at[2, slot]),
     ]
 
-  def compute(slot, dq_BsxD):
+  def compute(slot, dq_RxD, c=None):
+    """One tile; `c` (its key block) given: one that reaches the diagonal, masked."""
     k_BsxD, v_BsxD = k_buf[slot], v_buf[slot]
-    valid_1xBs = kmask_buf[slot] > 0.5
-    s_BsxBs = jnp.where(
-      valid_1xBs, common.dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE
-    )
-    p_BsxBs = jnp.exp(s_BsxBs - lse_Bsx1)
-    dp_BsxBs = common.dot_nt(do_BsxD, v_BsxD, precision)
-    ds_BsxBs = p_BsxBs * (dp_BsxBs - delta_Bsx1)
-    return dq_BsxD + common.dot_nn(ds_BsxBs.astype(k_BsxD.dtype), k_BsxD, precision)
+    keep_RxBs = kmask_buf[slot] > 0.5
+    if c is not None:
+      keep_RxBs = keep_RxBs & common.causal_keep(R, r, c, bs, rows_are_queries=True)
+    s_RxBs = jnp.where(keep_RxBs, common.dot_nt(q_RxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+    # lse is finite (log(eps) for a query without keys): masked keys get exp(MASK - lse) = 0.
+    p_RxBs = jnp.exp(s_RxBs - lse_Rx1)
+    dp_RxBs = common.dot_nt(do_RxD, v_BsxD, precision)
+    ds_RxBs = p_RxBs * (dp_RxBs - delta_Rx1)
+    return dq_RxD + common.dot_nn(ds_RxBs.astype(k_BsxD.dtype), k_BsxD, precision)
 
-  dq_BsxD = common.stream_tiles(
+  dq_RxD = common.stream_tiles(
     g,
-    start,
-    stop,
+    offsets[0],
+    offsets[-1],
     cols_hbm,
     cols_smem,
     index_sem,
     tile_copies,
     compute,
-    jnp.zeros(q_BsxD.shape, jnp.float32),
+    jnp.zeros(q_RxD.shape, jnp.float32),
+    # Causal: the row's tiles from the split on (c >= r) are masked.
+    split=offsets[1] if static.causal else None,
+    masked_compute=compute,
   )
-  dq_ref[...] = (dq_BsxD * scale).astype(dq_ref.dtype)
+  dq_ref[...] = (dq_RxD * scale).astype(dq_ref.dtype)
 
 
 def _dkv_kernel(
@@ -118,33 +126,41 @@ def _dkv_kernel(
   delta_buf,
   tile_sems,
   *,
-  block_size: int,
-  scale: float,
+  static: common.Static,
   precision,
 ):
-  """dK, dV of one key block from its column of tiles, Q/dO streamed tile by tile."""
-  bs = block_size
+  """dK, dV of one key block from its column of tiles, Q/dO streamed tile by tile.
+
+  The column's entries are virtual query blocks `r * group + i` (query head i of block r,
+  `index_views.per_group_member`): rows of the stacked Q/dO and rows of lse/delta.
+  """
+  bs, scale, group = static.block_size, static.scale, static.group
   g, c = pl.program_id(0), pl.program_id(1)
-  start, stop = common.read_offsets(offsets_hbm, g, c, offsets_smem, index_sem)
+  offsets = common.read_offsets(offsets_hbm, g, c, offsets_smem, index_sem)
   k_BsxD, v_BsxD = k_ref[...], v_ref[...]
   valid_Bsx1 = common.row_to_column(kmask_ref[...]) > 0.5
 
-  def tile_copies(r, slot):
-    rows = pl.ds(pl.multiple_of(r * bs, bs), bs)
+  def tile_copies(vr, slot):
+    rows = pl.ds(pl.multiple_of(vr * bs, bs), bs)
     return [
       pltpu.make_async_copy(q_hbm.at[g, rows], q_buf.at[slot], tile_sems.at[0, slot]),
       pltpu.make_async_copy(do_hbm.at[g, rows], do_buf.at[slot], tile_sems.at[1, slot]),
-      pltpu.make_async_copy(lse_hbm.at[g, r], lse_buf.at[slot], tile_sems.at[2, slot]),
-      pltpu.make_async_copy(delta_hbm.at[g, r], delta_buf.at[slot], tile_sems.at[3, slot]),
+      pltpu.make_async_copy(lse_hbm.at[g, vr], lse_buf.at[slot], tile_sems.at[2, slot]),
+      pltpu.make_async_copy(delta_hbm.at[g, vr], delta_buf.at[slot], tile_sems.at[3, slot]),
     ]
 
-  def compute(slot, carry):
+  def compute(slot, carry, vr=None):
+    """One tile; `vr` (its virtual query block) given: one on the diagonal, masked."""
     dk_BsxD, dv_BsxD = carry
     q_BsxD, do_BsxD = q_buf[slot], do_buf[slot]
     lse_1xBs, delta_1xBs = lse_buf[slot], delta_buf[slot]
+    keep_BsxBs = valid_Bsx1
+    if vr is not None:
+      r = jax.lax.div(vr, group) if group > 1 else vr
+      keep_BsxBs = keep_BsxBs & common.causal_keep(bs, c, r, bs, rows_are_queries=False)
     # Transposed tile: rows are this block's keys, columns the query block's queries.
     sT_BsxBs = jnp.where(
-      valid_Bsx1, common.dot_nt(k_BsxD, q_BsxD, precision) * scale, base.MASK_VALUE
+      keep_BsxBs, common.dot_nt(k_BsxD, q_BsxD, precision) * scale, base.MASK_VALUE
     )
     pT_BsxBs = jnp.exp(sT_BsxBs - lse_1xBs)
     dv_BsxD = dv_BsxD + common.dot_nn(pT_BsxBs.astype(do_BsxD.dtype), do_BsxD, precision)
@@ -155,7 +171,19 @@ def _dkv_kernel(
 
   zeros_BsxD = jnp.zeros(k_BsxD.shape, jnp.float32)
   dk_BsxD, dv_BsxD = common.stream_tiles(
-    g, start, stop, rows_hbm, rows_smem, index_sem, tile_copies, compute, (zeros_BsxD, zeros_BsxD)
+    g,
+    offsets[0],
+    offsets[-1],
+    rows_hbm,
+    rows_smem,
+    index_sem,
+    tile_copies,
+    compute,
+    (zeros_BsxD, zeros_BsxD),
+    # Causal: the column's tiles up to the split (r <= c) are masked.
+    split=offsets[1] if static.causal else None,
+    masked_compute=compute,
+    masked_first=True,
   )
   dk_ref[...] = (dk_BsxD * scale).astype(dk_ref.dtype)
   dv_ref[...] = dv_BsxD.astype(dv_ref.dtype)
@@ -168,28 +196,26 @@ def _compiler_params(vmem_limit_bytes):
   )
 
 
-def dq_call(G, Lq, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=None):
-  """The dQ `pallas_call`: grid `(G, Nq)`, K/V/key mask in HBM, streamed."""
+def dq_call(G, Lr, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=None):
+  """The dQ `pallas_call`: grid `(G, Nq)`, K/V/key mask in HBM, streamed.
+
+  Lr is the query side's rows, `Lq * group` (the group stacked, `layouts`).
+  """
   del Lk
-  bs = static.block_size
-  blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
-  rows = common.row_block_spec(bs)
+  bs, group = static.block_size, static.group
+  R = group * bs
+  blk = lambda d: pl.BlockSpec((None, R, d), lambda g, i: (g, i, 0))
+  rows = common.row_block_spec(bs, group)
   hbm = pl.BlockSpec(memory_space=pl.ANY)
-  kernel = functools.partial(
-    _dq_kernel,
-    num_heads=static.num_heads,
-    block_size=bs,
-    scale=static.scale,
-    precision=common.precision_for(dtype),
-  )
+  kernel = functools.partial(_dq_kernel, static=static, precision=common.precision_for(dtype))
   return pl.pallas_call(
     kernel,
-    out_shape=jax.ShapeDtypeStruct((G, Lq, D), dtype),
-    grid=(G, Lq // bs),
+    out_shape=jax.ShapeDtypeStruct((G, Lr, D), dtype),
+    grid=(G, Lr // R),
     in_specs=[hbm, hbm, blk(D), hbm, hbm, hbm, blk(D), rows, rows],
     out_specs=blk(D),
     scratch_shapes=[
-      *common.index_scratch_shapes(static.index_chunk),
+      *common.index_scratch_shapes(static.index_chunk, static.causal),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, 1, bs), jnp.float32),
@@ -201,18 +227,16 @@ def dq_call(G, Lq, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=None
   )
 
 
-def dkv_call(G, Lq, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=None):
+def dkv_call(G, Lr, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=None):
   """The dK/dV `pallas_call`: grid `(G, Nk)`, Q/dO/lse/delta in HBM, streamed."""
-  del Lq
+  del Lr
   bs, num_heads = static.block_size, static.num_heads
   blk = lambda d: pl.BlockSpec((None, bs, d), lambda g, i: (g, i, 0))
   hbm = pl.BlockSpec(memory_space=pl.ANY)
   # lax.div, not `//`: g >= 0, and floor division lowers through `sign`, which Mosaic only
   # lowers on a known TPU generation.
   kmask_blk = pl.BlockSpec((None, None, 1, bs), lambda g, i: (jax.lax.div(g, num_heads), i, 0, 0))
-  kernel = functools.partial(
-    _dkv_kernel, block_size=bs, scale=static.scale, precision=common.precision_for(dtype)
-  )
+  kernel = functools.partial(_dkv_kernel, static=static, precision=common.precision_for(dtype))
   return pl.pallas_call(
     kernel,
     out_shape=(
@@ -223,7 +247,7 @@ def dkv_call(G, Lq, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=Non
     in_specs=[hbm, hbm, blk(D), blk(D), kmask_blk, hbm, hbm, hbm, hbm],
     out_specs=(blk(D), blk(D)),
     scratch_shapes=[
-      *common.index_scratch_shapes(static.index_chunk),
+      *common.index_scratch_shapes(static.index_chunk, static.causal),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, bs, D), dtype),
       pltpu.VMEM((2, 1, bs), jnp.float32),
@@ -237,24 +261,25 @@ def dkv_call(G, Lq, Lk, D, dtype, *, static: common.Static, vmem_limit_bytes=Non
 
 
 def attention_bwd(static: common.Static, residuals, cotangents):
-  """The custom-VJP backward of `pallas_mosaic_tpu._attention` (G = B * H layouts).
+  """The custom-VJP backward of `pallas_mosaic_tpu._attention` (G = B * Hk layouts).
 
-  Per-query vectors (m0, lse, their cotangents, delta) are `(G, Nq, 1, bs)` rows.
+  Per-query vectors (m0, lse, their cotangents, delta) are `(G, Nq, group, bs)` rows.
   """
   q, k, v, views, kmask_tiles, m0, out, lse = residuals
   dout, dlse = cotangents
-  G, Lq, D = q.shape
+  G, Lr, D = q.shape
   Lk = k.shape[1]
+  bs = static.block_size
   delta = jnp.sum(dout * out, axis=-1).reshape(lse.shape) - dlse
   do = dout.astype(q.dtype)
-  shape_args = (G, Lq, Lk, D, q.dtype)
+  shape_args = (G, Lr, Lk, D, q.dtype)
   chunk = static.index_chunk
 
   dq = common.call(
     static,
     lambda st: dq_call(*shape_args, static=st),
     (
-      common.offsets_by_program(views.row_ptr_GxNq1),
+      common.offsets_by_program(views.row_ptr_GxNq1, views.row_split_GxNq),
       common.chunked_indices(views.cols_by_row_GxK, chunk),
       q,
       k,
@@ -265,22 +290,25 @@ def attention_bwd(static: common.Static, residuals, cotangents):
       delta,
     ),
   )
+  members = index_views.per_group_member(views, static.group)
+  # One (1, bs) row per virtual query block (query head of a block).
+  as_member_rows = lambda x: x.reshape(G, Lr // bs, 1, bs)
   dk, dv = common.call(
     static,
     lambda st: dkv_call(*shape_args, static=st),
     (
-      common.offsets_by_program(views.col_ptr_GxNk1),
-      common.chunked_indices(views.rows_by_col_GxK, chunk),
+      common.offsets_by_program(members.col_ptr_GxNk1, members.col_split_GxNk),
+      common.chunked_indices(members.rows_by_col_GxK, chunk),
       k,
       v,
       kmask_tiles,
       q,
       do,
-      lse,
-      delta,
+      as_member_rows(lse),
+      as_member_rows(delta),
     ),
   )
   # d out / d acc0 = exp(m0 - m) / (l + eps) = exp(m0 - lse); d lse / d l0 likewise.
   init_weight = jnp.exp(m0 - lse)
-  dacc0 = dout * init_weight.reshape(G, Lq, 1)
+  dacc0 = dout * init_weight.reshape(G, Lr, 1)
   return dq, dk, dv, None, None, None, -delta * init_weight, dacc0

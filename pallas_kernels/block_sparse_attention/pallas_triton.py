@@ -1,11 +1,15 @@
 """Block-sparse attention as Pallas kernels lowered through Triton (GPU): forward and op.
 
-Layouts (G = batch * heads, one program per (head, query block), grid `(G, Nq)`, or per
-half or quarter block where `Static.rows_per_program` says so): the program's query rows
-`(bs, D)`, the whole head's K/V `(Lk, D)` in global memory, from which
-the row's key blocks are sliced with `pl.ds`, the key mask as rows `(Nk, bs)`, per-query
-vectors as columns `(bs, 1)`. The Triton lowering has no scalar prefetch, so the tile
-views' index rows are ordinary inputs, one row per program (block `(None, n)`).
+Layouts (G = batch * kv heads; with grouped-query attention a kv head's query heads are
+stacked block by block, `layouts`): one program per `rows_per_program` query rows of a
+head, grid `(G, Lq * group / rows)`, which is one program per query block, per half or
+quarter block where float32 registers ask for it, or per several query heads' blocks of
+a group (each selected K/V tile is then loaded once for all of them). A program holds its
+query rows `(rows, D)`; the whole kv head's K/V `(Lk, D)` stay in global memory, from which
+the row's key blocks are sliced with `pl.ds`; the key mask travels as rows `(Nk, bs)`,
+per-query vectors as columns `(rows, 1)`. The Triton lowering has no scalar prefetch, so
+the tile views' index rows are ordinary inputs, one row per program (block `(None, n)`);
+a causal op's offsets carry where each row meets the diagonal after the CSR offsets.
 
 `compiler_params` is always given explicitly, because since jax 0.9 a bare `pallas_call` on
 GPU means Mosaic GPU. Triton loads only power-of-two sizes and its dot needs every dim >= 16,
@@ -30,6 +34,7 @@ from pallas_kernels import jax_compat
 from pallas_kernels.block_sparse_attention import (
   base,
   index_views,
+  layouts,
   pallas_triton_dots,
   pallas_triton_vjp,
 )
@@ -44,7 +49,7 @@ dot_nt, dot_nn = pallas_triton_dots.dot_nt, pallas_triton_dots.dot_nn
 
 
 def _forward_kernel(
-  row_ptr_ref,
+  offsets_ref,
   cols_ref,
   q_ref,
   k_ref,
@@ -56,75 +61,89 @@ def _forward_kernel(
   out_ref,
   lse_ref,
   *,
-  block_size: int,
-  scale: float,
-  eps: float,
-  precision,
+  static: common.Static,
 ):
-  """Online softmax over one query block's selected key blocks, from (m0, l0, acc0)."""
-  bs = block_size
-  # A program may hold a slice of its query block (`rows_per_program`); r is the block.
-  r = jax.lax.div(pl.program_id(1), block_size // q_ref.shape[0])
-  start, stop = row_ptr_ref[r], row_ptr_ref[r + 1]
-  q_BsxD = q_ref[...]
-  m0_Bsx1 = m0_ref[...]
-  # An empty initial state (m0 = -inf) starts at the finite mask value: its l0/acc0 weigh 0.
-  m_Bsx1 = jnp.maximum(m0_Bsx1, base.MASK_VALUE)
-  init_scale_Bsx1 = jnp.exp(m0_Bsx1 - m_Bsx1)
-  l_Bsx1 = l0_ref[...] * init_scale_Bsx1
-  acc_BsxD = acc0_ref[...] * init_scale_Bsx1
+  """Online softmax over one query block's selected key blocks, from (m0, l0, acc0).
 
-  def body(t, carry):
-    m_Bsx1, l_Bsx1, acc_BsxD = carry
+  The program's R rows are query rows of the group-stacked layout (`layouts`): a slice of
+  one query head's block, a block, or the blocks of several query heads of the group, which
+  then share each K/V tile load. Causal: the row's tiles from `row_split` on (c >= r: the
+  diagonal tile) run a second loop that masks by position; the others pay nothing.
+  """
+  bs, precision, scale, eps = static.block_size, static.dots, static.scale, static.eps
+  R = q_ref.shape[0]
+  first = pl.program_id(1) * R  # the program's first stacked row
+  r = jax.lax.div(first, static.group * bs)  # its query block
+  start, stop = offsets_ref[r], offsets_ref[r + 1]
+  q_RxD = q_ref[...]
+  m0_Rx1 = m0_ref[...]
+  # An empty initial state (m0 = -inf) starts at the finite mask value: its l0/acc0 weigh 0.
+  m_Rx1 = jnp.maximum(m0_Rx1, base.MASK_VALUE)
+  init_scale_Rx1 = jnp.exp(m0_Rx1 - m_Rx1)
+  l_Rx1 = l0_ref[...] * init_scale_Rx1
+  acc_RxD = acc0_ref[...] * init_scale_Rx1
+
+  def body(t, carry, masked):
+    m_Rx1, l_Rx1, acc_RxD = carry
     c = cols_ref[t]
     k_BsxD = k_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
     v_BsxD = v_ref[pl.ds(pl.multiple_of(c * bs, bs), bs), :]
-    valid_1xBs = kmask_ref[pl.ds(c, 1), :] > 0.5
-    s_BsxBs = jnp.where(valid_1xBs, dot_nt(q_BsxD, k_BsxD, precision) * scale, base.MASK_VALUE)
-    m_new_Bsx1 = jnp.maximum(m_Bsx1, jnp.max(s_BsxBs, axis=1, keepdims=True))
-    alpha_Bsx1 = jnp.exp(m_Bsx1 - m_new_Bsx1)
+    keep_RxBs = kmask_ref[pl.ds(c, 1), :] > 0.5
+    if masked:
+      keep_RxBs = keep_RxBs & common.causal_keep(first, R, r, c, bs, rows_are_queries=True)
+    s_RxBs = jnp.where(keep_RxBs, dot_nt(q_RxD, k_BsxD, precision) * scale, base.MASK_VALUE)
+    m_new_Rx1 = jnp.maximum(m_Rx1, jnp.max(s_RxBs, axis=1, keepdims=True))
+    alpha_Rx1 = jnp.exp(m_Rx1 - m_new_Rx1)
     # Zeroed explicitly: while every key so far is masked, s - m_new is 0, not -inf.
-    p_BsxBs = jnp.where(valid_1xBs, jnp.exp(s_BsxBs - m_new_Bsx1), 0.0)
-    l_Bsx1 = alpha_Bsx1 * l_Bsx1 + jnp.sum(p_BsxBs, axis=1, keepdims=True)
-    acc_BsxD = alpha_Bsx1 * acc_BsxD + dot_nn(p_BsxBs.astype(v_BsxD.dtype), v_BsxD, precision)
-    return m_new_Bsx1, l_Bsx1, acc_BsxD
+    p_RxBs = jnp.where(keep_RxBs, jnp.exp(s_RxBs - m_new_Rx1), 0.0)
+    l_Rx1 = alpha_Rx1 * l_Rx1 + jnp.sum(p_RxBs, axis=1, keepdims=True)
+    acc_RxD = alpha_Rx1 * acc_RxD + dot_nn(p_RxBs.astype(v_BsxD.dtype), v_BsxD, precision)
+    return m_new_Rx1, l_Rx1, acc_RxD
 
-  m_Bsx1, l_Bsx1, acc_BsxD = jax.lax.fori_loop(start, stop, body, (m_Bsx1, l_Bsx1, acc_BsxD))
+  carry = (m_Rx1, l_Rx1, acc_RxD)
+  if static.causal:
+    split = offsets_ref[static.num_q_blocks + 1 + r]
+    carry = jax.lax.fori_loop(start, split, functools.partial(body, masked=False), carry)
+    carry = jax.lax.fori_loop(split, stop, functools.partial(body, masked=True), carry)
+  else:
+    carry = jax.lax.fori_loop(start, stop, functools.partial(body, masked=False), carry)
+  m_Rx1, l_Rx1, acc_RxD = carry
   # No valid key and no initial state: l = acc = 0, and the reference's maximum is 0.
-  m_Bsx1 = jnp.where(m_Bsx1 > 0.5 * base.MASK_VALUE, m_Bsx1, 0.0)
-  out_ref[...] = (acc_BsxD / (l_Bsx1 + eps)).astype(out_ref.dtype)
-  lse_ref[...] = m_Bsx1 + jnp.log(l_Bsx1 + eps)
+  m_Rx1 = jnp.where(m_Rx1 > 0.5 * base.MASK_VALUE, m_Rx1, 0.0)
+  out_ref[...] = (acc_RxD / (l_Rx1 + eps)).astype(out_ref.dtype)
+  lse_ref[...] = m_Rx1 + jnp.log(l_Rx1 + eps)
 
 
 def _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static: common.Static):
   """Launches the forward kernel on the `(G, L, D)` layouts; returns `(out, lse)` float32."""
-  operands = (views.row_ptr_GxNq1, views.cols_by_row_GxK, q, k, v, kmask_rows, m0, l0, acc0)
+  offsets = common.row_offsets(views, static)
+  operands = (offsets, views.cols_by_row_GxK, q, k, v, kmask_rows, m0, l0, acc0)
   build = functools.partial(_forward_call, q.shape, k.shape[1], views.cols_by_row_GxK.shape[1])
   return common.launch(static, build, operands)
 
 
 def _forward_call(q_shape, Lk: int, K: int, static: common.Static):
-  """The forward `pallas_call` (operands as `_forward` passes them; `static.interpret` set)."""
-  G, Lq, D = q_shape
-  bs, Nq, Nk = static.block_size, Lq // static.block_size, Lk // static.block_size
+  """The forward `pallas_call` (operands as `_forward` passes them; `static.interpret` set).
+
+  q_shape is `(G, Lq * group, D)`: G = B * Hk, the group's query rows stacked (`layouts`).
+  """
+  G, Lr, D = q_shape
+  bs, Nk = static.block_size, Lk // static.block_size
   rows = static.rows_per_program(D, "fwd")
   row = lambda n: pl.BlockSpec((None, n), lambda g, i: (g, 0))
   row_blk = lambda d: pl.BlockSpec((None, rows, d), lambda g, i: (g, i, 0))
   head_blk = pl.BlockSpec((None, Lk, D), lambda g, i: (g, 0, 0))
   # lax.div, not `//`: g >= 0, and floor division lowers through `sign`.
   kmask_blk = pl.BlockSpec((None, Nk, bs), lambda g, i: (jax.lax.div(g, static.num_heads), 0, 0))
-  kernel = functools.partial(
-    _forward_kernel, block_size=bs, scale=static.scale, eps=static.eps, precision=static.dots
-  )
   return pl.pallas_call(
-    kernel,
+    functools.partial(_forward_kernel, static=static),
     out_shape=(
-      jax.ShapeDtypeStruct((G, Lq, D), jnp.float32),
-      jax.ShapeDtypeStruct((G, Lq, 1), jnp.float32),
+      jax.ShapeDtypeStruct((G, Lr, D), jnp.float32),
+      jax.ShapeDtypeStruct((G, Lr, 1), jnp.float32),
     ),
-    grid=(G, Lq // rows),
+    grid=(G, Lr // rows),
     in_specs=[
-      row(Nq + 1),
+      row(static.offsets_length("row")),
       row(K),
       row_blk(D),
       head_blk,
@@ -147,7 +166,7 @@ def _forward_call(q_shape, Lk: int, K: int, static: common.Static):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
 def _attention(q, k, v, views, kmask_rows, kmask_col, m0, l0, acc0, static):
-  """The op on the kernel layouts (leading axis G = B * H); see `_attention_fwd`."""
+  """The op on the kernel layouts (leading axis G = B * Hk); see `_attention_fwd`."""
   del kmask_col  # only the backward pass reads the column layout
   return _forward(q, k, v, views, kmask_rows, m0, l0, acc0, static)
 
@@ -193,9 +212,9 @@ class PallasTriton(base.Implementation):
   def __call__(
     self,
     q_BxHxLqxD,
-    k_BxHxLkxD,
-    v_BxHxLkxD,
-    tile_ids_BxHxK,
+    k_BxHkxLkxD,
+    v_BxHkxLkxD,
+    tile_ids_BxHkxK,
     key_valid_BxLk,
     m0_BxHxLq,
     l0_BxHxLq,
@@ -204,35 +223,47 @@ class PallasTriton(base.Implementation):
     block_size: int,
     scale: float,
     eps: float,
+    causal: bool,
   ) -> tuple[jax.Array, jax.Array]:
     B, H, Lq, D = q_BxHxLqxD.shape
-    Lk = k_BxHxLkxD.shape[2]
-    G, Nq, Nk = B * H, Lq // block_size, Lk // block_size
+    Hk, Lk = k_BxHkxLkxD.shape[1], k_BxHkxLkxD.shape[2]
+    G, Nq, Nk = B * Hk, Lq // block_size, Lk // block_size
     static = common.Static(
-      num_heads=H,
+      num_heads=Hk,
       block_size=block_size,
       scale=float(scale),
       eps=float(eps),
       precision=pallas_triton_dots.resolve_precision(self.precision, q_BxHxLqxD.dtype),
       interpret=self.interpret,
+      group=H // Hk,
+      causal=causal,
+      num_q_blocks=Nq,
+      num_k_blocks=Nk,
     )
     Dp = max(16, 1 << (D - 1).bit_length())
     pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, Dp - D))) if Dp != D else x
     f32 = lambda x: jnp.asarray(x, jnp.float32)
+    # (G, Lq * group, ...): a kv head's group of query heads stacked block by block.
+    rows = lambda x: layouts.group_rows(x, kv_heads=Hk, block_size=block_size).reshape(
+      G, Lq * static.group, *x.shape[3:]
+    )
     views = index_views.build_tile_views(
-      tile_ids_BxHxK.reshape(G, -1), num_q_blocks=Nq, num_k_blocks=Nk
+      tile_ids_BxHkxK.reshape(G, -1), num_q_blocks=Nq, num_k_blocks=Nk, causal=causal
     )
     valid = jax.lax.stop_gradient(key_valid_BxLk.astype(jnp.float32))
-    out_GxLqxDp, lse_GxLqx1 = _attention(
-      pad(q_BxHxLqxD.reshape(G, Lq, D)),
-      pad(k_BxHxLkxD.reshape(G, Lk, D)),
-      pad(v_BxHxLkxD.reshape(G, Lk, D)),
+    out_GxLrxDp, lse_GxLrx1 = _attention(
+      pad(rows(q_BxHxLqxD)),
+      pad(k_BxHkxLkxD.reshape(G, Lk, D)),
+      pad(v_BxHkxLkxD.reshape(G, Lk, D)),
       views,
       valid.reshape(B, Nk, block_size),
       valid.reshape(B, Lk, 1),
-      jax.lax.stop_gradient(f32(m0_BxHxLq)).reshape(G, Lq, 1),
-      f32(l0_BxHxLq).reshape(G, Lq, 1),
-      pad(f32(acc0_BxHxLqxD).reshape(G, Lq, D)),
+      rows(jax.lax.stop_gradient(f32(m0_BxHxLq)))[..., None],
+      rows(f32(l0_BxHxLq))[..., None],
+      pad(rows(f32(acc0_BxHxLqxD))),
       static,
     )
-    return out_GxLqxDp[:, :, :D].reshape(B, H, Lq, D), lse_GxLqx1.reshape(B, H, Lq)
+    per_head = lambda x: layouts.ungroup_rows(
+      x.reshape(B, Hk, *x.shape[1:]), heads=H, block_size=block_size
+    )
+    return per_head(out_GxLrxDp[:, :, :D]), per_head(lse_GxLrx1[:, :, 0])

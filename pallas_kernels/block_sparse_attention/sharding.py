@@ -32,7 +32,10 @@ splits the call by what is known when the op is traced:
 * No mesh in sight, one device, inside a `shard_map`, or plain XLA implementations on
   Auto axes (XLA partitions those itself): the implementation as is.
 
-Sequence or head-dim sharding is undone (gathered) before the kernels run.
+Sequence or head-dim sharding is undone (gathered) before the kernels run. With
+grouped-query attention (Hk kv heads, more query heads) the heads split only over mesh axes
+that divide Hk, the same axes for q and for k/v, so that a query head and its kv head
+always share a device.
 """
 # pylint: disable=invalid-name
 
@@ -50,14 +53,18 @@ from jax.sharding import PartitionSpec as P
 
 from pallas_kernels.block_sparse_attention import base
 
-# Each operand's axes, in the op's argument order, and each result's: b(atch) and h(ead)
-# may be split across devices; q(uery length), k(ey length), d (head dim) and t (tiles)
-# may not.
-_OPERANDS = ("b h q d", "b h k d", "b h k d", "b h t", "b k", "b h q", "b h q", "b h q d")
-_RESULTS = ("b h q d", "b h q")
+# Each operand's axes, in the op's argument order, and each result's: b(atch), h (kv heads)
+# and H (query heads) may be split across devices, H as h is (query head i of kv head g is
+# g * group + i, so splitting H over axes that divide Hk keeps every group on one device);
+# q(uery length), k(ey length), d (head dim) and t (tiles) may not.
+_OPERANDS = ("b H q d", "b h k d", "b h k d", "b h t", "b k", "b H q", "b H q", "b H q d")
+_RESULTS = ("b H q d", "b H q")
 _GRADIENTS = (0, 1, 2, 6, 7)  # q, k, v, l0, acc0: the operands that get a gradient
 # Shardy wants these in order of first appearance in the rule.
 _REPLICATED = ("q", "d", "k", "t")
+# The query heads' factor in a Shardy rule: the kv heads' "h", and with grouped-query
+# attention (more query heads than kv heads) "(h r)", r the group size, replicated.
+_GROUP_FACTOR = "r"
 
 
 def run_per_shard(
@@ -83,8 +90,9 @@ def run_per_shard(
   mesh = q_sharding.mesh if not q_sharding.mesh.empty else jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1 or any(t == AxisType.Manual for t in mesh.axis_types):
     return call(*args)
+  kv_heads = args[1].shape[1]
   if all(t == AxisType.Explicit for t in mesh.axis_types):
-    batch, head = _batch_and_head_axes(q_sharding.spec, mesh, args[0].shape)
+    batch, head = _batch_and_head_axes(q_sharding.spec, mesh, args[0].shape, kv_heads)
     return _shard_mapped(call, mesh, batch, head, args)
   way = implementation.ON_AUTO_AXES
   if way == "xla" or any(t != AxisType.Auto for t in mesh.axis_types):
@@ -93,37 +101,40 @@ def run_per_shard(
     # custom_partitioning never reaches the TPU compiler
     # (https://github.com/jax-ml/jax/issues/38196), and the spec is not known yet: assume
     # data parallelism.
-    batch, head = _data_parallel_axes(mesh, args[0].shape)
+    batch, head = _data_parallel_axes(mesh, (args[0].shape[0], kv_heads))
     return _shard_mapped(call, mesh, batch, head, args)
-  return _auto_partitioned(call)(*args)
+  group = args[0].shape[1] // kv_heads
+  return _auto_partitioned(call, group)(*args)
 
 
 def _spec(dims: str, batch, head) -> P:
-  by_dim = {"b": batch, "h": head}
+  by_dim = {"b": batch, "h": head, "H": head}
   return P(*(by_dim.get(d) for d in dims.split()))
 
 
-def _batch_and_head_axes(spec: P, mesh, shape: Sequence[int]):
+def _batch_and_head_axes(spec: P, mesh, shape: Sequence[int], kv_heads: int):
   """The mesh axes q's batch and head dims are split over (None: not split).
 
-  Axes that do not divide their dim are dropped (that dim is then gathered).
+  Axes that do not divide their dim are dropped (that dim is then gathered); the heads'
+  must divide the kv heads, so that k and v split with q.
   """
   axes = []
-  for dim in range(2):
+  for dim, extent in enumerate((shape[0], kv_heads)):
     entry = spec[dim] if dim < len(spec) else None
     names = (entry,) if isinstance(entry, str) else tuple(entry or ())
     size = 1
     for name in names:
       size *= mesh.shape[name]
-    axes.append(names if names and shape[dim] % size == 0 else None)
+    axes.append(names if names and extent % size == 0 else None)
   return axes
 
 
 def _data_parallel_axes(mesh, shape: Sequence[int]):
-  """The mesh axes a data-parallel program would split q's batch and head dims over.
+  """The mesh axes a data-parallel program would split the batch and heads over.
 
-  The batch takes the mesh axes in order while the product of their sizes divides B, the
-  heads take the axes after those while the product divides H; the rest replicate.
+  `shape` leads with (B, Hk): the batch takes the mesh axes in order while the product of
+  their sizes divides B, the heads take the axes after those while the product divides the
+  kv heads Hk (and so the query heads); the rest replicate.
   """
   names = list(mesh.axis_names)
   axes = []
@@ -156,8 +167,8 @@ def _shard_mapped(call, mesh, batch, head, args):
 def _partition(operand_dims, result_dims, local_fn, mesh, arg_shapes, result_shape):
   """`custom_partitioning`'s rule: batch and heads split as q is, the rest replicated."""
   del result_shape
-  q = arg_shapes[0]
-  batch, head = _batch_and_head_axes(q.sharding.spec, mesh, q.shape)
+  q, k = arg_shapes[0], arg_shapes[1]
+  batch, head = _batch_and_head_axes(q.sharding.spec, mesh, q.shape, k.shape[1])
   named = lambda dims: NamedSharding(mesh, _spec(dims, batch, head))
   return (
     mesh,
@@ -167,13 +178,18 @@ def _partition(operand_dims, result_dims, local_fn, mesh, arg_shapes, result_sha
   )
 
 
-def _partitioned(fn, operand_dims, result_dims):
+def _partitioned(fn, operand_dims, result_dims, group: int):
   """`fn` as a `custom_partitioning` call over batch and heads, and vmappable."""
   partitioned = custom_partitioning(fn)
+  query_heads = "h" if group == 1 else f"(h {_GROUP_FACTOR})"
+  rule = lambda dims: ", ".join(d.replace("H", query_heads) for d in dims)
+  group_factor = {} if group == 1 else {_GROUP_FACTOR: group}
   partitioned.def_partition(
     functools.partial(_partition, operand_dims, result_dims, fn),
-    sharding_rule=", ".join(operand_dims) + " -> " + ", ".join(result_dims),
-    need_replication_factors=_REPLICATED,
+    sharding_rule=rule(operand_dims) + " -> " + rule(result_dims),
+    # In order of first appearance: r comes with the first operand's heads.
+    need_replication_factors=tuple(group_factor) + _REPLICATED,
+    **group_factor,
   )
   vmappable = jax.custom_batching.custom_vmap(lambda *args: tuple(partitioned(*args)))
 
@@ -190,7 +206,7 @@ def _partitioned(fn, operand_dims, result_dims):
   return vmappable
 
 
-def _auto_partitioned(call):
+def _auto_partitioned(call, group: int):
   """The op with its forward and backward partitioned by XLA over batch and heads."""
 
   def forward(*args):
@@ -209,8 +225,9 @@ def _auto_partitioned(call):
     _, vjp = jax.vjp(differentiable, *(args[i] for i in _GRADIENTS))
     return vjp(tuple(cotangents))
 
-  forward_p = _partitioned(forward, _OPERANDS, _RESULTS)
-  backward_p = _partitioned(backward, _OPERANDS + _RESULTS, tuple(_OPERANDS[i] for i in _GRADIENTS))
+  forward_p = _partitioned(forward, _OPERANDS, _RESULTS, group)
+  gradient_dims = tuple(_OPERANDS[i] for i in _GRADIENTS)
+  backward_p = _partitioned(backward, _OPERANDS + _RESULTS, gradient_dims, group)
 
   @jax.custom_vjp
   def op(*args):

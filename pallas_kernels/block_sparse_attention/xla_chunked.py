@@ -3,10 +3,13 @@
 Computes exactly `base.block_sparse_attention_reference` (same contract, tested against
 it), but organised for CPUs and for long sequences:
 
-- one (batch, head) at a time (`lax.map`), and within a head the sorted tile list in
-  chunks of about `chunk_bytes` (2 MiB) of gathered keys, so every intermediate stays in cache and no
-  buffer grows with L (large fresh buffers cost page faults on every call: at
+- one (batch, kv head) at a time (`lax.map`), with its group's query heads stacked block by
+  block (`layouts`, grouped-query attention), and within a head the sorted tile list in
+  chunks of about `chunk_bytes` (2 MiB) of gathered rows, so every intermediate stays in
+  cache and no buffer grows with L (large fresh buffers cost page faults on every call: at
   L=16384 this alone made a one-shot version 6x slower than at L=4096);
+- causal masking by position inside the chunks, only when `causal` (every gathered tile
+  pays a comparison there, a small cost beside its dots on a CPU);
 - two passes over the chunks in the forward (the exact per-query maximum, then the
   sums), so the result equals the one-shot reference to float32 round-off;
 - a hand-written VJP that saves only `out` and the log-sum-exp and recomputes the
@@ -28,17 +31,17 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.block_sparse_attention import base
+from pallas_kernels.block_sparse_attention import base, layouts
 
 
-def _chunk_plan(tile_ids_K, num_key_blocks, block_size, head_dim, batch, chunk_bytes):
+def _chunk_plan(tile_ids_K, num_key_blocks, rows_per_block, head_dim, batch, chunk_bytes):
   """Splits the sorted tile list into equal chunks; padding tiles are flagged off.
 
-  A chunk holds about `chunk_bytes` of gathered keys across the `batch` heads that
-  are processed together.
+  A chunk holds about `chunk_bytes` of gathered rows (`rows_per_block` query rows per tile:
+  a block, or a group's blocks) across the `batch` heads that are processed together.
   """
   K = tile_ids_K.shape[0]
-  T = max(1, min(K, chunk_bytes // (batch * block_size * head_dim * 4)))
+  T = max(1, min(K, chunk_bytes // (batch * rows_per_block * head_dim * 4)))
   C = -(-K // T)
   pad = C * T - K
   ids = jnp.concatenate([tile_ids_K, jnp.broadcast_to(tile_ids_K[-1:], (pad,))])
@@ -50,71 +53,83 @@ def _chunk_plan(tile_ids_K, num_key_blocks, block_size, head_dim, batch, chunk_b
   )
 
 
-def _chunk_scores(q_NqxBsxD, k_NkxBsxD, valid_NkxBs, rows_T, cols_T, live_T, scale):
-  """Scores of one chunk of tiles, -inf where the key is padding or the tile is filler."""
-  s = jnp.einsum("tid,tjd->tij", q_NqxBsxD[rows_T], k_NkxBsxD[cols_T]) * scale
-  keep = valid_NkxBs[cols_T] & live_T[:, None]
-  return jnp.where(keep[:, None, :], s, -jnp.inf)
+def _chunk_scores(q_NqxRxD, k_NkxBsxD, valid_NkxBs, rows_T, cols_T, live_T, scale, causal):
+  """Scores `(T, R, bs)` of one chunk of tiles, -inf where the key is padding, the tile is
+  filler, or (causal) the key comes after the query.
+
+  R is the query rows of a block: bs, or a group's stacked blocks (`layouts`), whose row i
+  is position `r * bs + i % bs`.
+  """
+  s_TxRxBs = jnp.einsum("tid,tjd->tij", q_NqxRxD[rows_T], k_NkxBsxD[cols_T]) * scale
+  keep_Tx1xBs = (valid_NkxBs[cols_T] & live_T[:, None])[:, None, :]
+  if not causal:
+    return jnp.where(keep_Tx1xBs, s_TxRxBs, -jnp.inf)
+  R, bs = s_TxRxBs.shape[1:]
+  q_pos_TxR = rows_T[:, None] * bs + (jnp.arange(R) % bs)[None, :]
+  k_pos_TxBs = cols_T[:, None] * bs + jnp.arange(bs)[None, :]
+  keep_TxRxBs = keep_Tx1xBs & (k_pos_TxBs[:, None, :] <= q_pos_TxR[:, :, None])
+  return jnp.where(keep_TxRxBs, s_TxRxBs, -jnp.inf)
 
 
-def _one_head_forward(
-  q, k, v, ids, valid, m0, l0, acc0, *, block_size, scale, eps, batch, chunk_bytes
-):
-  Lq, D = q.shape
+def _one_head_forward(q, k, v, ids, valid, m0, l0, acc0, *, static, batch):
+  """One kv head's forward; q-side arrays hold its group's rows stacked (`layouts`)."""
+  Lr, D = q.shape
   Lk = k.shape[0]
-  bs = block_size
-  Nq, Nk = Lq // bs, Lk // bs
-  qb, kb, vb = q.reshape(Nq, bs, D), k.reshape(Nk, bs, D), v.reshape(Nk, bs, D)
+  bs, scale, eps, causal = static.block_size, static.scale, static.eps, static.causal
+  R = static.group * bs  # query rows per block
+  Nq, Nk = Lr // R, Lk // bs
+  qb, kb, vb = q.reshape(Nq, R, D), k.reshape(Nk, bs, D), v.reshape(Nk, bs, D)
   validb = valid.reshape(Nk, bs)
-  rows, cols, live = _chunk_plan(ids, Nk, bs, D, batch, chunk_bytes)
+  rows, cols, live = _chunk_plan(ids, Nk, R, D, batch, static.chunk_bytes)
 
-  def max_step(m_NqxBs, chunk):
+  def max_step(m_NqxR, chunk):
     r, c, ok = chunk
-    s = _chunk_scores(qb, kb, validb, r, c, ok, scale)
-    return m_NqxBs.at[r].max(jnp.max(s, axis=-1), indices_are_sorted=True), None
+    s = _chunk_scores(qb, kb, validb, r, c, ok, scale, causal)
+    return m_NqxR.at[r].max(jnp.max(s, axis=-1), indices_are_sorted=True), None
 
-  m, _ = jax.lax.scan(max_step, m0.reshape(Nq, bs), (rows, cols, live))
+  m, _ = jax.lax.scan(max_step, m0.reshape(Nq, R), (rows, cols, live))
   m = jnp.where(jnp.isfinite(m), m, 0.0)
 
   def sum_step(carry, chunk):
     l, acc = carry
     r, c, ok = chunk
-    p = jnp.exp(_chunk_scores(qb, kb, validb, r, c, ok, scale) - m[r][:, :, None])
+    p = jnp.exp(_chunk_scores(qb, kb, validb, r, c, ok, scale, causal) - m[r][:, :, None])
     l = l.at[r].add(jnp.sum(p, axis=-1), indices_are_sorted=True)
     acc = acc.at[r].add(jnp.einsum("tij,tjd->tid", p, vb[c]), indices_are_sorted=True)
     return (l, acc), None
 
   # Zeros made from the inputs carry their sharding (explicit-sharding meshes need it).
-  zeros = (jnp.zeros_like(m0).reshape(Nq, bs), jnp.zeros_like(qb))
+  zeros = (jnp.zeros_like(m0).reshape(Nq, R), jnp.zeros_like(qb))
   (l, acc), _ = jax.lax.scan(sum_step, zeros, (rows, cols, live))
-  m = m.reshape(Lq)
+  m = m.reshape(Lr)
   init_scale = jnp.exp(m0 - m)
-  l = l0 * init_scale + l.reshape(Lq)
-  acc = acc0 * init_scale[:, None] + acc.reshape(Lq, D)
+  l = l0 * init_scale + l.reshape(Lr)
+  acc = acc0 * init_scale[:, None] + acc.reshape(Lr, D)
   out = acc / (l + eps)[:, None]
   return out, m + jnp.log(l + eps)
 
 
-def _one_head_backward(
-  q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, block_size, scale, batch, chunk_bytes
-):
+def _one_head_backward(q, k, v, ids, valid, m0, out, lse, d_out, d_lse, *, static, batch):
+  """One kv head's backward; dK and dV sum over its group's stacked rows."""
   Lq, D = q.shape
   Lk = k.shape[0]
-  bs = block_size
-  Nq, Nk = Lq // bs, Lk // bs
-  qb, kb, vb = q.reshape(Nq, bs, D), k.reshape(Nk, bs, D), v.reshape(Nk, bs, D)
-  dob = d_out.reshape(Nq, bs, D)
+  bs, scale = static.block_size, static.scale
+  R = static.group * bs
+  Nq, Nk = Lq // R, Lk // bs
+  qb, kb, vb = q.reshape(Nq, R, D), k.reshape(Nk, bs, D), v.reshape(Nk, bs, D)
+  dob = d_out.reshape(Nq, R, D)
   validb = valid.reshape(Nk, bs)
-  lseb = lse.reshape(Nq, bs)
+  lseb = lse.reshape(Nq, R)
   # d lse / d s_j = P_j, so a cotangent on lse enters exactly like -delta.
   delta = jnp.sum(d_out * out, axis=-1) - d_lse
-  deltab = delta.reshape(Nq, bs)
-  rows, cols, live = _chunk_plan(ids, Nk, bs, D, batch, chunk_bytes)
+  deltab = delta.reshape(Nq, R)
+  rows, cols, live = _chunk_plan(ids, Nk, R, D, batch, static.chunk_bytes)
 
   def step(carry, chunk):
     dq, dk, dv = carry
     r, c, ok = chunk
-    p = jnp.exp(_chunk_scores(qb, kb, validb, r, c, ok, scale) - lseb[r][:, :, None])
+    s = _chunk_scores(qb, kb, validb, r, c, ok, scale, static.causal)
+    p = jnp.exp(s - lseb[r][:, :, None])
     do = dob[r]
     dp = jnp.einsum("tid,tjd->tij", do, vb[c])
     ds = p * (dp - deltab[r][:, :, None]) * scale
@@ -136,7 +151,7 @@ def _one_head_backward(
 
 
 def _over_heads(one_head, valid, *operands):
-  """Runs `one_head` for every (batch, head): heads in sequence, a batch at once.
+  """Runs `one_head` for every (batch, kv head): heads in sequence, a batch at once.
 
   Heads go through `lax.map` so one head's tiles are freed before the next; the batch
   axis is vmapped, so a batch-sharded input stays sharded (a sequential loop over a
@@ -156,8 +171,9 @@ class XlaChunked(base.Implementation):
   in their own dtypes.
 
   Attributes:
-    chunk_bytes: gathered keys per chunk of tiles (float32 bytes across the heads processed
-      together); about 2 MiB keeps a chunk's intermediates in a CPU's cache.
+    chunk_bytes: gathered rows per chunk of tiles (float32 bytes of the query rows a tile
+      holds, a block or a group's stacked blocks, across the batch processed together);
+      about 2 MiB keeps a chunk's intermediates in a CPU's cache.
   """
 
   NAME: ClassVar[str] = "xla_chunked"
@@ -169,9 +185,9 @@ class XlaChunked(base.Implementation):
   def __call__(
     self,
     q_BxHxLqxD,
-    k_BxHxLkxD,
-    v_BxHxLkxD,
-    tile_ids_BxHxK,
+    k_BxHkxLkxD,
+    v_BxHkxLkxD,
+    tile_ids_BxHkxK,
     key_valid_BxLk,
     m0_BxHxLq,
     l0_BxHxLq,
@@ -180,27 +196,36 @@ class XlaChunked(base.Implementation):
     block_size: int,
     scale: float,
     eps: float,
+    causal: bool,
   ) -> tuple[jax.Array, jax.Array]:
+    H, Hk = q_BxHxLqxD.shape[1], k_BxHkxLkxD.shape[1]
     f32 = lambda x: jnp.asarray(x, jnp.float32)
-    return _chunked_attention(
-      f32(q_BxHxLqxD),
-      f32(k_BxHxLkxD),
-      f32(v_BxHxLkxD),
-      tile_ids_BxHxK.astype(jnp.int32),
+    # A kv head's group of query heads, stacked block by block (`layouts`).
+    grouped = lambda x: layouts.group_rows(x, kv_heads=Hk, block_size=block_size)
+    static = _Static(block_size, H // Hk, float(scale), float(eps), causal, self.chunk_bytes)
+    out, lse = _chunked_attention(
+      grouped(f32(q_BxHxLqxD)),
+      f32(k_BxHkxLkxD),
+      f32(v_BxHkxLkxD),
+      tile_ids_BxHkxK.astype(jnp.int32),
       key_valid_BxLk.astype(bool),
-      jax.lax.stop_gradient(f32(m0_BxHxLq)),
-      f32(l0_BxHxLq),
-      f32(acc0_BxHxLqxD),
-      _Static(block_size, float(scale), float(eps), self.chunk_bytes),
+      grouped(jax.lax.stop_gradient(f32(m0_BxHxLq))),
+      grouped(f32(l0_BxHxLq)),
+      grouped(f32(acc0_BxHxLqxD)),
+      static,
     )
+    ungrouped = lambda x: layouts.ungroup_rows(x, heads=H, block_size=block_size)
+    return ungrouped(out), ungrouped(lse)
 
 
 class _Static(NamedTuple):
   """The op's static settings (hashable: a `custom_vjp` non-differentiable argument)."""
 
   block_size: int
+  group: int  # query heads per kv head
   scale: float
   eps: float
+  causal: bool
   chunk_bytes: int
 
 
@@ -211,14 +236,7 @@ def _chunked_attention(q, k, v, ids, valid, m0, l0, acc0, static):
 
 
 def _forward(q, k, v, ids, valid, m0, l0, acc0, static):
-  one = functools.partial(
-    _one_head_forward,
-    block_size=static.block_size,
-    scale=static.scale,
-    eps=static.eps,
-    batch=q.shape[0],
-    chunk_bytes=static.chunk_bytes,
-  )
+  one = functools.partial(_one_head_forward, static=static, batch=q.shape[0])
   out, lse = _over_heads(one, valid, q, k, v, ids, m0, l0, acc0)
   return (out, lse), (q, k, v, ids, valid, m0, out, lse)
 
@@ -226,13 +244,7 @@ def _forward(q, k, v, ids, valid, m0, l0, acc0, static):
 def _backward(static, residuals, cotangents):
   q, k, v, ids, valid, m0, out, lse = residuals
   d_out, d_lse = cotangents
-  one = functools.partial(
-    _one_head_backward,
-    block_size=static.block_size,
-    scale=static.scale,
-    batch=q.shape[0],
-    chunk_bytes=static.chunk_bytes,
-  )
+  one = functools.partial(_one_head_backward, static=static, batch=q.shape[0])
   dq, dk, dv, dl0, dacc0 = _over_heads(one, valid, q, k, v, ids, m0, out, lse, d_out, d_lse)
   return dq, dk, dv, None, None, None, dl0, dacc0
 

@@ -102,12 +102,14 @@ def test_package_reexports_the_op():
 _GOOD = contract.Case(H=2, Lq=64, Lk=64, D=16, pad=(0,))
 _BAD_ARRAYS = [
   (0, jnp.zeros((1, 2, 64)), "q_BxHxLqxD"),
-  (1, jnp.zeros((1, 2, 64, 8)), "k_BxHxLkxD"),
-  (2, jnp.zeros((1, 2, 32, 16)), "v_BxHxLkxD"),
+  (1, jnp.zeros((1, 2, 64, 8)), "k_BxHkxLkxD"),
+  (2, jnp.zeros((1, 2, 32, 16)), "v_BxHkxLkxD"),
   (0, jnp.zeros((1, 2, 64, 16), jnp.int32), "q_BxHxLqxD"),
-  (1, jnp.zeros((1, 2, 64, 16), jnp.bfloat16), "k_BxHxLkxD"),
-  (3, jnp.zeros((1, 2, 2), jnp.float32), "tile_ids_BxHxK"),
-  (3, jnp.zeros((1, 2, 5), jnp.int32), "tile_ids_BxHxK"),
+  (1, jnp.zeros((1, 2, 64, 16), jnp.bfloat16), "k_BxHkxLkxD"),
+  # Grouped-query attention: kv heads must divide the query heads.
+  (1, jnp.zeros((1, 3, 64, 16)), r"k_BxHkxLkxD's heads must divide .* Hk=3 \(k\), H=2"),
+  (3, jnp.zeros((1, 2, 2), jnp.float32), "tile_ids_BxHkxK"),
+  (3, jnp.zeros((1, 2, 5), jnp.int32), "tile_ids_BxHkxK"),
   (4, jnp.ones((1, 32), bool), "key_valid_BxLk"),
   (5, jnp.zeros((1, 2, 32)), "m0_BxHxLq"),
   (6, jnp.zeros((2, 2, 64)), "l0_BxHxLq"),
@@ -132,6 +134,28 @@ def test_block_size_an_implementation_cannot_take_raises(implementation, block_s
   args, _ = contract.inputs(_GOOD)
   with pytest.raises(ValueError, match=f"block_size.*{implementation}.*block_size={block_size}"):
     api.block_sparse_attention(*args, block_size=block_size, implementation=implementation)
+
+
+def test_tile_ids_per_query_head_with_fewer_kv_heads_raise():
+  # 4 query heads on 2 kv heads: tile lists are per kv head, (B, 2, K).
+  args, _ = contract.inputs(contract.Case(H=4, Hk=2, Lq=64, Lk=64, D=16, pad=(0,)))
+  args = list(args)
+  args[3] = jnp.zeros((1, 4, 2), jnp.int32)
+  with pytest.raises(ValueError, match=r"tile_ids_BxHkxK must be .*\(1, 2, K\).*one tile list per"):
+    api.block_sparse_attention(*args, block_size=32)
+
+
+@pytest.mark.parametrize("implementation", sorted(api.IMPLEMENTATIONS))
+def test_causal_needs_equal_lengths_naming_both(implementation):
+  args, _ = contract.inputs(contract.Case(H=1, Lq=64, Lk=128, D=16, pad=(0,)))
+  with pytest.raises(ValueError, match=r"causal=True .* Lq=64 \(q\), Lk=128 \(k\)"):
+    api.block_sparse_attention(*args, block_size=32, causal=True, implementation=implementation)
+
+
+def test_causal_must_be_a_bool():
+  args, _ = contract.inputs(_GOOD)
+  with pytest.raises(ValueError, match="causal='yes'"):
+    api.block_sparse_attention(*args, block_size=32, causal="yes")
 
 
 @pytest.mark.parametrize("implementation", sorted(api.IMPLEMENTATIONS))

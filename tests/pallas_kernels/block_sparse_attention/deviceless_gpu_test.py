@@ -4,9 +4,12 @@ XLA:GPU runs down to Triton, PTX and ptxas (`pallas_kernels.compile_only`), so t
 what interpret mode and lowering cannot: shared-memory limits, Triton compile errors and
 register spills. Numbers and speed still need the device.
 
-Compile cost (about a minute for the file on one CPU core: 1 to 4 s per program, the spill
-check's 24 programs about 45 s of it) is kept down by small lengths (registers and spills do
+Compile cost (1 to 4 s per program) is kept down by small lengths (registers and spills do
 not depend on L) and by putting several shapes in one program where only lowering is checked.
+The spill check covers the bidirectional op at every float32 precision and the causal op at
+the default precisions in the fast tier (32 programs, about a minute and a half on one
+core); the causal op at the other float32 precisions and the grouped-query kernels (2 and 4
+query heads per kv head) are in the slow tier (40 programs).
 """
 # pylint: disable=invalid-name
 
@@ -64,12 +67,15 @@ def test_op_forward_and_vjp_compile(dtype_name):
   assert {f"{short}[{B * H},{_L},{_D}]" for B, H in _SHAPES_BxH} <= q_shapes
 
 
+@pytest.mark.parametrize("is_causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("dtype_name", _DTYPES)
-def test_mra_attention_forward_and_grad_compile(dtype_name):
+def test_mra_attention_forward_and_grad_compile(dtype_name, is_causal):
   # As a user calls it: the kernels' interpret=None is decided by the platform the program
   # is lowered for (an H100 here), not by jax's default backend (this CPU).
   dtype = _DTYPES[dtype_name]
-  attend = functools.partial(mra_jax.mra_attention, block_size=32, impl="pallas_triton")
+  attend = functools.partial(
+    mra_jax.mra_attention, block_size=32, impl="pallas_triton", is_causal=is_causal
+  )
   loss = lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32))
 
   def programs(*qkvs):
@@ -89,18 +95,32 @@ def test_mra_attention_forward_and_grad_compile(dtype_name):
 
 # (dtype, float32 precision): each dtype at its default, and float32 at every other choice
 # (half-precision inputs ignore the precision).
-_SPILL_CHECKS = [(name, None) for name in _DTYPES] + [
+_DEFAULTS = [(name, None) for name in _DTYPES]
+_OTHER_PRECISIONS = [
   ("float32", precision)
   for precision in pallas_triton.F32_PRECISIONS
   if precision != pallas_triton.DEFAULT_F32_PRECISION
+]
+# (dtype, precision, causal, query heads per kv head): which kernels' spills each tier checks.
+_SPILL_CHECKS = [
+  *[(*p, False, 1) for p in _DEFAULTS + _OTHER_PRECISIONS],
+  *[(*p, True, 1) for p in _DEFAULTS],
+  *[pytest.param(*p, True, 1, marks=pytest.mark.slow) for p in _OTHER_PRECISIONS],
+  *[
+    pytest.param(*p, causal, group, marks=pytest.mark.slow)
+    for p in _DEFAULTS
+    for causal, group in ((True, 2), (False, 4), (True, 4))
+  ],
 ]
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("block_size", [32, 64])
-@pytest.mark.parametrize("dtype_name, precision", _SPILL_CHECKS)
-def test_kernels_do_not_spill(dtype_name, precision, block_size, head_dim):
-  config = compile_report_gpu.Config(dtype_name, block_size, head_dim, precision)
+@pytest.mark.parametrize("dtype_name, precision, causal, group", _SPILL_CHECKS)
+def test_kernels_do_not_spill(dtype_name, precision, causal, group, block_size, head_dim):
+  config = compile_report_gpu.Config(
+    dtype_name, block_size, head_dim, precision, causal=bool(causal), group=group
+  )
   kernels, _ = compile_report_gpu.kernel_report(config)
   names = sorted(kernel.name.removeprefix(compile_report_gpu.KERNEL_PREFIX) for kernel in kernels)
   assert names == ["dkv", "dq", "fwd"]
@@ -109,3 +129,14 @@ def test_kernels_do_not_spill(dtype_name, precision, block_size, head_dim):
   # Tensor cores for every dtype and float32 precision but IEEE "float32" (scalar FMA).
   expected = ("none",) if precision == "float32" else ("mma.sync", "wgmma")
   assert all(kernel.mma in expected for kernel in kernels), [k.mma for k in kernels]
+
+
+def test_grouped_programs_share_each_key_tile():
+  # bfloat16, block 32, 4 query heads per kv head: one forward and one dQ program per kv
+  # head and query block holds all four heads' rows (128), so each K/V tile is loaded once
+  # for the group; dK/dV keeps one program per key block.
+  config = compile_report_gpu.Config("bfloat16", 32, 64, None, group=4)
+  kernels, _ = compile_report_gpu.kernel_report(config)
+  grids = {k.name.removeprefix(compile_report_gpu.KERNEL_PREFIX): k.grid for k in kernels}
+  blocks = config.length // config.block_size
+  assert grids == {k: (config.heads, blocks, 1) for k in ("fwd", "dq", "dkv")}, grids

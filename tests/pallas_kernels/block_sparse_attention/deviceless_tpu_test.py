@@ -1,9 +1,11 @@
 """The Mosaic TPU kernels compiled by libtpu for real TPU targets, from a CPU-only host.
 
-Each program is MRA's forward and gradient (three kernels: forward, dQ, dK/dV) compiled at
+Each long program is a forward and gradient (three kernels: forward, dQ, dK/dV) compiled at
 the default scoped-VMEM limit (16 MiB on v5e, 32 MiB on v6e), at the lengths where kernels
-that keep a whole head resident overflowed it. What passes here fits the chip's memories and
-layouts; numbers and speed need a device.
+that keep a whole head resident overflowed it: MRA's, and the causal op's (grouped-query
+too). What passes here fits the chip's memories and layouts; numbers and speed need a
+device. The long programs take 12-65 s each on one core and are marked slow; the small op
+compiles (bidirectional, causal, grouped-query) stay in the fast tier.
 """
 # pylint: disable=invalid-name
 
@@ -29,14 +31,14 @@ def _placed(device):
   return lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
-def _compile_mra_forward_and_grad(chip, *, L, dtype, B, H, D=64):
+def _compile_mra_forward_and_grad(chip, *, L, dtype, B, H, D=64, **knobs):
   """MRA-2 forward and the gradient in q, k, v, as one program compiled for `chip`."""
   sds = _placed(compile_only.tpu_devices(_TOPOLOGY[chip])[0])
   x = sds((B, L, H, D), dtype)
 
   def forward_and_grad(q, k, v):
     out, pullback = jax.vjp(
-      lambda q, k, v: mra_jax.mra_attention(q, k, v, impl="pallas_mosaic_tpu"), q, k, v
+      lambda q, k, v: mra_jax.mra_attention(q, k, v, impl="pallas_mosaic_tpu", **knobs), q, k, v
     )
     return out, pullback(out)
 
@@ -65,6 +67,7 @@ _LONG = [
 _EXCEEDS_HBM = (("v5e", jnp.float32, 8, 12),)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chip, L, dtype, B, H", _LONG)
 def test_mra_forward_and_grad_compile_at_long_lengths(chip, L, dtype, B, H):
   if (chip, dtype, B, H) in _EXCEEDS_HBM:
@@ -82,15 +85,95 @@ def test_mra_forward_and_grad_compile_at_long_lengths(chip, L, dtype, B, H):
   assert sum(call.aliases == ((0, 8),) for call in calls) == 1
 
 
-@pytest.mark.parametrize("chip", ["v5e", "v6e"])
-@pytest.mark.parametrize(
-  "dtype, block_size, D", [(jnp.bfloat16, 32, 64), (jnp.float32, 64, 128), (jnp.bfloat16, 128, 32)]
-)
-def test_op_forward_and_vjp_compile(chip, dtype, block_size, D):
-  B, H, L = 2, 2, 512
+# Causal MRA-2 itself (selection, the low-resolution term of each variant, the causal
+# kernels) at the same lengths, bfloat16, B=1, H=8.
+_CAUSAL_MRA_LONG = [
+  pytest.param(chip, L, low_res, id=f"{chip}-L{L}-{low_res}")
+  for chip, L in (("v5e", 65536), ("v6e", 32768))
+  for low_res in ("per_query", "per_block")
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chip, L, low_res", _CAUSAL_MRA_LONG)
+def test_causal_mra_forward_and_grad_compile_at_long_lengths(chip, L, low_res):
+  compiled = _compile_mra_forward_and_grad(
+    chip, L=L, dtype=jnp.bfloat16, B=1, H=8, is_causal=True, causal_low_resolution=low_res
+  )
+  calls = compile_only.custom_calls(compiled, "tpu_custom_call")
+  assert len(calls) == _KERNELS
+  assert all(f"bf16[8,{L},64]" in call.operands for call in calls)
+
+
+# The causal op at the lengths above, as MRA with causal selection calls it: 8 tiles per
+# query block of a lower-triangular pattern (the kernels see only the tile count), one kv
+# head per query head and 4 query heads per kv head. 12-21 s each on one core.
+_CAUSAL_LONG = [
+  pytest.param(chip, L, dtype, Hk, id=f"{chip}-L{L}-{name}-Hk{Hk}")
+  for chip, L in (("v5e", 65536), ("v6e", 32768))
+  for dtype, name in ((jnp.bfloat16, "bf16"), (jnp.float32, "f32"))
+  for Hk in (8, 2)
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chip, L, dtype, Hk", _CAUSAL_LONG)
+def test_causal_op_forward_and_grad_compile_at_long_lengths(chip, L, dtype, Hk):
+  B, H, D, block_size = 1, 8, 64, 32
   args = base.argument_shapes(
     batch=B,
     heads=H,
+    kv_heads=Hk,
+    length=L,
+    head_dim=D,
+    num_tiles=(L // block_size) * 8,
+    dtype=dtype,
+    sharding=SingleDeviceSharding(compile_only.tpu_devices(_TOPOLOGY[chip])[0]),
+  )
+  compiled = jax.jit(_forward_and_grad(block_size, causal=True)).trace(*args).lower().compile()
+  calls = compile_only.custom_calls(compiled, "tpu_custom_call")
+  assert len(calls) == _KERNELS
+  # Nothing was split to fit: the query side is every head's whole length (the group stacked).
+  dtype_name = "bf16" if dtype == jnp.bfloat16 else "f32"
+  assert all(f"{dtype_name}[{B * Hk},{L * H // Hk},{D}]" in call.operands for call in calls)
+  assert sum(call.aliases == ((0, 8),) for call in calls) == 1
+
+
+def _forward_and_grad(block_size, causal=False):
+  """The op's forward and gradient in q, k, v, l0 and acc0 (under the output as cotangent)."""
+
+  def forward(*args):
+    return api.block_sparse_attention(
+      *args, block_size=block_size, causal=causal, implementation="pallas_mosaic_tpu"
+    )
+
+  def run(q, k, v, ids, valid, m0, l0, acc0):
+    outs, pullback = jax.vjp(
+      lambda q, k, v, l0, acc0: forward(q, k, v, ids, valid, m0, l0, acc0), q, k, v, l0, acc0
+    )
+    return outs, pullback(outs)
+
+  return run
+
+
+@pytest.mark.parametrize("chip", ["v5e", "v6e"])
+@pytest.mark.parametrize(
+  "dtype, block_size, D, causal, H, Hk",
+  [
+    (jnp.bfloat16, 32, 64, False, 2, 2),
+    (jnp.float32, 64, 128, False, 2, 2),
+    (jnp.bfloat16, 128, 32, False, 2, 2),
+    # Causal, with 2 and 4 query heads per kv head.
+    (jnp.bfloat16, 32, 64, True, 4, 2),
+    (jnp.float32, 128, 64, True, 4, 1),
+  ],
+)
+def test_op_forward_and_vjp_compile(chip, dtype, block_size, D, causal, H, Hk):
+  B, L = 2, 512
+  args = base.argument_shapes(
+    batch=B,
+    heads=H,
+    kv_heads=Hk,
     length=L,
     head_dim=D,
     num_tiles=(L // block_size) * 3,
@@ -100,7 +183,7 @@ def test_op_forward_and_vjp_compile(chip, dtype, block_size, D):
 
   def forward(*args):
     return api.block_sparse_attention(
-      *args, block_size=block_size, implementation="pallas_mosaic_tpu"
+      *args, block_size=block_size, causal=causal, implementation="pallas_mosaic_tpu"
     )
 
   def vjp(q, k, v, ids, valid, m0, l0, acc0):

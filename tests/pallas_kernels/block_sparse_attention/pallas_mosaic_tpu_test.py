@@ -18,7 +18,7 @@ from tests.pallas_kernels.block_sparse_attention import contract
 
 class TestPallasMosaicTpuInterpret(contract.BlockSparseAttentionContract):
   IMPLEMENTATION = PallasMosaicTpu(interpret=True)
-  CASE_NAMES = (*contract.DEFAULT_CASE_NAMES, "bf16_bs128_two_rows")
+  CASE_NAMES = (*contract.DEFAULT_CASE_NAMES, "bf16_bs128_two_rows", "bf16_bs128_causal")
 
 
 class TestPallasMosaicTpuInterpretSmallIndexChunks(contract.BlockSparseAttentionContract):
@@ -30,12 +30,16 @@ class TestPallasMosaicTpuInterpretSmallIndexChunks(contract.BlockSparseAttention
 
 class TestPallasMosaicTpuTpuInterpret(contract.BlockSparseAttentionContract):
   """TPU semantics (simulated memories and DMAs, race detection, output-revisit checks), which
-  cost milliseconds per grid step: one small case, its tile list read one index at a time."""
+  cost milliseconds per grid step: two small cases (bidirectional; causal with 2 query heads
+  on 1 kv head), their tile lists read one index at a time."""
 
   IMPLEMENTATION = PallasMosaicTpu(
     index_chunk=1, interpret=pltpu.InterpretParams(detect_races=True)
   )
-  CASE_NAMES = ("f32_bs64_two_rows",)
+  CASE_NAMES = ("f32_bs64_two_rows", "f32_bs64_causal_gqa_two_rows")
+  # The causal properties hold in the HLO interpreter's classes; here they cost 20 s.
+  test_causal_with_every_lower_tile_is_dense_causal_attention = None
+  test_causal_query_ignores_later_keys = None
 
   @pytest.fixture(autouse=True)
   def _check_races_and_reset(self):

@@ -27,25 +27,39 @@ class TestPallasTritonInterpret(contract.BlockSparseAttentionContract):
 
 
 class TestPallasTritonInterpretHalfBlocks(contract.BlockSparseAttentionContract):
-  """float32, block 64, D 128: two programs share each 64-row block (`rows_per_program`)."""
+  """float32, block 64, D 128: two programs share each 64-row block (`rows_per_program`),
+  bidirectional and causal (the mask then starts mid-block)."""
 
   IMPLEMENTATION = PallasTriton(interpret=True)
-  CASE_NAMES = ("f32_bs64_d128_two_rows",)
+  CASE_NAMES = ("f32_bs64_d128_two_rows", "f32_bs64_d128_causal_two_rows")
+  test_causal_with_every_lower_tile_is_dense_causal_attention = None
+  test_causal_query_ignores_later_keys = None
 
 
 class TestPallasTritonInterpretSplitBlocks(contract.BlockSparseAttentionContract):
-  """float32 at "tf32x3": 16-row programs in every kernel at block 64, D 128; at D 64,
-  whole-block forward and dQ programs beside 32-row dK/dV programs (`rows_per_program`)."""
+  """float32 at "tf32x3": 16-row programs in every kernel at block 64, D 128 (bidirectional
+  and causal); at D 64, whole-block forward and dQ programs beside 32-row dK/dV programs
+  (`rows_per_program`)."""
 
   IMPLEMENTATION = PallasTriton(precision="tf32x3", interpret=True)
-  CASE_NAMES = ("f32_bs64_d128_four_rows", "f32_bs64_d64_four_rows")
+  CASE_NAMES = (
+    "f32_bs64_d128_four_rows",
+    "f32_bs64_d64_four_rows",
+    "f32_bs64_d128_causal_two_rows",
+  )
+  test_causal_with_every_lower_tile_is_dense_causal_attention = None
+  test_causal_query_ignores_later_keys = None
 
 
 def _precision_class(precision):
   name = "TestPallasTritonInterpret_" + precision
   case_names = _F32_CASE_NAMES[: _CASES_PER_PRECISION.get(precision, 1)]
   attributes = dict(
-    IMPLEMENTATION=PallasTriton(precision=precision, interpret=True), CASE_NAMES=case_names
+    IMPLEMENTATION=PallasTriton(precision=precision, interpret=True),
+    CASE_NAMES=case_names,
+    # The causal properties do not depend on the dot precision (the default class has them).
+    test_causal_with_every_lower_tile_is_dense_causal_attention=None,
+    test_causal_query_ignores_later_keys=None,
   )
   return type(name, (contract.BlockSparseAttentionContract,), attributes)
 

@@ -10,28 +10,52 @@ from tests.pallas_kernels.block_sparse_attention import contract
 
 
 def dense_block_sparse_attention(
-  q, k, v, tile_ids, key_valid, m0, l0, acc0, *, block_size, scale=None, eps=base.DEFAULT_EPS
+  q,
+  k,
+  v,
+  tile_ids,
+  key_valid,
+  m0,
+  l0,
+  acc0,
+  *,
+  block_size,
+  scale=None,
+  eps=base.DEFAULT_EPS,
+  causal=False,
 ):
-  """The contract on full `(Lq, Lk)` score matrices: no gathers, no segment sums."""
+  """The contract on full `(Lq, Lk)` score matrices: no gathers, no segment sums.
+
+  Grouped-query attention as query head h reading kv head h // (H // Hk) by einsum over a
+  group axis; causality as the position mask `j <= i`.
+  """
   B, H, Lq, D = q.shape
-  Lk = k.shape[2]
+  Hk, Lk = k.shape[1], k.shape[2]
   Nq, Nk = Lq // block_size, Lk // block_size
   scale = D**-0.5 if scale is None else scale
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   q, k, v, m0, l0, acc0 = map(f32, (q, k, v, m0, l0, acc0))
-  selected_BxHxT = jnp.zeros((B, H, Nq * Nk), bool)
-  selected_BxHxT = jax.vmap(jax.vmap(lambda s, ids: s.at[ids].set(True)))(selected_BxHxT, tile_ids)
-  selected = selected_BxHxT.reshape(B, H, Nq, Nk)
-  selected = jnp.repeat(jnp.repeat(selected, block_size, axis=2), block_size, axis=3)
-  keep = selected & key_valid[:, None, None, :].astype(bool)
-  s = jnp.where(keep, jnp.einsum("bhqd,bhkd->bhqk", q, k) * scale, -jnp.inf)
+  selected_BxHkxT = jnp.zeros((B, Hk, Nq * Nk), bool)
+  selected_BxHkxT = jax.vmap(jax.vmap(lambda s, ids: s.at[ids].set(True)))(
+    selected_BxHkxT, tile_ids
+  )
+  selected = selected_BxHkxT.reshape(B, Hk, 1, Nq, Nk)
+  selected = jnp.repeat(jnp.repeat(selected, block_size, axis=3), block_size, axis=4)
+  keep = selected & key_valid[:, None, None, None, :].astype(bool)
+  if causal:
+    keep = keep & (jnp.arange(Lk)[None, :] <= jnp.arange(Lq)[:, None])[None, None, None]
+  # (B, Hk, group, ...): query head h = g * group + i.
+  grouped = lambda x: x.reshape(B, Hk, H // Hk, *x.shape[2:])
+  q, m0, l0, acc0 = map(grouped, (q, m0, l0, acc0))
+  s = jnp.where(keep, jnp.einsum("bhiqd,bhkd->bhiqk", q, k) * scale, -jnp.inf)
   m = jnp.maximum(m0, jnp.max(s, axis=-1))
   m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
   p = jnp.exp(s - m[..., None])
   init = jnp.exp(m0 - m)
   l = l0 * init + jnp.sum(p, axis=-1)
-  acc = acc0 * init[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p, v)
-  return acc / (l + eps)[..., None], m + jnp.log(l + eps)
+  acc = acc0 * init[..., None] + jnp.einsum("bhiqk,bhkd->bhiqd", p, v)
+  ungrouped = lambda x: x.reshape(B, H, *x.shape[3:])
+  return ungrouped(acc / (l + eps)[..., None]), ungrouped(m + jnp.log(l + eps))
 
 
 class TestReference(contract.BlockSparseAttentionContract):

@@ -27,18 +27,21 @@ _IMPLEMENTATION = {"cuda": "pallas_triton", "tpu": "pallas_mosaic_tpu"}
 _KEY_VALID = 4
 
 
-def _operands(B=4, H=2, L=64, D=16, block_size=32, seed=0):
+def _operands(B=4, H=2, L=64, D=16, block_size=32, seed=0, Hk=None):
+  """The op's arrays; `Hk` kv heads (default H), 3 random tiles per kv head (for a causal
+  op: (0, 0), (1, 0), (1, 1), the lower triangle of a 2 x 2 grid)."""
   rng = np.random.default_rng(seed)
   N = L // block_size
+  Hk = H if Hk is None else Hk
   normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
-  tiles = np.stack([np.sort(rng.choice(N * N, size=3, replace=False)) for _ in range(B * H)])
+  tiles = np.stack([np.sort(rng.choice(N * N, size=3, replace=False)) for _ in range(B * Hk)])
   valid = np.arange(L)[None, :] < np.array([L, L - 10, L // 2, 5] * B)[:B, None]
   m0 = jnp.broadcast_to(jnp.where(jnp.arange(L) % 2 == 0, 0.5, -jnp.inf), (B, H, L))
   return (
     normal(B, H, L, D),
-    normal(B, H, L, D),
-    normal(B, H, L, D),
-    jnp.asarray(tiles.reshape(B, H, 3), jnp.int32),
+    normal(B, Hk, L, D),
+    normal(B, Hk, L, D),
+    jnp.asarray(tiles.reshape(B, Hk, 3), jnp.int32),
     jnp.asarray(valid),
     m0,
     jnp.abs(normal(B, H, L)),
@@ -46,10 +49,20 @@ def _operands(B=4, H=2, L=64, D=16, block_size=32, seed=0):
   )
 
 
-def _loss_and_grads(implementation, block_size=32):
+def _loss_and_grads(implementation, block_size=32, causal=False):
   def loss(q, k, v, ids, valid, m0, l0, acc0):
     out, lse = api.block_sparse_attention(
-      q, k, v, ids, valid, m0, l0, acc0, block_size=block_size, implementation=implementation
+      q,
+      k,
+      v,
+      ids,
+      valid,
+      m0,
+      l0,
+      acc0,
+      block_size=block_size,
+      causal=causal,
+      implementation=implementation,
     )
     weights = jnp.linspace(-1.0, 1.0, out.shape[-1])
     return jnp.sum(out * weights[None, None, None]) + jnp.sum(jnp.sin(lse)), (out, lse)
@@ -103,6 +116,41 @@ def test_sharded_equals_unsharded(implementation, axis_type, mesh_name):
     assert s_out.sharding.is_equivalent_to(NamedSharding(mesh, P(batch, head)), 4)
   for got, want in zip((s_loss, s_out, s_lse, *s_grads), (loss, out, lse, *grads)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "implementation, axis_type",
+  [
+    ("pallas_triton", _AUTO),
+    ("pallas_mosaic_tpu", _AUTO),
+    ("xla_chunked", _EXPLICIT),
+  ],
+)
+def test_grouped_causal_sharded_equals_unsharded(implementation, axis_type):
+  # 4 query heads on 2 kv heads, causal, over a 2x2 data x heads mesh: each device holds one
+  # kv head and its two query heads, and computes what one device computes.
+  mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(axis_type,) * 2)
+  args = list(_operands(H=4, Hk=2))
+  args[3] = jnp.broadcast_to(jnp.asarray([0, 2, 3], jnp.int32), args[3].shape)
+  fn = _loss_and_grads(implementation, causal=True)
+  expected = fn(*args)
+  got = fn(*_place(args, mesh, "data", "model"))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "shape, H, Hk, spec, expected",
+  [
+    # The heads axis divides Hk: q and k/v split over it.
+    ((2, 2), 4, 2, P("data", "model"), [("data",), ("model",)]),
+    # It divides H = 4 but not Hk = 1: heads are gathered, k/v with them.
+    ((2, 2), 4, 1, P("data", "model"), [("data",), None]),
+  ],
+)
+def test_heads_split_only_over_axes_that_divide_the_kv_heads(shape, H, Hk, spec, expected):
+  mesh = jax.sharding.AbstractMesh(shape, ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+  assert sharding._batch_and_head_axes(spec, mesh, (4, H, 64, 16), Hk) == expected
 
 
 def _is_shard_mapped(fn, *args):
@@ -239,30 +287,35 @@ def test_mra_attention_compiles_with_each_kernel_on_its_local_batch(request, pla
   _assert_local_kernels(compiled, platform, launches=3, local_batch=_B // 4)
 
 
+@pytest.mark.parametrize("causal, group", [(False, 1), (True, 2)], ids=["", "causal_gqa"])
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-def test_op_compiles_on_batch_x_heads_shards(request, platform):
-  # The op alone, batch over 2 devices and heads over 2: still B*H/4 rows per kernel.
+def test_op_compiles_on_batch_x_heads_shards(request, platform, causal, group):
+  # The op alone, batch over 2 devices and kv heads over 2: still B*Hk/4 rows per kernel.
+  # Causal with 2 query heads per kv head too: each device's kernels hold its kv heads'
+  # whole groups.
   devices = np.array(_devices(request, platform)).reshape(2, 2)
   axis_type = AxisType.Auto if platform == "cuda" else AxisType.Explicit
   mesh = jax.sharding.Mesh(devices, ("data", "model"), axis_types=(axis_type,) * 2)
-  L, N = 512, 512 // 32
+  L, N, H = 512, 512 // 32, _H * group
   sds = lambda shape, dtype, spec: jax.ShapeDtypeStruct(
     shape, dtype, sharding=NamedSharding(mesh, spec)
   )
   bh = P("data", "model")
   args = (
-    sds((_B, _H, L, _D), jnp.bfloat16, bh),
+    sds((_B, H, L, _D), jnp.bfloat16, bh),
     sds((_B, _H, L, _D), jnp.bfloat16, bh),
     sds((_B, _H, L, _D), jnp.bfloat16, bh),
     sds((_B, _H, 4 * N), jnp.int32, bh),
     sds((_B, L), jnp.bool_, P("data")),
-    sds((_B, _H, L), jnp.float32, bh),
-    sds((_B, _H, L), jnp.float32, bh),
-    sds((_B, _H, L, _D), jnp.float32, bh),
+    sds((_B, H, L), jnp.float32, bh),
+    sds((_B, H, L), jnp.float32, bh),
+    sds((_B, H, L, _D), jnp.float32, bh),
   )
-  fn = _loss_and_grads(_IMPLEMENTATION[platform])
+  fn = _loss_and_grads(_IMPLEMENTATION[platform], causal=causal)
   compiled = fn.trace(*args).lower().compile()
-  _assert_local_kernels(compiled, platform, launches=3, local_batch=_B // 2)
+  calls = _assert_local_kernels(compiled, platform, launches=3, local_batch=_B // 2)
+  # The query side's rows: each kv head's group stacked, `group` times the length.
+  assert any(f"bf16[{_LOCAL_ROWS},{L * group},{_D}]" in call.operands for call in calls), calls
 
 
 def test_mosaic_forward_on_auto_axes_compiles_on_the_local_batch(request):
