@@ -22,11 +22,11 @@ Variants (after the colon, comma-separated):
   cpu        Length 2048, 2 layers x 64 (2 heads x 32, MLP 256), batch 8, 300 steps, cosine
              from 2e-3; mra2 4 blocks of 32 per row, local window 128; validation on 64 KiB
              every 50 steps, test on 128 KiB at 2048, 4096 and 8192. Sized from short runs
-             (30 steps) measured 2026-12-06 on a 2-core CPU VM shared with other jobs (load
-             5.5-8.5, the run got about 0.7 of a core): softmax 0.13-0.16 steps/s (300 steps
-             in 31-38 min, plus about 4 min of evaluation), local 0.56-0.64 steps/s (8-9
-             min); mra2 not yet measured (it needs the causal block-sparse op). Expected
-             bits per byte: not yet measured (docs/lm.md, "The comparison").
+             (30 steps) measured 2026-12-06 on a 2-core CPU VM shared with other jobs:
+             softmax 0.13-0.16 steps/s at load 6-8.5 (300 steps in 31-38 min, plus about 4
+             min of evaluation; 0.34 steps/s at load 2.5-4.7), local 0.56-0.88 steps/s (6-9
+             min), mra2 1.03-1.10 steps/s at load 7.5 (5 min). Expected bits per byte: not yet
+             measured (docs/lm.md, "The comparison").
   smoke      Length 256, 1 layer x 32, 20 steps at batch 8 on 128 KiB of train bytes; test
              also at length 512. 17 s end to end on 2 CPU cores (softmax, measured
              2026-12-06); checks that every stage runs, not that the model learns.

@@ -40,7 +40,7 @@ def _ids(seed=0, length=L):
   return jax.random.randint(jax.random.key(seed), (2, length), 1, 256)
 
 
-@pytest.mark.parametrize("attention", lm_testing.attention_params())
+@pytest.mark.parametrize("attention", lm_testing.CAUSAL)
 def test_logits_up_to_t_ignore_every_byte_after_t(attention):
   _, forward, state = _model(attention)
   ids = _ids()
@@ -52,7 +52,7 @@ def test_logits_up_to_t_ignore_every_byte_after_t(attention):
     assert not np.allclose(got[:, t + 1 :], want[:, t + 1 :])
 
 
-@pytest.mark.parametrize("attention", lm_testing.attention_params())
+@pytest.mark.parametrize("attention", lm_testing.CAUSAL)
 def test_decoding_from_the_cache_equals_the_full_model(attention):
   model, forward, state = _model(attention)
   ids = _ids(seed=5)

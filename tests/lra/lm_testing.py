@@ -1,25 +1,11 @@
 """Shared by the LM task's tests: a tiny text corpus on disk, and a tiny LM config."""
 
-import inspect
 import os
 
-import pytest
-
-import pallas_kernels
 from configs import lm
 from lra.data import corpus
 
 CAUSAL = ("softmax", "local", "mra2")
-# Causal MRA runs the causal block-sparse op; until that op takes `causal`, mra2 is skipped.
-HAS_CAUSAL_OP = "causal" in inspect.signature(pallas_kernels.block_sparse_attention).parameters
-needs_causal_op = pytest.mark.skipif(
-  not HAS_CAUSAL_OP, reason="the causal block-sparse op (pallas_kernels, causal=True) is missing"
-)
-
-
-def attention_params(names=CAUSAL):
-  """pytest params of attentions, mra2 marked to skip without the causal op."""
-  return [pytest.param(n, marks=needs_causal_op) if n.startswith("mra2") else n for n in names]
 
 
 def write_corpus(root: str, num_files: int = 48) -> str:

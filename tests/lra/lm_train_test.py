@@ -93,7 +93,7 @@ def test_resume_after_crash_is_bit_identical(lm_data, lm_run, tmp_path, monkeypa
     assert expected[key] == resumed[key]
 
 
-@pytest.mark.parametrize("attention", lm_testing.attention_params())
+@pytest.mark.parametrize("attention", lm_testing.CAUSAL)
 def test_the_smoke_config_trains(attention, tmp_path):
   """`configs/lm.py:smoke` as CI runs it: its data prepared from the standard library."""
   from configs import lm  # pylint: disable=g-import-not-at-top
