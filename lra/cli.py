@@ -161,7 +161,8 @@ def _help(argv: list[str]) -> str:
     lines.append(f"  --{flag.name}: {flag.help} (default: {flag.default_as_str})")
   found = _config_spec(argv)
   if found is None:
-    lines += ["", "Add --config=configs/<task>.py[:ARGS] to list that config's keys."]
+    if "config" in FLAGS:  # Entry points without a config (lra.generate) say nothing of it.
+      lines += ["", "Add --config=configs/<task>.py[:ARGS] to list that config's keys."]
     return "\n".join(lines)
   spec = found[1]
   try:

@@ -68,12 +68,15 @@ def test_the_generate_command_answers_in_one_line(lm_run, tmp_path):
   good = cli_test._start(  # pylint: disable=protected-access
     "lra.generate", f"--workdir={workdir}", "--prompt=def f", "--max_new_bytes=8", "--seed=3"
   )
+  helped = cli_test._start("lra.generate", "--help")  # pylint: disable=protected-access
   running = {name: cli_test._start("lra.generate", *args) for name, (args, _) in cases.items()}  # pylint: disable=protected-access
   for name, process in running.items():
     status, _, err = cli_test._finish(process)  # pylint: disable=protected-access
     assert status == cli_test.USAGE_STATUS, (name, err)
     (line,) = cli_test._error_lines(err)  # pylint: disable=protected-access
     assert line.startswith(cases[name][1]), (name, line)
+  status, out, _ = cli_test._finish(helped)  # pylint: disable=protected-access
+  assert status == 0 and "--prompt_file" in out and "--config" not in out
   status, out, err = cli_test._finish(good)  # pylint: disable=protected-access
   assert status == 0, err
   assert out.startswith("def f") and "bytes/s" in err
