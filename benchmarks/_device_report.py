@@ -43,8 +43,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
       baseline = seconds.get((*shape, f"dense {dense}", dtype))
       if baseline is not None:
         row[f"speedup_vs_{dense}"] = baseline / row["seconds"]
-    factor = _timing.FWD_BWD_FLOP_FACTOR if row["pass"] == "fwd+bwd" else 1.0
-    row["hi_res_tflops"] = factor * row["hi_res_flops"] / row["seconds"] / 1e12
+    if "hi_res_flops" in row:  # decode rows have none
+      factor = _timing.FWD_BWD_FLOP_FACTOR if row["pass"].endswith("fwd+bwd") else 1.0
+      row["hi_res_tflops"] = factor * row["hi_res_flops"] / row["seconds"] / 1e12
 
 
 def shape_order(row: dict[str, Any]) -> tuple[int, int, int]:

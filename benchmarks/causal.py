@@ -41,7 +41,7 @@ def _config(approx_mode: str) -> mra_jax.MraConfig:
   return mra_jax.MraConfig(is_causal=True, block_per_row=8, approx_mode=approx_mode)
 
 
-def _decode_programs(length: int, approx_mode: str):
+def decode_programs(length: int, approx_mode: str):
   """(mra step, dense step, args): the token at position length - 1 of a filled cache."""
   config = _config(approx_mode)
   keys = jax.random.split(jax.random.key(0), 4)
@@ -88,7 +88,7 @@ def decode_rows(lengths, repeats, budget):
   rows = []
   for length in lengths:
     for approx_mode in ("full", "sparse"):
-      mra_step, dense_step, args = _decode_programs(length, approx_mode)
+      mra_step, dense_step, args = decode_programs(length, approx_mode)
       t_mra, m_mra = _time(mra_step, args, repeats, budget)
       t_dense, m_dense = _time(dense_step, args, repeats, budget)
       rows.append(

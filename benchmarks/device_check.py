@@ -41,7 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from benchmarks import _device_report, _timing
+from benchmarks import _device_causal, _device_report, _timing
 
 # The libraries need packages (flax) that a bare GPU image may lack: say which, and how to
 # install them, instead of a traceback.
@@ -62,6 +62,7 @@ INSTALL_HINT = (
   "--no-index --no-deps --no-build-isolation -e ."
 )
 GPU_IMPLEMENTATIONS = ("xla_chunked", "pallas_triton")
+_MODE_LABELS = {"full": "MRA-2", "sparse": "MRA-2-s", "causal": "causal MRA-2"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,8 +222,9 @@ def check_jobs(plan: Plan) -> list[tuple[dict[str, Any], Job, Job, dict[str, jax
           precisions = _device_cases.f32_precisions()
         variants += [(implementation, p) for p in precisions]
       targets = [("block_sparse_attention", None)]
-      for mode in plan.check_modes:
-        # MRA-2-s differs from MRA-2 only in its initial state: one block size suffices.
+      for mode in (*plan.check_modes, "causal"):
+        # MRA-2-s and causal MRA-2 differ from MRA-2 in the state and the tiles: one block
+        # size suffices.
         if mode == "full" or block_size == plan.block_sizes[0]:
           targets.append(("mra_attention", mode))
       for target, mode in targets:
@@ -234,11 +236,13 @@ def check_jobs(plan: Plan) -> list[tuple[dict[str, Any], Job, Job, dict[str, jax
         names = _device_cases.OP_OUTPUTS if op else _device_cases.MRA_OUTPUTS
 
         def make(implementation, options, precision_context):
-          program = (
-            _device_cases.op_program(implementation, block_size, options)
-            if op
-            else _device_cases.mra_program(implementation, block_size, mode, options)
-          )
+          if op:
+            program = _device_cases.op_program(implementation, block_size, options)
+          elif mode == "causal":
+            causal_options = {**options, "is_causal": True}
+            program = _device_cases.mra_program(implementation, block_size, "full", causal_options)
+          else:
+            program = _device_cases.mra_program(implementation, block_size, mode, options)
           return Job(f"{target} {implementation}", program, specs, precision_context)
 
         # The reference at float32 precision; MRA's own jnp parts (pooling, selection, low
@@ -250,7 +254,7 @@ def check_jobs(plan: Plan) -> list[tuple[dict[str, Any], Job, Job, dict[str, jax
           default_is_f32 = context == "highest" or jax.default_backend() == "cpu"
           tol, kind = _device_cases.tolerance(dtype, implementation, precision, default_is_f32)
           case = dict(
-            target=target if op else f"mra_attention ({'MRA-2' if mode == 'full' else 'MRA-2-s'})",
+            target=target if op else f"mra_attention ({_MODE_LABELS[mode]})",
             implementation=implementation,
             dtype=dtype,
             block_size=block_size,
@@ -327,7 +331,7 @@ def speed_jobs(plan: Plan, on_gpu: bool) -> list[tuple[dict[str, Any], Job]]:
             job.error = "skipped: one float32 L x L score matrix exceeds the device memory"
           job.alone = method == "dense xla" and 4 * B * H * L * L > _ALONE_BYTES
           jobs.append((row, job))
-  return jobs
+  return jobs + _device_causal.speed_jobs(plan, on_gpu, Job)
 
 
 _ALONE_BYTES = 4 * 2**30
@@ -353,14 +357,17 @@ def run_speed(
   start, timed = time.perf_counter(), 0
   for row, job in pairs:
     shape = (row["B"], row["L"], row["H"], row["D"], row["dtype"])
-    if shape not in inputs:
+    given = row.pop("inputs", None)  # decode rows bring their own (a filled cache)
+    if given is None and shape not in inputs:
       inputs.clear()  # free the previous shape's arrays
       inputs[shape] = _timing.random_qkv(shape[:4])
       inputs[shape] = tuple(x.astype(row["dtype"]) for x in inputs[shape])
-    if row["method"].startswith("MRA"):
+    if row["method"].startswith("MRA") and row["pass"] != "decode":
       budget = mra_jax.MraConfig(block_per_row=plan.block_per_row).budget(
         row["L"] // 32, row["L"] // 32
       )
+      if row["pass"].startswith("causal"):
+        budget = _device_causal.causal_tiles(row["L"], plan.block_per_row)
       row["tiles_per_head"] = budget
       row["hi_res_flops"] = _timing.selected_tile_flops(row["B"], row["H"], budget, 32, row["D"])
     row["implementation"] = _implementation(row["method"])
@@ -373,7 +380,7 @@ def run_speed(
     else:
       m = _timing.time_compiled(
         job.compiled,
-        inputs[shape],
+        inputs[shape] if given is None else given,
         repeats=repeats_for(row["L"]),
         max_call_seconds=10.0,
         temp_bytes=job.temp_bytes,

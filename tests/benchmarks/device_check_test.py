@@ -55,7 +55,11 @@ def test_wrong_implementation_is_a_mismatch_and_the_others_pass(report):
     for impl in ("xla_chunked", "pallas_triton")
   }
   targets = {row["target"] for row in checks}
-  assert targets == {"block_sparse_attention", "mra_attention (MRA-2)"}
+  assert targets == {
+    "block_sparse_attention",
+    "mra_attention (MRA-2)",
+    "mra_attention (causal MRA-2)",
+  }
   for row in by_impl[_WRONG]:
     assert row["status"] == "MISMATCH", row
     assert row["errors"]["out"] > row["tolerance"]
@@ -64,7 +68,7 @@ def test_wrong_implementation_is_a_mismatch_and_the_others_pass(report):
     if row["dtype"] == "float32" and row["dots"] == "full":
       # Exact float32 and the three-pass splits (bf16x3, tf32x3) are about 1e-5 off at most.
       assert row["max_error"] < 5e-5, row
-  assert report[0]["mismatches"] == len(by_impl[_WRONG]) == 2
+  assert report[0]["mismatches"] == len(by_impl[_WRONG]) == 3
   assert report[0]["check_errors"] == 0
   op_row = next(row for row in checks if row["target"] == "block_sparse_attention")
   assert set(op_row["errors"]) == {"out", "lse", "dq", "dk", "dv", "dl0", "dacc0"}
@@ -74,24 +78,33 @@ def test_speed_rows_compare_mra_with_dense_and_say_why_one_is_missing(report):
   speed = report[0]["speed"]
   cells = {(row["method"], row["pass"]): row for row in speed}
   methods = ("dense cudnn", "dense xla", "MRA-2", "MRA-2-s")
-  assert set(cells) == {(m, p) for m in methods for p in ("fwd", "fwd+bwd")}
-  for p in ("fwd", "fwd+bwd"):
+  passes = ("fwd", "fwd+bwd", "causal fwd", "causal fwd+bwd")
+  decode = {("dense xla", "decode"), ("MRA-2", "decode"), ("MRA-2-s", "decode")}
+  assert set(cells) == {(m, p) for m in methods for p in passes} | decode
+  for p in passes:
     assert cells["dense cudnn", p]["status"] == "skipped"
     assert "GPU" in cells["dense cudnn", p]["error"]
     for mra in ("MRA-2", "MRA-2-s"):
       row = cells[mra, p]
       assert row["status"] == "ok"
       assert row["seconds"] > 0 and row["speedup_vs_xla"] > 0 and row["hi_res_tflops"] > 0
-      # the quick plan's budget: block_per_row=2 tiles per query block row, L / 32 rows
-      assert row["tiles_per_head"] == 2 * row["L"] // 32
+      # The quick plan's budget: block_per_row=2 tiles per query block row, L / 32 rows;
+      # causal rows compute their diagonal and one past tile each (row 0: the diagonal).
+      rows = row["L"] // 32
+      assert row["tiles_per_head"] == (2 * rows - 1 if p.startswith("causal") else 2 * rows)
       expected = cells["dense xla", p]["seconds"] / row["seconds"]
       assert row["speedup_vs_xla"] == pytest.approx(expected)
+  for mra in ("MRA-2", "MRA-2-s"):
+    row = cells[mra, "decode"]
+    assert row["status"] == "ok" and row["speedup_vs_xla"] == pytest.approx(
+      cells["dense xla", "decode"]["seconds"] / row["seconds"]
+    )
 
 
 def test_markdown_holds_provenance_and_both_tables(report):
   data, text = report
   assert data["complete"] and "INCOMPLETE" not in text
-  assert "(2 mismatches, 0 errors)" in text
+  assert "(3 mismatches, 0 errors)" in text
   assert data["environment"]["commit"] in text
   assert re.search(
     r"\| MISMATCH \| block_sparse_attention \| xla_chunked \| float32 \| 32 \|", text
