@@ -63,7 +63,7 @@ def capture_qkv(
 
   Args:
     workdir: a directory written by `python -m lra.main` (config.json and checkpoints).
-    layer: encoder block index, 0 <= layer < num_layers.
+    layer: block index (encoder, or the language model's decoder), 0 <= layer < num_layers.
     split: data split the examples come from ("train", "validation" or "test").
     num_examples: examples (rows) to capture; for retrieval each pair gives two rows.
 
@@ -85,7 +85,8 @@ def capture_qkv(
     raise ValueError(f"num_examples must be >= 1; got {num_examples=}")
   model = models.build(cfg, rngs=nnx.Rngs(0))
   which = restore_params(run, workdir, model)
-  block = model.encoder.blocks[layer]
+  # Encoders keep their blocks under `encoder`, the language model's decoder at the top.
+  block = (model.encoder if hasattr(model, "encoder") else model).blocks[layer]
   recorder = _Recorder(block.attention.core)
   block.attention.core = recorder
 
