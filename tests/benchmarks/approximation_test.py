@@ -9,6 +9,7 @@ import pytest
 from benchmarks import approximation
 
 
+@pytest.mark.slow  # a whole sweep
 def test_runs_on_npz_with_mask_and_writes_json_and_plots(tmp_path):
   q, k, v = approximation.synthetic_qkv(1, 64, 2, 16, seed=1)
   mask = np.ones((1, 64), bool)

@@ -18,6 +18,9 @@ from benchmarks import device_check
 from pallas_kernels.block_sparse_attention import api
 from tools import source_stamp
 
+# The slow tier: one --quick device check (about 2 minutes on 2 cores) serves the file.
+pytestmark = pytest.mark.slow
+
 _WRONG = "xla_chunked"
 
 

@@ -9,6 +9,7 @@ from benchmarks import _methods, efficiency
 _TINY = ["--lengths=128", "--methods=softmax,mra2", "--heads=2", "--head_dim=16", "--repeats=1"]
 
 
+@pytest.mark.slow  # a whole sweep
 def test_writes_json_and_plots(tmp_path):
   efficiency.main(_TINY + [f"--out={tmp_path}"])
   report = json.loads((tmp_path / "efficiency.json").read_text())

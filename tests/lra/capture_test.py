@@ -14,6 +14,9 @@ from lra import capture, checkpoints, inputs, models
 
 from . import train_test  # pylint: disable=relative-beyond-top-level
 
+# The slow tier: a trained run and the approximation benchmark on it (about 90 s).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run_dir(prepared, tmp_path_factory):

@@ -26,6 +26,7 @@ def test_the_full_run_is_the_papers_protocol():
   assert gpu_run.listops_run("mra2", "/data", steps=2500).num_train_steps == 2500
 
 
+@pytest.mark.slow  # two runs end to end
 def test_tiny_run_generates_trains_both_and_summarises(tmp_path):
   summary = gpu_run.run(str(tmp_path), ["mra2", "softmax"], tiny=True, workers=2)
   assert sorted(summary["runs"]) == ["mra2", "softmax"]

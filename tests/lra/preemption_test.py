@@ -99,7 +99,11 @@ def uninterrupted(prepared, tmp_path_factory):
   return _outcome(workdir)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+  "signum",
+  [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],  # one code path
+  ids=["SIGTERM", "SIGINT"],
+)
 def test_stop_checkpoints_the_step_and_the_rerun_ends_bit_identical(
   signum, prepared, tmp_path, uninterrupted
 ):

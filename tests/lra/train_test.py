@@ -61,17 +61,22 @@ def tiny_config(task: str, data_dir: str, attention: str = "softmax", **override
   return c
 
 
+_slow = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
   "task,protocol",
   [
+    # The fast tier: one task per data path (generated tokens, bytes, pairs, pixels in
+    # bfloat16); the other tasks in the slow tier.
     ("listops", "mra"),
     ("text", "lra"),
     ("retrieval", "mra"),
-    ("image", "lra"),
-    ("pathfinder32", "mra"),
-    ("pathfinder64", "lra"),
     ("pathfinder128", "mra"),
-    ("pathfinder256", "lra"),
+    pytest.param("image", "lra", marks=_slow),
+    pytest.param("pathfinder32", "mra", marks=_slow),
+    pytest.param("pathfinder64", "lra", marks=_slow),
+    pytest.param("pathfinder256", "lra", marks=_slow),
   ],
 )
 def test_every_task_trains_evaluates_and_reports(task, protocol, prepared, tmp_path):
@@ -271,7 +276,9 @@ def test_listops_generates_its_data_when_allowed(tmp_path):
   assert os.path.exists(tmp_path / "data" / "lra_generated_listops.json")
 
 
-@pytest.mark.parametrize("attention", ["softmax", "mra2_tpu_kernels"])
+@pytest.mark.parametrize(
+  "attention", ["softmax", pytest.param("mra2_tpu_kernels", marks=pytest.mark.slow)]
+)
 def test_data_parallel_step_matches_one_device(attention, prepared, monkeypatch):
   """The 4-device sharded step and gradient accumulation equal a plain step (round-off).
 

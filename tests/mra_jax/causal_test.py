@@ -16,6 +16,16 @@ import mra_jax
 from mra_jax import causal
 
 VARIANTS = list(itertools.product(causal.SELECTIONS, causal.LOW_RESOLUTIONS))
+# The fast tier runs the default variant and its opposite in both knobs; the slow tier all.
+FAST = {("previous_block", "per_query"), ("first_query", "per_block")}
+
+
+def _tiered(*combos, fast):
+  """pytest params of `combos`, those not in `fast` marked slow."""
+  return [c if c in fast else pytest.param(*c, marks=pytest.mark.slow) for c in combos]
+
+
+IMPLS = ("reference", "xla_chunked")
 # Length 100: not a block multiple; blocks of 16 give 7 rows, 3 tiles each (2 past + diag).
 KNOBS = dict(is_causal=True, block_size=16, block_per_row=3, initial_prior_first_n_blocks=1)
 
@@ -38,9 +48,19 @@ def _perturb_after(t, q, k, v, mask, seed=7):
   return noise(q, seed), noise(k, seed + 1), noise(v, seed + 2), jnp.where(after, ~mask, mask)
 
 
-@pytest.mark.parametrize("selection,low_resolution", VARIANTS)
-@pytest.mark.parametrize("impl", ["reference", "xla_chunked"])
-@pytest.mark.parametrize("approx_mode", ["full", "sparse"])
+@pytest.mark.parametrize(
+  "selection,low_resolution,impl,approx_mode",
+  _tiered(
+    *itertools.product(causal.SELECTIONS, causal.LOW_RESOLUTIONS, IMPLS, ("full", "sparse")),
+    fast={
+      (*variant, impl, mode)
+      for variant in FAST
+      for impl in IMPLS
+      for mode in ("full", "sparse")
+      if variant == ("previous_block", "per_query") or (impl, mode) == ("xla_chunked", "full")
+    },
+  ),
+)
 def test_changing_the_future_changes_nothing_up_to_now(
   selection, low_resolution, impl, approx_mode
 ):
@@ -60,7 +80,7 @@ def test_changing_the_future_changes_nothing_up_to_now(
     assert not np.array_equal(other[0, t + 1 :], out[0, t + 1 :])  # The future did change.
 
 
-@pytest.mark.parametrize("selection,low_resolution", VARIANTS)
+@pytest.mark.parametrize("selection,low_resolution", _tiered(*VARIANTS, fast=FAST))
 def test_no_gradient_flows_from_the_future(selection, low_resolution):
   knobs = dict(KNOBS, causal_selection=selection, causal_low_resolution=low_resolution)
   q, k, v, mask = _inputs(B=1)
@@ -79,11 +99,21 @@ def test_no_gradient_flows_from_the_future(selection, low_resolution):
       assert np.abs(g[:, : i + 1]).max() > 0, (name, i)
 
 
-@pytest.mark.parametrize("approx_mode", ["full", "sparse"])
-@pytest.mark.parametrize("budget", [dict(block_per_row=7), dict(num_blocks=49)])
-@pytest.mark.parametrize("heads", [(2, 2), (4, 2)], ids=["mha", "gqa"])
-def test_a_budget_over_every_past_tile_is_causal_softmax(approx_mode, budget, heads):
-  H, Hk = heads
+_BUDGETS = {"block_per_row": dict(block_per_row=7), "num_blocks": dict(num_blocks=49)}
+_FAST_BUDGETS = {
+  ("full", "block_per_row", "mha"),
+  ("full", "num_blocks", "gqa"),
+  ("sparse", "block_per_row", "gqa"),
+}
+
+
+@pytest.mark.parametrize(
+  "approx_mode,budget_name,heads",
+  _tiered(*itertools.product(("full", "sparse"), _BUDGETS, ("mha", "gqa")), fast=_FAST_BUDGETS),
+)
+def test_a_budget_over_every_past_tile_is_causal_softmax(approx_mode, budget_name, heads):
+  budget = _BUDGETS[budget_name]
+  H, Hk = {"mha": (2, 2), "gqa": (4, 2)}[heads]
   q, k, v, mask = _inputs(H=H, Hk=Hk)
   got = jax.jit(
     lambda *a: mra_jax.mra_attention(
@@ -95,7 +125,7 @@ def test_a_budget_over_every_past_tile_is_causal_softmax(approx_mode, budget, he
   np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, pytest.param(jnp.float16, marks=pytest.mark.slow)])
 def test_half_precision_stays_causal_and_close_to_float32(dtype):
   args = _inputs(dtype=dtype)
   attend = jax.jit(lambda *a: mra_jax.mra_attention(*a, **KNOBS))
@@ -107,7 +137,10 @@ def test_half_precision_stays_causal_and_close_to_float32(dtype):
   np.testing.assert_allclose(np.asarray(out, np.float32), f32, atol=3e-2)
 
 
-@pytest.mark.parametrize("block_size", [16, 32, 64, 128])
+@pytest.mark.parametrize(
+  "block_size",
+  [pytest.param(16, marks=pytest.mark.slow), 32, pytest.param(64, marks=pytest.mark.slow), 128],
+)
 def test_every_block_size_is_causal(block_size):
   args = _inputs(L=300, B=1)
   knobs = dict(is_causal=True, block_size=block_size, block_per_row=2)

@@ -12,8 +12,6 @@ from flax import nnx
 import mra_jax
 from mra_jax import causal, decode
 
-VARIANTS = list(itertools.product(causal.SELECTIONS, causal.LOW_RESOLUTIONS))
-
 
 def _qkv(B=2, L=80, H=4, Hk=2, D=8, seed=0):
   keys = jax.random.split(jax.random.key(seed), 3)
@@ -40,8 +38,16 @@ def _decode_in_chunks(config, q, k, v, chunks):
   return jnp.concatenate(outs, axis=1), cache
 
 
-@pytest.mark.parametrize("selection,low_resolution", VARIANTS)
-@pytest.mark.parametrize("approx_mode", ["full", "sparse"])
+_FAST_DECODE = {("previous_block", "per_query", "full"), ("first_query", "per_block", "sparse")}
+
+
+@pytest.mark.parametrize(
+  "selection,low_resolution,approx_mode",
+  [
+    combo if combo in _FAST_DECODE else pytest.param(*combo, marks=pytest.mark.slow)
+    for combo in itertools.product(causal.SELECTIONS, causal.LOW_RESOLUTIONS, ("full", "sparse"))
+  ],
+)
 def test_prefill_then_single_tokens_equal_the_full_call(selection, low_resolution, approx_mode):
   config = mra_jax.MraConfig(
     is_causal=True,

@@ -86,6 +86,7 @@ def test_soft_selection_with_a_uniform_gate_is_the_plain_heads():
   np.testing.assert_allclose(got, run(q, k, v), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # the default map covers the module
 def test_favor_feature_map_runs():
   q, k, v = _qkv(16)
   layer = _layer(feature_map="favor", num_features=16)
@@ -111,6 +112,7 @@ def test_bad_knobs_name_themselves():
     _layer(temperature=0)
 
 
+@pytest.mark.slow  # compiles at two lengths
 def test_compiled_memory_and_flops_grow_linearly():
   layer = attentions.build("adamra", num_heads=4, head_dim=16, max_length=8192, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(layer)

@@ -75,6 +75,7 @@ def test_lsh_backward_estimates_the_kappa_w_gradient():
   assert rel(gk, expect_k) < 0.2
 
 
+@pytest.mark.slow  # many sampled gradients
 def test_expectation_backward_is_the_expectation_gradient():
   q, k, v, mask, planes, signs = _setup(hashes=8)
   loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
