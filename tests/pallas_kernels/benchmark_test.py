@@ -5,6 +5,9 @@ import pytest
 import pallas_kernels
 from benchmarks import _timing, kernels
 
+# The slow tier: each run compiles and times the kernels in interpret mode.
+pytestmark = pytest.mark.slow
+
 # --quick: L=256, B=H=1, D=64, block 32, 8 tiles per block row.
 _QUICK_TILES = 8 * 256 // 32
 _QUICK_FLOPS_FWD = 4 * 32 * 32 * 64 * _QUICK_TILES  # QK^T and PV per tile, 2 * bs^2 * D each

@@ -26,6 +26,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import pallas_kernels
 from pallas_kernels.block_sparse_attention import api, base
@@ -153,6 +154,17 @@ _EXTRA_CASE_NAMES = (
 CAUSAL_CASE_NAMES = tuple(name for name in CASES if CASES[name].causal)
 GQA_CASE_NAMES = tuple(name for name in CASES if CASES[name].Hk is not None)
 DEFAULT_CASE_NAMES = tuple(name for name in CASES if name not in _EXTRA_CASE_NAMES)
+# One case of each kind for the fast tier of slow implementations (interpreted kernels): the
+# MRA state, half precision with an empty state, batch padding with cross lengths, no tile,
+# causal, and grouped causal.
+INTERPRETER_FAST_CASE_NAMES = (
+  "f32_bs32_mra_state",
+  "bf16_bs64_empty_state",
+  "f32_batch_padding_cross_lengths",
+  "f32_no_tiles",
+  "f32_bs32_causal_mra_state",
+  "bf16_gqa_4x1_causal",
+)
 
 
 def _lower_triangular(rng, Nq, Nk, rows):
@@ -250,15 +262,25 @@ class BlockSparseAttentionContract:
       to `api.block_sparse_attention`. One that takes a precision holds float32 cases to
       `F32_PRECISION_TOLERANCE` of its precision.
     CASE_NAMES: the keys of `CASES` this subclass runs (block sizes 32 and 64 by default).
+    FAST_CASE_NAMES: those of them the fast test tier runs (None: all); the others are
+      marked slow (interpreters are slow: the fast tier keeps one case of each kind).
   """
 
   IMPLEMENTATION: base.Implementation
   CASE_NAMES: tuple[str, ...] = DEFAULT_CASE_NAMES
+  FAST_CASE_NAMES: tuple[str, ...] | None = None
 
   def pytest_generate_tests(self, metafunc):
     # pytest calls a test class's own hook: each subclass parametrizes its own cases.
     if "case_name" in metafunc.fixturenames:
-      metafunc.parametrize("case_name", metafunc.cls.CASE_NAMES)
+      fast = metafunc.cls.FAST_CASE_NAMES
+      metafunc.parametrize(
+        "case_name",
+        [
+          name if fast is None or name in fast else pytest.param(name, marks=pytest.mark.slow)
+          for name in metafunc.cls.CASE_NAMES
+        ],
+      )
 
   def attend(self, *args, **options):
     return api.block_sparse_attention(*args, implementation=self.IMPLEMENTATION, **options)

@@ -101,22 +101,30 @@ _OTHER_PRECISIONS = [
   for precision in pallas_triton.F32_PRECISIONS
   if precision != pallas_triton.DEFAULT_F32_PRECISION
 ]
-# (dtype, precision, causal, query heads per kv head): which kernels' spills each tier checks.
+# (dtype, precision, causal, query heads per kv head, block, head dim): the fast tier checks
+# each dtype's default precision, bidirectional and causal, at the smallest and the most
+# register-hungry shapes; the slow tier every precision, shape and group.
+_SHAPES = [(32, 64), (32, 128), (64, 64), (64, 128)]
+_FAST_SHAPES = {(32, 64), (64, 128)}
 _SPILL_CHECKS = [
-  *[(*p, False, 1) for p in _DEFAULTS + _OTHER_PRECISIONS],
-  *[(*p, True, 1) for p in _DEFAULTS],
-  *[pytest.param(*p, True, 1, marks=pytest.mark.slow) for p in _OTHER_PRECISIONS],
-  *[
-    pytest.param(*p, causal, group, marks=pytest.mark.slow)
-    for p in _DEFAULTS
-    for causal, group in ((True, 2), (False, 4), (True, 4))
-  ],
+  pytest.param(*p, causal, group, *shape, marks=() if fast else pytest.mark.slow)
+  for p, causal, group, fast_kind in (
+    *[(p, causal, 1, True) for p in _DEFAULTS for causal in (False, True)],
+    *[(p, causal, 1, False) for p in _OTHER_PRECISIONS for causal in (False, True)],
+    *[
+      (p, causal, group, False)
+      for p in _DEFAULTS
+      for causal, group in ((True, 2), (False, 4), (True, 4))
+    ],
+  )
+  for shape in _SHAPES
+  for fast in [fast_kind and shape in _FAST_SHAPES]
 ]
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("block_size", [32, 64])
-@pytest.mark.parametrize("dtype_name, precision, causal, group", _SPILL_CHECKS)
+@pytest.mark.parametrize(
+  "dtype_name, precision, causal, group, block_size, head_dim", _SPILL_CHECKS
+)
 def test_kernels_do_not_spill(dtype_name, precision, causal, group, block_size, head_dim):
   config = compile_report_gpu.Config(
     dtype_name, block_size, head_dim, precision, causal=bool(causal), group=group

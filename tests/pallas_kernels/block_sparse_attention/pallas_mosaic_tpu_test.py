@@ -19,10 +19,13 @@ from tests.pallas_kernels.block_sparse_attention import contract
 class TestPallasMosaicTpuInterpret(contract.BlockSparseAttentionContract):
   IMPLEMENTATION = PallasMosaicTpu(interpret=True)
   CASE_NAMES = (*contract.DEFAULT_CASE_NAMES, "bf16_bs128_two_rows", "bf16_bs128_causal")
+  FAST_CASE_NAMES = (*contract.INTERPRETER_FAST_CASE_NAMES, "bf16_bs128_causal")
 
 
 class TestPallasMosaicTpuInterpretSmallIndexChunks(contract.BlockSparseAttentionContract):
   """Chunks of 3 tile indices: rows start and end mid-chunk and span several chunks."""
+
+  pytestmark = pytest.mark.slow
 
   IMPLEMENTATION = PallasMosaicTpu(index_chunk=3, interpret=True)
   CASE_NAMES = ("f32_bs32_mra_state", "f32_batch_padding_cross_lengths")
@@ -32,6 +35,8 @@ class TestPallasMosaicTpuTpuInterpret(contract.BlockSparseAttentionContract):
   """TPU semantics (simulated memories and DMAs, race detection, output-revisit checks), which
   cost milliseconds per grid step: two small cases (bidirectional; causal with 2 query heads
   on 1 kv head), their tile lists read one index at a time."""
+
+  pytestmark = pytest.mark.slow
 
   IMPLEMENTATION = PallasMosaicTpu(
     index_chunk=1, interpret=pltpu.InterpretParams(detect_races=True)

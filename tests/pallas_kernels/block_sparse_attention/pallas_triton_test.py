@@ -24,11 +24,14 @@ class TestPallasTritonInterpret(contract.BlockSparseAttentionContract):
   """Every contract case at the default precision (float32 cases at "bf16x3")."""
 
   IMPLEMENTATION = PallasTriton(interpret=True)
+  FAST_CASE_NAMES = contract.INTERPRETER_FAST_CASE_NAMES
 
 
 class TestPallasTritonInterpretHalfBlocks(contract.BlockSparseAttentionContract):
   """float32, block 64, D 128: two programs share each 64-row block (`rows_per_program`),
   bidirectional and causal (the mask then starts mid-block)."""
+
+  pytestmark = pytest.mark.slow
 
   IMPLEMENTATION = PallasTriton(interpret=True)
   CASE_NAMES = ("f32_bs64_d128_two_rows", "f32_bs64_d128_causal_two_rows")
@@ -40,6 +43,8 @@ class TestPallasTritonInterpretSplitBlocks(contract.BlockSparseAttentionContract
   """float32 at "tf32x3": 16-row programs in every kernel at block 64, D 128 (bidirectional
   and causal); at D 64, whole-block forward and dQ programs beside 32-row dK/dV programs
   (`rows_per_program`)."""
+
+  pytestmark = pytest.mark.slow
 
   IMPLEMENTATION = PallasTriton(precision="tf32x3", interpret=True)
   CASE_NAMES = (
@@ -55,6 +60,8 @@ def _precision_class(precision):
   name = "TestPallasTritonInterpret_" + precision
   case_names = _F32_CASE_NAMES[: _CASES_PER_PRECISION.get(precision, 1)]
   attributes = dict(
+    # The slow tier: the fast one runs the default precision in TestPallasTritonInterpret.
+    pytestmark=pytest.mark.slow,
     IMPLEMENTATION=PallasTriton(precision=precision, interpret=True),
     CASE_NAMES=case_names,
     # The causal properties do not depend on the dot precision (the default class has them).

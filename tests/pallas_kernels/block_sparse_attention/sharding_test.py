@@ -91,8 +91,8 @@ _slow = pytest.mark.slow
   "implementation, axis_type, mesh_name",
   [
     ("pallas_triton", _AUTO, "batch_x_heads"),
-    ("pallas_triton", _EXPLICIT, "batch_x_heads"),
-    ("pallas_mosaic_tpu", _EXPLICIT, "batch_x_heads"),
+    pytest.param("pallas_triton", _EXPLICIT, "batch_x_heads", marks=_slow),
+    pytest.param("pallas_mosaic_tpu", _EXPLICIT, "batch_x_heads", marks=_slow),
     # Explicit axes forbid xla_chunked's loop over sharded heads without the shard_map.
     ("xla_chunked", _EXPLICIT, "batch_x_heads"),
     # The batch_x_heads cases split the batch too; these add little but time.
@@ -121,7 +121,7 @@ def test_sharded_equals_unsharded(implementation, axis_type, mesh_name):
 @pytest.mark.parametrize(
   "implementation, axis_type",
   [
-    ("pallas_triton", _AUTO),
+    pytest.param("pallas_triton", _AUTO, marks=_slow),
     ("pallas_mosaic_tpu", _AUTO),
     ("xla_chunked", _EXPLICIT),
   ],
@@ -157,6 +157,7 @@ def _is_shard_mapped(fn, *args):
   return "shard_map" in str(jax.make_jaxpr(fn)(*args))
 
 
+@_slow
 @pytest.mark.parametrize("implementation", ["pallas_triton", "pallas_mosaic_tpu"])
 def test_vmap_over_an_auto_sharded_call_folds_into_the_batch(implementation):
   # On Auto axes the Triton kernels sit behind custom_partitioning, which has no batching
@@ -183,9 +184,9 @@ def test_vmap_over_an_auto_sharded_call_folds_into_the_batch(implementation):
     # Placed as assumed: batch over the whole mesh.
     ((4,), ("data",), "data", None, 4, P("data")),
     # Placed over "data" only, assumed over ("data", "model"): XLA reshards to the assumption.
-    ((2, 2), ("data", "model"), "data", None, 4, P(("data", "model"))),
+    pytest.param((2, 2), ("data", "model"), "data", None, 4, P(("data", "model")), marks=_slow),
     # B=2 fills "data" only, so the heads take "model"; placed as a data x heads program.
-    ((2, 2), ("data", "model"), "data", "model", 2, P("data", "model")),
+    pytest.param((2, 2), ("data", "model"), "data", "model", 2, P("data", "model"), marks=_slow),
   ],
   ids=["batch", "batch_on_one_of_two_axes", "batch_then_heads"],
 )
@@ -270,8 +271,8 @@ def _mra_value_and_grad(impl):
   "platform, axis_type",
   [
     ("cuda", AxisType.Auto),
-    ("cuda", AxisType.Explicit),
-    ("tpu", AxisType.Explicit),
+    pytest.param("cuda", AxisType.Explicit, marks=_slow),
+    pytest.param("tpu", AxisType.Explicit, marks=_slow),
     # No custom_partitioning on TPU: a shard_map with the batch over the mesh, assumed.
     ("tpu", AxisType.Auto),
   ],
@@ -318,6 +319,7 @@ def test_op_compiles_on_batch_x_heads_shards(request, platform, causal, group):
   assert any(f"bf16[{_LOCAL_ROWS},{L * group},{_D}]" in call.operands for call in calls), calls
 
 
+@_slow
 def test_mosaic_forward_on_auto_axes_compiles_on_the_local_batch(request):
   # On TPU custom_partitioning never reaches the compiler; the op assumes data parallelism.
   mesh = jax.sharding.Mesh(_devices(request, "tpu"), ("data",), axis_types=(AxisType.Auto,))
@@ -333,7 +335,7 @@ def test_mosaic_forward_on_auto_axes_compiles_on_the_local_batch(request):
   "mesh_shape, names, placed, local_batch",
   [
     # B=2 fills "data"; the heads go over "model".
-    ((2, 2), ("data", "model"), P("data"), 1),
+    pytest.param((2, 2), ("data", "model"), P("data"), 1, marks=_slow),
     # 4 devices do not divide B=2: the heads go over the whole mesh (the caller's replicated
     # inputs are sliced where they are, not communicated).
     ((4,), ("data",), P(), 2),
