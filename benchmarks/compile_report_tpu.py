@@ -94,7 +94,7 @@ def compile_kernel(chip, kernel, *, vmem_limit_bytes=None, **config):
     for shape, dtype in kernel_operands(kernel, **config)
   ]
   call = build_call(kernel, vmem_limit_bytes=vmem_limit_bytes, **config)
-  return jax.jit(call).trace(*operands).lower().compile()
+  return compile_only.compile(jax.jit(call).trace(*operands).lower())
 
 
 def _compiles(chip, kernel, limit, config) -> bool:

@@ -1,7 +1,7 @@
 """Test-wide JAX settings, applied before JAX initialises its backends.
 
 Four simulated CPU devices let the pmap / sharding / data-parallel tests run on a
-CPU-only machine (the Flax CI pattern). `JAX_PLATFORMS=cpu` also lets the compile-only TPU and
+CPU-only machine (the Flax CI pattern); the CPU compiler skips its costly optimisations. `JAX_PLATFORMS=cpu` also lets the compile-only TPU and
 GPU clients register (`pallas_kernels.compile_only`); the fixtures `tpu_compile` and
 `cuda_compile` skip a test when those are not installed, and fail it under CI (`CI=true`),
 where `.ci/run` installs them.
@@ -22,9 +22,19 @@ if os.environ["JAX_PLATFORMS"] == "cpu":
     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
   ):
     os.environ.setdefault(_name, _value)
+# Tests compile thousands of small programs and run each once or twice, so the CPU backend's
+# LLVM optimisation costs more than it saves: without it the suite takes about half the time.
+# (Subprocess tests inherit the flags.) A flag already in XLA_FLAGS is left as it is.
+_FLAGS = {
+  "--xla_force_host_platform_device_count": "4",
+  "--xla_backend_optimization_level": "0",
+  "--xla_llvm_disable_expensive_passes": "true",
+}
 _flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in _flags:
-  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+for _flag, _value in _FLAGS.items():
+  if _flag not in _flags:
+    _flags = f"{_flags} {_flag}={_value}".strip()
+os.environ["XLA_FLAGS"] = _flags
 
 import jax  # noqa: E402  (XLA_FLAGS must be set before jax starts)
 import pytest  # noqa: E402

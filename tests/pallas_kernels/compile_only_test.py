@@ -67,7 +67,7 @@ def test_tpu_custom_calls_show_each_devices_shard():
   fn = functools.partial(_add_one, compiler_params=pltpu.CompilerParams(), block=64)
   # Mosaic kernels are not partitioned automatically: a shard_map runs each on its shard.
   sharded = jax.shard_map(fn, mesh=mesh, in_specs=P("data"), out_specs=P("data"), check_vma=False)
-  compiled = jax.jit(sharded).trace(x).lower().compile()
+  compiled = compile_only.compile(jax.jit(sharded).trace(x).lower())
   (call,) = compile_only.custom_calls(compiled, "tpu_custom_call")
   assert call.operands == ("f32[128,128]",)
   assert compile_only.all_gathers(compiled) == 0
@@ -81,6 +81,6 @@ def test_tpu_custom_calls_show_results_written_in_place(in_place):
   fn = functools.partial(
     _add_one, compiler_params=pltpu.CompilerParams(), block=64, in_place=in_place
   )
-  compiled = jax.jit(fn).trace(x).lower().compile()
+  compiled = compile_only.compile(jax.jit(fn).trace(x).lower())
   (call,) = compile_only.custom_calls(compiled, "tpu_custom_call")
   assert call.aliases == (((0, 0),) if in_place else ())

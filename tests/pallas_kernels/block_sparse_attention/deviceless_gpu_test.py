@@ -58,7 +58,7 @@ def test_op_forward_and_vjp_compile(dtype_name):
   def programs(*per_shape):
     return [(forward(*args), vjp(*args)) for args in per_shape]
 
-  compiled = jax.jit(programs).trace(*shapes).lower().compile()
+  compiled = compile_only.compile(jax.jit(programs).trace(*shapes).lower())
   calls = compile_only.custom_calls(compiled, _TRITON)
   # Per shape: forward, dQ, dK/dV (XLA merges the forward with the VJP's identical one).
   assert len(calls) == 3 * len(_SHAPES_BxH)
@@ -82,7 +82,7 @@ def test_mra_attention_forward_and_grad_compile(dtype_name, is_causal):
     return [(attend(*qkv), jax.grad(loss, argnums=(0, 1, 2))(*qkv)) for qkv in qkvs]
 
   qkvs = [_on_h100(*[((B, _L, H, _D), dtype)] * 3) for B, H in _SHAPES_BxH]
-  compiled = jax.jit(programs).trace(*qkvs).lower().compile()
+  compiled = compile_only.compile(jax.jit(programs).trace(*qkvs).lower())
   calls = compile_only.custom_calls(compiled, _TRITON)
   # Per shape: forward, dQ, dK/dV, the forward shared by the output and the gradient.
   assert len(calls) == 3 * len(_SHAPES_BxH)

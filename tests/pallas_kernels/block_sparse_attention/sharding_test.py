@@ -98,7 +98,6 @@ _slow = pytest.mark.slow
     # The batch_x_heads cases split the batch too; these add little but time.
     pytest.param("pallas_triton", _AUTO, "batch", marks=_slow),
     pytest.param("pallas_triton", _EXPLICIT, "batch", marks=_slow),
-    pytest.param("pallas_mosaic_tpu", _AUTO, "batch_x_heads", marks=_slow),
     pytest.param("pallas_mosaic_tpu", _EXPLICIT, "batch", marks=_slow),
     pytest.param("xla_chunked", _AUTO, "batch", marks=_slow),
     pytest.param("xla_chunked", _AUTO, "batch_x_heads", marks=_slow),
@@ -185,10 +184,12 @@ def test_vmap_over_an_auto_sharded_call_folds_into_the_batch(implementation):
     ((4,), ("data",), "data", None, 4, P("data")),
     # Placed over "data" only, assumed over ("data", "model"): XLA reshards to the assumption.
     pytest.param((2, 2), ("data", "model"), "data", None, 4, P(("data", "model")), marks=_slow),
+    # Placed as batch x heads, but B=4 fills the whole mesh: assumed batch-only, resharded.
+    pytest.param((2, 2), ("data", "model"), "data", "model", 4, P(("data", "model")), marks=_slow),
     # B=2 fills "data" only, so the heads take "model"; placed as a data x heads program.
     pytest.param((2, 2), ("data", "model"), "data", "model", 2, P("data", "model"), marks=_slow),
   ],
-  ids=["batch", "batch_on_one_of_two_axes", "batch_then_heads"],
+  ids=["batch", "batch_on_one_of_two_axes", "batch_x_heads_as_batch", "batch_then_heads"],
 )
 def test_mosaic_on_auto_axes_equals_unsharded(shape, names, batch, head, B, assumed):
   mesh = jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
@@ -283,7 +284,7 @@ def test_mra_attention_compiles_with_each_kernel_on_its_local_batch(request, pla
   x = jax.ShapeDtypeStruct((_B, _L, _H, _D), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
   # "auto" resolves from the mesh's devices, and the kernels compile (not interpret) because
   # the program is lowered for their platform.
-  compiled = _mra_value_and_grad("auto").trace(x, x, x).lower().compile()
+  compiled = compile_only.compile(_mra_value_and_grad("auto").trace(x, x, x).lower())
   # Forward, dQ and dK/dV: the forward's repeat in the Auto backward is merged away.
   _assert_local_kernels(compiled, platform, launches=3, local_batch=_B // 4)
 
@@ -313,7 +314,7 @@ def test_op_compiles_on_batch_x_heads_shards(request, platform, causal, group):
     sds((_B, H, L, _D), jnp.float32, bh),
   )
   fn = _loss_and_grads(_IMPLEMENTATION[platform], causal=causal)
-  compiled = fn.trace(*args).lower().compile()
+  compiled = compile_only.compile(fn.trace(*args).lower())
   calls = _assert_local_kernels(compiled, platform, launches=3, local_batch=_B // 2)
   # The query side's rows: each kv head's group stacked, `group` times the length.
   assert any(f"bf16[{_LOCAL_ROWS},{L * group},{_D}]" in call.operands for call in calls), calls
@@ -326,7 +327,7 @@ def test_mosaic_forward_on_auto_axes_compiles_on_the_local_batch(request):
   x = jax.ShapeDtypeStruct((_B, _L, _H, _D), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
   fn = jax.jit(lambda q, k, v: mra_jax.mra_attention(q, k, v, impl="pallas_mosaic_tpu"))
   calls = _assert_local_kernels(
-    fn.trace(x, x, x).lower().compile(), "tpu", launches=1, local_batch=_B // 4
+    compile_only.compile(fn.trace(x, x, x).lower()), "tpu", launches=1, local_batch=_B // 4
   )
   assert f"bf16[{_LOCAL_ROWS},{_L},{_D}]" in calls[0].operands, calls
 
@@ -349,7 +350,7 @@ def test_mosaic_on_auto_axes_splits_the_heads_when_the_batch_runs_out(
   mesh = jax.sharding.Mesh(devices, names, axis_types=(AxisType.Auto,) * len(names))
   B = 2
   x = jax.ShapeDtypeStruct((B, _L, _H, _D), jnp.bfloat16, sharding=NamedSharding(mesh, placed))
-  compiled = _mra_value_and_grad("pallas_mosaic_tpu").trace(x, x, x).lower().compile()
+  compiled = compile_only.compile(_mra_value_and_grad("pallas_mosaic_tpu").trace(x, x, x).lower())
   local_rows = B * _H // 4
   calls = _assert_local_kernels(compiled, "tpu", 3, local_batch, local_rows=local_rows)
   for call in calls:
