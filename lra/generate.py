@@ -7,7 +7,8 @@ Restores the run's best checkpoint, runs the prompt (after the document separato
 file starts in training) as one prefill, then one jitted decode step per byte through each
 layer's cache, until the end of the document (the separator) or --max_new_bytes. Prints the
 prompt and sample, then the speed; appends the sample, its settings and bytes/s to
-<workdir>/generation.json. See docs/lm.md.
+<workdir>/generation.json, and puts it in a finished run's results.json ("generation").
+See docs/lm.md.
 """
 
 import sys

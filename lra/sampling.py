@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lra import checkpoints, models
+from lra import checkpoints, models, train
 from lra.data import corpus
 
 GENERATION_FILE = "generation.json"
@@ -179,14 +179,25 @@ def generate(
 
 
 def record(workdir: str, generation: dict) -> str:
-  """Appends `generation` to `<workdir>/generation.json` (a list); returns its path."""
-  path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), GENERATION_FILE)
+  """Appends `generation` to `<workdir>/generation.json` (every sample, a list) and, for a
+  finished run, makes it `results.json`'s "generation" (the latest sample beside the run's
+  figures). Returns the path of generation.json."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  path = os.path.join(workdir, GENERATION_FILE)
   entries = []
   if os.path.isfile(path):
     with open(path) as f:
       entries = json.load(f)
-  entries.append(generation)
-  with open(path + ".tmp", "w") as f:
-    json.dump(entries, f, indent=2)
-  os.replace(path + ".tmp", path)
+  _write_json(path, [*entries, generation])
+  results_path = os.path.join(workdir, train.RESULTS_FILE)
+  if os.path.isfile(results_path):
+    with open(results_path) as f:
+      results = json.load(f)
+    _write_json(results_path, {**results, "generation": generation})
   return path
+
+
+def _write_json(path: str, value) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=2)
+  os.replace(path + ".tmp", path)

@@ -28,12 +28,15 @@ def test_generation_from_the_checkpoint_equals_the_full_model(lm_run):
   path = sampling.record(str(workdir), out)
   with open(path) as f:
     assert json.load(f)[-1]["prompt"] == prompt.decode()
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["generation"] == out
   with pytest.raises(sampling.GenerationError, match="longer than the model's length 32"):
     sampling.generate(restored, b"x" * 32, max_new_bytes=1, temperature=0.0, seed=0)
   with pytest.raises(sampling.GenerationError, match="byte 0, the document separator"):
     sampling.generate(restored, b"a\0b", max_new_bytes=1, temperature=0.0, seed=0)
 
 
+@pytest.mark.slow  # subprocesses; `generate` and its errors are tested in process above
 def test_the_generate_command_answers_in_one_line(lm_run, tmp_path):
   """`python -m lra.generate` as a user meets it: a sample, or one line per mistake."""
   from configs import listops, lm  # pylint: disable=g-import-not-at-top
@@ -83,4 +86,6 @@ def test_the_generate_command_answers_in_one_line(lm_run, tmp_path):
   with open(os.path.join(workdir, sampling.GENERATION_FILE)) as f:
     entry = json.load(f)[-1]
   assert entry["prompt"] == "def f" and entry["seed"] == 3 and entry["max_new_bytes"] == 8
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["generation"] == entry
   assert out == entry["prompt"] + entry["sample"] + "\n"
