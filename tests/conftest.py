@@ -24,7 +24,8 @@ if os.environ["JAX_PLATFORMS"] == "cpu":
     os.environ.setdefault(_name, _value)
 # Tests compile thousands of small programs and run each once or twice, so the CPU backend's
 # LLVM optimisation costs more than it saves: without it the suite takes about half the time.
-# (Subprocess tests inherit the flags.) A flag already in XLA_FLAGS is left as it is.
+# (Subprocess tests inherit the flags; compiles for real TPU and GPU targets restore the
+# defaults, `compile_only.compile`.) A flag already in XLA_FLAGS is left as it is.
 _FLAGS = {
   "--xla_force_host_platform_device_count": "4",
   "--xla_backend_optimization_level": "0",

@@ -90,18 +90,10 @@ def lm_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def lm_run(lm_data, tmp_path_factory):
   """(workdir, results) of a finished tiny LM run (`lm_testing.run_config_of`)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
   from lra import run_config, train  # pylint: disable=g-import-not-at-top
 
   from . import lm_testing  # pylint: disable=g-import-not-at-top,relative-beyond-top-level
 
   workdir = tmp_path_factory.mktemp("lm_run")
-  # A tiny program: XLA's optimisation passes would cost more than they save.
-  was = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  try:
-    run = run_config.from_config_dict(lm_testing.run_config_of(lm_data))
-    return workdir, train.train_and_evaluate(run, str(workdir))
-  finally:
-    jax.config.update("jax_disable_most_optimizations", was)
+  run = run_config.from_config_dict(lm_testing.run_config_of(lm_data))
+  return workdir, train.train_and_evaluate(run, str(workdir))

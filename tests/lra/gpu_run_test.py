@@ -3,18 +3,10 @@
 import json
 import os
 
-import jax
 import pytest
 
 from configs import listops as listops_config
 from lra import checkpoints, gpu_run, run_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", False)
 
 
 def test_the_full_run_is_the_papers_protocol():

@@ -18,14 +18,6 @@ from . import lm_testing
 L = 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """Tiny programs: XLA's optimisation passes would cost more than they save."""
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", False)
-
-
 @functools.cache
 def _model(attention: str):
   run = run_config.from_config_dict(

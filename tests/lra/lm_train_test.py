@@ -14,13 +14,6 @@ from lra.data import prepare_lib, tasks
 from . import lm_testing, train_test  # pylint: disable=relative-beyond-top-level
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", False)
-
-
 def _train(config, workdir) -> dict:
   return train.train_and_evaluate(run_config.from_config_dict(config), str(workdir))
 
@@ -93,7 +86,11 @@ def test_resume_after_crash_is_bit_identical(lm_data, lm_run, tmp_path, monkeypa
     assert expected[key] == resumed[key]
 
 
-@pytest.mark.parametrize("attention", lm_testing.CAUSAL)
+@pytest.mark.parametrize(
+  "attention",
+  # MRA-2 in the fast tier; the other two in the slow one.
+  [a if a == "mra2" else pytest.param(a, marks=pytest.mark.slow) for a in lm_testing.CAUSAL],
+)
 def test_the_smoke_config_trains(attention, tmp_path):
   """`configs/lm.py:smoke` as CI runs it: its data prepared from the standard library."""
   from configs import lm  # pylint: disable=g-import-not-at-top

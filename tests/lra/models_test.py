@@ -10,13 +10,6 @@ from lra import models
 from mra_jax import attentions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", False)
-
-
 @nnx.jit
 def _apply(model, ids, mask):
   return model(ids, mask)

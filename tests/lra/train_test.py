@@ -18,14 +18,6 @@ from .data import digests_test  # pylint: disable=relative-beyond-top-level
 NUM_TEST = 16  # Test examples of every tiny task (tests/lra/conftest.py).
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """Tiny programs: XLA's optimisation passes would cost more than they save."""
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", False)
-
-
 def _train(config, workdir: str) -> dict:
   return train.train_and_evaluate(run_config.from_config_dict(config), workdir)
 
@@ -67,12 +59,12 @@ _slow = pytest.mark.slow
 @pytest.mark.parametrize(
   "task,protocol",
   [
-    # The fast tier: one task per data path (generated tokens, bytes, pairs, pixels in
-    # bfloat16); the other tasks in the slow tier.
+    # The fast tier: generated tokens and bytes; pairs, pixels in bfloat16 and the other
+    # tasks in the slow tier.
     ("listops", "mra"),
     ("text", "lra"),
-    ("retrieval", "mra"),
-    ("pathfinder128", "mra"),
+    pytest.param("retrieval", "mra", marks=_slow),
+    pytest.param("pathfinder128", "mra", marks=_slow),
     pytest.param("image", "lra", marks=_slow),
     pytest.param("pathfinder32", "mra", marks=_slow),
     pytest.param("pathfinder64", "lra", marks=_slow),

@@ -65,6 +65,7 @@ def test_prefill_then_single_tokens_equal_the_full_call(selection, low_resolutio
   assert int(cache.index) == 80
 
 
+@pytest.mark.slow  # the fast tier decodes a prefill then single tokens (above)
 def test_chunks_of_any_size_equal_the_full_call():
   config = mra_jax.MraConfig(is_causal=True, block_size=16, block_per_row=2)
   q, k, v = _qkv(L=96)

@@ -334,6 +334,7 @@ def test_bad_prepare_arguments(tmp_path):
     prepare_lib.prepare("cifar", str(tmp_path))
 
 
+@pytest.mark.slow  # a subprocess; the preparation itself is tested above
 def test_entry_point(tmp_path):
   # A subprocess: importing the absl entry point here would define its flags in the test
   # process, next to other entry points' flags.

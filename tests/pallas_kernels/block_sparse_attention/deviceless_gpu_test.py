@@ -67,8 +67,16 @@ def test_op_forward_and_vjp_compile(dtype_name):
   assert {f"{short}[{B * H},{_L},{_D}]" for B, H in _SHAPES_BxH} <= q_shapes
 
 
-@pytest.mark.parametrize("is_causal", [False, True], ids=["bidirectional", "causal"])
-@pytest.mark.parametrize("dtype_name", _DTYPES)
+@pytest.mark.parametrize(
+  "dtype_name, is_causal",
+  [
+    # The fast tier: float32 causal and bfloat16 bidirectional; the crossed pair in the slow.
+    pytest.param("float32", True, id="float32-causal"),
+    pytest.param("bfloat16", False, id="bfloat16-bidirectional"),
+    pytest.param("bfloat16", True, id="bfloat16-causal", marks=pytest.mark.slow),
+    pytest.param("float32", False, id="float32-bidirectional", marks=pytest.mark.slow),
+  ],
+)
 def test_mra_attention_forward_and_grad_compile(dtype_name, is_causal):
   # As a user calls it: the kernels' interpret=None is decided by the platform the program
   # is lowered for (an H100 here), not by jax's default backend (this CPU).
