@@ -101,7 +101,10 @@ CPU = {
     "mra2": {"block_per_row": 4},
     "mra2_s": {"block_per_row": 4},
   },
-  "expected_result": "not yet measured (the comparison of docs/lm.md)",
+  "expected_result": (
+    "test bits per byte about 3.2-3.45 for every causal attention at 2048 (measured: softmax "
+    "3.39, local 3.23, mra2 3.26 and 3.45 at seeds 0 and 1; docs/lm.md)"
+  ),
 }
 SMOKE = common.smoke(
   data_dir="",
