@@ -1,10 +1,10 @@
 """Test-wide JAX settings, applied before JAX initialises its backends.
 
-Four simulated CPU devices let the pmap / sharding / data-parallel tests run on a
-CPU-only machine (the Flax CI pattern); the CPU compiler skips its costly optimisations. `JAX_PLATFORMS=cpu` also lets the compile-only TPU and
-GPU clients register (`pallas_kernels.compile_only`); the fixtures `tpu_compile` and
-`cuda_compile` skip a test when those are not installed, and fail it under CI (`CI=true`),
-where `.ci/run` installs them.
+Four simulated CPU devices let the pmap / sharding / data-parallel tests run on a CPU-only
+machine (the Flax CI pattern); the CPU compiler skips its costly optimisations.
+`JAX_PLATFORMS=cpu` also lets the compile-only TPU and GPU clients register
+(`pallas_kernels.compile_only`); the fixtures `tpu_compile` and `cuda_compile` skip a test when
+those are not installed, and fail it under CI (`CI=true`), where `.ci/run` installs them.
 """
 
 import os
