@@ -100,14 +100,10 @@ def _forward_kernel(
     acc_RxD = alpha_Rx1 * acc_RxD + dot_nn(p_RxBs.astype(v_BsxD.dtype), v_BsxD, precision)
     return m_new_Rx1, l_Rx1, acc_RxD
 
-  carry = (m_Rx1, l_Rx1, acc_RxD)
-  if static.causal:
-    split = offsets_ref[static.num_q_blocks + 1 + r]
-    carry = jax.lax.fori_loop(start, split, functools.partial(body, masked=False), carry)
-    carry = jax.lax.fori_loop(split, stop, functools.partial(body, masked=True), carry)
-  else:
-    carry = jax.lax.fori_loop(start, stop, functools.partial(body, masked=False), carry)
-  m_Rx1, l_Rx1, acc_RxD = carry
+  split = offsets_ref[static.num_q_blocks + 1 + r] if static.causal else None
+  m_Rx1, l_Rx1, acc_RxD = common.loop_tiles(
+    start, stop, split, body, (m_Rx1, l_Rx1, acc_RxD), masked_first=False
+  )
   # No valid key and no initial state: l = acc = 0, and the reference's maximum is 0.
   m_Rx1 = jnp.where(m_Rx1 > 0.5 * base.MASK_VALUE, m_Rx1, 0.0)
   out_ref[...] = (acc_RxD / (l_Rx1 + eps)).astype(out_ref.dtype)

@@ -11,6 +11,7 @@ platform the program is lowered for, so a program compiled for a GPU target from
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -117,6 +118,19 @@ class Static(NamedTuple):
       return False
     split = self.rows_per_program(head_dim, "dkv") < self.block_size
     return split or self.precision in REGISTER_HUNGRY
+
+
+def loop_tiles(start, stop, split, body, carry, *, masked_first: bool):
+  """`body(i, carry, masked=...)` for i in [start, stop), as `fori_loop`s.
+
+  With `split` (causal), the entries before it run with `masked=masked_first` and the rest with
+  the other value, so only the tiles that reach the diagonal pay for the in-tile mask; with
+  `split=None` (bidirectional) every entry runs unmasked.
+  """
+  if split is None:
+    return jax.lax.fori_loop(start, stop, functools.partial(body, masked=False), carry)
+  carry = jax.lax.fori_loop(start, split, functools.partial(body, masked=masked_first), carry)
+  return jax.lax.fori_loop(split, stop, functools.partial(body, masked=not masked_first), carry)
 
 
 def _block_rows(

@@ -70,13 +70,10 @@ def _dq_kernel(
     ds_RxBs = p_RxBs * (dp_RxBs - delta_Rx1)
     return dq_RxD + dot_nn(ds_RxBs.astype(k_BsxD.dtype), k_BsxD, precision)
 
-  dq_RxD = jnp.zeros(q_RxD.shape, jnp.float32)
-  if static.causal:
-    split = offsets_ref[static.num_q_blocks + 1 + r]
-    dq_RxD = jax.lax.fori_loop(start, split, functools.partial(body, masked=False), dq_RxD)
-    dq_RxD = jax.lax.fori_loop(split, stop, functools.partial(body, masked=True), dq_RxD)
-  else:
-    dq_RxD = jax.lax.fori_loop(start, stop, functools.partial(body, masked=False), dq_RxD)
+  split = offsets_ref[static.num_q_blocks + 1 + r] if static.causal else None
+  dq_RxD = common.loop_tiles(
+    start, stop, split, body, jnp.zeros(q_RxD.shape, jnp.float32), masked_first=False
+  )
   dq_ref[...] = (dq_RxD * scale).astype(dq_ref.dtype)
 
 
@@ -152,11 +149,8 @@ def _dkv_kernel(
 
   def walk(step, init):
     """`step` over the column, the diagonal-reaching entries (causal) in a masked loop."""
-    if not static.causal:
-      return jax.lax.fori_loop(start, stop, functools.partial(step, masked=False), init)
-    split = offsets_ref[static.num_k_blocks + 1 + c]
-    carry = jax.lax.fori_loop(start, split, functools.partial(step, masked=True), init)
-    return jax.lax.fori_loop(split, stop, functools.partial(step, masked=False), carry)
+    split = offsets_ref[static.num_k_blocks + 1 + c] if static.causal else None
+    return common.loop_tiles(start, stop, split, step, init, masked_first=True)
 
   zeros_BsxD = jnp.zeros(k_BsxD.shape, jnp.float32)
   if two_passes:

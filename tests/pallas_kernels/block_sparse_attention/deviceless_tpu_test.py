@@ -45,6 +45,20 @@ def _compile_mra_forward_and_grad(chip, *, L, dtype, B, H, D=64, **knobs):
   return compile_only.compile(jax.jit(forward_and_grad).trace(x, x, x).lower())
 
 
+def _op_shapes(chip, *, B, H, Hk, L, D, num_tiles, dtype):
+  """The op's argument shapes on one device of `chip`."""
+  return base.argument_shapes(
+    batch=B,
+    heads=H,
+    kv_heads=Hk,
+    length=L,
+    head_dim=D,
+    num_tiles=num_tiles,
+    dtype=dtype,
+    sharding=SingleDeviceSharding(compile_only.tpu_devices(_TOPOLOGY[chip])[0]),
+  )
+
+
 def test_kernels_keep_the_default_vmem_limit():
   assert tpu_kernels.VMEM_LIMIT_BYTES is None
   assert tpu_kernels_vjp.VMEM_LIMIT_BYTES is None
@@ -125,16 +139,7 @@ _CAUSAL_LONG = [
 @pytest.mark.parametrize("chip, L, dtype, Hk", _CAUSAL_LONG)
 def test_causal_op_forward_and_grad_compile_at_long_lengths(chip, L, dtype, Hk):
   B, H, D, block_size = 1, 8, 64, 32
-  args = base.argument_shapes(
-    batch=B,
-    heads=H,
-    kv_heads=Hk,
-    length=L,
-    head_dim=D,
-    num_tiles=(L // block_size) * 8,
-    dtype=dtype,
-    sharding=SingleDeviceSharding(compile_only.tpu_devices(_TOPOLOGY[chip])[0]),
-  )
+  args = _op_shapes(chip, B=B, H=H, Hk=Hk, L=L, D=D, num_tiles=(L // block_size) * 8, dtype=dtype)
   compiled = compile_only.compile(
     jax.jit(_forward_and_grad(block_size, causal=True)).trace(*args).lower()
   )
@@ -177,16 +182,7 @@ def _forward_and_grad(block_size, causal=False):
 )
 def test_op_forward_and_vjp_compile(chip, dtype, block_size, D, causal, H, Hk):
   B, L = 2, 512
-  args = base.argument_shapes(
-    batch=B,
-    heads=H,
-    kv_heads=Hk,
-    length=L,
-    head_dim=D,
-    num_tiles=(L // block_size) * 3,
-    dtype=dtype,
-    sharding=SingleDeviceSharding(compile_only.tpu_devices(_TOPOLOGY[chip])[0]),
-  )
+  args = _op_shapes(chip, B=B, H=H, Hk=Hk, L=L, D=D, num_tiles=(L // block_size) * 3, dtype=dtype)
 
   def forward(*args):
     return api.block_sparse_attention(
